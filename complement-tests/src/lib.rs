@@ -1,0 +1,323 @@
+//! Black-box conformance tests for Axon.
+//!
+//! Every test starts the real `axon` binary on a free port with a temporary data directory
+//! and speaks HTTP to it, as a client would. This crate holds the harness; the tests live in
+//! `tests/`, one file per area, one test per behaviour.
+//!
+//! The binary is found through `AXON_BIN`, else next to the test executable (cargo builds it
+//! there for `cargo test --workspace`, because the `axon` package has integration tests).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+pub use serde_json::{Value, json};
+
+/// Path of the `axon` binary under test.
+pub fn axon_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("AXON_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/axon
+    let candidate = exe.parent().and_then(Path::parent).map(|p| p.join("axon"));
+    match candidate {
+        Some(p) if p.exists() => p,
+        _ => panic!(
+            "the axon binary was not found next to {}; run `cargo build --bin axon` or set AXON_BIN",
+            exe.display()
+        ),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Configuration of a test server, turned into a TOML file.
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub registration: &'static str,
+    /// Extra TOML appended to the generated file (whole sections).
+    pub extra_toml: String,
+    /// Rate limits generous enough for tests unless a test wants them tight.
+    pub login_rate: (f64, u32),
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { registration: "open", extra_toml: String::new(), login_rate: (1000.0, 1000) }
+    }
+}
+
+/// A running `axon` process. Killed (SIGKILL) when dropped.
+pub struct TestServer {
+    pub port: u16,
+    pub base: String,
+    pub data: tempfile::TempDir,
+    config_path: PathBuf,
+    child: Option<Child>,
+    pub client: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    pub async fn start_with(options: ServerOptions) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config_path = data.path().join("axon.toml");
+        let db = data.path().join("db");
+        let config = format!(
+            r#"server_name = "test.local"
+[http]
+listen = ["127.0.0.1:{port}"]
+[database]
+path = "{db}"
+cache_mib = 4
+[registration]
+mode = "{mode}"
+[limits]
+max_body_bytes = 65536
+login = {{ per_second = {lps}, burst = {lb} }}
+failed_login_per_account = {{ per_second = {lps}, burst = {lb} }}
+register = {{ per_second = 1000.0, burst = 1000 }}
+[logging]
+level = "warn"
+{extra}
+"#,
+            db = db.display(),
+            mode = options.registration,
+            lps = options.login_rate.0,
+            lb = options.login_rate.1,
+            extra = options.extra_toml,
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let mut server = Self {
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            data,
+            config_path,
+            child: None,
+            client: reqwest::Client::builder().build().expect("client"),
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Path of the data directory (the RocksDB database and admin socket).
+    pub fn db_path(&self) -> PathBuf {
+        self.data.path().join("db")
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(axon_binary())
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn axon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("axon exited during start-up: {status}");
+            }
+            let url = format!("{}/_matrix/client/versions", self.base);
+            if let Ok(r) = self.client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "axon did not start within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash or power loss.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same data and port.
+    pub async fn crash_and_restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    /// Sends a request; returns the status and the JSON body (`Value::Null` if not JSON).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let body = res.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.request(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.request(Method::PUT, path, token, Some(body)).await
+    }
+
+    /// Sends raw bytes as the body (for malformed-input tests).
+    pub async fn post_raw(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers through the dummy UIA flow; returns the response body.
+    pub async fn register(&self, username: &str, password: &str) -> Session {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(status, 401, "first register call should ask for UIA: {body}");
+        let session = body["session"].as_str().expect("session").to_owned();
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({
+                    "username": username,
+                    "password": password,
+                    "auth": {"type": "m.login.dummy", "session": session},
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "register {username}: {body}");
+        Session::from_json(&body)
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": username},
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    /// Runs `axon` with the given arguments against this server's configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(axon_binary())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .expect("run axon cli")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A logged-in client.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: String,
+    pub access_token: String,
+    pub device_id: String,
+}
+
+impl Session {
+    pub fn from_json(body: &Value) -> Self {
+        Self {
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            access_token: body["access_token"].as_str().expect("access_token").to_owned(),
+            device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        Some(&self.access_token)
+    }
+}
+
+/// Asserts a Matrix error response.
+#[track_caller]
+pub fn assert_error(response: &(StatusCode, Value), status: u16, errcode: &str) {
+    assert_eq!(response.0.as_u16(), status, "unexpected status; body: {}", response.1);
+    assert_eq!(response.1["errcode"], errcode, "unexpected errcode; body: {}", response.1);
+    assert!(response.1["error"].is_string(), "error message missing: {}", response.1);
+}
+
+/// The Python interpreter with matrix-nio installed: `AXON_PYTHON`, else the venv that
+/// `make test` creates. Panics (fails the test loudly) when neither is usable.
+pub fn nio_python() -> PathBuf {
+    let candidates: Vec<PathBuf> = std::env::var_os("AXON_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/axon-venv/bin/python")))
+        .collect();
+    for python in &candidates {
+        let ok = Command::new(python)
+            .args(["-c", "import nio"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return python.clone();
+        }
+    }
+    panic!(
+        "no Python with matrix-nio found (tried {candidates:?}); run `make test`, which installs it, or set AXON_PYTHON"
+    );
+}
+
+/// Path of a client script in `complement-tests/clients/`.
+pub fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(name)
+}

@@ -1,0 +1,49 @@
+//! Discovery: `/versions`, `/.well-known/matrix/*`, `/capabilities`.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::http::auth::Authed;
+use crate::http::ruma::AppState;
+
+/// Spec versions Axon speaks. Endpoints of later milestones answer `M_UNRECOGNIZED` until
+/// they land, which clients treat as "not supported".
+pub const SPEC_VERSIONS: &[&str] = &[
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12",
+];
+
+/// Room versions this server can create and join; 12 is the default for new rooms.
+pub const ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+pub const DEFAULT_ROOM_VERSION: &str = "12";
+
+pub async fn versions() -> Json<Value> {
+    Json(json!({
+        "versions": SPEC_VERSIONS,
+        "unstable_features": {},
+    }))
+}
+
+pub async fn well_known_client(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"m.homeserver": {"base_url": s.config.client_base_url()}}))
+}
+
+pub async fn well_known_server(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"m.server": s.config.federation_server()}))
+}
+
+pub async fn capabilities(Authed(_): Authed) -> Json<Value> {
+    let available: serde_json::Map<String, Value> =
+        ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
+    Json(json!({
+        "capabilities": {
+            "m.change_password": {"enabled": true},
+            "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": available},
+            "m.set_displayname": {"enabled": true},
+            "m.set_avatar_url": {"enabled": true},
+            "m.3pid_changes": {"enabled": false},
+            "m.get_login_token": {"enabled": false},
+        }
+    }))
+}

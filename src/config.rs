@@ -1,0 +1,278 @@
+//! Configuration: one TOML file, overridable by `AXON_*` environment variables.
+//!
+//! Every key has a default, so a missing file yields a working local server
+//! (`127.0.0.1:8008`, server name `localhost`, data under `./data`, registration closed).
+//! `config.toml` at the repository root documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The file read when neither `--config` nor `AXON_CONFIG` names one and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The domain part of every user and room ID this server creates. Cannot change later.
+    pub server_name: String,
+    /// The URL clients reach this server at; advertised by `/.well-known/matrix/client`.
+    /// Derived from the first listener when unset.
+    pub public_baseurl: Option<String>,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub registration: RegistrationConfig,
+    pub limits: LimitsConfig,
+    pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
+    pub well_known: WellKnownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Addresses the client (and later federation) API listens on.
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Directory holding the RocksDB database and the admin socket.
+    pub path: PathBuf,
+    /// RocksDB block cache, in MiB.
+    pub cache_mib: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Only the admin creates accounts (`axon user create`).
+    Closed,
+    /// Anyone who can reach the server may register (m.login.dummy). For local testing.
+    Open,
+    /// Registration needs a token made with `axon token create` (m.login.registration_token).
+    Token,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    pub mode: RegistrationMode,
+    /// Minimum password length accepted by /register and /account/password.
+    pub min_password_length: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted request body for JSON endpoints, in bytes (M_TOO_LARGE above it).
+    pub max_body_bytes: usize,
+    /// Login attempts per client IP address.
+    pub login: RateLimit,
+    /// Failed logins per account, whatever the address.
+    pub failed_login_per_account: RateLimit,
+    /// Registration requests per client IP address.
+    pub register: RateLimit,
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A `tracing` filter directive, e.g. `info` or `axon=debug,tower_http=info`.
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Path of the Prometheus endpoint.
+    pub path: String,
+    /// A listener of its own for the metrics endpoint; when unset, `path` is served on the
+    /// main listeners.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WellKnownConfig {
+    /// `m.homeserver.base_url` in `/.well-known/matrix/client`; defaults to `public_baseurl`.
+    pub client: Option<String>,
+    /// `m.server` in `/.well-known/matrix/server` (`host:port` of federation);
+    /// defaults to the host of `public_baseurl` on port 443 (https) or its own port.
+    pub server: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".to_owned(),
+            public_baseurl: None,
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            registration: RegistrationConfig::default(),
+            limits: LimitsConfig::default(),
+            logging: LoggingConfig::default(),
+            metrics: MetricsConfig::default(),
+            well_known: WellKnownConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: vec![SocketAddr::from(([127, 0, 0, 1], 8008))] }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("./data"), cache_mib: 8 }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self { mode: RegistrationMode::Closed, min_password_length: 8 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            login: RateLimit { per_second: 0.5, burst: 10 },
+            failed_login_per_account: RateLimit { per_second: 0.1, burst: 5 },
+            register: RateLimit { per_second: 0.2, burst: 5 },
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned(), format: LogFormat::Pretty }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, path: "/metrics".to_owned(), listen: None }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the file (if any), then `AXON_*` variables
+    /// (`AXON_SERVER_NAME`, `AXON_REGISTRATION__MODE`, `AXON_HTTP__LISTEN='["0.0.0.0:8008"]'`).
+    ///
+    /// `path` is the file named by the user; it must exist. Without it, `config.toml` in the
+    /// working directory is read when present.
+    pub fn load(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let file = match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_owned())),
+            Some(p) => Some(p.to_owned()),
+            None => {
+                let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+                default.exists().then_some(default)
+            }
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("AXON_").ignore(&["CONFIG"]).split("__"));
+        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok((config, file))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        ruma::ServerName::parse(&self.server_name).map_err(|e| {
+            ConfigError::Invalid(format!("server_name {:?}: {e}", self.server_name))
+        })?;
+        if self.http.listen.is_empty() {
+            return Err(ConfigError::Invalid("http.listen must name at least one address".into()));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid("limits.max_body_bytes must be at least 1024".into()));
+        }
+        for (name, rate) in [
+            ("login", self.limits.login),
+            ("failed_login_per_account", self.limits.failed_login_per_account),
+            ("register", self.limits.register),
+        ] {
+            if !(rate.per_second > 0.0) || rate.burst == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name}: per_second and burst must be positive"
+                )));
+            }
+        }
+        if !self.metrics.path.starts_with('/') {
+            return Err(ConfigError::Invalid("metrics.path must start with '/'".into()));
+        }
+        if let Some(url) = &self.public_baseurl {
+            url::Url::parse(url)
+                .map_err(|e| ConfigError::Invalid(format!("public_baseurl {url:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The base URL clients use, with a trailing slash.
+    pub fn client_base_url(&self) -> String {
+        let url = self.well_known.client.clone().or_else(|| self.public_baseurl.clone());
+        let url = url.unwrap_or_else(|| {
+            let addr = self.http.listen[0];
+            let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+                "localhost".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            format!("http://{host}:{}/", addr.port())
+        });
+        if url.ends_with('/') { url } else { format!("{url}/") }
+    }
+
+    /// The `m.server` delegation target for federation.
+    pub fn federation_server(&self) -> String {
+        if let Some(server) = &self.well_known.server {
+            return server.clone();
+        }
+        let base = self.client_base_url();
+        match url::Url::parse(&base) {
+            Ok(url) => {
+                let host = url.host_str().unwrap_or(&self.server_name).to_owned();
+                let port = url.port_or_known_default().unwrap_or(8448);
+                format!("{host}:{port}")
+            }
+            Err(_) => format!("{}:8448", self.server_name),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The services' error type. Each variant is a failure a client can be told about;
+//! `http::error` maps it to the Matrix `{errcode, error}` body and HTTP status in one place.
+
+use crate::services::uia::UiaInfo;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("Missing access token")]
+    MissingToken,
+    #[error("Unknown access token")]
+    UnknownToken { soft_logout: bool },
+    #[error("{0}")]
+    NotJson(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
+    #[error("Request body too large")]
+    TooLarge,
+    #[error("Too many requests")]
+    LimitExceeded { retry_after_ms: u64 },
+    #[error("Unrecognized request")]
+    Unrecognized { method_not_allowed: bool },
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("User ID already taken")]
+    UserInUse,
+    #[error("This account has been deactivated")]
+    UserDeactivated,
+    #[error("{0}")]
+    WeakPassword(String),
+    #[error("{0}")]
+    GuestAccessForbidden(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A well-formed request the server will not serve (an unsupported login type, say).
+    #[error("{0}")]
+    Unknown(String),
+    /// User-interactive authentication is required or a stage failed.
+    #[error("User-interactive authentication required")]
+    Uia(Box<UiaInfo>),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

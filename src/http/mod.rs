@@ -1,0 +1,106 @@
+//! HTTP: the axum application with its layers, composed in one place.
+//!
+//! Layers, outermost first: CORS (answers every `OPTIONS` itself, adds the spec's headers to
+//! every response), panic catcher, observation (a `tracing` span per request and Prometheus
+//! metrics), then the routes. Unknown paths get `404 M_UNRECOGNIZED`, known paths with the
+//! wrong method `405 M_UNRECOGNIZED`.
+
+pub mod auth;
+pub mod error;
+pub mod ruma;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
+
+use crate::error::Error;
+use ruma::AppState;
+
+/// Builds the full application for the main listeners.
+pub fn app(state: AppState, metrics: Option<PrometheusHandle>) -> Router {
+    let mut router = crate::api::client_routes();
+    if let Some(handle) = metrics.filter(|_| state.config.metrics.listen.is_none()) {
+        router = router.route(&state.config.metrics.path, get(move || render(handle.clone())));
+    }
+    router
+        .fallback(|| async { Error::Unrecognized { method_not_allowed: false } })
+        .method_not_allowed_fallback(|| async { Error::Unrecognized { method_not_allowed: true } })
+        .with_state(state)
+        .layer(middleware::from_fn(observe))
+        .layer(CatchPanicLayer::custom(|_| {
+            Error::Internal("request handler panicked".into()).into_response()
+        }))
+        .layer(middleware::from_fn(cors))
+}
+
+/// The application for a metrics-only listener.
+pub fn metrics_app(path: &str, handle: PrometheusHandle) -> Router {
+    Router::new().route(path, get(move || render(handle.clone())))
+}
+
+async fn render(handle: PrometheusHandle) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// CORS exactly as the Client-Server API recommends: every response carries the headers,
+/// and `OPTIONS` is answered without running any endpoint logic.
+async fn cors(req: Request, next: Next) -> Response {
+    let mut response = if req.method() == Method::OPTIONS {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    } else {
+        next.run(req).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+    response
+}
+
+/// A span per request (method and route, never the query string, which may hold a token)
+/// and the Prometheus request counter and latency histogram.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
+    let started = Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.record("status", status);
+    tracing::debug!(parent: &span, status, elapsed_us = elapsed.as_micros() as u64, "request done");
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("axon_http_requests_total", &labels).increment(1);
+    metrics::histogram!("axon_http_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
+    response
+}

@@ -1,0 +1,113 @@
+//! Glue between axum and ruma's endpoint types: routing every path ruma knows for an
+//! endpoint, parsing requests into ruma's request types with Matrix errors for bad input,
+//! and serializing ruma's response types.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use ruma::api::error::{DeserializationError, FromHttpRequestError};
+use ruma::api::path_builder::PathBuilder;
+use ruma::api::{IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt};
+use serde::de::IgnoredAny;
+
+use crate::error::Error;
+use crate::services::Services;
+
+pub type AppState = Arc<Services>;
+
+/// A request parsed into ruma's type for the endpoint.
+pub struct Ruma<T>(pub T);
+
+/// A ruma response type, serialized as the endpoint defines.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<Vec<u8>>() {
+            Ok(res) => res.map(Body::from).into_response(),
+            Err(e) => Error::Internal(format!("serializing response: {e}")).into_response(),
+        }
+    }
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub async fn read_body(body: Body, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, Error> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Error::TooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge),
+        Err(e) => Err(Error::BadJson(format!("Could not read request body: {e}"))),
+    }
+}
+
+fn from_ruma_error(e: FromHttpRequestError) -> Error {
+    match e {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            Error::BadJson(format!("Invalid request body: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            Error::InvalidParam(format!("Invalid query parameter: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            Error::InvalidParam(format!("Invalid identifier: {e}"))
+        }
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::Unrecognized { method_not_allowed: true }
+        }
+        other => Error::BadJson(format!("Invalid request: {other}")),
+    }
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let (mut parts, body) = req.into_parts();
+        let params: Vec<String> = RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| Error::InvalidParam("Path parameters are not valid UTF-8".into()))?
+            .iter()
+            .map(|(_, v)| v.to_owned())
+            .collect();
+        let bytes = read_body(body, &parts.headers, state.config.limits.max_body_bytes).await?;
+        if !bytes.is_empty() && T::METHOD != Method::GET {
+            serde_json::from_slice::<IgnoredAny>(&bytes)
+                .map_err(|e| Error::NotJson(format!("Content not JSON: {e}")))?;
+        }
+        let args: Vec<&str> = params.iter().map(String::as_str).collect();
+        let request = http::Request::from_parts(parts, &bytes[..]);
+        T::try_from_http_request(request, &args).map(Ruma).map_err(from_ruma_error)
+    }
+}
+
+/// Routes every path (r0, v3, unstable) that ruma lists for `Req` to `handler`.
+pub fn route<Req, H, T>(mut router: Router<AppState>, handler: H) -> Router<AppState>
+where
+    Req: IncomingRequest,
+    H: Handler<T, AppState> + Clone,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
+    for path in Req::PATH_BUILDER.all_paths() {
+        router = router.route(path, on(filter, handler.clone()));
+    }
+    router
+}

@@ -1,0 +1,32 @@
+//! Services: the homeserver's behaviour, independent of HTTP.
+//!
+//! **API Boundary.** `api/` (and later `federation/`, `appservices/`) call services; services
+//! call `storage`. A service never sees a request or a status code: it returns
+//! [`crate::error::Error`] values that `http::error` maps to Matrix errors.
+
+pub mod accounts;
+pub mod passwords;
+pub mod ratelimit;
+pub mod tokens;
+pub mod uia;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::storage::Store;
+
+/// Every service, built once at start-up and shared by all requests.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub accounts: accounts::Accounts,
+}
+
+impl Services {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Arc<Self>> {
+        let passwords = passwords::Passwords::new()?;
+        let accounts = accounts::Accounts::new(config.clone(), store.clone(), passwords);
+        Ok(Arc::new(Self { config, store, accounts }))
+    }
+}

@@ -1,0 +1,575 @@
+//! The RocksDB implementation of the storage traits.
+//!
+//! One column family per kind of data; composite keys join their parts with `0xFF`, a byte
+//! that never occurs in UTF-8, so prefixes scan exactly one owner's rows in order.
+//!
+//! Every trait method is one `WriteBatch` written with `sync = true`: the WAL is fsynced
+//! before the call returns, so an acknowledged write survives kill -9. Read-check-write
+//! methods hold `write_lock` so that two registrations cannot take one name.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    AccessTokenRecord, AccountStore, DeviceLogout, DeviceRecord, MetaStore, NewSession,
+    RegistrationTokenRecord, RegistrationTokenStore, StorageError, StorageResult, TokenHash,
+    UserRecord, records::now_ms,
+};
+
+const SEP: u8 = 0xFF;
+
+/// Column families. Adding one is free (created on open); renaming one is a migration.
+mod cf {
+    pub const META: &str = "meta";
+    pub const USERS: &str = "users";
+    pub const DEVICES: &str = "devices";
+    pub const ACCESS_TOKENS: &str = "access_tokens";
+    pub const DEVICE_TOKENS: &str = "device_tokens";
+    pub const REGISTRATION_TOKENS: &str = "registration_tokens";
+    pub const ALL: &[&str] =
+        &[META, USERS, DEVICES, ACCESS_TOKENS, DEVICE_TOKENS, REGISTRATION_TOKENS];
+}
+
+pub struct RocksStore {
+    db: Arc<DB>,
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        StorageError::Backend(e.into_string())
+    }
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(SEP);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn prefix(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = key(parts);
+    k.push(SEP);
+    k
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain records cannot fail: no maps with non-string keys, no I/O.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StorageResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
+}
+
+fn synced() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+impl RocksStore {
+    /// Opens (or creates) the database under `path`.
+    pub fn open(path: &Path, cache_mib: usize) -> StorageResult<Self> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StorageError::Backend(format!("creating {}: {e}", path.display())))?;
+        let cache = Cache::new_lru_cache(cache_mib.max(1) * 1024 * 1024);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        cf_opts.set_write_buffer_size(8 * 1024 * 1024);
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+
+        let mut db_opts = cf_opts.clone();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_keep_log_file_num(3);
+        db_opts.set_max_total_wal_size(64 * 1024 * 1024);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_max_open_files(256);
+
+        let descriptors = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_opts.clone()))
+            .collect::<Vec<_>>();
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+            let msg = e.into_string();
+            if msg.contains("lock") {
+                StorageError::Backend(format!(
+                    "{msg} (is another axon process using {}?)",
+                    path.display()
+                ))
+            } else {
+                StorageError::Backend(msg)
+            }
+        })?;
+        Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
+    }
+
+    /// Runs a (possibly fsyncing) closure on the blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DB, &Mutex<()>) -> StorageResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let lock = self.write_lock.clone();
+        tokio::task::spawn_blocking(move || f(&db, &lock))
+            .await
+            .map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?
+    }
+}
+
+fn handle<'a>(db: &'a DB, name: &str) -> StorageResult<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| StorageError::Backend(format!("column family {name} missing")))
+}
+
+fn get_json<T: DeserializeOwned>(
+    db: &DB,
+    cf_name: &'static str,
+    k: &[u8],
+) -> StorageResult<Option<T>> {
+    match db.get_pinned_cf(handle(db, cf_name)?, k)? {
+        Some(bytes) => decode(cf_name, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Keys under `prefix` in one column family, in order.
+fn keys_with_prefix(db: &DB, cf_name: &str, prefix: &[u8]) -> StorageResult<Vec<Box<[u8]>>> {
+    let mut out = Vec::new();
+    let iter = db.iterator_cf(handle(db, cf_name)?, IteratorMode::From(prefix, Direction::Forward));
+    for item in iter {
+        let (k, _) = item?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        out.push(k);
+    }
+    Ok(out)
+}
+
+/// Adds to `batch` the deletion of one device and every token issued to it.
+fn delete_device_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    localpart: &str,
+    device_id: &str,
+) -> StorageResult<()> {
+    batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
+    revoke_device_tokens_in(db, batch, localpart, device_id)
+}
+
+fn revoke_device_tokens_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    localpart: &str,
+    device_id: &str,
+) -> StorageResult<()> {
+    let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+    let tokens = handle(db, cf::ACCESS_TOKENS)?;
+    let index = handle(db, cf::DEVICE_TOKENS)?;
+    for k in keys_with_prefix(db, cf::DEVICE_TOKENS, &p)? {
+        batch.delete_cf(tokens, &k[p.len()..]);
+        batch.delete_cf(index, &k);
+    }
+    Ok(())
+}
+
+fn put_session_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    localpart: &str,
+    session: &NewSession,
+) -> StorageResult<()> {
+    let device_id = session.device.device_id.as_bytes();
+    batch.put_cf(
+        handle(db, cf::DEVICES)?,
+        key(&[localpart.as_bytes(), device_id]),
+        encode(&session.device),
+    );
+    batch.put_cf(handle(db, cf::ACCESS_TOKENS)?, session.token_hash.0, encode(&session.token));
+    batch.put_cf(
+        handle(db, cf::DEVICE_TOKENS)?,
+        key(&[localpart.as_bytes(), device_id, &session.token_hash.0]),
+        [],
+    );
+    Ok(())
+}
+
+fn device_ids(db: &DB, localpart: &str) -> StorageResult<Vec<String>> {
+    let p = prefix(&[localpart.as_bytes()]);
+    keys_with_prefix(db, cf::DEVICES, &p)?
+        .into_iter()
+        .map(|k| {
+            String::from_utf8(k[p.len()..].to_vec()).map_err(|e| StorageError::Corrupt {
+                what: cf::DEVICES,
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl AccountStore for RocksStore {
+    async fn user(&self, localpart: &str) -> StorageResult<Option<UserRecord>> {
+        get_json(&self.db, cf::USERS, localpart.as_bytes())
+    }
+
+    async fn create_user(
+        &self,
+        user: UserRecord,
+        session: Option<NewSession>,
+        registration_token: Option<String>,
+    ) -> StorageResult<()> {
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            if db.get_pinned_cf(handle(db, cf::USERS)?, user.localpart.as_bytes())?.is_some() {
+                return Err(StorageError::AlreadyExists);
+            }
+            let mut batch = WriteBatch::default();
+            if let Some(token) = registration_token {
+                let mut record: RegistrationTokenRecord =
+                    get_json(db, cf::REGISTRATION_TOKENS, token.as_bytes())?
+                        .ok_or(StorageError::TokenNotUsable)?;
+                if !record.is_usable(now_ms()) {
+                    return Err(StorageError::TokenNotUsable);
+                }
+                record.completed += 1;
+                batch.put_cf(
+                    handle(db, cf::REGISTRATION_TOKENS)?,
+                    token.as_bytes(),
+                    encode(&record),
+                );
+            }
+            batch.put_cf(handle(db, cf::USERS)?, user.localpart.as_bytes(), encode(&user));
+            if let Some(session) = &session {
+                put_session_in(db, &mut batch, &user.localpart, session)?;
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_password(
+        &self,
+        localpart: &str,
+        password_hash: String,
+        logout: DeviceLogout,
+    ) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut user: UserRecord =
+                get_json(db, cf::USERS, localpart.as_bytes())?.ok_or(StorageError::NotFound)?;
+            user.password_hash = Some(password_hash);
+            let mut batch = WriteBatch::default();
+            batch.put_cf(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user));
+            if let DeviceLogout::AllExcept(keep) = logout {
+                for device_id in device_ids(db, &localpart)? {
+                    if keep.as_deref() != Some(device_id.as_str()) {
+                        delete_device_in(db, &mut batch, &localpart, &device_id)?;
+                    }
+                }
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deactivate_user(&self, localpart: &str) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut user: UserRecord =
+                get_json(db, cf::USERS, localpart.as_bytes())?.ok_or(StorageError::NotFound)?;
+            user.deactivated = true;
+            user.password_hash = None;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user));
+            for device_id in device_ids(db, &localpart)? {
+                delete_device_in(db, &mut batch, &localpart, &device_id)?;
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_count(&self) -> StorageResult<u64> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(handle(&self.db, cf::USERS)?, IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn create_session(&self, localpart: &str, session: NewSession) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut session = session;
+            let existing: Option<DeviceRecord> = get_json(
+                db,
+                cf::DEVICES,
+                &key(&[localpart.as_bytes(), session.device.device_id.as_bytes()]),
+            )?;
+            let mut batch = WriteBatch::default();
+            if let Some(existing) = existing {
+                session.device.created_ts = existing.created_ts;
+                if session.device.display_name.is_none() {
+                    session.device.display_name = existing.display_name;
+                }
+                revoke_device_tokens_in(db, &mut batch, &localpart, &session.device.device_id)?;
+            }
+            put_session_in(db, &mut batch, &localpart, &session)?;
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn access_token(&self, hash: &TokenHash) -> StorageResult<Option<AccessTokenRecord>> {
+        get_json(&self.db, cf::ACCESS_TOKENS, &hash.0)
+    }
+
+    async fn devices(&self, localpart: &str) -> StorageResult<Vec<DeviceRecord>> {
+        let p = prefix(&[localpart.as_bytes()]);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            handle(&self.db, cf::DEVICES)?,
+            IteratorMode::From(&p, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            out.push(decode(cf::DEVICES, &v)?);
+        }
+        Ok(out)
+    }
+
+    async fn device(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<Option<DeviceRecord>> {
+        get_json(&self.db, cf::DEVICES, &key(&[localpart.as_bytes(), device_id.as_bytes()]))
+    }
+
+    async fn update_device(&self, localpart: &str, device: DeviceRecord) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let k = key(&[localpart.as_bytes(), device.device_id.as_bytes()]);
+            if db.get_pinned_cf(handle(db, cf::DEVICES)?, &k)?.is_none() {
+                return Err(StorageError::NotFound);
+            }
+            db.put_cf_opt(handle(db, cf::DEVICES)?, k, encode(&device), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_devices(&self, localpart: &str, device_ids: Vec<String>) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut batch = WriteBatch::default();
+            for device_id in &device_ids {
+                delete_device_in(db, &mut batch, &localpart, device_id)?;
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RegistrationTokenStore for RocksStore {
+    async fn create_registration_token(
+        &self,
+        record: RegistrationTokenRecord,
+    ) -> StorageResult<()> {
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let cf = handle(db, cf::REGISTRATION_TOKENS)?;
+            if db.get_pinned_cf(cf, record.token.as_bytes())?.is_some() {
+                return Err(StorageError::AlreadyExists);
+            }
+            db.put_cf_opt(cf, record.token.as_bytes(), encode(&record), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn registration_token(
+        &self,
+        token: &str,
+    ) -> StorageResult<Option<RegistrationTokenRecord>> {
+        get_json(&self.db, cf::REGISTRATION_TOKENS, token.as_bytes())
+    }
+
+    async fn registration_tokens(&self) -> StorageResult<Vec<RegistrationTokenRecord>> {
+        let mut out = Vec::new();
+        let cf = handle(&self.db, cf::REGISTRATION_TOKENS)?;
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (_, v) = item?;
+            out.push(decode(cf::REGISTRATION_TOKENS, &v)?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_registration_token(&self, token: &str) -> StorageResult<()> {
+        let token = token.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let cf = handle(db, cf::REGISTRATION_TOKENS)?;
+            if db.get_pinned_cf(cf, token.as_bytes())?.is_none() {
+                return Err(StorageError::NotFound);
+            }
+            db.delete_cf_opt(cf, token.as_bytes(), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MetaStore for RocksStore {
+    async fn meta(&self, key: &str) -> StorageResult<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(handle(&self.db, cf::META)?, key.as_bytes())?)
+    }
+
+    async fn set_meta(&self, key: &str, value: Vec<u8>) -> StorageResult<()> {
+        let key = key.to_owned();
+        self.blocking(move |db, _| {
+            db.put_cf_opt(handle(db, cf::META)?, key.as_bytes(), value, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(localpart: &str) -> UserRecord {
+        UserRecord {
+            localpart: localpart.into(),
+            password_hash: Some("x".into()),
+            created_ts: 1,
+            deactivated: false,
+            admin: false,
+        }
+    }
+
+    fn session(device: &str, token: &str) -> NewSession {
+        NewSession {
+            device: DeviceRecord {
+                device_id: device.into(),
+                display_name: None,
+                created_ts: 1,
+                last_seen_ts: None,
+                last_seen_ip: None,
+            },
+            token_hash: TokenHash::of(token),
+            token: AccessTokenRecord {
+                localpart: "alice".into(),
+                device_id: device.into(),
+                created_ts: 1,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_localpart_cannot_be_created_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store.create_user(user("alice"), None, None).await.unwrap();
+        let again = store.create_user(user("alice"), None, None).await;
+        assert!(matches!(again, Err(StorageError::AlreadyExists)));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_device_revokes_only_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store.create_user(user("alice"), Some(session("A", "ta")), None).await.unwrap();
+        store.create_session("alice", session("B", "tb")).await.unwrap();
+        store.delete_devices("alice", vec!["A".into()]).await.unwrap();
+        assert!(store.access_token(&TokenHash::of("ta")).await.unwrap().is_none());
+        assert!(store.access_token(&TokenHash::of("tb")).await.unwrap().is_some());
+        let ids: Vec<_> =
+            store.devices("alice").await.unwrap().into_iter().map(|d| d.device_id).collect();
+        assert_eq!(ids, vec!["B".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn reusing_a_device_id_revokes_its_previous_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store.create_user(user("alice"), Some(session("A", "t1")), None).await.unwrap();
+        store.create_session("alice", session("A", "t2")).await.unwrap();
+        assert!(store.access_token(&TokenHash::of("t1")).await.unwrap().is_none());
+        assert!(store.access_token(&TokenHash::of("t2")).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_used_up_registration_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store
+            .create_registration_token(RegistrationTokenRecord {
+                token: "tok".into(),
+                uses_allowed: Some(1),
+                completed: 0,
+                expiry_ts: None,
+                created_ts: 0,
+            })
+            .await
+            .unwrap();
+        store.create_user(user("a"), None, Some("tok".into())).await.unwrap();
+        let second = store.create_user(user("b"), None, Some("tok".into())).await;
+        assert!(matches!(second, Err(StorageError::TokenNotUsable)));
+        assert!(store.user("b").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path(), 1).unwrap();
+            store.create_user(user("alice"), Some(session("A", "t")), None).await.unwrap();
+        }
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        assert!(store.user("alice").await.unwrap().is_some());
+        assert!(store.access_token(&TokenHash::of("t")).await.unwrap().is_some());
+    }
+}
