@@ -14,6 +14,19 @@ use serde::{Deserialize, Serialize};
 /// The file read when neither `--config` nor `AXON_CONFIG` names one and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 
+/// The top-level keys of [`Config`], which `AXON_<KEY>[__<SUBKEY>]` variables may set.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server_name",
+    "public_baseurl",
+    "http",
+    "database",
+    "registration",
+    "limits",
+    "logging",
+    "metrics",
+    "well_known",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
@@ -150,19 +163,27 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: vec![SocketAddr::from(([127, 0, 0, 1], 8008))] }
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8008))],
+        }
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("./data"), cache_mib: 8 }
+        Self {
+            path: PathBuf::from("./data"),
+            cache_mib: 8,
+        }
     }
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        Self { mode: RegistrationMode::Closed, min_password_length: 8 }
+        Self {
+            mode: RegistrationMode::Closed,
+            min_password_length: 8,
+        }
     }
 }
 
@@ -170,22 +191,38 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
-            login: RateLimit { per_second: 0.5, burst: 10 },
-            failed_login_per_account: RateLimit { per_second: 0.1, burst: 5 },
-            register: RateLimit { per_second: 0.2, burst: 5 },
+            login: RateLimit {
+                per_second: 0.5,
+                burst: 10,
+            },
+            failed_login_per_account: RateLimit {
+                per_second: 0.1,
+                burst: 5,
+            },
+            register: RateLimit {
+                per_second: 0.2,
+                burst: 5,
+            },
         }
     }
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { level: "info".to_owned(), format: LogFormat::Pretty }
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Pretty,
+        }
     }
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { enabled: true, path: "/metrics".to_owned(), listen: None }
+        Self {
+            enabled: true,
+            path: "/metrics".to_owned(),
+            listen: None,
+        }
     }
 }
 
@@ -208,8 +245,18 @@ impl Config {
         if let Some(file) = &file {
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("AXON_").ignore(&["CONFIG"]).split("__"));
-        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Only variables naming a configuration section count: AXON_CONFIG, AXON_PASSWORD
+        // and the test harness's AXON_* variables are not configuration keys.
+        let env = Env::prefixed("AXON_")
+            .filter(|key| {
+                let top = key.as_str().split("__").next().unwrap_or_default();
+                TOP_LEVEL_KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
+            })
+            .split("__");
+        figment = figment.merge(env);
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok((config, file))
     }
@@ -219,24 +266,33 @@ impl Config {
             ConfigError::Invalid(format!("server_name {:?}: {e}", self.server_name))
         })?;
         if self.http.listen.is_empty() {
-            return Err(ConfigError::Invalid("http.listen must name at least one address".into()));
+            return Err(ConfigError::Invalid(
+                "http.listen must name at least one address".into(),
+            ));
         }
         if self.limits.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid("limits.max_body_bytes must be at least 1024".into()));
+            return Err(ConfigError::Invalid(
+                "limits.max_body_bytes must be at least 1024".into(),
+            ));
         }
         for (name, rate) in [
             ("login", self.limits.login),
-            ("failed_login_per_account", self.limits.failed_login_per_account),
+            (
+                "failed_login_per_account",
+                self.limits.failed_login_per_account,
+            ),
             ("register", self.limits.register),
         ] {
-            if !(rate.per_second > 0.0) || rate.burst == 0 {
+            if !rate.per_second.is_finite() || rate.per_second <= 0.0 || rate.burst == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "limits.{name}: per_second and burst must be positive"
                 )));
             }
         }
         if !self.metrics.path.starts_with('/') {
-            return Err(ConfigError::Invalid("metrics.path must start with '/'".into()));
+            return Err(ConfigError::Invalid(
+                "metrics.path must start with '/'".into(),
+            ));
         }
         if let Some(url) = &self.public_baseurl {
             url::Url::parse(url)
@@ -247,7 +303,11 @@ impl Config {
 
     /// The base URL clients use, with a trailing slash.
     pub fn client_base_url(&self) -> String {
-        let url = self.well_known.client.clone().or_else(|| self.public_baseurl.clone());
+        let url = self
+            .well_known
+            .client
+            .clone()
+            .or_else(|| self.public_baseurl.clone());
         let url = url.unwrap_or_else(|| {
             let addr = self.http.listen[0];
             let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
@@ -257,7 +317,11 @@ impl Config {
             };
             format!("http://{host}:{}/", addr.port())
         });
-        if url.ends_with('/') { url } else { format!("{url}/") }
+        if url.ends_with('/') {
+            url
+        } else {
+            format!("{url}/")
+        }
     }
 
     /// The `m.server` delegation target for federation.

@@ -33,7 +33,11 @@ pub fn axon_binary() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Configuration of a test server, turned into a TOML file.
@@ -48,7 +52,11 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { registration: "open", extra_toml: String::new(), login_rate: (1000.0, 1000) }
+        Self {
+            registration: "open",
+            extra_toml: String::new(),
+            login_rate: (1000.0, 1000),
+        }
     }
 }
 
@@ -193,7 +201,12 @@ level = "warn"
     }
 
     /// Sends raw bytes as the body (for malformed-input tests).
-    pub async fn post_raw(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
@@ -216,7 +229,10 @@ level = "warn"
                 json!({"username": username, "password": password}),
             )
             .await;
-        assert_eq!(status, 401, "first register call should ask for UIA: {body}");
+        assert_eq!(
+            status, 401,
+            "first register call should ask for UIA: {body}"
+        );
         let session = body["session"].as_str().expect("session").to_owned();
         let (status, body) = self
             .post(
@@ -275,7 +291,10 @@ impl Session {
     pub fn from_json(body: &Value) -> Self {
         Self {
             user_id: body["user_id"].as_str().expect("user_id").to_owned(),
-            access_token: body["access_token"].as_str().expect("access_token").to_owned(),
+            access_token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
             device_id: body["device_id"].as_str().expect("device_id").to_owned(),
         }
     }
@@ -288,9 +307,22 @@ impl Session {
 /// Asserts a Matrix error response.
 #[track_caller]
 pub fn assert_error(response: &(StatusCode, Value), status: u16, errcode: &str) {
-    assert_eq!(response.0.as_u16(), status, "unexpected status; body: {}", response.1);
-    assert_eq!(response.1["errcode"], errcode, "unexpected errcode; body: {}", response.1);
-    assert!(response.1["error"].is_string(), "error message missing: {}", response.1);
+    assert_eq!(
+        response.0.as_u16(),
+        status,
+        "unexpected status; body: {}",
+        response.1
+    );
+    assert_eq!(
+        response.1["errcode"], errcode,
+        "unexpected errcode; body: {}",
+        response.1
+    );
+    assert!(
+        response.1["error"].is_string(),
+        "error message missing: {}",
+        response.1
+    );
 }
 
 /// The Python interpreter with matrix-nio installed: `AXON_PYTHON`, else the venv that
@@ -299,7 +331,9 @@ pub fn nio_python() -> PathBuf {
     let candidates: Vec<PathBuf> = std::env::var_os("AXON_PYTHON")
         .map(PathBuf::from)
         .into_iter()
-        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/axon-venv/bin/python")))
+        .chain(
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/axon-venv/bin/python")),
+        )
         .collect();
     for python in &candidates {
         let ok = Command::new(python)
@@ -319,5 +353,7 @@ pub fn nio_python() -> PathBuf {
 
 /// Path of a client script in `complement-tests/clients/`.
 pub fn client_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
 }

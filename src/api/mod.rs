@@ -15,13 +15,26 @@ use crate::http::ruma::{AppState, route};
 pub fn client_routes() -> Router<AppState> {
     let r = Router::new()
         .route("/_matrix/client/versions", get(discovery::versions))
-        .route("/.well-known/matrix/client", get(discovery::well_known_client))
-        .route("/.well-known/matrix/server", get(discovery::well_known_server))
-        .route("/_matrix/client/v3/capabilities", get(discovery::capabilities))
-        .route("/_matrix/client/r0/capabilities", get(discovery::capabilities))
+        .route(
+            "/.well-known/matrix/client",
+            get(discovery::well_known_client),
+        )
+        .route(
+            "/.well-known/matrix/server",
+            get(discovery::well_known_server),
+        )
+        .route(
+            "/_matrix/client/v3/capabilities",
+            get(discovery::capabilities),
+        )
+        .route(
+            "/_matrix/client/r0/capabilities",
+            get(discovery::capabilities),
+        )
         .route("/_matrix/client/v3/login", get(account::login_types))
         .route("/_matrix/client/r0/login", get(account::login_types));
-    let r = route::<acc::get_username_availability::v3::Request, _, _>(r, account::register_available);
+    let r =
+        route::<acc::get_username_availability::v3::Request, _, _>(r, account::register_available);
     let r = route::<acc::register::v3::Request, _, _>(r, account::register);
     let r = route::<acc::check_registration_token_validity::v1::Request, _, _>(
         r,

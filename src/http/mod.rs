@@ -29,11 +29,22 @@ use ruma::AppState;
 pub fn app(state: AppState, metrics: Option<PrometheusHandle>) -> Router {
     let mut router = crate::api::client_routes();
     if let Some(handle) = metrics.filter(|_| state.config.metrics.listen.is_none()) {
-        router = router.route(&state.config.metrics.path, get(move || render(handle.clone())));
+        router = router.route(
+            &state.config.metrics.path,
+            get(move || render(handle.clone())),
+        );
     }
     router
-        .fallback(|| async { Error::Unrecognized { method_not_allowed: false } })
-        .method_not_allowed_fallback(|| async { Error::Unrecognized { method_not_allowed: true } })
+        .fallback(|| async {
+            Error::Unrecognized {
+                method_not_allowed: false,
+            }
+        })
+        .method_not_allowed_fallback(|| async {
+            Error::Unrecognized {
+                method_not_allowed: true,
+            }
+        })
         .with_state(state)
         .layer(middleware::from_fn(observe))
         .layer(CatchPanicLayer::custom(|_| {
@@ -66,7 +77,10 @@ async fn cors(req: Request, next: Next) -> Response {
         next.run(req).await
     };
     let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
@@ -87,7 +101,8 @@ async fn observe(req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
-    let span = tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
+    let span =
+        tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();

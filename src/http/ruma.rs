@@ -39,7 +39,11 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
 }
 
 /// Reads a request body of at most `limit` bytes.
-pub async fn read_body(body: Body, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, Error> {
+pub async fn read_body(
+    body: Body,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Error> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -66,9 +70,9 @@ fn from_ruma_error(e: FromHttpRequestError) -> Error {
         FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
             Error::InvalidParam(format!("Invalid identifier: {e}"))
         }
-        FromHttpRequestError::MethodMismatch { .. } => {
-            Error::Unrecognized { method_not_allowed: true }
-        }
+        FromHttpRequestError::MethodMismatch { .. } => Error::Unrecognized {
+            method_not_allowed: true,
+        },
         other => Error::BadJson(format!("Invalid request: {other}")),
     }
 }
@@ -94,7 +98,9 @@ where
         }
         let args: Vec<&str> = params.iter().map(String::as_str).collect();
         let request = http::Request::from_parts(parts, &bytes[..]);
-        T::try_from_http_request(request, &args).map(Ruma).map_err(from_ruma_error)
+        T::try_from_http_request(request, &args)
+            .map(Ruma)
+            .map_err(from_ruma_error)
     }
 }
 

@@ -27,6 +27,10 @@ impl Services {
     pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Arc<Self>> {
         let passwords = passwords::Passwords::new()?;
         let accounts = accounts::Accounts::new(config.clone(), store.clone(), passwords);
-        Ok(Arc::new(Self { config, store, accounts }))
+        Ok(Arc::new(Self {
+            config,
+            store,
+            accounts,
+        }))
     }
 }

@@ -37,21 +37,31 @@ fn hash_blocking(password: &str) -> Result<String> {
 
 fn verify_blocking(password: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => argon2().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
 
 impl Passwords {
     pub fn new() -> Result<Self> {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let dummy_hash = hash_blocking(&crate::services::tokens::random_token())?;
-        Ok(Self { permits: Arc::new(Semaphore::new(cores)), dummy_hash: dummy_hash.into() })
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(cores)),
+            dummy_hash: dummy_hash.into(),
+        })
     }
 
     pub async fn hash(&self, password: &str) -> Result<String> {
-        let _permit =
-            self.permits.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || hash_blocking(&password))
             .await
@@ -60,8 +70,11 @@ impl Passwords {
 
     /// Checks `password` against `hash`; with no hash, spends the same time and fails.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool> {
-        let _permit =
-            self.permits.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let password = password.to_owned();
         let (hash, real) = match hash {
             Some(h) => (h.to_owned(), true),

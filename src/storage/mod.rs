@@ -110,8 +110,10 @@ pub trait RegistrationTokenStore: Send + Sync {
     async fn create_registration_token(&self, record: RegistrationTokenRecord)
     -> StorageResult<()>;
 
-    async fn registration_token(&self, token: &str)
-    -> StorageResult<Option<RegistrationTokenRecord>>;
+    async fn registration_token(
+        &self,
+        token: &str,
+    ) -> StorageResult<Option<RegistrationTokenRecord>>;
 
     async fn registration_tokens(&self) -> StorageResult<Vec<RegistrationTokenRecord>>;
 

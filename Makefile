@@ -1,0 +1,30 @@
+# The two commands of the README. Both install missing prerequisites first
+# (scripts/bootstrap.sh), then call cargo.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/axon-target
+AXON_VENV ?= $(HOME)/.cache/axon-venv
+export CARGO_TARGET_DIR AXON_VENV
+
+.PHONY: run test deps test-deps bench lint
+
+## Start a homeserver on 127.0.0.1:8008 with data under ./data.
+run: deps
+	cargo run --release
+
+## The test suite that CI runs.
+test: test-deps
+	AXON_PYTHON=$(AXON_VENV)/bin/python cargo test --workspace
+
+deps:
+	@scripts/bootstrap.sh
+
+test-deps:
+	@scripts/bootstrap.sh --test
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Benchmarks against the release binary (see bench/README.md).
+bench: deps
+	cargo build --release --bin axon
+	bench/run.sh

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Benchmarks for the hot paths of M1.1 against the release binary on this machine:
+#   - whoami requests per second (token lookup + auth on every request)
+#   - password logins per second (argon2id-bound)
+#   - idle RSS of the server process, after start-up and after the load
+# Load comes from wrk on loopback; every run is bounded in time and stops by itself.
+# Results go to stdout and bench/results/latest.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/axon-target}"
+BIN="${AXON_BIN:-$TARGET/release/axon}"
+DURATION="${BENCH_DURATION:-10s}"
+CONNECTIONS="${BENCH_CONNECTIONS:-64}"
+[[ -x "$BIN" ]] || { echo "build the release binary first: cargo build --release" >&2; exit 1; }
+command -v wrk >/dev/null || { sudo_apt=""; [[ $(id -u) -ne 0 ]] && sudo_apt=sudo; $sudo_apt apt-get install -y -qq wrk >/dev/null; }
+command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
+
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/axon.toml" <<TOML
+server_name = "bench.local"
+[http]
+listen = ["127.0.0.1:$port"]
+[database]
+path = "$work/db"
+[registration]
+mode = "open"
+[limits]
+login = { per_second = 1000000.0, burst = 1000000 }
+failed_login_per_account = { per_second = 1000000.0, burst = 1000000 }
+register = { per_second = 1000000.0, burst = 1000000 }
+[logging]
+level = "warn"
+TOML
+
+"$BIN" --config "$work/axon.toml" >/dev/null 2>"$work/stderr" &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+base="http://127.0.0.1:$port"
+for _ in $(seq 100); do curl -sf "$base/_matrix/client/versions" >/dev/null && break; sleep 0.1; done
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+sleep 2
+rss_idle=$(rss_kib)
+
+session=$(curl -s -X POST "$base/_matrix/client/v3/register" -d '{"username":"bench","password":"bench-password"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["session"])')
+token=$(curl -s -X POST "$base/_matrix/client/v3/register" \
+  -d "{\"username\":\"bench\",\"password\":\"bench-password\",\"auth\":{\"type\":\"m.login.dummy\",\"session\":\"$session\"}}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+
+echo "== whoami: wrk -t1 -c$CONNECTIONS -d$DURATION"
+wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Authorization: Bearer $token" \
+  "$base/_matrix/client/v3/account/whoami" | tee "$work/whoami.txt"
+
+cat > "$work/login.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"type":"m.login.password","identifier":{"type":"m.id.user","user":"bench"},"password":"bench-password","device_id":"BENCHDEV"}'
+LUA
+echo "== login: wrk -t1 -c8 -d$DURATION"
+wrk -t1 -c8 -d"$DURATION" --latency -s "$work/login.lua" "$base/_matrix/client/v3/login" | tee "$work/login.txt"
+
+rss_after=$(rss_kib)
+errors=$(grep -c "Non-2xx" "$work/whoami.txt" "$work/login.txt" | awk -F: '{s+=$2} END {print s}')
+
+mkdir -p bench/results
+{
+  echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)  cores: $(nproc)"
+  echo "whoami req/s: $(awk '/Requests\/sec/ {print $2}' "$work/whoami.txt")  p50: $(awk '$1=="50%" {print $2}' "$work/whoami.txt")  p99: $(awk '$1=="99%" {print $2}' "$work/whoami.txt")"
+  echo "login  req/s: $(awk '/Requests\/sec/ {print $2}' "$work/login.txt")  p50: $(awk '$1=="50%" {print $2}' "$work/login.txt")  p99: $(awk '$1=="99%" {print $2}' "$work/login.txt")"
+  echo "idle RSS after start: $((rss_idle / 1024)) MiB ($rss_idle KiB); after the load: $((rss_after / 1024)) MiB"
+  echo "runs with non-2xx responses: $errors"
+} | tee bench/results/latest.txt

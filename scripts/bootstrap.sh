@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what building and testing Axon needs and a fresh machine may lack.
+# Idempotent and quiet when everything is there. Used by `make run`, `make test` and .ci/run.
+#
+#   scripts/bootstrap.sh          build prerequisites (libclang for the rocksdb crate's bindgen)
+#   scripts/bootstrap.sh --test   also the Python venv with matrix-nio for the real-client tests
+set -euo pipefail
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+apt_updated=0
+apt_install() {
+    if ! command -v apt-get >/dev/null; then
+        echo "bootstrap: please install $* with your package manager" >&2
+        exit 1
+    fi
+    if [[ $apt_updated -eq 0 ]]; then
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+    echo "bootstrap: installing $*" >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+have_libclang() {
+    [[ -n "${LIBCLANG_PATH:-}" ]] && return 0
+    ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && return 0
+    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null && return 0
+    return 1
+}
+
+have_libclang || apt_install libclang-dev
+command -v c++ >/dev/null || apt_install g++
+
+if [[ $want_test -eq 1 ]]; then
+    venv="${AXON_VENV:-$HOME/.cache/axon-venv}"
+    if ! "$venv/bin/python" -c "import nio" 2>/dev/null; then
+        command -v python3 >/dev/null || apt_install python3
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            rm -rf "$venv"
+            apt_install python3-venv
+            python3 -m venv "$venv"
+        fi
+        echo "bootstrap: installing matrix-nio into $venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check -r complement-tests/clients/requirements.txt
+    fi
+fi
