@@ -40,6 +40,13 @@ pub enum Error {
     GuestAccessForbidden(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    #[error("Room alias already taken")]
+    RoomInUse,
+    /// The request conflicts with the current state (e.g. forgetting a joined room).
+    #[error("{0}")]
+    BadState(String),
     /// A well-formed request the server will not serve (an unsupported login type, say).
     #[error("{0}")]
     Unknown(String),

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod rooms;
 pub mod services;
 pub mod storage;
 pub mod telemetry;
@@ -48,7 +49,9 @@ pub async fn open(config: Arc<Config>) -> Result<Arc<Services>, StartError> {
         &config.database.path,
         config.database.cache_mib,
     )?);
-    Ok(Services::new(config, store)?)
+    let key = Arc::new(signing_key(store.as_ref()).await?);
+    tracing::info!(server_name = %config.server_name, key_id = %key.key_id(), "database open");
+    Ok(Services::new(config, store, key).await?)
 }
 
 /// Loads the server's signing key, generating and persisting it on first start.
@@ -77,8 +80,6 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
     };
 
     let services = open(config.clone()).await?;
-    let key = signing_key(services.store.as_ref()).await?;
-    tracing::info!(server_name = %config.server_name, key_id = %key.key_id(), "starting");
 
     let socket = admin::socket_path(&config.database.path);
     let admin_services = services.clone();

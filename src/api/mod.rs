@@ -4,10 +4,14 @@
 pub mod account;
 pub mod devices;
 pub mod discovery;
+pub mod rooms;
+pub mod sync;
 
 use axum::Router;
 use axum::routing::get;
-use ruma::api::client::{account as acc, device, session};
+use ruma::api::client::{
+    account as acc, device, membership, message, redact, room, session, state,
+};
 
 use crate::http::ruma::{AppState, route};
 
@@ -51,5 +55,28 @@ pub fn client_routes() -> Router<AppState> {
     let r = route::<device::get_device::v3::Request, _, _>(r, devices::get);
     let r = route::<device::update_device::v3::Request, _, _>(r, devices::update);
     let r = route::<device::delete_device::v3::Request, _, _>(r, devices::delete);
-    route::<device::delete_devices::v3::Request, _, _>(r, devices::delete_many)
+    let r = route::<device::delete_devices::v3::Request, _, _>(r, devices::delete_many);
+    let r = route::<room::create_room::v3::Request, _, _>(r, rooms::create);
+    let r = route::<membership::join_room_by_id::v3::Request, _, _>(r, rooms::join_by_id);
+    let r = route::<membership::join_room_by_id_or_alias::v3::Request, _, _>(
+        r,
+        rooms::join_by_id_or_alias,
+    );
+    let r = route::<membership::invite_user::v3::Request, _, _>(r, rooms::invite);
+    let r = route::<membership::leave_room::v3::Request, _, _>(r, rooms::leave);
+    let r = route::<membership::forget_room::v3::Request, _, _>(r, rooms::forget);
+    let r = route::<membership::kick_user::v3::Request, _, _>(r, rooms::kick);
+    let r = route::<membership::ban_user::v3::Request, _, _>(r, rooms::ban);
+    let r = route::<membership::unban_user::v3::Request, _, _>(r, rooms::unban);
+    let r = route::<membership::joined_rooms::v3::Request, _, _>(r, rooms::joined_rooms);
+    let r = route::<membership::get_member_events::v3::Request, _, _>(r, rooms::members);
+    let r = route::<membership::joined_members::v3::Request, _, _>(r, rooms::joined_members);
+    let r = route::<message::send_message_event::v3::Request, _, _>(r, rooms::send_message);
+    let r = route::<message::get_message_events::v3::Request, _, _>(r, rooms::messages);
+    let r = route::<state::send_state_event::v3::Request, _, _>(r, rooms::send_state);
+    let r = route::<state::get_state_events::v3::Request, _, _>(r, rooms::state);
+    let r = route::<state::get_state_event_for_key::v3::Request, _, _>(r, rooms::state_for_key);
+    let r = route::<redact::redact_event::v3::Request, _, _>(r, rooms::redact);
+    let r = route::<room::get_room_event::v3::Request, _, _>(r, rooms::event);
+    route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync)
 }

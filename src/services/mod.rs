@@ -12,8 +12,11 @@ pub mod uia;
 
 use std::sync::Arc;
 
+use axon_federation::keys::SigningKey;
+
 use crate::config::Config;
 use crate::error::Result;
+use crate::rooms::Rooms;
 use crate::storage::Store;
 
 /// Every service, built once at start-up and shared by all requests.
@@ -21,16 +24,23 @@ pub struct Services {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub accounts: accounts::Accounts,
+    pub rooms: Rooms,
 }
 
 impl Services {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Arc<Self>> {
+    pub async fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        key: Arc<SigningKey>,
+    ) -> Result<Arc<Self>> {
         let passwords = passwords::Passwords::new()?;
         let accounts = accounts::Accounts::new(config.clone(), store.clone(), passwords);
+        let rooms = Rooms::load(config.server_name.clone(), key, store.clone()).await?;
         Ok(Arc::new(Self {
             config,
             store,
             accounts,
+            rooms,
         }))
     }
 }

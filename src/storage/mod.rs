@@ -11,6 +11,7 @@
 
 mod records;
 pub mod rocks;
+pub mod rooms;
 
 use async_trait::async_trait;
 
@@ -128,6 +129,6 @@ pub trait MetaStore: Send + Sync {
 }
 
 /// Everything the services need from a database.
-pub trait Store: AccountStore + RegistrationTokenStore + MetaStore {}
+pub trait Store: AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore {}
 
-impl<T: AccountStore + RegistrationTokenStore + MetaStore> Store for T {}
+impl<T: AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore> Store for T {}

@@ -35,6 +35,26 @@ mod cf {
     pub const ACCESS_TOKENS: &str = "access_tokens";
     pub const DEVICE_TOKENS: &str = "device_tokens";
     pub const REGISTRATION_TOKENS: &str = "registration_tokens";
+    /// `event_id` → [`EventRecord`](crate::storage::rooms::EventRecord).
+    pub const EVENTS: &str = "events";
+    /// `room_id 0xFF pos(be64)` → `event_id`: each room's timeline in stream order.
+    pub const ROOM_EVENTS: &str = "room_events";
+    /// `group(be64)` → [`StateGroupRecord`](crate::storage::rooms::StateGroupRecord).
+    pub const STATE_GROUPS: &str = "state_groups";
+    /// `room_id` → [`RoomRecord`](crate::storage::rooms::RoomRecord).
+    pub const ROOMS: &str = "rooms";
+    /// `room_id` → [`RoomHead`](crate::storage::rooms::RoomHead).
+    pub const ROOM_HEADS: &str = "room_heads";
+    /// `room_id 0xFF user_id` → membership.
+    pub const ROOM_MEMBERS: &str = "room_members";
+    /// `user_id 0xFF room_id` → membership.
+    pub const USER_ROOMS: &str = "user_rooms";
+    /// `localpart 0xFF device 0xFF txn_id` → `event_id`.
+    pub const TXN_IDS: &str = "txn_ids";
+    /// `alias` → `{room_id, creator}`.
+    pub const ALIASES: &str = "aliases";
+    /// `room_id 0xFF alias` → ∅.
+    pub const ROOM_ALIASES: &str = "room_aliases";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -42,8 +62,20 @@ mod cf {
         ACCESS_TOKENS,
         DEVICE_TOKENS,
         REGISTRATION_TOKENS,
+        EVENTS,
+        ROOM_EVENTS,
+        STATE_GROUPS,
+        ROOMS,
+        ROOM_HEADS,
+        ROOM_MEMBERS,
+        USER_ROOMS,
+        TXN_IDS,
+        ALIASES,
+        ROOM_ALIASES,
     ];
 }
+
+mod rooms;
 
 pub struct RocksStore {
     db: Arc<DB>,

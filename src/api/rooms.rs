@@ -1,0 +1,612 @@
+//! Room endpoints: create, membership, send, state, redact, history.
+
+use axum::Json;
+use axum::extract::State;
+use ruma::api::Direction;
+use ruma::api::client::membership::{
+    ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+    join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
+};
+use ruma::api::client::message::{get_message_events, send_message_event};
+use ruma::api::client::redact::redact_event;
+use ruma::api::client::room::{create_room, get_room_event};
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::http::auth::Authed;
+use crate::http::ruma::{AppState, Ruma, RumaResponse};
+use crate::rooms::create::{CreateRoom, Preset};
+use crate::rooms::pdu::NewEvent;
+use crate::rooms::{Rooms, Txn};
+
+/// Pagination and sync tokens: `s<stream position>`.
+pub fn parse_token(token: &str) -> Result<u64> {
+    token
+        .strip_prefix('s')
+        .and_then(|t| t.split(['_', '.']).next())
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| Error::InvalidParam(format!("Invalid token {token:?}")))
+}
+
+pub fn token(pos: u64) -> String {
+    format!("s{pos}")
+}
+
+fn raw_to_value<T>(raw: &ruma::serde::Raw<T>) -> Result<Value> {
+    serde_json::from_str(raw.json().get()).map_err(|e| Error::BadJson(e.to_string()))
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<create_room::v3::Request>,
+) -> Result<RumaResponse<create_room::v3::Response>> {
+    use ruma::api::client::room::Visibility;
+    use ruma::api::client::room::create_room::v3::RoomPreset;
+    let preset = match req.preset {
+        Some(RoomPreset::PrivateChat) => Some(Preset::PrivateChat),
+        Some(RoomPreset::TrustedPrivateChat) => Some(Preset::TrustedPrivateChat),
+        Some(RoomPreset::PublicChat) => Some(Preset::PublicChat),
+        Some(other) => {
+            return Err(Error::InvalidParam(format!(
+                "Unknown preset {}",
+                other.as_str()
+            )));
+        }
+        None => None,
+    };
+    let mut initial_state = Vec::new();
+    for raw in &req.initial_state {
+        let v: Value = raw_to_value(raw)?;
+        let kind = v["type"]
+            .as_str()
+            .ok_or_else(|| Error::BadJson("initial_state event without type".into()))?;
+        let key = v.get("state_key").and_then(Value::as_str).unwrap_or("");
+        let content = v.get("content").cloned().unwrap_or_else(|| json!({}));
+        initial_state.push((kind.to_owned(), key.to_owned(), content));
+    }
+    let room_id = s
+        .rooms
+        .create_room(
+            &who.user_id,
+            CreateRoom {
+                version: req.room_version,
+                preset,
+                public: req.visibility == Visibility::Public,
+                creation_content: req
+                    .creation_content
+                    .as_ref()
+                    .map(raw_to_value)
+                    .transpose()?,
+                initial_state,
+                name: req.name,
+                topic: req.topic,
+                invite: req.invite,
+                is_direct: req.is_direct,
+                room_alias_localpart: req.room_alias_name,
+                power_level_content_override: req
+                    .power_level_content_override
+                    .as_ref()
+                    .map(raw_to_value)
+                    .transpose()?,
+            },
+        )
+        .await?;
+    Ok(RumaResponse(create_room::v3::Response::new(room_id)))
+}
+
+async fn resolve_room(rooms: &Rooms, id_or_alias: &str) -> Result<OwnedRoomId> {
+    if id_or_alias.starts_with('#') {
+        let (room_id, _) = rooms
+            .store()
+            .alias(id_or_alias)
+            .await?
+            .ok_or_else(|| Error::NotFound("Room alias not found".into()))?;
+        room_id
+            .try_into()
+            .map_err(|e| Error::Internal(format!("stored room ID: {e}")))
+    } else {
+        RoomId::parse(id_or_alias).map_err(|e| Error::InvalidParam(format!("Invalid room ID: {e}")))
+    }
+}
+
+pub async fn join_by_id(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<join_room_by_id::v3::Request>,
+) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
+    s.rooms.join(&req.room_id, &who.user_id).await?;
+    Ok(RumaResponse(join_room_by_id::v3::Response::new(
+        req.room_id,
+    )))
+}
+
+pub async fn join_by_id_or_alias(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
+    let room_id = resolve_room(&s.rooms, req.room_id_or_alias.as_str()).await?;
+    s.rooms.join(&room_id, &who.user_id).await?;
+    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
+        room_id,
+    )))
+}
+
+pub async fn invite(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<invite_user::v3::Request>,
+) -> Result<RumaResponse<invite_user::v3::Response>> {
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.recipient else {
+        return Err(Error::Unknown(
+            "Third-party invites are not supported".into(),
+        ));
+    };
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    s.rooms
+        .invite(
+            &req.room_id,
+            &who.user_id,
+            &recipient.user_id,
+            recipient.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(invite_user::v3::Response::new()))
+}
+
+pub async fn leave(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<leave_room::v3::Request>,
+) -> Result<RumaResponse<leave_room::v3::Response>> {
+    s.rooms
+        .leave(&req.room_id, &who.user_id, req.reason.as_deref())
+        .await?;
+    Ok(RumaResponse(leave_room::v3::Response::new()))
+}
+
+pub async fn forget(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<forget_room::v3::Request>,
+) -> Result<RumaResponse<forget_room::v3::Response>> {
+    s.rooms.forget(&req.room_id, &who.user_id).await?;
+    Ok(RumaResponse(forget_room::v3::Response::new()))
+}
+
+pub async fn kick(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<kick_user::v3::Request>,
+) -> Result<RumaResponse<kick_user::v3::Response>> {
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    s.rooms
+        .kick(
+            &req.room_id,
+            &who.user_id,
+            &req.user_id,
+            req.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(kick_user::v3::Response::new()))
+}
+
+pub async fn ban(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<ban_user::v3::Request>,
+) -> Result<RumaResponse<ban_user::v3::Response>> {
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    s.rooms
+        .ban(
+            &req.room_id,
+            &who.user_id,
+            &req.user_id,
+            req.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(ban_user::v3::Response::new()))
+}
+
+pub async fn unban(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<unban_user::v3::Request>,
+) -> Result<RumaResponse<unban_user::v3::Response>> {
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    s.rooms
+        .unban(
+            &req.room_id,
+            &who.user_id,
+            &req.user_id,
+            req.reason.as_deref(),
+        )
+        .await?;
+    Ok(RumaResponse(unban_user::v3::Response::new()))
+}
+
+pub async fn joined_rooms(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(_): Ruma<joined_rooms::v3::Request>,
+) -> RumaResponse<joined_rooms::v3::Response> {
+    let rooms = s
+        .rooms
+        .rooms_of(&who.user_id)
+        .into_iter()
+        .filter(|r| r.membership_of(&who.user_id).as_deref() == Some("join"))
+        .map(|r| r.id.clone())
+        .collect();
+    RumaResponse(joined_rooms::v3::Response::new(rooms))
+}
+
+pub async fn send_message(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<send_message_event::v3::Request>,
+) -> Result<RumaResponse<send_message_event::v3::Response>> {
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let content = raw_to_value(&req.body)?;
+    if !content.is_object() {
+        return Err(Error::BadJson("Event content must be a JSON object".into()));
+    }
+    let kind: TimelineEventType = req.event_type.to_string().into();
+    let txn = Txn {
+        localpart: &who.localpart,
+        device_id: who.device_id.as_str(),
+        txn_id: req.txn_id.as_str(),
+    };
+    let event_id = s
+        .rooms
+        .append(
+            &req.room_id,
+            &who.user_id,
+            NewEvent::message(kind, content),
+            Some(txn),
+        )
+        .await?;
+    Ok(RumaResponse(send_message_event::v3::Response::new(
+        event_id,
+    )))
+}
+
+pub async fn send_state(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<send_state_event::v3::Request>,
+) -> Result<RumaResponse<send_state_event::v3::Response>> {
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let content = raw_to_value(&req.body)?;
+    if !content.is_object() {
+        return Err(Error::BadJson("Event content must be a JSON object".into()));
+    }
+    let kind: TimelineEventType = req.event_type.to_string().into();
+    if kind == TimelineEventType::RoomMember {
+        // Membership changes go through the membership endpoints' checks, but setting one's
+        // own profile on the member event is how clients change per-room names.
+        let target =
+            UserId::parse(&req.state_key).map_err(|e| Error::InvalidParam(e.to_string()))?;
+        if target != who.user_id {
+            let m = content
+                .get("membership")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !matches!(m, "invite" | "leave" | "ban") {
+                return Err(Error::Forbidden(
+                    "Cannot set another user's membership to that".into(),
+                ));
+            }
+        }
+    }
+    let event_id = s
+        .rooms
+        .append(
+            &req.room_id,
+            &who.user_id,
+            NewEvent::state(kind, &req.state_key, content),
+            None,
+        )
+        .await?;
+    Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))
+}
+
+pub async fn redact(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<redact_event::v3::Request>,
+) -> Result<RumaResponse<redact_event::v3::Response>> {
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let Some((record, _)) = s.rooms.event(req.event_id.as_str()).await? else {
+        return Err(Error::NotFound("Event not found".into()));
+    };
+    if record.room_id != req.room_id.as_str() {
+        return Err(Error::NotFound("Event not found".into()));
+    }
+    let mut content = json!({});
+    if let Some(reason) = &req.reason {
+        content["reason"] = json!(reason);
+    }
+    let event = NewEvent {
+        kind: TimelineEventType::RoomRedaction,
+        content,
+        state_key: None,
+        redacts: Some(req.event_id.clone()),
+    };
+    let txn = Txn {
+        localpart: &who.localpart,
+        device_id: who.device_id.as_str(),
+        txn_id: req.txn_id.as_str(),
+    };
+    let event_id = s
+        .rooms
+        .append(&req.room_id, &who.user_id, event, Some(txn))
+        .await?;
+    Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
+}
+
+pub async fn state(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_state_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let events: Vec<Value> = room
+        .state()
+        .values()
+        .map(|p| p.to_client(&room.rules.redaction, false, None, true))
+        .collect();
+    Ok(Json(Value::Array(events)))
+}
+
+pub async fn state_for_key(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<Json<Value>> {
+    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let kind: StateEventType = req.event_type.to_string().into();
+    let pdu = room
+        .state_event(&kind, &req.state_key)
+        .ok_or_else(|| Error::NotFound("Event not found".into()))?;
+    let full = matches!(
+        req.format,
+        get_state_event_for_key::v3::StateEventFormat::Event
+    );
+    if full {
+        Ok(Json(pdu.to_client(
+            &room.rules.redaction,
+            false,
+            None,
+            true,
+        )))
+    } else {
+        Ok(Json(
+            serde_json::from_str(pdu.content.get()).unwrap_or_else(|_| json!({})),
+        ))
+    }
+}
+
+pub async fn members(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_member_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let state = match &req.at {
+        Some(at) => {
+            let pos = parse_token(at)?;
+            let before = s
+                .rooms
+                .store()
+                .room_events(room.id.as_str(), None, Some(pos + 1), true, 1)
+                .await?;
+            match before.first() {
+                Some((_, event_id)) => {
+                    let record = s
+                        .rooms
+                        .store()
+                        .event(event_id)
+                        .await?
+                        .ok_or_else(|| Error::Internal("event missing".into()))?;
+                    std::sync::Arc::new(
+                        crate::rooms::state::load_group(s.rooms.store(), record.state_group)
+                            .await?,
+                    )
+                }
+                None => room.state(),
+            }
+        }
+        None => room.state(),
+    };
+    let membership = req.membership.as_ref().map(|m| m.as_str().to_owned());
+    let not_membership = req.not_membership.as_ref().map(|m| m.as_str().to_owned());
+    let chunk: Vec<Value> = state
+        .iter()
+        .filter(|((kind, _), _)| *kind == StateEventType::RoomMember)
+        .filter(|(_, pdu)| {
+            let m: String = pdu
+                .content_as::<Value>()
+                .and_then(|c| {
+                    c.get("membership")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            membership.as_ref().is_none_or(|want| *want == m)
+                && not_membership.as_ref().is_none_or(|not| *not != m)
+        })
+        .map(|(_, pdu)| pdu.to_client(&room.rules.redaction, false, None, true))
+        .collect();
+    Ok(Json(json!({"chunk": chunk})))
+}
+
+pub async fn joined_members(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<joined_members::v3::Request>,
+) -> Result<Json<Value>> {
+    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let mut joined = serde_json::Map::new();
+    for user in room.joined() {
+        let content: Value = room
+            .state_event(&StateEventType::RoomMember, user.as_str())
+            .and_then(|p| p.content_as())
+            .unwrap_or_else(|| json!({}));
+        joined.insert(
+            user.to_string(),
+            json!({"display_name": content.get("displayname"), "avatar_url": content.get("avatar_url")}),
+        );
+    }
+    Ok(Json(json!({"joined": joined})))
+}
+
+pub async fn event(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_room_event::v3::Request>,
+) -> Result<Json<Value>> {
+    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let (record, pdu) = s
+        .rooms
+        .event(req.event_id.as_str())
+        .await?
+        .filter(|(r, _)| r.room_id == req.room_id.as_str())
+        .ok_or_else(|| Error::NotFound("Event not found".into()))?;
+    let txn = record
+        .txn
+        .as_ref()
+        .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str());
+    Ok(Json(pdu.to_client(
+        &room.rules.redaction,
+        record.redacted_by.is_some(),
+        txn.map(|(_, t)| t.as_str()),
+        true,
+    )))
+}
+
+/// `GET /rooms/{roomId}/messages`.
+pub async fn messages(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_message_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let room = s
+        .rooms
+        .get(&req.room_id)
+        .ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
+    // Members see everything; former members see history up to their departure.
+    let visible_until = match room.membership_of(&who.user_id).as_deref() {
+        Some("join") => u64::MAX,
+        Some("leave" | "ban") => {
+            let memberships = s
+                .rooms
+                .store()
+                .user_memberships(who.user_id.as_str())
+                .await?;
+            memberships
+                .into_iter()
+                .find(|(r, _)| r == room.id.as_str())
+                .map_or(0, |(_, m)| m.pos)
+        }
+        _ => return Err(Error::Forbidden("You are not in this room".into())),
+    };
+    let limit = usize::try_from(u64::from(req.limit))
+        .unwrap_or(10)
+        .clamp(1, 1000);
+    let backwards = req.dir == Direction::Backward;
+    let from = match &req.from {
+        Some(t) => parse_token(t)?,
+        None if backwards => room.last_pos(),
+        None => 0,
+    };
+    let to = req.to.as_deref().map(parse_token).transpose()?;
+    let filter = &req.filter;
+    let wanted = |pdu: &crate::rooms::pdu::Pdu| {
+        let kind = pdu.kind.to_string();
+        filter
+            .types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|w| type_matches(w, &kind)))
+            && !filter.not_types.iter().any(|w| type_matches(w, &kind))
+            && filter
+                .senders
+                .as_ref()
+                .is_none_or(|ss| ss.iter().any(|u| *u == pdu.sender))
+            && !filter.not_senders.iter().any(|u| *u == pdu.sender)
+    };
+
+    let mut chunk = Vec::new();
+    let mut cursor = from;
+    let mut exhausted = false;
+    while chunk.len() < limit && !exhausted {
+        let batch = if backwards {
+            let lower = to.filter(|t| *t < cursor);
+            s.rooms
+                .store()
+                .room_events(
+                    room.id.as_str(),
+                    lower,
+                    Some(cursor.saturating_add(1)),
+                    true,
+                    limit,
+                )
+                .await?
+        } else {
+            let upper = to.map(|t| t.saturating_add(1));
+            s.rooms
+                .store()
+                .room_events(room.id.as_str(), Some(cursor), upper, false, limit)
+                .await?
+        };
+        exhausted = batch.len() < limit;
+        for (pos, event_id) in batch {
+            cursor = if backwards {
+                pos.saturating_sub(1)
+            } else {
+                pos
+            };
+            if pos > visible_until {
+                continue;
+            }
+            let Some((record, pdu)) = s.rooms.event(&event_id).await? else {
+                continue;
+            };
+            if !wanted(&pdu) {
+                continue;
+            }
+            let txn = record
+                .txn
+                .as_ref()
+                .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str());
+            chunk.push(pdu.to_client(
+                &room.rules.redaction,
+                record.redacted_by.is_some(),
+                txn.map(|(_, t)| t.as_str()),
+                true,
+            ));
+            if chunk.len() >= limit {
+                break;
+            }
+        }
+        if backwards && cursor == 0 {
+            exhausted = true;
+        }
+    }
+    let mut body = json!({"chunk": chunk, "start": token(from)});
+    if !exhausted || chunk.len() >= limit {
+        body["end"] = json!(token(cursor));
+    }
+    Ok(Json(body))
+}
+
+/// Filter type patterns: exact, or a trailing `*` wildcard.
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}

@@ -1,0 +1,349 @@
+//! `GET /sync`: initial and incremental, long-polling on the user's wake-up channel.
+//!
+//! The token is `s<P>`: the client has seen every event at stream positions ≤ P. A response
+//! covers (since, current] where `current` is the committed position read when it is built;
+//! the committer publishes positions in order, so nothing ≤ current can still appear later.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use ruma::api::client::filter::FilterDefinition;
+use ruma::api::client::sync::sync_events;
+use ruma::events::StateEventType;
+use serde_json::{Value, json};
+
+use crate::api::rooms::{parse_token, token};
+use crate::error::{Error, Result};
+use crate::http::auth::Authed;
+use crate::http::ruma::{AppState, Ruma};
+use crate::rooms::Room;
+use crate::rooms::state::{self, StateKey};
+use crate::services::Services;
+use crate::services::accounts::Identity;
+use crate::storage::rooms::MembershipRecord;
+
+/// Longest a client may make us hold a request.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+
+/// State events an invitee sees before joining.
+const STRIPPED_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+struct Options {
+    since: Option<u64>,
+    full_state: bool,
+    timeline_limit: usize,
+    filter: Option<FilterDefinition>,
+}
+
+pub async fn sync(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<sync_events::v3::Request>,
+) -> Result<Json<Value>> {
+    let since = req.since.as_deref().map(parse_token).transpose()?;
+    let filter = match req.filter {
+        Some(sync_events::v3::Filter::FilterDefinition(f)) => Some(f),
+        _ => None,
+    };
+    let timeline_limit = filter
+        .as_ref()
+        .and_then(|f| f.room.timeline.limit)
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
+            usize::try_from(u64::from(l)).unwrap_or(100)
+        })
+        .clamp(1, 1000);
+    let opts = Options {
+        since,
+        full_state: req.full_state,
+        timeline_limit,
+        filter,
+    };
+    let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+
+    // Subscribe before looking, so that an event committed meanwhile still wakes us.
+    let mut wake = s.rooms.notifier.subscribe(&who.user_id);
+    loop {
+        let current = s.rooms.committer.current();
+        let (rooms, empty) = build_rooms(&s, &who, &opts, current).await?;
+        let waited_enough = tokio::time::Instant::now() >= deadline;
+        if !empty || since.is_none() || opts.full_state || waited_enough {
+            return Ok(Json(json!({
+                "next_batch": token(current),
+                "rooms": rooms,
+                "presence": {"events": []},
+                "account_data": {"events": []},
+                "to_device": {"events": []},
+                "device_lists": {"changed": [], "left": []},
+                "device_one_time_keys_count": {},
+            })));
+        }
+        match tokio::time::timeout_at(deadline, wake.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err(Error::Internal("wake-up channel closed".into())),
+            Err(_) => continue, // timed out: answer with whatever there is (nothing)
+        }
+    }
+}
+
+fn filter_allows(filter: &Option<FilterDefinition>, kind: &str, sender: &str) -> bool {
+    let Some(f) = filter else { return true };
+    let t = &f.room.timeline;
+    let matches = |pattern: &String| match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    };
+    t.types
+        .as_ref()
+        .is_none_or(|types| types.iter().any(matches))
+        && !t.not_types.iter().any(matches)
+        && t.senders
+            .as_ref()
+            .is_none_or(|ss| ss.iter().any(|u| u.as_str() == sender))
+        && !t.not_senders.iter().any(|u| u.as_str() == sender)
+}
+
+/// State `(type, key) → event_id` of a room after the last event at or before `pos`.
+async fn state_ids_at(s: &Services, room: &Room, pos: u64) -> Result<HashMap<StateKey, String>> {
+    let before = s
+        .rooms
+        .store()
+        .room_events(room.id.as_str(), None, Some(pos.saturating_add(1)), true, 1)
+        .await?;
+    let Some((_, event_id)) = before.first() else {
+        return Ok(HashMap::new());
+    };
+    let record = s
+        .rooms
+        .store()
+        .event(event_id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("event {event_id} missing")))?;
+    state::group_ids(s.rooms.store(), record.state_group).await
+}
+
+async fn client_event(
+    s: &Services,
+    room: &Room,
+    who: &Identity,
+    event_id: &str,
+) -> Result<Option<Value>> {
+    let Some((record, pdu)) = s.rooms.event(event_id).await? else {
+        return Ok(None);
+    };
+    let txn = record
+        .txn
+        .as_ref()
+        .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str())
+        .map(|(_, t)| t.as_str());
+    Ok(Some(pdu.to_client(
+        &room.rules.redaction,
+        record.redacted_by.is_some(),
+        txn,
+        false,
+    )))
+}
+
+/// Builds `rooms`; the flag says whether nothing at all changed.
+async fn build_rooms(
+    s: &Services,
+    who: &Identity,
+    opts: &Options,
+    current: u64,
+) -> Result<(Value, bool)> {
+    let memberships: HashMap<String, MembershipRecord> = s
+        .rooms
+        .store()
+        .user_memberships(who.user_id.as_str())
+        .await?
+        .into_iter()
+        .collect();
+    let mut join = serde_json::Map::new();
+    let mut invite = serde_json::Map::new();
+    let mut leave = serde_json::Map::new();
+
+    for room in s.rooms.rooms_of(&who.user_id) {
+        let Some(m) = memberships.get(room.id.as_str()) else {
+            continue;
+        };
+        if m.pos > current {
+            continue; // committed after `current`: next time
+        }
+        let changed_since = |pos: u64| opts.since.is_none_or(|since| pos > since);
+        match m.membership.as_str() {
+            "join" => {
+                let newly_joined = changed_since(m.pos);
+                if !newly_joined && !opts.full_state && !changed_since(room.last_pos()) {
+                    continue;
+                }
+                if let Some(entry) = joined_room(s, &room, who, opts, current, newly_joined).await?
+                {
+                    join.insert(room.id.to_string(), entry);
+                }
+            }
+            "invite" if changed_since(m.pos) => {
+                let mut events: Vec<Value> = Vec::new();
+                for (key, pdu) in room.state().iter() {
+                    let is_stripped = STRIPPED_STATE.contains(&key.0.to_string().as_str());
+                    let is_own_invite =
+                        key.0 == StateEventType::RoomMember && key.1 == who.user_id.as_str();
+                    if is_stripped || is_own_invite {
+                        events.push(json!({
+                            "type": pdu.kind,
+                            "state_key": pdu.state_key,
+                            "content": serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default(),
+                            "sender": pdu.sender,
+                        }));
+                    }
+                }
+                invite.insert(
+                    room.id.to_string(),
+                    json!({"invite_state": {"events": events}}),
+                );
+            }
+            "leave" | "ban" if opts.since.is_some() && changed_since(m.pos) && !m.forgotten => {
+                // The timeline up to and including the departure.
+                let ids = s
+                    .rooms
+                    .store()
+                    .room_events(
+                        room.id.as_str(),
+                        opts.since,
+                        Some(m.pos + 1),
+                        true,
+                        opts.timeline_limit,
+                    )
+                    .await?;
+                let mut timeline = Vec::new();
+                for (_, id) in ids.iter().rev() {
+                    if let Some(ev) = client_event(s, &room, who, id).await? {
+                        timeline.push(ev);
+                    }
+                }
+                leave.insert(
+                    room.id.to_string(),
+                    json!({"timeline": {"events": timeline, "limited": false}, "state": {"events": []}, "account_data": {"events": []}}),
+                );
+            }
+            _ => {}
+        }
+    }
+    let empty = join.is_empty() && invite.is_empty() && leave.is_empty();
+    Ok((
+        json!({"join": join, "invite": invite, "leave": leave, "knock": {}}),
+        empty,
+    ))
+}
+
+async fn joined_room(
+    s: &Services,
+    room: &Room,
+    who: &Identity,
+    opts: &Options,
+    current: u64,
+    newly_joined: bool,
+) -> Result<Option<Value>> {
+    // Newest `limit + 1` events after `since`, to learn whether the timeline is truncated.
+    let limit = opts.timeline_limit;
+    let after = if newly_joined && opts.since.is_some() {
+        None
+    } else {
+        opts.since
+    };
+    let mut ids = s
+        .rooms
+        .store()
+        .room_events(
+            room.id.as_str(),
+            after,
+            Some(current.saturating_add(1)),
+            true,
+            limit + 1,
+        )
+        .await?;
+    let limited = ids.len() > limit;
+    ids.truncate(limit);
+    ids.reverse();
+
+    let mut timeline = Vec::with_capacity(ids.len());
+    let mut in_timeline: HashSet<String> = HashSet::new();
+    for (_, id) in &ids {
+        let Some(ev) = client_event(s, room, who, id).await? else {
+            continue;
+        };
+        let kind = ev["type"].as_str().unwrap_or_default().to_owned();
+        let sender = ev["sender"].as_str().unwrap_or_default().to_owned();
+        if filter_allows(&opts.filter, &kind, &sender) {
+            in_timeline.insert(id.clone());
+            timeline.push(ev);
+        }
+    }
+    let timeline_start = ids
+        .first()
+        .map_or(current, |(pos, _)| pos.saturating_sub(1));
+
+    // State: the state at the start of the timeline, in full for new rooms, as a delta from
+    // `since` when the timeline skipped events, and nothing when the timeline says it all.
+    let mut state_ids: Vec<String> = Vec::new();
+    if newly_joined || opts.full_state || limited {
+        let at_start = state_ids_at(s, room, timeline_start).await?;
+        match (newly_joined || opts.full_state, opts.since) {
+            (false, Some(since)) => {
+                let at_since = state_ids_at(s, room, since).await?;
+                for (k, id) in &at_start {
+                    if at_since.get(k) != Some(id) {
+                        state_ids.push(id.clone());
+                    }
+                }
+            }
+            _ => state_ids.extend(at_start.into_values()),
+        }
+    }
+    let mut state_events = Vec::with_capacity(state_ids.len());
+    for id in state_ids {
+        if in_timeline.contains(&id) {
+            continue;
+        }
+        if let Some(ev) = client_event(s, room, who, &id).await? {
+            state_events.push(ev);
+        }
+    }
+
+    let members = room.members();
+    let joined = members.values().filter(|m| m.as_str() == "join").count();
+    let invited = members.values().filter(|m| m.as_str() == "invite").count();
+    let mut heroes: Vec<&ruma::OwnedUserId> = members
+        .iter()
+        .filter(|(u, m)| *u != &who.user_id && matches!(m.as_str(), "join" | "invite"))
+        .map(|(u, _)| u)
+        .collect();
+    heroes.sort();
+    heroes.truncate(5);
+
+    Ok(Some(json!({
+        "timeline": {
+            "events": timeline,
+            "limited": limited,
+            "prev_batch": token(timeline_start),
+        },
+        "state": {"events": state_events},
+        "summary": {
+            "m.heroes": heroes,
+            "m.joined_member_count": joined,
+            "m.invited_member_count": invited,
+        },
+        "ephemeral": {"events": []},
+        "account_data": {"events": []},
+    })))
+}

@@ -1,0 +1,158 @@
+//! Membership changes: join, invite, leave, kick, ban, unban, forget.
+//!
+//! Each becomes an `m.room.member` event that the room version's auth rules accept or refuse;
+//! the checks here only give clearer errors for the common mistakes before that.
+
+use ruma::events::TimelineEventType;
+use ruma::{OwnedEventId, RoomId, UserId};
+use serde_json::json;
+
+use super::Rooms;
+use super::pdu::NewEvent;
+use crate::error::{Error, Result};
+use crate::storage::StorageError;
+
+fn member_event(target: &UserId, membership: &str, reason: Option<&str>) -> NewEvent {
+    let mut content = json!({"membership": membership});
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
+    NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content)
+}
+
+impl Rooms {
+    fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
+        let room = self
+            .get(room_id)
+            .ok_or_else(|| Error::NotFound("Unknown room".into()))?;
+        Ok(room.membership_of(user))
+    }
+
+    /// Joins a room this server knows. Joining again is a no-op.
+    pub async fn join(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let room = self.get(room_id).ok_or_else(|| {
+            Error::NotFound(
+                "No known servers for this room (federation is not available yet)".into(),
+            )
+        })?;
+        if room.membership_of(user).as_deref() == Some("join") {
+            return Ok(());
+        }
+        if room.membership_of(user).as_deref() == Some("ban") {
+            return Err(Error::Forbidden("You are banned from this room".into()));
+        }
+        self.append(room_id, user, member_event(user, "join", None), None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        match self.membership(room_id, target)?.as_deref() {
+            Some("join") => return Err(Error::Forbidden("The user is already in the room".into())),
+            Some("ban") => return Err(Error::Forbidden("The user is banned from the room".into())),
+            _ => {}
+        }
+        self.append(
+            room_id,
+            sender,
+            member_event(target, "invite", reason),
+            None,
+        )
+        .await
+    }
+
+    /// Leaves a room, or rejects an invite.
+    pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+        match self.membership(room_id, user)?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            Some("leave" | "ban") => return Ok(()),
+            _ => return Err(Error::Forbidden("You are not in this room".into())),
+        }
+        self.append(room_id, user, member_event(user, "leave", reason), None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn kick(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        if !matches!(
+            self.membership(room_id, target)?.as_deref(),
+            Some("join" | "invite" | "knock")
+        ) {
+            return Err(Error::Forbidden(
+                "The target user is not in the room".into(),
+            ));
+        }
+        self.append(room_id, sender, member_event(target, "leave", reason), None)
+            .await
+    }
+
+    pub async fn ban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        self.append(room_id, sender, member_event(target, "ban", reason), None)
+            .await
+    }
+
+    pub async fn unban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
+        if self.membership(room_id, target)?.as_deref() != Some("ban") {
+            return Err(Error::Forbidden("The user is not banned".into()));
+        }
+        self.append(room_id, sender, member_event(target, "leave", reason), None)
+            .await
+    }
+
+    /// Forgets a room the user has left.
+    pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        match self.membership(room_id, user)?.as_deref() {
+            Some("join" | "invite" | "knock") => Err(Error::BadState(
+                "You must leave the room before forgetting it".into(),
+            )),
+            None => Err(Error::NotFound("You have never been in this room".into())),
+            _ => match self
+                .store()
+                .forget_room(user.as_str(), room_id.as_str())
+                .await
+            {
+                Ok(()) | Err(StorageError::NotFound) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Fails with 403 unless the user is joined to the room.
+    pub fn require_joined(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<std::sync::Arc<super::Room>> {
+        let room = self
+            .get(room_id)
+            .ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
+        if room.membership_of(user).as_deref() != Some("join") {
+            return Err(Error::Forbidden("You are not in this room".into()));
+        }
+        Ok(room)
+    }
+}

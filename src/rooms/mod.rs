@@ -1,0 +1,546 @@
+//! Rooms: the event DAG of each room, built, signed and authorised here.
+//!
+//! **The send path.** `Rooms::append` takes the room's lock (events of one room are created
+//! one at a time; different rooms in parallel), picks `auth_events` from the cached current
+//! state, `prev_events` from the forward extremities, builds and signs the PDU, runs the room
+//! version's authorization rules (ruma's state-res), computes the new state group, and hands
+//! the write to the [`commit::Committer`]. After the fsync it updates the caches and wakes the
+//! members' pending syncs. An event that fails the auth rules is never stored.
+
+pub mod commit;
+pub mod create;
+pub mod membership;
+pub mod notify;
+pub mod pdu;
+pub mod state;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axon_federation::keys::SigningKey;
+use parking_lot::RwLock;
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UserId,
+};
+use serde_json::value::to_raw_value;
+
+use crate::error::{Error, Result};
+use crate::storage::Store;
+use crate::storage::rooms::{EventWrite, RoomHead, RoomRecord, TxnKey};
+use commit::Committer;
+use notify::Notifier;
+use pdu::{NewEvent, Pdu, PduContext, PduRef};
+use state::{StateKey, StateMap};
+
+/// A room this server participates in, with its cached current state.
+pub struct Room {
+    pub id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub rules: RoomVersionRules,
+    /// Held while an event is created: one event at a time per room.
+    write: tokio::sync::Mutex<()>,
+    inner: RwLock<RoomInner>,
+}
+
+#[derive(Clone)]
+struct RoomInner {
+    head: RoomHead,
+    state: Arc<StateMap>,
+    chain_len: u32,
+    /// `user → membership` for everyone with a membership event.
+    members: Arc<HashMap<OwnedUserId, String>>,
+}
+
+impl Room {
+    /// The current state (a cheap shared snapshot).
+    pub fn state(&self) -> Arc<StateMap> {
+        self.inner.read().state.clone()
+    }
+
+    pub fn state_event(&self, kind: &StateEventType, key: &str) -> Option<PduRef> {
+        self.inner
+            .read()
+            .state
+            .get(&(kind.clone(), key.to_owned()))
+            .cloned()
+    }
+
+    /// Memberships of everyone who has one.
+    pub fn members(&self) -> Arc<HashMap<OwnedUserId, String>> {
+        self.inner.read().members.clone()
+    }
+
+    pub fn membership_of(&self, user: &UserId) -> Option<String> {
+        self.inner.read().members.get(user).cloned()
+    }
+
+    pub fn joined(&self) -> Vec<OwnedUserId> {
+        self.inner
+            .read()
+            .members
+            .iter()
+            .filter(|(_, m)| m.as_str() == "join")
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
+    pub fn last_pos(&self) -> u64 {
+        self.inner.read().head.last_pos
+    }
+
+    pub fn state_group(&self) -> u64 {
+        self.inner.read().head.state_group
+    }
+}
+
+/// The rooms service.
+pub struct Rooms {
+    server_name: String,
+    key: Arc<SigningKey>,
+    store: Arc<dyn Store>,
+    pub committer: Committer,
+    pub notifier: Notifier,
+    rooms: RwLock<HashMap<OwnedRoomId, Arc<Room>>>,
+    /// `user → rooms they have a membership in`.
+    user_rooms: RwLock<HashMap<OwnedUserId, HashSet<OwnedRoomId>>>,
+    next_state_group: AtomicU64,
+}
+
+/// Where an append came from, for idempotency.
+pub struct Txn<'a> {
+    pub localpart: &'a str,
+    pub device_id: &'a str,
+    pub txn_id: &'a str,
+}
+
+impl Rooms {
+    /// Loads every room's head, current state and memberships.
+    pub async fn load(
+        server_name: String,
+        key: Arc<SigningKey>,
+        store: Arc<dyn Store>,
+    ) -> Result<Self> {
+        let mut rooms = HashMap::new();
+        let mut user_rooms: HashMap<OwnedUserId, HashSet<OwnedRoomId>> = HashMap::new();
+        let mut last_pos = 0;
+        for (record, head) in store.rooms().await? {
+            let id: OwnedRoomId = record
+                .room_id
+                .as_str()
+                .try_into()
+                .map_err(|e| Error::Internal(format!("stored room ID: {e}")))?;
+            let version: RoomVersionId = record
+                .version
+                .as_str()
+                .try_into()
+                .map_err(|e| Error::Internal(format!("stored room version: {e}")))?;
+            let rules = version
+                .rules()
+                .ok_or_else(|| Error::Internal(format!("unsupported room version {version}")))?;
+            let state = state::load_group(store.as_ref(), head.state_group).await?;
+            let chain_len = store
+                .state_group(head.state_group)
+                .await?
+                .map_or(0, |g| g.chain_len);
+            let mut members = HashMap::new();
+            for (user, m) in store.room_memberships(id.as_str()).await? {
+                if let Ok(user) = OwnedUserId::try_from(user.as_str()) {
+                    user_rooms
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    members.insert(user, m.membership);
+                }
+            }
+            last_pos = last_pos.max(head.last_pos);
+            let room = Room {
+                id: id.clone(),
+                version,
+                rules,
+                write: tokio::sync::Mutex::new(()),
+                inner: RwLock::new(RoomInner {
+                    head,
+                    state: Arc::new(state),
+                    chain_len,
+                    members: Arc::new(members),
+                }),
+            };
+            rooms.insert(id, Arc::new(room));
+        }
+        let next_group = store.max_state_group().await? + 1;
+        tracing::info!(
+            rooms = rooms.len(),
+            stream_position = last_pos,
+            "rooms loaded"
+        );
+        Ok(Self {
+            server_name,
+            key,
+            committer: Committer::start(store.clone(), last_pos),
+            store,
+            notifier: Notifier::default(),
+            rooms: RwLock::new(rooms),
+            user_rooms: RwLock::new(user_rooms),
+            next_state_group: AtomicU64::new(next_group),
+        })
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    pub fn get(&self, room_id: &RoomId) -> Option<Arc<Room>> {
+        self.rooms.read().get(room_id).cloned()
+    }
+
+    /// Rooms the user has (or had) a membership in.
+    pub fn rooms_of(&self, user: &UserId) -> Vec<Arc<Room>> {
+        let ids: Vec<OwnedRoomId> = self
+            .user_rooms
+            .read()
+            .get(user)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let rooms = self.rooms.read();
+        ids.iter().filter_map(|id| rooms.get(id).cloned()).collect()
+    }
+
+    /// Creates a room: the create event, then `events` in order, each auth-checked.
+    /// Returns the room ID.
+    pub async fn create(
+        &self,
+        creator: &UserId,
+        version: RoomVersionId,
+        create_content: serde_json::Value,
+        events: Vec<NewEvent>,
+    ) -> Result<OwnedRoomId> {
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::Internal(format!("no rules for room version {version}")))?;
+        let key = self.key.pair();
+        let origin_server_ts = MilliSecondsSinceUnixEpoch::now();
+        let random_room_id: Option<OwnedRoomId> = match rules.room_id_format {
+            ruma::room_version_rules::RoomIdFormatVersion::V1 => {
+                let local = crate::services::tokens::random_string(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                    18,
+                );
+                Some(
+                    format!("!{local}:{}", self.server_name)
+                        .try_into()
+                        .map_err(|e| Error::Internal(format!("room ID: {e}")))?,
+                )
+            }
+            _ => None,
+        };
+        let create_event = NewEvent::state(TimelineEventType::RoomCreate, "", create_content);
+        let pdu = pdu::build(
+            &create_event,
+            &PduContext {
+                rules: &rules,
+                room_id: random_room_id.as_deref(),
+                server_name: &self.server_name,
+                key,
+                sender: creator,
+                prev_events: &[],
+                auth_events: &[],
+                depth: 1,
+                origin_server_ts,
+            },
+        )?;
+        ruma::state_res::check_state_independent_auth_rules(
+            &rules.authorization,
+            &pdu,
+            |_: &EventId| None::<&Pdu>,
+        )
+        .map_err(|e| Error::Forbidden(format!("Create event refused: {e}")))?;
+
+        let room_id = pdu.room_id.clone();
+        let pdu = Arc::new(pdu);
+        let mut state = StateMap::new();
+        state.insert((StateEventType::RoomCreate, String::new()), pdu.clone());
+        let group_id = self.next_state_group.fetch_add(1, Ordering::Relaxed);
+        let group = state::next_group(None, 0, &state, &pdu);
+        let head = RoomHead {
+            forward_extremities: vec![pdu.event_id.to_string()],
+            depth: 1,
+            state_group: group_id,
+            last_pos: 0,
+        };
+        let write = EventWrite {
+            event_id: pdu.event_id.to_string(),
+            room_id: room_id.to_string(),
+            pdu: pdu.json.clone(),
+            state_group: group_id,
+            new_state_group: Some((group_id, group)),
+            head: head.clone(),
+            room: Some(RoomRecord {
+                room_id: room_id.to_string(),
+                version: version.to_string(),
+                created_ts: origin_server_ts.get().into(),
+            }),
+            membership: None,
+            txn: None,
+            redacts: None,
+        };
+        let room = Arc::new(Room {
+            id: room_id.clone(),
+            version,
+            rules,
+            write: tokio::sync::Mutex::new(()),
+            inner: RwLock::new(RoomInner {
+                head,
+                state: Arc::new(state),
+                chain_len: 0,
+                members: Arc::new(HashMap::new()),
+            }),
+        });
+        // Hold the room's lock from before it is visible until its initial events are in.
+        let guard = room.write.lock().await;
+        let pos = self.committer.commit(vec![write]).await?;
+        room.inner.write().head.last_pos = pos;
+        self.rooms.write().insert(room_id.clone(), room.clone());
+        for event in events {
+            self.append_locked(&room, creator, event, None).await?;
+        }
+        drop(guard);
+        Ok(room_id)
+    }
+
+    /// Appends an event to a room on behalf of `sender`.
+    pub async fn append(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        txn: Option<Txn<'_>>,
+    ) -> Result<OwnedEventId> {
+        let room = self
+            .get(room_id)
+            .ok_or_else(|| Error::NotFound("Unknown room".into()))?;
+        let _guard = room.write.lock().await;
+        if let Some(txn) = &txn {
+            let key = TxnKey {
+                localpart: txn.localpart.to_owned(),
+                device_id: txn.device_id.to_owned(),
+                txn_id: txn.txn_id.to_owned(),
+            };
+            if let Some(existing) = self.store.txn_event(&key).await? {
+                return existing
+                    .try_into()
+                    .map_err(|e| Error::Internal(format!("stored event ID: {e}")));
+            }
+        }
+        self.append_locked(&room, sender, event, txn).await
+    }
+
+    /// The send path proper; the caller holds `room.write`.
+    async fn append_locked(
+        &self,
+        room: &Arc<Room>,
+        sender: &UserId,
+        event: NewEvent,
+        txn: Option<Txn<'_>>,
+    ) -> Result<OwnedEventId> {
+        let inner = room.inner.read().clone();
+        let rules = &room.rules;
+        let content_raw = to_raw_value(&event.content)
+            .map_err(|e| Error::BadJson(format!("Invalid content: {e}")))?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &event.kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::BadJson(format!("Invalid event: {e}")))?;
+        let mut auth_events: Vec<OwnedEventId> = Vec::new();
+        let mut auth_map: HashMap<OwnedEventId, PduRef> = HashMap::new();
+        for k in auth_types {
+            if let Some(p) = inner.state.get(&k) {
+                if !auth_map.contains_key(&p.event_id) {
+                    auth_events.push(p.event_id.clone());
+                }
+                auth_map.insert(p.event_id.clone(), p.clone());
+            }
+        }
+        if !rules.authorization.room_create_event_id_as_room_id {
+            // Before v12 the create event is always an auth event; v12 forbids listing it.
+            if let Some(create) = inner
+                .state
+                .get(&(StateEventType::RoomCreate, String::new()))
+                && !auth_map.contains_key(&create.event_id)
+            {
+                auth_events.push(create.event_id.clone());
+                auth_map.insert(create.event_id.clone(), create.clone());
+            }
+        } else if let Some(create) = inner
+            .state
+            .get(&(StateEventType::RoomCreate, String::new()))
+        {
+            auth_map.insert(create.event_id.clone(), create.clone());
+            auth_events.retain(|id| id != &create.event_id);
+        }
+        let prev_events: Vec<OwnedEventId> = inner
+            .head
+            .forward_extremities
+            .iter()
+            .filter_map(|id| OwnedEventId::try_from(id.as_str()).ok())
+            .collect();
+        let pdu = pdu::build(
+            &event,
+            &PduContext {
+                rules,
+                room_id: Some(&room.id),
+                server_name: &self.server_name,
+                key: self.key.pair(),
+                sender,
+                prev_events: &prev_events,
+                auth_events: &auth_events,
+                depth: inner.head.depth + 1,
+                origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
+            },
+        )?;
+
+        ruma::state_res::check_state_independent_auth_rules(
+            &rules.authorization,
+            &pdu,
+            |id: &EventId| auth_map.get(id).map(|p| p.as_ref()),
+        )
+        .map_err(|e| Error::Forbidden(format!("Event refused by the auth rules: {e}")))?;
+        ruma::state_res::check_state_dependent_auth_rules(
+            &rules.authorization,
+            &pdu,
+            |kind: &StateEventType, key: &str| {
+                inner
+                    .state
+                    .get(&(kind.clone(), key.to_owned()))
+                    .map(|p| p.as_ref())
+            },
+        )
+        .map_err(|e| Error::Forbidden(format!("Event refused by the auth rules: {e}")))?;
+
+        let pdu = Arc::new(pdu);
+        let event_id = pdu.event_id.clone();
+        let (state, state_group, new_group, chain_len) = match &pdu.state_key {
+            Some(key) => {
+                let mut state = (*inner.state).clone();
+                let k: StateKey = (pdu.kind.to_string().into(), key.clone());
+                state.insert(k, pdu.clone());
+                let group =
+                    state::next_group(Some(inner.head.state_group), inner.chain_len, &state, &pdu);
+                let id = self.next_state_group.fetch_add(1, Ordering::Relaxed);
+                let chain = group.chain_len;
+                (Arc::new(state), id, Some((id, group)), chain)
+            }
+            None => (
+                inner.state.clone(),
+                inner.head.state_group,
+                None,
+                inner.chain_len,
+            ),
+        };
+        let membership = if pdu.kind == TimelineEventType::RoomMember {
+            let m: Option<serde_json::Value> = pdu.content_as();
+            let m = m
+                .and_then(|c| {
+                    c.get("membership")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                })
+                .ok_or_else(|| Error::BadJson("m.room.member without membership".into()))?;
+            Some((pdu.state_key.clone().unwrap_or_default(), m))
+        } else {
+            None
+        };
+        let head = RoomHead {
+            forward_extremities: vec![event_id.to_string()],
+            depth: inner.head.depth + 1,
+            state_group,
+            last_pos: 0,
+        };
+        let write = EventWrite {
+            event_id: event_id.to_string(),
+            room_id: room.id.to_string(),
+            pdu: pdu.json.clone(),
+            state_group,
+            new_state_group: new_group,
+            head: head.clone(),
+            room: None,
+            membership: membership.clone(),
+            txn: txn.map(|t| TxnKey {
+                localpart: t.localpart.to_owned(),
+                device_id: t.device_id.to_owned(),
+                txn_id: t.txn_id.to_owned(),
+            }),
+            redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
+        };
+        let pos = self.committer.commit(vec![write]).await?;
+
+        // Durable: update the caches, then wake whoever must see it.
+        let mut members = inner.members.clone();
+        if let Some((user, m)) = &membership
+            && let Ok(user) = OwnedUserId::try_from(user.as_str())
+        {
+            Arc::make_mut(&mut members).insert(user.clone(), m.clone());
+            self.user_rooms
+                .write()
+                .entry(user)
+                .or_default()
+                .insert(room.id.clone());
+        }
+        {
+            let mut w = room.inner.write();
+            w.head = RoomHead {
+                last_pos: pos,
+                ..head
+            };
+            w.state = state;
+            w.chain_len = chain_len;
+            w.members = members.clone();
+        }
+        // Members with any membership: joined users see the event; invitees and leavers
+        // see their own membership change.
+        let to_wake: Vec<&UserId> = members
+            .iter()
+            .filter(|(u, m)| {
+                m.as_str() == "join"
+                    || membership
+                        .as_ref()
+                        .is_some_and(|(target, _)| target == u.as_str())
+            })
+            .map(|(u, _)| u.as_ref())
+            .collect();
+        self.notifier.wake(to_wake, pos);
+        metrics::counter!("axon_events_created_total").increment(1);
+        Ok(event_id)
+    }
+
+    /// Loads a stored event of a room, or `None`.
+    pub async fn event(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<(crate::storage::rooms::EventRecord, Pdu)>> {
+        let Some(record) = self.store.event(event_id).await? else {
+            return Ok(None);
+        };
+        let id: OwnedEventId = event_id
+            .try_into()
+            .map_err(|_| Error::NotFound("Event not found".into()))?;
+        let room: OwnedRoomId = record
+            .room_id
+            .as_str()
+            .try_into()
+            .map_err(|e| Error::Internal(format!("stored room ID: {e}")))?;
+        let pdu = Pdu::from_json(record.pdu.clone(), &id, &room)?;
+        Ok(Some((record, pdu)))
+    }
+}

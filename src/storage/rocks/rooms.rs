@@ -1,0 +1,358 @@
+//! [`RoomStore`] on RocksDB.
+
+use async_trait::async_trait;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, synced,
+};
+use crate::storage::StorageError;
+use crate::storage::StorageResult;
+use crate::storage::rooms::{
+    EventRecord, EventWrite, MembershipRecord, RoomHead, RoomRecord, RoomStore, StateGroupRecord,
+    TxnKey,
+};
+
+#[derive(Serialize, Deserialize)]
+struct AliasRecord {
+    room_id: String,
+    creator: String,
+}
+
+fn txn_key(t: &TxnKey) -> Vec<u8> {
+    key(&[
+        t.localpart.as_bytes(),
+        t.device_id.as_bytes(),
+        t.txn_id.as_bytes(),
+    ])
+}
+
+fn be(pos: u64) -> [u8; 8] {
+    pos.to_be_bytes()
+}
+
+fn from_be(bytes: &[u8]) -> StorageResult<u64> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        what: "stream position",
+        detail: format!("{} bytes", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| StorageError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// All `(suffix after prefix, value)` pairs under a prefix.
+fn scan(
+    db: &rocksdb::DB,
+    cf_name: &'static str,
+    p: &[u8],
+) -> StorageResult<Vec<(Vec<u8>, Box<[u8]>)>> {
+    let mut out = Vec::new();
+    for item in db.iterator_cf(
+        handle(db, cf_name)?,
+        IteratorMode::From(p, Direction::Forward),
+    ) {
+        let (k, v) = item?;
+        if !k.starts_with(p) {
+            break;
+        }
+        out.push((k[p.len()..].to_vec(), v));
+    }
+    Ok(out)
+}
+
+/// The last key of a column family, if any.
+fn last_key(db: &rocksdb::DB, cf_name: &'static str) -> StorageResult<Option<Box<[u8]>>> {
+    match db
+        .iterator_cf(handle(db, cf_name)?, IteratorMode::End)
+        .next()
+    {
+        Some(item) => Ok(Some(item?.0)),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl RoomStore for RocksStore {
+    async fn append_events(&self, writes: Vec<EventWrite>, first_pos: u64) -> StorageResult<()> {
+        self.blocking(move |db, _| {
+            let mut batch = WriteBatch::default();
+            let events = handle(db, cf::EVENTS)?;
+            for (i, w) in writes.into_iter().enumerate() {
+                let pos = first_pos + i as u64;
+                let record = EventRecord {
+                    room_id: w.room_id.clone(),
+                    pos,
+                    state_group: w.state_group,
+                    pdu: w.pdu,
+                    redacted_by: None,
+                    txn: w
+                        .txn
+                        .as_ref()
+                        .map(|t| (t.device_id.clone(), t.txn_id.clone())),
+                };
+                batch.put_cf(events, w.event_id.as_bytes(), encode(&record));
+                batch.put_cf(
+                    handle(db, cf::ROOM_EVENTS)?,
+                    key(&[w.room_id.as_bytes(), &be(pos)]),
+                    w.event_id.as_bytes(),
+                );
+                if let Some((id, group)) = &w.new_state_group {
+                    batch.put_cf(handle(db, cf::STATE_GROUPS)?, be(*id), encode(group));
+                }
+                if let Some(room) = &w.room {
+                    batch.put_cf(handle(db, cf::ROOMS)?, w.room_id.as_bytes(), encode(room));
+                }
+                let mut head = w.head;
+                head.last_pos = pos;
+                batch.put_cf(
+                    handle(db, cf::ROOM_HEADS)?,
+                    w.room_id.as_bytes(),
+                    encode(&head),
+                );
+                if let Some((user_id, membership)) = &w.membership {
+                    let record = MembershipRecord {
+                        membership: membership.clone(),
+                        event_id: w.event_id.clone(),
+                        pos,
+                        forgotten: false,
+                    };
+                    let bytes = encode(&record);
+                    batch.put_cf(
+                        handle(db, cf::ROOM_MEMBERS)?,
+                        key(&[w.room_id.as_bytes(), user_id.as_bytes()]),
+                        &bytes,
+                    );
+                    batch.put_cf(
+                        handle(db, cf::USER_ROOMS)?,
+                        key(&[user_id.as_bytes(), w.room_id.as_bytes()]),
+                        &bytes,
+                    );
+                }
+                if let Some(txn) = &w.txn {
+                    batch.put_cf(
+                        handle(db, cf::TXN_IDS)?,
+                        txn_key(txn),
+                        w.event_id.as_bytes(),
+                    );
+                }
+                if let Some(redacted) = &w.redacts
+                    && let Some(mut target) =
+                        get_json::<EventRecord>(db, cf::EVENTS, redacted.as_bytes())?
+                    && target.redacted_by.is_none()
+                {
+                    target.redacted_by = Some(w.event_id.clone());
+                    batch.put_cf(events, redacted.as_bytes(), encode(&target));
+                }
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn max_stream_pos(&self) -> StorageResult<u64> {
+        let mut max = 0;
+        // Each room's last key holds its highest position; the global maximum is among them.
+        for (_, head) in self.rooms().await? {
+            max = max.max(head.last_pos);
+        }
+        Ok(max)
+    }
+
+    async fn max_state_group(&self) -> StorageResult<u64> {
+        match last_key(&self.db, cf::STATE_GROUPS)? {
+            Some(k) => from_be(&k),
+            None => Ok(0),
+        }
+    }
+
+    async fn rooms(&self) -> StorageResult<Vec<(RoomRecord, RoomHead)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(handle(&self.db, cf::ROOMS)?, IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let room: RoomRecord = decode(cf::ROOMS, &v)?;
+            let head: RoomHead =
+                get_json(&self.db, cf::ROOM_HEADS, &k)?.ok_or_else(|| StorageError::Corrupt {
+                    what: cf::ROOM_HEADS,
+                    detail: room.room_id.clone(),
+                })?;
+            out.push((room, head));
+        }
+        Ok(out)
+    }
+
+    async fn event(&self, event_id: &str) -> StorageResult<Option<EventRecord>> {
+        get_json(&self.db, cf::EVENTS, event_id.as_bytes())
+    }
+
+    async fn room_events(
+        &self,
+        room_id: &str,
+        after: Option<u64>,
+        before: Option<u64>,
+        backwards: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, String)>> {
+        let room = room_id.as_bytes();
+        let lower = key(&[room, &be(after.map_or(0, |a| a.saturating_add(1)))]);
+        let upper = match before {
+            Some(b) => key(&[room, &be(b)]),
+            // One past the room's prefix: room 0xFF is followed by 8 bytes, so room 0xFF 0xFF…
+            // with 9 bytes is above every key of the room.
+            None => {
+                let mut k = prefix(&[room]);
+                k.extend_from_slice(&[0xFF; 9]);
+                k
+            }
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(lower.clone());
+        opts.set_iterate_upper_bound(upper.clone());
+        let mode = if backwards {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
+        };
+        let p_len = room.len() + 1;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(handle(&self.db, cf::ROOM_EVENTS)?, opts, mode)
+        {
+            let (k, v) = item?;
+            if out.len() >= limit {
+                break;
+            }
+            out.push((from_be(&k[p_len..])?, utf8(cf::ROOM_EVENTS, &v)?));
+        }
+        Ok(out)
+    }
+
+    async fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>> {
+        get_json(&self.db, cf::STATE_GROUPS, &be(id))
+    }
+
+    async fn txn_event(&self, txn: &TxnKey) -> StorageResult<Option<String>> {
+        match self
+            .db
+            .get_cf(handle(&self.db, cf::TXN_IDS)?, txn_key(txn))?
+        {
+            Some(v) => Ok(Some(utf8(cf::TXN_IDS, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn user_memberships(
+        &self,
+        user_id: &str,
+    ) -> StorageResult<Vec<(String, MembershipRecord)>> {
+        scan(&self.db, cf::USER_ROOMS, &prefix(&[user_id.as_bytes()]))?
+            .into_iter()
+            .map(|(room, v)| Ok((utf8(cf::USER_ROOMS, &room)?, decode(cf::USER_ROOMS, &v)?)))
+            .collect()
+    }
+
+    async fn room_memberships(
+        &self,
+        room_id: &str,
+    ) -> StorageResult<Vec<(String, MembershipRecord)>> {
+        scan(&self.db, cf::ROOM_MEMBERS, &prefix(&[room_id.as_bytes()]))?
+            .into_iter()
+            .map(|(user, v)| {
+                Ok((
+                    utf8(cf::ROOM_MEMBERS, &user)?,
+                    decode(cf::ROOM_MEMBERS, &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn forget_room(&self, user_id: &str, room_id: &str) -> StorageResult<()> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let k = key(&[user_id.as_bytes(), room_id.as_bytes()]);
+            let Some(mut record): Option<MembershipRecord> = get_json(db, cf::USER_ROOMS, &k)?
+            else {
+                return Err(StorageError::NotFound);
+            };
+            record.forgotten = true;
+            db.put_cf_opt(handle(db, cf::USER_ROOMS)?, k, encode(&record), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_alias(&self, alias: &str, room_id: &str, creator: &str) -> StorageResult<()> {
+        let (alias, room_id, creator) = (alias.to_owned(), room_id.to_owned(), creator.to_owned());
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let aliases = handle(db, cf::ALIASES)?;
+            if db.get_pinned_cf(aliases, alias.as_bytes())?.is_some() {
+                return Err(StorageError::AlreadyExists);
+            }
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                aliases,
+                alias.as_bytes(),
+                encode(&AliasRecord {
+                    room_id: room_id.clone(),
+                    creator,
+                }),
+            );
+            batch.put_cf(
+                handle(db, cf::ROOM_ALIASES)?,
+                key(&[room_id.as_bytes(), alias.as_bytes()]),
+                [],
+            );
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn alias(&self, alias: &str) -> StorageResult<Option<(String, String)>> {
+        Ok(
+            get_json::<AliasRecord>(&self.db, cf::ALIASES, alias.as_bytes())?
+                .map(|a| (a.room_id, a.creator)),
+        )
+    }
+
+    async fn delete_alias(&self, alias: &str) -> StorageResult<()> {
+        let alias = alias.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let Some(record): Option<AliasRecord> = get_json(db, cf::ALIASES, alias.as_bytes())?
+            else {
+                return Err(StorageError::NotFound);
+            };
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(handle(db, cf::ALIASES)?, alias.as_bytes());
+            batch.delete_cf(
+                handle(db, cf::ROOM_ALIASES)?,
+                key(&[record.room_id.as_bytes(), alias.as_bytes()]),
+            );
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn room_aliases(&self, room_id: &str) -> StorageResult<Vec<String>> {
+        let p = prefix(&[room_id.as_bytes()]);
+        keys_with_prefix(&self.db, cf::ROOM_ALIASES, &p)?
+            .into_iter()
+            .map(|k| utf8(cf::ROOM_ALIASES, &k[p.len()..]))
+            .collect()
+    }
+}

@@ -1,0 +1,154 @@
+//! Room storage: events (the DAG), their stream positions, state groups, memberships,
+//! transaction IDs and aliases.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::StorageResult;
+
+/// What never changes about a room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub room_id: String,
+    pub version: String,
+    pub created_ts: u64,
+}
+
+/// The moving tip of a room's DAG, rewritten with every event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomHead {
+    pub forward_extremities: Vec<String>,
+    pub depth: u64,
+    /// The state group of the room's current state.
+    pub state_group: u64,
+    /// Stream position of the room's latest event.
+    pub last_pos: u64,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub room_id: String,
+    /// Global stream position (the sync token's backbone; orders each room's timeline).
+    pub pos: u64,
+    /// State group of the room's state *after* this event.
+    pub state_group: u64,
+    /// The signed PDU, byte for byte.
+    pub pdu: Box<RawValue>,
+    /// Set when a redaction removed the event's content (the PDU keeps the original for
+    /// federation until the redaction is applied there too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted_by: Option<String>,
+    /// `(device_id, txn_id)` the sender used, echoed to that device as
+    /// `unsigned.transaction_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<(String, String)>,
+}
+
+/// A state group: a full snapshot (no `prev`) or a delta on `prev`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateGroupRecord {
+    pub prev: Option<u64>,
+    /// Number of deltas between this group and its snapshot (0 for a snapshot).
+    pub chain_len: u32,
+    /// `(type, state_key, event_id)` entries; for a delta, the entries that changed.
+    pub entries: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    pub event_id: String,
+    pub pos: u64,
+    /// The user forgot the room (only once they left it).
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+/// A client's transaction ID: (user localpart, device, txn_id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TxnKey {
+    pub localpart: String,
+    pub device_id: String,
+    pub txn_id: String,
+}
+
+/// Everything one new event changes, written atomically with the event.
+#[derive(Debug, Clone)]
+pub struct EventWrite {
+    pub event_id: String,
+    pub room_id: String,
+    pub pdu: Box<RawValue>,
+    pub state_group: u64,
+    /// A state group this event created.
+    pub new_state_group: Option<(u64, StateGroupRecord)>,
+    /// The room's head after this event; `last_pos` is filled in at commit.
+    pub head: RoomHead,
+    /// Set on the create event.
+    pub room: Option<RoomRecord>,
+    /// `(user_id, membership)` for `m.room.member` events.
+    pub membership: Option<(String, String)>,
+    pub txn: Option<TxnKey>,
+    /// An event this one redacts (content removed in the stored copy).
+    pub redacts: Option<String>,
+}
+
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Persists events in order, the i-th at stream position `first_pos + i`, in one
+    /// fsynced batch.
+    async fn append_events(&self, writes: Vec<EventWrite>, first_pos: u64) -> StorageResult<()>;
+
+    /// The highest stream position written (0 for an empty database).
+    async fn max_stream_pos(&self) -> StorageResult<u64>;
+
+    /// The highest state group ID written.
+    async fn max_state_group(&self) -> StorageResult<u64>;
+
+    /// Every room with its head (loaded at start-up).
+    async fn rooms(&self) -> StorageResult<Vec<(RoomRecord, RoomHead)>>;
+
+    async fn event(&self, event_id: &str) -> StorageResult<Option<EventRecord>>;
+
+    /// Event IDs of a room's timeline strictly between `after` and `before` stream positions,
+    /// oldest first when `backwards` is false, newest first when true; at most `limit`.
+    async fn room_events(
+        &self,
+        room_id: &str,
+        after: Option<u64>,
+        before: Option<u64>,
+        backwards: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, String)>>;
+
+    async fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>>;
+
+    async fn txn_event(&self, txn: &TxnKey) -> StorageResult<Option<String>>;
+
+    /// Every room the user has a membership in, with it.
+    async fn user_memberships(
+        &self,
+        user_id: &str,
+    ) -> StorageResult<Vec<(String, MembershipRecord)>>;
+
+    /// Every user with a membership in the room, with it.
+    async fn room_memberships(
+        &self,
+        room_id: &str,
+    ) -> StorageResult<Vec<(String, MembershipRecord)>>;
+
+    /// Marks a left room as forgotten for the user.
+    async fn forget_room(&self, user_id: &str, room_id: &str) -> StorageResult<()>;
+
+    /// Creates an alias; [`super::StorageError::AlreadyExists`] if taken.
+    async fn create_alias(&self, alias: &str, room_id: &str, creator: &str) -> StorageResult<()>;
+
+    /// `(room_id, creator)` of an alias.
+    async fn alias(&self, alias: &str) -> StorageResult<Option<(String, String)>>;
+
+    async fn delete_alias(&self, alias: &str) -> StorageResult<()>;
+
+    async fn room_aliases(&self, room_id: &str) -> StorageResult<Vec<String>>;
+}
