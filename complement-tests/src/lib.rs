@@ -357,3 +357,64 @@ pub fn client_script(name: &str) -> PathBuf {
         .join("clients")
         .join(name)
 }
+
+/// Room helpers, in the words of the spec.
+impl TestServer {
+    pub async fn create_room(&self, who: &Session, body: Value) -> String {
+        let (status, res) = self
+            .post("/_matrix/client/v3/createRoom", who.token(), body)
+            .await;
+        assert_eq!(status, 200, "createRoom: {res}");
+        res["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    pub async fn join(&self, who: &Session, room: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            who.token(),
+            json!({}),
+        )
+        .await
+    }
+
+    pub async fn send_text(
+        &self,
+        who: &Session,
+        room: &str,
+        txn: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                enc(room)
+            ),
+            who.token(),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await
+    }
+
+    pub async fn sync(&self, who: &Session, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={s}"));
+        }
+        let (status, body) = self.get(&path, who.token()).await;
+        assert_eq!(status, 200, "sync: {body}");
+        body
+    }
+}
+
+/// Percent-encodes a path segment (room IDs contain `!`, aliases `#` and `:`).
+pub fn enc(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

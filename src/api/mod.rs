@@ -13,7 +13,7 @@ use ruma::api::client::{
     account as acc, device, membership, message, redact, room, session, state,
 };
 
-use crate::http::ruma::{AppState, route};
+use crate::http::ruma::{AppState, route, route_empty_last_arg};
 
 /// Every client-API route.
 pub fn client_routes() -> Router<AppState> {
@@ -74,6 +74,12 @@ pub fn client_routes() -> Router<AppState> {
     let r = route::<message::send_message_event::v3::Request, _, _>(r, rooms::send_message);
     let r = route::<message::get_message_events::v3::Request, _, _>(r, rooms::messages);
     let r = route::<state::send_state_event::v3::Request, _, _>(r, rooms::send_state);
+    let r =
+        route_empty_last_arg::<state::send_state_event::v3::Request, _, _>(r, rooms::send_state);
+    let r = route_empty_last_arg::<state::get_state_event_for_key::v3::Request, _, _>(
+        r,
+        rooms::state_for_key,
+    );
     let r = route::<state::get_state_events::v3::Request, _, _>(r, rooms::state);
     let r = route::<state::get_state_event_for_key::v3::Request, _, _>(r, rooms::state_for_key);
     let r = route::<redact::redact_event::v3::Request, _, _>(r, rooms::redact);

@@ -85,12 +85,15 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
         let (mut parts, body) = req.into_parts();
-        let params: Vec<String> = RawPathParams::from_request_parts(&mut parts, state)
+        let mut params: Vec<String> = RawPathParams::from_request_parts(&mut parts, state)
             .await
             .map_err(|_| Error::InvalidParam("Path parameters are not valid UTF-8".into()))?
             .iter()
             .map(|(_, v)| v.to_owned())
             .collect();
+        if parts.extensions.get::<EmptyLastArg>().is_some() {
+            params.push(String::new());
+        }
         let bytes = read_body(body, &parts.headers, state.config.limits.max_body_bytes).await?;
         if !bytes.is_empty() && T::METHOD != Method::GET {
             serde_json::from_slice::<IgnoredAny>(&bytes)
@@ -102,6 +105,33 @@ where
             .map(Ruma)
             .map_err(from_ruma_error)
     }
+}
+
+/// Marks a request routed by [`route_empty_last_arg`]: its last path argument is empty.
+#[derive(Clone, Copy)]
+struct EmptyLastArg;
+
+/// Routes the paths of `Req` whose last argument may be empty (`/state/{type}/{state_key}`
+/// with the empty state key, sent as `/state/{type}` or `/state/{type}/`).
+pub fn route_empty_last_arg<Req, H, T>(mut router: Router<AppState>, handler: H) -> Router<AppState>
+where
+    Req: IncomingRequest,
+    H: Handler<T, AppState> + Clone,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
+    for path in Req::PATH_BUILDER.all_paths() {
+        let Some(idx) = path.rfind("/{") else {
+            continue;
+        };
+        let short = &path[..idx];
+        let with_slash = format!("{short}/");
+        for p in [short.to_owned(), with_slash] {
+            let method_router = on(filter, handler.clone()).layer(axum::Extension(EmptyLastArg));
+            router = router.route(&p, method_router);
+        }
+    }
+    router
 }
 
 /// Routes every path (r0, v3, unstable) that ruma lists for `Req` to `handler`.
