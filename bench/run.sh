@@ -63,7 +63,7 @@ echo "== login: wrk -t1 -c8 -d$DURATION"
 wrk -t1 -c8 -d"$DURATION" --latency -s "$work/login.lua" "$base/_matrix/client/v3/login" | tee "$work/login.txt"
 
 rss_after=$(rss_kib)
-errors=$(grep -c "Non-2xx" "$work/whoami.txt" "$work/login.txt" | awk -F: '{s+=$2} END {print s}')
+errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 
 mkdir -p bench/results
 {

@@ -77,7 +77,20 @@ fn read_password() -> std::io::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// Large allocations (argon2's 19 MiB work areas, RocksDB blocks) are mmapped and returned to
+/// the system when freed. glibc otherwise raises its mmap threshold after the first such free
+/// and keeps every later one in a per-thread arena: hundreds of MiB after a login burst.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let (config, file) = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -69,7 +69,7 @@ async fn every_room_version_from_1_to_12_can_be_created_and_used() {
                 .unwrap()
                 .iter()
                 .any(|e| e["type"] == "m.room.create"
-                    && e["content"]["room_version"] == v.to_string())
+                    && e["content"]["room_version"] == v.to_string().as_str())
         );
     }
 }

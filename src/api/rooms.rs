@@ -535,8 +535,8 @@ pub async fn messages(
             && filter
                 .senders
                 .as_ref()
-                .is_none_or(|ss| ss.iter().any(|u| *u == pdu.sender))
-            && !filter.not_senders.iter().any(|u| *u == pdu.sender)
+                .is_none_or(|ss| ss.contains(&pdu.sender))
+            && !filter.not_senders.contains(&pdu.sender)
     };
 
     let mut chunk = Vec::new();

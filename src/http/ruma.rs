@@ -94,10 +94,16 @@ where
         if parts.extensions.get::<EmptyLastArg>().is_some() {
             params.push(String::new());
         }
-        let bytes = read_body(body, &parts.headers, state.config.limits.max_body_bytes).await?;
-        if !bytes.is_empty() && T::METHOD != Method::GET {
-            serde_json::from_slice::<IgnoredAny>(&bytes)
-                .map_err(|e| Error::NotJson(format!("Content not JSON: {e}")))?;
+        let mut bytes = read_body(body, &parts.headers, state.config.limits.max_body_bytes).await?;
+        if T::METHOD != Method::GET {
+            if bytes.is_empty() {
+                // Clients (matrix-nio's /join, curl one-liners) send no body where the spec
+                // wants an empty object; read it as one, as other homeservers do.
+                bytes = Bytes::from_static(b"{}");
+            } else {
+                serde_json::from_slice::<IgnoredAny>(&bytes)
+                    .map_err(|e| Error::NotJson(format!("Content not JSON: {e}")))?;
+            }
         }
         let args: Vec<&str> = params.iter().map(String::as_str).collect();
         let request = http::Request::from_parts(parts, &bytes[..]);

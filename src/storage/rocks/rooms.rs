@@ -47,12 +47,11 @@ fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
     })
 }
 
-/// All `(suffix after prefix, value)` pairs under a prefix.
-fn scan(
-    db: &rocksdb::DB,
-    cf_name: &'static str,
-    p: &[u8],
-) -> StorageResult<Vec<(Vec<u8>, Box<[u8]>)>> {
+/// A key's suffix after a scanned prefix, and the value.
+type Row = (Vec<u8>, Box<[u8]>);
+
+/// All rows under a prefix.
+fn scan(db: &rocksdb::DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Vec<Row>> {
     let mut out = Vec::new();
     for item in db.iterator_cf(
         handle(db, cf_name)?,
