@@ -21,20 +21,10 @@ pub const SOCKET_NAME: &str = "admin.sock";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum AdminCommand {
-    CreateUser {
-        localpart: String,
-        password: String,
-        admin: bool,
-    },
-    CreateToken {
-        token: Option<String>,
-        uses_allowed: Option<u32>,
-        expiry_ts: Option<u64>,
-    },
+    CreateUser { localpart: String, password: String, admin: bool },
+    CreateToken { token: Option<String>, uses_allowed: Option<u32>, expiry_ts: Option<u64> },
     ListTokens,
-    DeleteToken {
-        token: String,
-    },
+    DeleteToken { token: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,38 +41,20 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 /// Runs one admin command against the services.
 pub async fn execute(services: &Services, command: AdminCommand) -> AdminReply {
     let result = match command {
-        AdminCommand::CreateUser {
-            localpart,
-            password,
-            admin,
-        } => services
+        AdminCommand::CreateUser { localpart, password, admin } => services
             .accounts
-            .admin_create_user(AdminCreateUser {
-                localpart,
-                password,
-                admin,
-            })
+            .admin_create_user(AdminCreateUser { localpart, password, admin })
             .await
             .map(|user_id| json!({"user_id": user_id})),
-        AdminCommand::CreateToken {
-            token,
-            uses_allowed,
-            expiry_ts,
-        } => services
+        AdminCommand::CreateToken { token, uses_allowed, expiry_ts } => services
             .accounts
             .create_registration_token(token, uses_allowed, expiry_ts)
             .await
             .map(|t| json!(t)),
-        AdminCommand::ListTokens => services
-            .accounts
-            .registration_tokens()
-            .await
-            .map(|t| json!(t)),
-        AdminCommand::DeleteToken { token } => services
-            .accounts
-            .delete_registration_token(&token)
-            .await
-            .map(|()| json!({})),
+        AdminCommand::ListTokens => services.accounts.registration_tokens().await.map(|t| json!(t)),
+        AdminCommand::DeleteToken { token } => {
+            services.accounts.delete_registration_token(&token).await.map(|()| json!({}))
+        }
     };
     match result {
         Ok(v) => AdminReply::Ok(v),
@@ -114,10 +86,7 @@ pub async fn serve(path: PathBuf, services: Arc<Services>) -> std::io::Result<()
 async fn handle(stream: UnixStream, services: &Services) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read)
-        .take(1024 * 1024)
-        .read_line(&mut line)
-        .await?;
+    BufReader::new(read).take(1024 * 1024).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<AdminCommand>(&line) {
         Ok(command) => execute(services, command).await,
         Err(e) => AdminReply::Error(format!("bad admin command: {e}")),
@@ -147,9 +116,7 @@ pub async fn send(path: &Path, command: &AdminCommand) -> std::io::Result<Option
     write.write_all(&out).await?;
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
-    serde_json::from_str(&line)
-        .map(Some)
-        .map_err(std::io::Error::other)
+    serde_json::from_str(&line).map(Some).map_err(std::io::Error::other)
 }
 
 use tokio::io::AsyncReadExt as _;

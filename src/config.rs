@@ -163,27 +163,19 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8008))],
-        }
+        Self { listen: vec![SocketAddr::from(([127, 0, 0, 1], 8008))] }
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            path: PathBuf::from("./data"),
-            cache_mib: 8,
-        }
+        Self { path: PathBuf::from("./data"), cache_mib: 8 }
     }
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        Self {
-            mode: RegistrationMode::Closed,
-            min_password_length: 8,
-        }
+        Self { mode: RegistrationMode::Closed, min_password_length: 8 }
     }
 }
 
@@ -191,38 +183,22 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
-            login: RateLimit {
-                per_second: 0.5,
-                burst: 10,
-            },
-            failed_login_per_account: RateLimit {
-                per_second: 0.1,
-                burst: 5,
-            },
-            register: RateLimit {
-                per_second: 0.2,
-                burst: 5,
-            },
+            login: RateLimit { per_second: 0.5, burst: 10 },
+            failed_login_per_account: RateLimit { per_second: 0.1, burst: 5 },
+            register: RateLimit { per_second: 0.2, burst: 5 },
         }
     }
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self {
-            level: "info".to_owned(),
-            format: LogFormat::Pretty,
-        }
+        Self { level: "info".to_owned(), format: LogFormat::Pretty }
     }
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            path: "/metrics".to_owned(),
-            listen: None,
-        }
+        Self { enabled: true, path: "/metrics".to_owned(), listen: None }
     }
 }
 
@@ -254,9 +230,7 @@ impl Config {
             })
             .split("__");
         figment = figment.merge(env);
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok((config, file))
     }
@@ -266,21 +240,14 @@ impl Config {
             ConfigError::Invalid(format!("server_name {:?}: {e}", self.server_name))
         })?;
         if self.http.listen.is_empty() {
-            return Err(ConfigError::Invalid(
-                "http.listen must name at least one address".into(),
-            ));
+            return Err(ConfigError::Invalid("http.listen must name at least one address".into()));
         }
         if self.limits.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid(
-                "limits.max_body_bytes must be at least 1024".into(),
-            ));
+            return Err(ConfigError::Invalid("limits.max_body_bytes must be at least 1024".into()));
         }
         for (name, rate) in [
             ("login", self.limits.login),
-            (
-                "failed_login_per_account",
-                self.limits.failed_login_per_account,
-            ),
+            ("failed_login_per_account", self.limits.failed_login_per_account),
             ("register", self.limits.register),
         ] {
             if !rate.per_second.is_finite() || rate.per_second <= 0.0 || rate.burst == 0 {
@@ -290,9 +257,7 @@ impl Config {
             }
         }
         if !self.metrics.path.starts_with('/') {
-            return Err(ConfigError::Invalid(
-                "metrics.path must start with '/'".into(),
-            ));
+            return Err(ConfigError::Invalid("metrics.path must start with '/'".into()));
         }
         if let Some(url) = &self.public_baseurl {
             url::Url::parse(url)
@@ -303,11 +268,7 @@ impl Config {
 
     /// The base URL clients use, with a trailing slash.
     pub fn client_base_url(&self) -> String {
-        let url = self
-            .well_known
-            .client
-            .clone()
-            .or_else(|| self.public_baseurl.clone());
+        let url = self.well_known.client.clone().or_else(|| self.public_baseurl.clone());
         let url = url.unwrap_or_else(|| {
             let addr = self.http.listen[0];
             let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
@@ -317,11 +278,7 @@ impl Config {
             };
             format!("http://{host}:{}/", addr.port())
         });
-        if url.ends_with('/') {
-            url
-        } else {
-            format!("{url}/")
-        }
+        if url.ends_with('/') { url } else { format!("{url}/") }
     }
 
     /// The `m.server` delegation target for federation.

@@ -45,10 +45,8 @@ const SIGNING_KEY_META: &str = "signing_key";
 
 /// Opens the database and builds the services.
 pub async fn open(config: Arc<Config>) -> Result<Arc<Services>, StartError> {
-    let store: Arc<dyn Store> = Arc::new(RocksStore::open(
-        &config.database.path,
-        config.database.cache_mib,
-    )?);
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&config.database.path, config.database.cache_mib)?);
     let key = Arc::new(signing_key(store.as_ref()).await?);
     tracing::info!(server_name = %config.server_name, key_id = %key.key_id(), "database open");
     Ok(Services::new(config, store, key).await?)
@@ -92,29 +90,19 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
     let app = http::app(services.clone(), metrics.clone());
     let mut servers = tokio::task::JoinSet::new();
     for addr in &config.http.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Bind(*addr, e))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(*addr, e))?;
         tracing::info!(%addr, "listening");
-        let app = app
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = app.clone().into_make_service_with_connect_info::<SocketAddr>();
         servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
         });
     }
     if let (Some(addr), Some(handle)) = (config.metrics.listen, metrics) {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Bind(addr, e))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
         tracing::info!(%addr, path = %config.metrics.path, "metrics listening");
         let app = http::metrics_app(&config.metrics.path, handle);
         servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
         });
     }
 

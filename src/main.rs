@@ -99,10 +99,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("axon: starting the runtime: {e}");
@@ -126,11 +123,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::User(UserCommand::Create {
-            localpart,
-            password,
-            admin,
-        }) => {
+        Command::User(UserCommand::Create { localpart, password, admin }) => {
             let password = match password {
                 Some(p) => p,
                 None => match read_password() {
@@ -141,31 +134,15 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            run_admin(
-                &runtime,
-                config,
-                AdminCommand::CreateUser {
-                    localpart,
-                    password,
-                    admin,
-                },
-            )
+            run_admin(&runtime, config, AdminCommand::CreateUser { localpart, password, admin })
         }
-        Command::Token(TokenCommand::Create {
-            token,
-            uses,
-            expires_in_days,
-        }) => {
+        Command::Token(TokenCommand::Create { token, uses, expires_in_days }) => {
             let expiry_ts = expires_in_days
                 .map(|d| axon::storage::now_ms().saturating_add(d.saturating_mul(86_400_000)));
             run_admin(
                 &runtime,
                 config,
-                AdminCommand::CreateToken {
-                    token,
-                    uses_allowed: uses,
-                    expiry_ts,
-                },
+                AdminCommand::CreateToken { token, uses_allowed: uses, expiry_ts },
             )
         }
         Command::Token(TokenCommand::List) => run_admin(&runtime, config, AdminCommand::ListTokens),
@@ -186,9 +163,7 @@ fn run_admin(
         match admin::send(&socket, &cmd).await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => {
-                let services = axon::open(config.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let services = axon::open(config.clone()).await.map_err(|e| e.to_string())?;
                 Ok(admin::execute(&services, cmd).await)
             }
             Err(e) => Err(format!("talking to the running server: {e}")),
@@ -196,10 +171,7 @@ fn run_admin(
     });
     match reply {
         Ok(AdminReply::Ok(value)) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Ok(AdminReply::Error(e)) | Err(e) => {

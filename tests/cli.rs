@@ -16,10 +16,7 @@ fn help_lists_the_admin_commands() {
 
 #[test]
 fn a_missing_config_file_is_an_error() {
-    let out = Command::new(AXON)
-        .args(["--config", "/nonexistent/axon.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(AXON).args(["--config", "/nonexistent/axon.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
@@ -29,11 +26,7 @@ fn an_invalid_server_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("axon.toml");
     std::fs::write(&file, "server_name = \"not a name\"\n").unwrap();
-    let out = Command::new(AXON)
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new(AXON).arg("--config").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server_name"));
 }
@@ -43,11 +36,7 @@ fn an_unknown_config_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("axon.toml");
     std::fs::write(&file, "server_nmae = \"example.org\"\n").unwrap();
-    let out = Command::new(AXON)
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new(AXON).arg("--config").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -62,9 +51,5 @@ fn environment_variables_override_the_file() {
         .env("AXON_SERVER_NAME", "bad name!")
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "the env value must have been used"
-    );
+    assert_eq!(out.status.code(), Some(2), "the env value must have been used");
 }

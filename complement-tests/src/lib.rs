@@ -33,11 +33,7 @@ pub fn axon_binary() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Configuration of a test server, turned into a TOML file.
@@ -52,11 +48,7 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self {
-            registration: "open",
-            extra_toml: String::new(),
-            login_rate: (1000.0, 1000),
-        }
+        Self { registration: "open", extra_toml: String::new(), login_rate: (1000.0, 1000) }
     }
 }
 
@@ -229,10 +221,7 @@ level = "warn"
                 json!({"username": username, "password": password}),
             )
             .await;
-        assert_eq!(
-            status, 401,
-            "first register call should ask for UIA: {body}"
-        );
+        assert_eq!(status, 401, "first register call should ask for UIA: {body}");
         let session = body["session"].as_str().expect("session").to_owned();
         let (status, body) = self
             .post(
@@ -291,10 +280,7 @@ impl Session {
     pub fn from_json(body: &Value) -> Self {
         Self {
             user_id: body["user_id"].as_str().expect("user_id").to_owned(),
-            access_token: body["access_token"]
-                .as_str()
-                .expect("access_token")
-                .to_owned(),
+            access_token: body["access_token"].as_str().expect("access_token").to_owned(),
             device_id: body["device_id"].as_str().expect("device_id").to_owned(),
         }
     }
@@ -307,22 +293,9 @@ impl Session {
 /// Asserts a Matrix error response.
 #[track_caller]
 pub fn assert_error(response: &(StatusCode, Value), status: u16, errcode: &str) {
-    assert_eq!(
-        response.0.as_u16(),
-        status,
-        "unexpected status; body: {}",
-        response.1
-    );
-    assert_eq!(
-        response.1["errcode"], errcode,
-        "unexpected errcode; body: {}",
-        response.1
-    );
-    assert!(
-        response.1["error"].is_string(),
-        "error message missing: {}",
-        response.1
-    );
+    assert_eq!(response.0.as_u16(), status, "unexpected status; body: {}", response.1);
+    assert_eq!(response.1["errcode"], errcode, "unexpected errcode; body: {}", response.1);
+    assert!(response.1["error"].is_string(), "error message missing: {}", response.1);
 }
 
 /// The Python interpreter with matrix-nio installed: `AXON_PYTHON`, else the venv that
@@ -353,28 +326,19 @@ pub fn nio_python() -> PathBuf {
 
 /// Path of a client script in `complement-tests/clients/`.
 pub fn client_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("clients")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(name)
 }
 
 /// Room helpers, in the words of the spec.
 impl TestServer {
     pub async fn create_room(&self, who: &Session, body: Value) -> String {
-        let (status, res) = self
-            .post("/_matrix/client/v3/createRoom", who.token(), body)
-            .await;
+        let (status, res) = self.post("/_matrix/client/v3/createRoom", who.token(), body).await;
         assert_eq!(status, 200, "createRoom: {res}");
         res["room_id"].as_str().expect("room_id").to_owned()
     }
 
     pub async fn join(&self, who: &Session, room: &str) -> (StatusCode, Value) {
-        self.post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            who.token(),
-            json!({}),
-        )
-        .await
+        self.post(&format!("/_matrix/client/v3/join/{}", enc(room)), who.token(), json!({})).await
     }
 
     pub async fn send_text(
@@ -385,10 +349,7 @@ impl TestServer {
         body: &str,
     ) -> (StatusCode, Value) {
         self.put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
-                enc(room)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
             who.token(),
             json!({"msgtype": "m.text", "body": body}),
         )

@@ -21,9 +21,7 @@ async fn changing_the_password_needs_the_old_one_and_logs_out_other_devices() {
     let other = complement_tests::Session::from_json(&other);
 
     let path = "/_matrix/client/v3/account/password";
-    let (status, body) = s
-        .post(path, alice.token(), json!({"new_password": "new-password"}))
-        .await;
+    let (status, body) = s.post(path, alice.token(), json!({"new_password": "new-password"})).await;
     assert_eq!(status, 401);
     assert_eq!(body["flows"], json!([{"stages": ["m.login.password"]}]));
     let session = body["session"].clone();
@@ -41,11 +39,7 @@ async fn changing_the_password_needs_the_old_one_and_logs_out_other_devices() {
 
     assert_error(&s.login("alice", "old-password").await, 403, "M_FORBIDDEN");
     assert_eq!(s.login("alice", "new-password").await.0, 200);
-    assert_eq!(
-        s.get(WHOAMI, alice.token()).await.0,
-        200,
-        "the requesting device stays"
-    );
+    assert_eq!(s.get(WHOAMI, alice.token()).await.0, 200, "the requesting device stays");
     assert_error(&s.get(WHOAMI, other.token()).await, 401, "M_UNKNOWN_TOKEN");
 }
 
@@ -56,9 +50,7 @@ async fn changing_the_password_can_keep_other_devices() {
     let (_, other) = s.login("alice", "old-password").await;
     let other = complement_tests::Session::from_json(&other);
     let path = "/_matrix/client/v3/account/password";
-    let (_, body) = s
-        .post(path, alice.token(), json!({"new_password": "new-password"}))
-        .await;
+    let (_, body) = s.post(path, alice.token(), json!({"new_password": "new-password"})).await;
     let (status, _) = s
         .post(
             path,
@@ -77,9 +69,7 @@ async fn uia_for_another_user_is_refused() {
     let alice = s.register("alice", "alice-password").await;
     s.register("bob", "bob-password").await;
     let path = "/_matrix/client/v3/account/password";
-    let (_, body) = s
-        .post(path, alice.token(), json!({"new_password": "new-password"}))
-        .await;
+    let (_, body) = s.post(path, alice.token(), json!({"new_password": "new-password"})).await;
     let (status, body) = s
         .post(path, alice.token(), json!({"new_password": "new-password", "auth": password_auth("bob", "bob-password", &body["session"])}))
         .await;
@@ -105,11 +95,7 @@ async fn deactivation_logs_out_everywhere_and_keeps_the_name_taken() {
     assert_eq!(body["id_server_unbind_result"], "no-support");
 
     assert_error(&s.get(WHOAMI, alice.token()).await, 401, "M_UNKNOWN_TOKEN");
-    assert_error(
-        &s.login("alice", "alice-password").await,
-        403,
-        "M_USER_DEACTIVATED",
-    );
+    assert_error(&s.login("alice", "alice-password").await, 403, "M_USER_DEACTIVATED");
     let res = s
         .post(
             "/_matrix/client/v3/register",

@@ -5,9 +5,7 @@ use complement_tests::{TestServer, assert_error, json};
 #[tokio::test]
 async fn a_body_that_is_not_json_is_m_not_json() {
     let s = TestServer::start().await;
-    let res = s
-        .post_raw("/_matrix/client/v3/login", None, b"{not json".to_vec())
-        .await;
+    let res = s.post_raw("/_matrix/client/v3/login", None, b"{not json".to_vec()).await;
     assert_error(&res, 400, "M_NOT_JSON");
 }
 
@@ -15,16 +13,10 @@ async fn a_body_that_is_not_json_is_m_not_json() {
 async fn json_of_the_wrong_shape_is_m_bad_json() {
     let s = TestServer::start().await;
     let res = s
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({"type": "m.login.password", "password": 5}),
-        )
+        .post("/_matrix/client/v3/login", None, json!({"type": "m.login.password", "password": 5}))
         .await;
     assert_error(&res, 400, "M_BAD_JSON");
-    let res = s
-        .post("/_matrix/client/v3/register", None, json!(["an", "array"]))
-        .await;
+    let res = s.post("/_matrix/client/v3/register", None, json!(["an", "array"])).await;
     assert_error(&res, 400, "M_BAD_JSON");
 }
 
@@ -63,15 +55,8 @@ fn futures_stream(
 #[tokio::test]
 async fn a_bad_request_does_not_register_anyone() {
     let s = TestServer::start().await;
-    s.post_raw(
-        "/_matrix/client/v3/register",
-        None,
-        b"{\"username\": \"bob\", ".to_vec(),
-    )
-    .await;
-    let (status, body) = s
-        .get("/_matrix/client/v3/register/available?username=bob", None)
-        .await;
+    s.post_raw("/_matrix/client/v3/register", None, b"{\"username\": \"bob\", ".to_vec()).await;
+    let (status, body) = s.get("/_matrix/client/v3/register/available?username=bob", None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["available"], true);
 }

@@ -5,42 +5,22 @@ use complement_tests::{ServerOptions, TestServer, assert_error};
 
 #[tokio::test]
 async fn user_create_works_while_the_server_runs() {
-    let s = TestServer::start_with(ServerOptions {
-        registration: "closed",
-        ..Default::default()
-    })
-    .await;
-    let out = s.cli(&[
-        "user",
-        "create",
-        "admin",
-        "--password",
-        "admin-password",
-        "--admin",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let s = TestServer::start_with(ServerOptions { registration: "closed", ..Default::default() })
+        .await;
+    let out = s.cli(&["user", "create", "admin", "--password", "admin-password", "--admin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("@admin:test.local"));
     assert_eq!(s.login("admin", "admin-password").await.0, 200);
 }
 
 #[tokio::test]
 async fn user_create_works_on_a_stopped_server() {
-    let mut s = TestServer::start_with(ServerOptions {
-        registration: "closed",
-        ..Default::default()
-    })
-    .await;
+    let mut s =
+        TestServer::start_with(ServerOptions { registration: "closed", ..Default::default() })
+            .await;
     s.kill9();
     let out = s.cli(&["user", "create", "bob", "--password", "bob-password"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     s.crash_and_restart().await;
     assert_eq!(s.login("bob", "bob-password").await.0, 200);
 }
@@ -58,17 +38,10 @@ async fn user_create_refuses_a_taken_name_and_a_bad_name() {
 
 #[tokio::test]
 async fn token_create_list_and_delete() {
-    let s = TestServer::start_with(ServerOptions {
-        registration: "token",
-        ..Default::default()
-    })
-    .await;
+    let s =
+        TestServer::start_with(ServerOptions { registration: "token", ..Default::default() }).await;
     let out = s.cli(&["token", "create", "--token", "invite-123", "--uses", "5"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = s.cli(&["token", "list"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["token"], "invite-123");

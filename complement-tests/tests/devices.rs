@@ -14,9 +14,7 @@ async fn devices_are_listed_fetched_and_renamed() {
     assert!(devices[0]["last_seen_ts"].is_u64());
 
     let path = format!("/_matrix/client/v3/devices/{}", alice.device_id);
-    let (status, _) = s
-        .put(&path, alice.token(), json!({"display_name": "Laptop"}))
-        .await;
+    let (status, _) = s.put(&path, alice.token(), json!({"display_name": "Laptop"})).await;
     assert_eq!(status, 200);
     let (status, body) = s.get(&path, alice.token()).await;
     assert_eq!(status, 200);
@@ -29,18 +27,12 @@ async fn an_unknown_device_is_not_found() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     assert_error(
-        &s.get("/_matrix/client/v3/devices/NOPE", alice.token())
-            .await,
+        &s.get("/_matrix/client/v3/devices/NOPE", alice.token()).await,
         404,
         "M_NOT_FOUND",
     );
-    let res = s
-        .put(
-            "/_matrix/client/v3/devices/NOPE",
-            alice.token(),
-            json!({"display_name": "x"}),
-        )
-        .await;
+    let res =
+        s.put("/_matrix/client/v3/devices/NOPE", alice.token(), json!({"display_name": "x"})).await;
     assert_error(&res, 404, "M_NOT_FOUND");
 }
 
@@ -49,12 +41,7 @@ async fn another_users_device_is_not_visible() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let res = s
-        .get(
-            &format!("/_matrix/client/v3/devices/{}", alice.device_id),
-            bob.token(),
-        )
-        .await;
+    let res = s.get(&format!("/_matrix/client/v3/devices/{}", alice.device_id), bob.token()).await;
     assert_error(&res, 404, "M_NOT_FOUND");
 }
 
@@ -66,14 +53,8 @@ async fn deleting_a_device_needs_the_password_and_revokes_its_token() {
     let other = Session::from_json(&other);
     let path = format!("/_matrix/client/v3/devices/{}", other.device_id);
 
-    let (status, body) = s
-        .request(
-            reqwest::Method::DELETE,
-            &path,
-            alice.token(),
-            Some(json!({})),
-        )
-        .await;
+    let (status, body) =
+        s.request(reqwest::Method::DELETE, &path, alice.token(), Some(json!({}))).await;
     assert_eq!(status, 401);
     assert_eq!(body["flows"], json!([{"stages": ["m.login.password"]}]));
     let auth = json!({"auth": {
@@ -82,13 +63,10 @@ async fn deleting_a_device_needs_the_password_and_revokes_its_token() {
         "password": "alice-password",
         "session": body["session"],
     }});
-    let (status, body) = s
-        .request(reqwest::Method::DELETE, &path, alice.token(), Some(auth))
-        .await;
+    let (status, body) = s.request(reqwest::Method::DELETE, &path, alice.token(), Some(auth)).await;
     assert_eq!(status, 200, "{body}");
     assert_error(
-        &s.get("/_matrix/client/v3/account/whoami", other.token())
-            .await,
+        &s.get("/_matrix/client/v3/account/whoami", other.token()).await,
         401,
         "M_UNKNOWN_TOKEN",
     );
@@ -105,13 +83,8 @@ async fn delete_devices_removes_several_at_once() {
         others.push(Session::from_json(&body));
     }
     let ids: Vec<_> = others.iter().map(|o| o.device_id.clone()).collect();
-    let (status, body) = s
-        .post(
-            "/_matrix/client/v3/delete_devices",
-            alice.token(),
-            json!({"devices": ids}),
-        )
-        .await;
+    let (status, body) =
+        s.post("/_matrix/client/v3/delete_devices", alice.token(), json!({"devices": ids})).await;
     assert_eq!(status, 401);
     let (status, _) = s
         .post(

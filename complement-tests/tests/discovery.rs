@@ -33,15 +33,9 @@ async fn well_known_server_names_a_host_and_port() {
 #[tokio::test]
 async fn capabilities_need_a_token_and_list_room_versions() {
     let s = TestServer::start().await;
-    assert_error(
-        &s.get("/_matrix/client/v3/capabilities", None).await,
-        401,
-        "M_MISSING_TOKEN",
-    );
+    assert_error(&s.get("/_matrix/client/v3/capabilities", None).await, 401, "M_MISSING_TOKEN");
     let alice = s.register("alice", "password-alice").await;
-    let (status, body) = s
-        .get("/_matrix/client/v3/capabilities", alice.token())
-        .await;
+    let (status, body) = s.get("/_matrix/client/v3/capabilities", alice.token()).await;
     assert_eq!(status, 200);
     let caps = &body["capabilities"];
     assert_eq!(caps["m.room_versions"]["default"], "12");
@@ -52,19 +46,13 @@ async fn capabilities_need_a_token_and_list_room_versions() {
 #[tokio::test]
 async fn unknown_endpoints_are_unrecognized() {
     let s = TestServer::start().await;
-    assert_error(
-        &s.get("/_matrix/client/v3/no/such/thing", None).await,
-        404,
-        "M_UNRECOGNIZED",
-    );
+    assert_error(&s.get("/_matrix/client/v3/no/such/thing", None).await, 404, "M_UNRECOGNIZED");
 }
 
 #[tokio::test]
 async fn a_known_path_with_the_wrong_method_is_unrecognized_405() {
     let s = TestServer::start().await;
-    let res = s
-        .request(reqwest::Method::PUT, "/_matrix/client/v3/login", None, None)
-        .await;
+    let res = s.request(reqwest::Method::PUT, "/_matrix/client/v3/login", None, None).await;
     assert_error(&res, 405, "M_UNRECOGNIZED");
 }
 
@@ -80,21 +68,10 @@ async fn every_response_carries_the_cors_headers() {
         .unwrap();
     let h = res.headers();
     assert_eq!(h["access-control-allow-origin"], "*");
-    assert_eq!(
-        h["access-control-allow-methods"],
-        "GET, POST, PUT, DELETE, OPTIONS"
-    );
-    assert_eq!(
-        h["access-control-allow-headers"],
-        "X-Requested-With, Content-Type, Authorization"
-    );
+    assert_eq!(h["access-control-allow-methods"], "GET, POST, PUT, DELETE, OPTIONS");
+    assert_eq!(h["access-control-allow-headers"], "X-Requested-With, Content-Type, Authorization");
     // Errors too.
-    let res = s
-        .client
-        .get(format!("{}/nope", s.base))
-        .send()
-        .await
-        .unwrap();
+    let res = s.client.get(format!("{}/nope", s.base)).send().await.unwrap();
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
 }
 
@@ -104,10 +81,7 @@ async fn options_is_answered_without_running_the_endpoint() {
     // OPTIONS on an authenticated endpoint with no token succeeds: no endpoint logic ran.
     let res = s
         .client
-        .request(
-            reqwest::Method::OPTIONS,
-            format!("{}/_matrix/client/v3/account/whoami", s.base),
-        )
+        .request(reqwest::Method::OPTIONS, format!("{}/_matrix/client/v3/account/whoami", s.base))
         .header("Origin", "https://app.element.io")
         .header("Access-Control-Request-Method", "GET")
         .header("Access-Control-Request-Headers", "authorization")
@@ -117,10 +91,7 @@ async fn options_is_answered_without_running_the_endpoint() {
     assert!(res.status().is_success(), "{}", res.status());
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
     assert!(
-        res.headers()["access-control-allow-headers"]
-            .to_str()
-            .unwrap()
-            .contains("Authorization")
+        res.headers()["access-control-allow-headers"].to_str().unwrap().contains("Authorization")
     );
 }
 
@@ -128,28 +99,16 @@ async fn options_is_answered_without_running_the_endpoint() {
 async fn metrics_are_exposed_in_prometheus_format() {
     let s = TestServer::start().await;
     s.get("/_matrix/client/versions", None).await;
-    let res = s
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap();
+    let res = s.client.get(format!("{}/metrics", s.base)).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(text.contains("axon_http_requests_total"), "{text}");
-    assert!(
-        text.contains("route=\"/_matrix/client/versions\""),
-        "{text}"
-    );
+    assert!(text.contains("route=\"/_matrix/client/versions\""), "{text}");
 }
 
 #[tokio::test]
 async fn metrics_can_have_a_listener_of_their_own() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let s = TestServer::start_with(complement_tests::ServerOptions {
         extra_toml: format!(
             "[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npath = \"/m\"\n"
@@ -157,12 +116,7 @@ async fn metrics_can_have_a_listener_of_their_own() {
         ..Default::default()
     })
     .await;
-    let res = s
-        .client
-        .get(format!("http://127.0.0.1:{port}/m"))
-        .send()
-        .await
-        .unwrap();
+    let res = s.client.get(format!("http://127.0.0.1:{port}/m")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     // Not on the main listener any more.
     assert_error(&s.get("/metrics", None).await, 404, "M_UNRECOGNIZED");

@@ -9,13 +9,7 @@ async fn get_login_offers_password_login() {
     let s = TestServer::start().await;
     let (status, body) = s.get("/_matrix/client/v3/login", None).await;
     assert_eq!(status, 200);
-    assert!(
-        body["flows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["type"] == "m.login.password")
-    );
+    assert!(body["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.password"));
 }
 
 #[tokio::test]
@@ -29,11 +23,7 @@ async fn login_accepts_a_localpart_a_full_user_id_and_the_legacy_user_field() {
     assert!(body["device_id"].is_string());
 
     assert_eq!(s.login("@alice:test.local", "pw-alice-123").await.0, 200);
-    assert_eq!(
-        s.login("ALICE", "pw-alice-123").await.0,
-        200,
-        "logins are case-insensitive"
-    );
+    assert_eq!(s.login("ALICE", "pw-alice-123").await.0, 200, "logins are case-insensitive");
     let (status, _) = s
         .post(
             "/_matrix/client/v3/login",
@@ -48,33 +38,21 @@ async fn login_accepts_a_localpart_a_full_user_id_and_the_legacy_user_field() {
 async fn a_wrong_password_is_forbidden() {
     let s = TestServer::start().await;
     s.register("alice", "pw-alice-123").await;
-    assert_error(
-        &s.login("alice", "wrong-password").await,
-        403,
-        "M_FORBIDDEN",
-    );
+    assert_error(&s.login("alice", "wrong-password").await, 403, "M_FORBIDDEN");
 }
 
 #[tokio::test]
 async fn an_unknown_user_is_forbidden_like_a_wrong_password() {
     let s = TestServer::start().await;
     assert_error(&s.login("nobody", "whatever-pw").await, 403, "M_FORBIDDEN");
-    assert_error(
-        &s.login("@alice:other.server", "whatever-pw").await,
-        403,
-        "M_FORBIDDEN",
-    );
+    assert_error(&s.login("@alice:other.server", "whatever-pw").await, 403, "M_FORBIDDEN");
 }
 
 #[tokio::test]
 async fn an_unsupported_login_type_is_rejected() {
     let s = TestServer::start().await;
     let res = s
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({"type": "m.login.token", "token": "abc"}),
-        )
+        .post("/_matrix/client/v3/login", None, json!({"type": "m.login.token", "token": "abc"}))
         .await;
     assert_eq!(res.0, 400, "{}", res.1);
 }
@@ -107,12 +85,8 @@ async fn a_missing_token_is_m_missing_token() {
 async fn the_access_token_query_parameter_is_accepted() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "pw-alice-123").await;
-    let (status, body) = s
-        .get(
-            &format!("{WHOAMI}?access_token={}", alice.access_token),
-            None,
-        )
-        .await;
+    let (status, body) =
+        s.get(&format!("{WHOAMI}?access_token={}", alice.access_token), None).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -122,19 +96,13 @@ async fn logout_revokes_the_token_and_deletes_the_device() {
     let first = s.register("alice", "pw-alice-123").await;
     let (_, second) = s.login("alice", "pw-alice-123").await;
     let second = complement_tests::Session::from_json(&second);
-    let (status, _) = s
-        .post("/_matrix/client/v3/logout", first.token(), json!({}))
-        .await;
+    let (status, _) = s.post("/_matrix/client/v3/logout", first.token(), json!({})).await;
     assert_eq!(status, 200);
     assert_error(&s.get(WHOAMI, first.token()).await, 401, "M_UNKNOWN_TOKEN");
     assert_eq!(s.get(WHOAMI, second.token()).await.0, 200);
     let (_, devices) = s.get("/_matrix/client/v3/devices", second.token()).await;
-    let ids: Vec<_> = devices["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["device_id"].clone())
-        .collect();
+    let ids: Vec<_> =
+        devices["devices"].as_array().unwrap().iter().map(|d| d["device_id"].clone()).collect();
     assert_eq!(ids, vec![json!(second.device_id)]);
 }
 
@@ -144,17 +112,11 @@ async fn logout_all_revokes_every_token() {
     let first = s.register("alice", "pw-alice-123").await;
     let (_, second) = s.login("alice", "pw-alice-123").await;
     let second = complement_tests::Session::from_json(&second);
-    let (status, _) = s
-        .post("/_matrix/client/v3/logout/all", first.token(), json!({}))
-        .await;
+    let (status, _) = s.post("/_matrix/client/v3/logout/all", first.token(), json!({})).await;
     assert_eq!(status, 200);
     assert_error(&s.get(WHOAMI, first.token()).await, 401, "M_UNKNOWN_TOKEN");
     assert_error(&s.get(WHOAMI, second.token()).await, 401, "M_UNKNOWN_TOKEN");
-    assert_eq!(
-        s.login("alice", "pw-alice-123").await.0,
-        200,
-        "the account itself remains"
-    );
+    assert_eq!(s.login("alice", "pw-alice-123").await.0, 200, "the account itself remains");
 }
 
 #[tokio::test]
@@ -177,11 +139,8 @@ async fn logging_in_with_a_known_device_id_replaces_its_token() {
 
 #[tokio::test]
 async fn too_many_logins_are_rate_limited() {
-    let s = TestServer::start_with(ServerOptions {
-        login_rate: (0.01, 3),
-        ..Default::default()
-    })
-    .await;
+    let s =
+        TestServer::start_with(ServerOptions { login_rate: (0.01, 3), ..Default::default() }).await;
     s.register("alice", "pw-alice-123").await;
     for _ in 0..3 {
         s.login("alice", "pw-alice-123").await;
@@ -194,12 +153,6 @@ async fn too_many_logins_are_rate_limited() {
 #[tokio::test]
 async fn refresh_with_an_unknown_refresh_token_is_m_unknown_token() {
     let s = TestServer::start().await;
-    let res = s
-        .post(
-            "/_matrix/client/v3/refresh",
-            None,
-            json!({"refresh_token": "nope"}),
-        )
-        .await;
+    let res = s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": "nope"})).await;
     assert_error(&res, 401, "M_UNKNOWN_TOKEN");
 }

@@ -16,11 +16,7 @@ async fn matrix_nio_logs_in_and_calls_whoami() {
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "nio failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "nio failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let result: serde_json::Value =
         serde_json::from_str(stdout.trim()).expect("json from nio script");
     assert_eq!(result["whoami_user_id"], "@niouser:test.local");
@@ -43,11 +39,7 @@ async fn matrix_nio_clients_chat_in_a_dm_and_a_group() {
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "nio failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "nio failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let result: serde_json::Value =
         serde_json::from_str(stdout.trim()).expect("json from nio script");
     assert_eq!(result["dm"], "ok");

@@ -7,13 +7,8 @@ const REGISTER: &str = "/_matrix/client/v3/register";
 #[tokio::test]
 async fn register_asks_for_the_dummy_stage_then_creates_the_account() {
     let s = TestServer::start().await;
-    let (status, body) = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "alice", "password": "pw-alice-123"}),
-        )
-        .await;
+    let (status, body) =
+        s.post(REGISTER, None, json!({"username": "alice", "password": "pw-alice-123"})).await;
     assert_eq!(status, 401);
     assert_eq!(body["flows"], json!([{"stages": ["m.login.dummy"]}]));
     assert!(body["session"].is_string());
@@ -36,15 +31,11 @@ async fn register_asks_for_the_dummy_stage_then_creates_the_account() {
     assert_eq!(body["user_id"], "@alice:test.local");
     let token = body["access_token"].as_str().unwrap();
     let device = body["device_id"].as_str().unwrap();
-    let (status, who) = s
-        .get("/_matrix/client/v3/account/whoami", Some(token))
-        .await;
+    let (status, who) = s.get("/_matrix/client/v3/account/whoami", Some(token)).await;
     assert_eq!(status, 200);
     assert_eq!(who["user_id"], "@alice:test.local");
     assert_eq!(who["device_id"], device);
-    let (_, dev) = s
-        .get(&format!("/_matrix/client/v3/devices/{device}"), Some(token))
-        .await;
+    let (_, dev) = s.get(&format!("/_matrix/client/v3/devices/{device}"), Some(token)).await;
     assert_eq!(dev["display_name"], "Alice's phone");
 }
 
@@ -52,17 +43,9 @@ async fn register_asks_for_the_dummy_stage_then_creates_the_account() {
 async fn a_taken_username_is_m_user_in_use() {
     let s = TestServer::start().await;
     s.register("alice", "pw-alice-123").await;
-    let res = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "alice", "password": "another-pw"}),
-        )
-        .await;
+    let res = s.post(REGISTER, None, json!({"username": "alice", "password": "another-pw"})).await;
     assert_error(&res, 400, "M_USER_IN_USE");
-    let res = s
-        .get("/_matrix/client/v3/register/available?username=alice", None)
-        .await;
+    let res = s.get("/_matrix/client/v3/register/available?username=alice", None).await;
     assert_error(&res, 400, "M_USER_IN_USE");
 }
 
@@ -70,42 +53,21 @@ async fn a_taken_username_is_m_user_in_use() {
 async fn an_invalid_username_is_m_invalid_username() {
     let s = TestServer::start().await;
     for bad in ["Alice", "al ice", "ali:ce", "_alice", "élan", ""] {
-        let res = s
-            .post(
-                REGISTER,
-                None,
-                json!({"username": bad, "password": "pw-alice-123"}),
-            )
-            .await;
+        let res =
+            s.post(REGISTER, None, json!({"username": bad, "password": "pw-alice-123"})).await;
         assert_error(&res, 400, "M_INVALID_USERNAME");
     }
     let long = "a".repeat(300);
-    let res = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": long, "password": "pw-alice-123"}),
-        )
-        .await;
+    let res = s.post(REGISTER, None, json!({"username": long, "password": "pw-alice-123"})).await;
     assert_error(&res, 400, "M_INVALID_USERNAME");
-    let res = s
-        .get(
-            "/_matrix/client/v3/register/available?username=Bad%20Name",
-            None,
-        )
-        .await;
+    let res = s.get("/_matrix/client/v3/register/available?username=Bad%20Name", None).await;
     assert_error(&res, 400, "M_INVALID_USERNAME");
 }
 
 #[tokio::test]
 async fn a_free_username_is_available() {
     let s = TestServer::start().await;
-    let (status, body) = s
-        .get(
-            "/_matrix/client/v3/register/available?username=newbie",
-            None,
-        )
-        .await;
+    let (status, body) = s.get("/_matrix/client/v3/register/available?username=newbie", None).await;
     assert_eq!(status, 200);
     assert_eq!(body["available"], true);
 }
@@ -113,52 +75,31 @@ async fn a_free_username_is_available() {
 #[tokio::test]
 async fn a_short_password_is_m_weak_password() {
     let s = TestServer::start().await;
-    let res = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "alice", "password": "short"}),
-        )
-        .await;
+    let res = s.post(REGISTER, None, json!({"username": "alice", "password": "short"})).await;
     assert_error(&res, 400, "M_WEAK_PASSWORD");
 }
 
 #[tokio::test]
 async fn guest_registration_is_refused() {
     let s = TestServer::start().await;
-    let res = s
-        .post(&format!("{REGISTER}?kind=guest"), None, json!({}))
-        .await;
+    let res = s.post(&format!("{REGISTER}?kind=guest"), None, json!({})).await;
     assert_eq!(res.0, 403, "{}", res.1);
 }
 
 #[tokio::test]
 async fn registration_is_closed_unless_configured() {
-    let s = TestServer::start_with(ServerOptions {
-        registration: "closed",
-        ..Default::default()
-    })
-    .await;
-    let res = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "alice", "password": "pw-alice-123"}),
-        )
+    let s = TestServer::start_with(ServerOptions { registration: "closed", ..Default::default() })
         .await;
+    let res =
+        s.post(REGISTER, None, json!({"username": "alice", "password": "pw-alice-123"})).await;
     assert_error(&res, 403, "M_FORBIDDEN");
 }
 
 #[tokio::test]
 async fn inhibit_login_creates_the_account_without_a_session() {
     let s = TestServer::start().await;
-    let (_, body) = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "carol", "password": "pw-carol-123"}),
-        )
-        .await;
+    let (_, body) =
+        s.post(REGISTER, None, json!({"username": "carol", "password": "pw-carol-123"})).await;
     let session = body["session"].as_str().unwrap();
     let (status, body) = s
         .post(
@@ -189,22 +130,14 @@ async fn an_unknown_uia_session_is_refused() {
 }
 
 async fn token_server() -> TestServer {
-    TestServer::start_with(ServerOptions {
-        registration: "token",
-        ..Default::default()
-    })
-    .await
+    TestServer::start_with(ServerOptions { registration: "token", ..Default::default() }).await
 }
 
 fn create_token(s: &TestServer, args: &[&str]) -> String {
     let mut full = vec!["token", "create"];
     full.extend_from_slice(args);
     let out = s.cli(&full);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["token"].as_str().unwrap().to_owned()
 }
@@ -214,18 +147,10 @@ async fn token_registration_needs_a_valid_token() {
     let s = token_server().await;
     let token = create_token(&s, &["--uses", "1"]);
 
-    let (status, body) = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "erin", "password": "pw-erin-123"}),
-        )
-        .await;
+    let (status, body) =
+        s.post(REGISTER, None, json!({"username": "erin", "password": "pw-erin-123"})).await;
     assert_eq!(status, 401);
-    assert_eq!(
-        body["flows"],
-        json!([{"stages": ["m.login.registration_token"]}])
-    );
+    assert_eq!(body["flows"], json!([{"stages": ["m.login.registration_token"]}]));
     let session = body["session"].as_str().unwrap().to_owned();
 
     // A wrong token: 401 with the error, the session continues.
@@ -256,13 +181,8 @@ async fn token_registration_needs_a_valid_token() {
 #[tokio::test]
 async fn a_dummy_stage_does_not_satisfy_token_registration() {
     let s = token_server().await;
-    let (_, body) = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "frank", "password": "pw-frank-123"}),
-        )
-        .await;
+    let (_, body) =
+        s.post(REGISTER, None, json!({"username": "frank", "password": "pw-frank-123"})).await;
     let session = body["session"].as_str().unwrap();
     let (status, body) = s
         .post(
@@ -286,21 +206,13 @@ async fn token_validity_reflects_uses_left() {
     assert_eq!(status, 200);
     assert_eq!(body["valid"], true);
     let (_, body) = s
-        .get(
-            "/_matrix/client/v1/register/m.login.registration_token/validity?token=nope",
-            None,
-        )
+        .get("/_matrix/client/v1/register/m.login.registration_token/validity?token=nope", None)
         .await;
     assert_eq!(body["valid"], false);
 
     // Use it once; then it is spent.
-    let (_, body) = s
-        .post(
-            REGISTER,
-            None,
-            json!({"username": "gina", "password": "pw-gina-123"}),
-        )
-        .await;
+    let (_, body) =
+        s.post(REGISTER, None, json!({"username": "gina", "password": "pw-gina-123"})).await;
     let session = body["session"].as_str().unwrap();
     let (status, _) = s
         .post(
@@ -319,10 +231,7 @@ async fn token_validity_reflects_uses_left() {
 async fn token_validity_is_forbidden_when_tokens_are_not_in_use() {
     let s = TestServer::start().await;
     let res = s
-        .get(
-            "/_matrix/client/v1/register/m.login.registration_token/validity?token=x",
-            None,
-        )
+        .get("/_matrix/client/v1/register/m.login.registration_token/validity?token=x", None)
         .await;
     assert_error(&res, 403, "M_FORBIDDEN");
 }

@@ -6,39 +6,22 @@ use complement_tests::{TestServer, assert_error, enc, json};
 async fn create_room_defaults_to_version_12_with_a_hash_room_id() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
-    let room = s
-        .create_room(&alice, json!({"name": "Lounge", "topic": "chat"}))
-        .await;
-    assert!(
-        !room.contains(':'),
-        "v12 room IDs carry no server name: {room}"
-    );
+    let room = s.create_room(&alice, json!({"name": "Lounge", "topic": "chat"})).await;
+    assert!(!room.contains(':'), "v12 room IDs carry no server name: {room}");
     let (status, create) = s
         .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.create/",
-                enc(&room)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(&room)),
             alice.token(),
         )
         .await;
     assert_eq!(status, 200, "{create}");
     assert_eq!(create["room_version"], "12");
     let (_, name) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)),
-            alice.token(),
-        )
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)), alice.token())
         .await;
     assert_eq!(name["name"], "Lounge");
     let (_, topic) = s
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
-                enc(&room)
-            ),
-            alice.token(),
-        )
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)), alice.token())
         .await;
     assert_eq!(topic["topic"], "chat");
 }
@@ -49,28 +32,15 @@ async fn every_room_version_from_1_to_12_can_be_created_and_used() {
     let alice = s.register("alice", "alice-password").await;
     for v in 1..=12 {
         let room = s
-            .create_room(
-                &alice,
-                json!({"room_version": v.to_string(), "preset": "public_chat"}),
-            )
+            .create_room(&alice, json!({"room_version": v.to_string(), "preset": "public_chat"}))
             .await;
         let (status, body) = s.send_text(&alice, &room, &format!("t{v}"), "hello").await;
         assert_eq!(status, 200, "send in v{v}: {body}");
-        let (status, state) = s
-            .get(
-                &format!("/_matrix/client/v3/rooms/{}/state", enc(&room)),
-                alice.token(),
-            )
-            .await;
+        let (status, state) =
+            s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), alice.token()).await;
         assert_eq!(status, 200);
-        assert!(
-            state
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["type"] == "m.room.create"
-                    && e["content"]["room_version"] == v.to_string().as_str())
-        );
+        assert!(state.as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"
+            && e["content"]["room_version"] == v.to_string().as_str()));
     }
 }
 
@@ -79,11 +49,7 @@ async fn an_unknown_room_version_is_refused() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let res = s
-        .post(
-            "/_matrix/client/v3/createRoom",
-            alice.token(),
-            json!({"room_version": "999"}),
-        )
+        .post("/_matrix/client/v3/createRoom", alice.token(), json!({"room_version": "999"}))
         .await;
     assert_error(&res, 400, "M_UNSUPPORTED_ROOM_VERSION");
 }
@@ -94,16 +60,9 @@ async fn send_into_room_not_joined_is_forbidden() {
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
     let room = s.create_room(&alice, json!({})).await;
-    assert_error(
-        &s.send_text(&bob, &room, "t1", "hi").await,
-        403,
-        "M_FORBIDDEN",
-    );
+    assert_error(&s.send_text(&bob, &room, "t1", "hi").await, 403, "M_FORBIDDEN");
     let res = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)),
-            bob.token(),
-        )
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)), bob.token())
         .await;
     assert_error(&res, 403, "M_FORBIDDEN");
 }
@@ -125,12 +84,8 @@ async fn a_private_room_needs_an_invite_and_a_public_one_does_not() {
     assert_eq!(status, 200);
     assert_eq!(s.join(&bob, &private).await.0, 200);
 
-    let public = s
-        .create_room(
-            &alice,
-            json!({"preset": "public_chat", "room_alias_name": "town"}),
-        )
-        .await;
+    let public =
+        s.create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "town"})).await;
     let (status, body) = s
         .post(
             &format!("/_matrix/client/v3/join/{}", enc("#town:test.local")),
@@ -149,14 +104,9 @@ async fn a_private_room_needs_an_invite_and_a_public_one_does_not() {
 async fn a_taken_alias_is_m_room_in_use() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
-    s.create_room(&alice, json!({"room_alias_name": "dup"}))
-        .await;
+    s.create_room(&alice, json!({"room_alias_name": "dup"})).await;
     let res = s
-        .post(
-            "/_matrix/client/v3/createRoom",
-            alice.token(),
-            json!({"room_alias_name": "dup"}),
-        )
+        .post("/_matrix/client/v3/createRoom", alice.token(), json!({"room_alias_name": "dup"}))
         .await;
     assert_error(&res, 400, "M_ROOM_IN_USE");
 }
@@ -167,9 +117,7 @@ async fn a_member_without_power_cannot_rename_or_kick() {
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
     let carol = s.register("carol", "carol-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
     s.join(&carol, &room).await;
     let res = s
@@ -197,11 +145,7 @@ async fn a_member_without_power_cannot_rename_or_kick() {
         )
         .await;
     assert_eq!(res.0, 200, "{}", res.1);
-    assert_error(
-        &s.send_text(&carol, &room, "t1", "still here?").await,
-        403,
-        "M_FORBIDDEN",
-    );
+    assert_error(&s.send_text(&carol, &room, "t1", "still here?").await, 403, "M_FORBIDDEN");
 }
 
 #[tokio::test]
@@ -209,9 +153,7 @@ async fn a_banned_user_cannot_rejoin_until_unbanned() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
     let (status, _) = s
         .post(
@@ -238,25 +180,15 @@ async fn leaving_and_rejoining_a_public_room_works_and_forget_needs_leave() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
     let forget = format!("/_matrix/client/v3/rooms/{}/forget", enc(&room));
     assert_eq!(s.post(&forget, bob.token(), json!({})).await.0, 400);
     let (status, _) = s
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-            bob.token(),
-            json!({}),
-        )
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({}))
         .await;
     assert_eq!(status, 200);
-    assert_error(
-        &s.send_text(&bob, &room, "t1", "x").await,
-        403,
-        "M_FORBIDDEN",
-    );
+    assert_error(&s.send_text(&bob, &room, "t1", "x").await, 403, "M_FORBIDDEN");
     assert_eq!(s.post(&forget, bob.token(), json!({})).await.0, 200);
     assert_eq!(s.join(&bob, &room).await.0, 200);
     assert_eq!(s.send_text(&bob, &room, "t2", "back").await.0, 200);
@@ -272,19 +204,12 @@ async fn a_retried_send_returns_the_same_event_and_stores_it_once() {
     assert_eq!(first["event_id"], second["event_id"]);
     let (_, msgs) = s
         .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-                enc(&room)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
             alice.token(),
         )
         .await;
-    let count = msgs["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["content"]["body"] == "once")
-        .count();
+    let count =
+        msgs["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "once").count();
     assert_eq!(count, 1);
     // Another device may reuse the txn ID for a different message.
     let (_, other) = s.login("alice", "alice-password").await;
@@ -299,18 +224,13 @@ async fn pagination_covers_hundreds_of_events_without_gaps_or_duplicates() {
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;
     for i in 0..300 {
-        let (status, _) = s
-            .send_text(&alice, &room, &format!("t{i}"), &format!("m{i}"))
-            .await;
+        let (status, _) = s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}")).await;
         assert_eq!(status, 200);
     }
     let mut seen = Vec::new();
     let mut from: Option<String> = None;
     loop {
-        let mut path = format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=37",
-            enc(&room)
-        );
+        let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=37", enc(&room));
         if let Some(f) = &from {
             path.push_str(&format!("&from={f}"));
         }
@@ -332,10 +252,7 @@ async fn pagination_covers_hundreds_of_events_without_gaps_or_duplicates() {
     // And forwards from the start.
     let (_, body) = s
         .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=5",
-                enc(&room)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=5", enc(&room)),
             alice.token(),
         )
         .await;
@@ -351,11 +268,7 @@ async fn redaction_removes_the_content() {
     let event_id = sent["event_id"].as_str().unwrap();
     let (status, body) = s
         .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
-                enc(&room),
-                enc(event_id)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(event_id)),
             alice.token(),
             json!({"reason": "oops"}),
         )
@@ -363,11 +276,7 @@ async fn redaction_removes_the_content() {
     assert_eq!(status, 200, "{body}");
     let (status, ev) = s
         .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/event/{}",
-                enc(&room),
-                enc(event_id)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(event_id)),
             alice.token(),
         )
         .await;
@@ -380,31 +289,19 @@ async fn members_and_joined_members_list_the_room() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s
-        .create_room(&alice, json!({"invite": [bob.user_id]}))
-        .await;
-    let (_, members) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/members", enc(&room)),
-            alice.token(),
-        )
-        .await;
+    let room = s.create_room(&alice, json!({"invite": [bob.user_id]})).await;
+    let (_, members) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), alice.token()).await;
     assert_eq!(members["chunk"].as_array().unwrap().len(), 2);
     let (_, invited) = s
         .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/members?membership=invite",
-                enc(&room)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/members?membership=invite", enc(&room)),
             alice.token(),
         )
         .await;
     assert_eq!(invited["chunk"][0]["state_key"], bob.user_id);
     let (_, joined) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
-            alice.token(),
-        )
+        .get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), alice.token())
         .await;
     assert!(joined["joined"].get(&alice.user_id).is_some());
     assert!(joined["joined"].get(&bob.user_id).is_none());

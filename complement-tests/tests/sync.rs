@@ -10,8 +10,7 @@ async fn initial_sync_shows_joined_rooms_with_state_before_the_timeline() {
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({"name": "Room"})).await;
     for i in 0..12 {
-        s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}"))
-            .await;
+        s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}")).await;
     }
     let body = s.sync(&alice, None, 0).await;
     assert!(body["next_batch"].is_string());
@@ -26,16 +25,8 @@ async fn initial_sync_shows_joined_rooms_with_state_before_the_timeline() {
     );
     assert_eq!(r["timeline"]["limited"], true);
     let state = r["state"]["events"].as_array().unwrap();
-    for kind in [
-        "m.room.create",
-        "m.room.member",
-        "m.room.power_levels",
-        "m.room.name",
-    ] {
-        assert!(
-            state.iter().any(|e| e["type"] == kind),
-            "{kind} missing from state: {r}"
-        );
+    for kind in ["m.room.create", "m.room.member", "m.room.power_levels", "m.room.name"] {
+        assert!(state.iter().any(|e| e["type"] == kind), "{kind} missing from state: {r}");
     }
     assert_eq!(r["summary"]["m.joined_member_count"], 1);
 }
@@ -62,20 +53,12 @@ async fn incremental_sync_returns_only_new_events() {
     s.send_text(&alice, &room, "t1", "one").await;
     s.send_text(&alice, &room, "t2", "two").await;
     let next = s.sync(&alice, Some(since), 0).await;
-    let events = next["rooms"]["join"][&room]["timeline"]["events"]
-        .as_array()
-        .unwrap();
-    let bodies: Vec<_> = events
-        .iter()
-        .map(|e| e["content"]["body"].clone())
-        .collect();
+    let events = next["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    let bodies: Vec<_> = events.iter().map(|e| e["content"]["body"].clone()).collect();
     assert_eq!(bodies, vec![json!("one"), json!("two")]);
     assert_eq!(next["rooms"]["join"][&room]["timeline"]["limited"], false);
     let again = s.sync(&alice, next["next_batch"].as_str(), 0).await;
-    assert!(
-        again["rooms"]["join"].as_object().unwrap().is_empty(),
-        "{again}"
-    );
+    assert!(again["rooms"]["join"].as_object().unwrap().is_empty(), "{again}");
 }
 
 #[tokio::test]
@@ -83,22 +66,14 @@ async fn a_pending_sync_wakes_as_soon_as_a_message_arrives() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat"}))
-        .await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
-    let since = s.sync(&bob, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
 
     let started = Instant::now();
     let pending = {
         let client = s.client.clone();
-        let url = format!(
-            "{}/_matrix/client/v3/sync?timeout=20000&since={since}",
-            s.base
-        );
+        let url = format!("{}/_matrix/client/v3/sync?timeout=20000&since={since}", s.base);
         let token = bob.access_token.clone();
         tokio::spawn(async move {
             client
@@ -119,9 +94,7 @@ async fn a_pending_sync_wakes_as_soon_as_a_message_arrives() {
         started.elapsed() < Duration::from_secs(10),
         "the sync should not wait for its timeout"
     );
-    let events = body["rooms"]["join"][&room]["timeline"]["events"]
-        .as_array()
-        .unwrap();
+    let events = body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
     assert_eq!(events[0]["content"]["body"], "wake up");
 }
 
@@ -130,10 +103,7 @@ async fn a_sync_with_nothing_new_returns_after_its_timeout() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     s.create_room(&alice, json!({})).await;
-    let since = s.sync(&alice, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let started = Instant::now();
     let body = s.sync(&alice, Some(&since), 500).await;
     assert!(started.elapsed() >= Duration::from_millis(450));
@@ -145,13 +115,9 @@ async fn a_limited_incremental_timeline_has_a_prev_batch_that_paginates_back() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;
-    let since = s.sync(&alice, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     for i in 0..15 {
-        s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}"))
-            .await;
+        s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}")).await;
     }
     let body = s.sync(&alice, Some(&since), 0).await;
     let r = &body["rooms"]["join"][&room];
@@ -162,29 +128,13 @@ async fn a_limited_incremental_timeline_has_a_prev_batch_that_paginates_back() {
     let prev = r["timeline"]["prev_batch"].as_str().unwrap();
     let (_, older) = s
         .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5&from={prev}",
-                enc(&room)
-            ),
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5&from={prev}", enc(&room)),
             alice.token(),
         )
         .await;
-    let bodies: Vec<_> = older["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["content"]["body"].clone())
-        .collect();
-    assert_eq!(
-        bodies,
-        vec![
-            json!("m4"),
-            json!("m3"),
-            json!("m2"),
-            json!("m1"),
-            json!("m0")
-        ]
-    );
+    let bodies: Vec<_> =
+        older["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].clone()).collect();
+    assert_eq!(bodies, vec![json!("m4"), json!("m3"), json!("m2"), json!("m1"), json!("m0")]);
 }
 
 #[tokio::test]
@@ -192,45 +142,24 @@ async fn invites_and_leaves_appear_in_sync() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let since = s.sync(&bob, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let room = s
-        .create_room(
-            &alice,
-            json!({"name": "Secret", "invite": [bob.user_id], "is_direct": true}),
-        )
+        .create_room(&alice, json!({"name": "Secret", "invite": [bob.user_id], "is_direct": true}))
         .await;
     let body = s.sync(&bob, Some(&since), 0).await;
     let invite = &body["rooms"]["invite"][&room]["invite_state"]["events"];
     let events = invite.as_array().unwrap();
-    assert!(
-        events
-            .iter()
-            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret")
-    );
+    assert!(events.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret"));
     assert!(events.iter().any(|e| e["type"] == "m.room.member"
         && e["state_key"] == bob.user_id
         && e["content"]["is_direct"] == true));
 
     s.join(&bob, &room).await;
-    let since = s.sync(&bob, None, 0).await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    s.post(
-        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-        bob.token(),
-        json!({}),
-    )
-    .await;
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
     let body = s.sync(&bob, Some(&since), 0).await;
     let left = &body["rooms"]["leave"][&room]["timeline"]["events"];
-    assert_eq!(
-        left.as_array().unwrap().last().unwrap()["content"]["membership"],
-        "leave"
-    );
+    assert_eq!(left.as_array().unwrap().last().unwrap()["content"]["membership"], "leave");
 }
 
 #[tokio::test]
@@ -239,21 +168,14 @@ async fn a_timeline_filter_limits_and_selects_events() {
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;
     for i in 0..3 {
-        s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}"))
-            .await;
+        s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}")).await;
     }
     let filter =
         enc(&json!({"room": {"timeline": {"limit": 2, "types": ["m.room.message"]}}}).to_string());
-    let (status, body) = s
-        .get(
-            &format!("/_matrix/client/v3/sync?filter={filter}"),
-            alice.token(),
-        )
-        .await;
+    let (status, body) =
+        s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), alice.token()).await;
     assert_eq!(status, 200, "{body}");
-    let events = body["rooms"]["join"][&room]["timeline"]["events"]
-        .as_array()
-        .unwrap();
+    let events = body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
     assert!(events.iter().all(|e| e["type"] == "m.room.message"));
 }

@@ -24,9 +24,7 @@ pub async fn register_available(
         return Err(Error::Forbidden("Registration is disabled".into()));
     }
     s.accounts.available(&req.username).await?;
-    Ok(RumaResponse(get_username_availability::v3::Response::new(
-        true,
-    )))
+    Ok(RumaResponse(get_username_availability::v3::Response::new(true)))
 }
 
 pub async fn register(
@@ -63,14 +61,10 @@ pub async fn registration_token_validity(
     Ruma(req): Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<RumaResponse<check_registration_token_validity::v1::Response>> {
     if s.accounts.registration_mode() != RegistrationMode::Token {
-        return Err(Error::Forbidden(
-            "Registration tokens are not in use".into(),
-        ));
+        return Err(Error::Forbidden("Registration tokens are not in use".into()));
     }
     let valid = s.accounts.registration_token_valid(&req.token).await?;
-    Ok(RumaResponse(
-        check_registration_token_validity::v1::Response::new(valid),
-    ))
+    Ok(RumaResponse(check_registration_token_validity::v1::Response::new(valid)))
 }
 
 /// `GET /login`: the login types this server accepts.
@@ -91,9 +85,7 @@ pub async fn login(
         (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
         (None, Some(user)) => user.clone(),
         (Some(_), _) => {
-            return Err(Error::Unknown(
-                "Only m.id.user identifiers are supported".into(),
-            ));
+            return Err(Error::Unknown("Only m.id.user identifiers are supported".into()));
         }
         (None, None) => return Err(Error::MissingParam("Missing identifier".into())),
     };
@@ -155,12 +147,7 @@ pub async fn change_password(
     Ruma(req): Ruma<change_password::v3::Request>,
 ) -> Result<RumaResponse<change_password::v3::Response>> {
     s.accounts
-        .change_password(
-            &who,
-            req.auth.as_ref(),
-            &req.new_password,
-            req.logout_devices,
-        )
+        .change_password(&who, req.auth.as_ref(), &req.new_password, req.logout_devices)
         .await?;
     Ok(RumaResponse(change_password::v3::Response::new()))
 }

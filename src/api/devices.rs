@@ -15,10 +15,7 @@ fn to_ruma(d: DeviceRecord) -> Device {
     let mut device = Device::new(d.device_id.into());
     device.display_name = d.display_name;
     device.last_seen_ip = d.last_seen_ip;
-    device.last_seen_ts = d
-        .last_seen_ts
-        .and_then(UInt::new)
-        .map(MilliSecondsSinceUnixEpoch);
+    device.last_seen_ts = d.last_seen_ts.and_then(UInt::new).map(MilliSecondsSinceUnixEpoch);
     device
 }
 
@@ -27,13 +24,7 @@ pub async fn list(
     Authed(who): Authed,
     Ruma(_): Ruma<get_devices::v3::Request>,
 ) -> Result<RumaResponse<get_devices::v3::Response>> {
-    let devices = s
-        .accounts
-        .devices(&who)
-        .await?
-        .into_iter()
-        .map(to_ruma)
-        .collect();
+    let devices = s.accounts.devices(&who).await?.into_iter().map(to_ruma).collect();
     Ok(RumaResponse(get_devices::v3::Response::new(devices)))
 }
 
@@ -51,9 +42,7 @@ pub async fn update(
     Authed(who): Authed,
     Ruma(req): Ruma<update_device::v3::Request>,
 ) -> Result<RumaResponse<update_device::v3::Response>> {
-    s.accounts
-        .rename_device(&who, req.device_id.as_str(), req.display_name)
-        .await?;
+    s.accounts.rename_device(&who, req.device_id.as_str(), req.display_name).await?;
     Ok(RumaResponse(update_device::v3::Response::new()))
 }
 
@@ -63,9 +52,7 @@ pub async fn delete(
     Ruma(req): Ruma<delete_device::v3::Request>,
 ) -> Result<RumaResponse<delete_device::v3::Response>> {
     s.accounts.device(&who, req.device_id.as_str()).await?;
-    s.accounts
-        .delete_devices(&who, req.auth.as_ref(), vec![req.device_id.to_string()])
-        .await?;
+    s.accounts.delete_devices(&who, req.auth.as_ref(), vec![req.device_id.to_string()]).await?;
     Ok(RumaResponse(delete_device::v3::Response::new()))
 }
 
@@ -75,8 +62,6 @@ pub async fn delete_many(
     Ruma(req): Ruma<delete_devices::v3::Request>,
 ) -> Result<RumaResponse<delete_devices::v3::Response>> {
     let ids = req.devices.into_iter().map(|d| d.to_string()).collect();
-    s.accounts
-        .delete_devices(&who, req.auth.as_ref(), ids)
-        .await?;
+    s.accounts.delete_devices(&who, req.auth.as_ref(), ids).await?;
     Ok(RumaResponse(delete_devices::v3::Response::new()))
 }

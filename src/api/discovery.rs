@@ -15,9 +15,7 @@ pub const SPEC_VERSIONS: &[&str] = &[
 ];
 
 /// Room versions this server can create and join; 12 is the default for new rooms.
-pub const ROOM_VERSIONS: &[&str] = &[
-    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
-];
+pub const ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 pub const DEFAULT_ROOM_VERSION: &str = "12";
 
 pub async fn versions() -> Json<Value> {
@@ -36,10 +34,8 @@ pub async fn well_known_server(State(s): State<AppState>) -> Json<Value> {
 }
 
 pub async fn capabilities(Authed(_): Authed) -> Json<Value> {
-    let available: serde_json::Map<String, Value> = ROOM_VERSIONS
-        .iter()
-        .map(|v| ((*v).to_owned(), json!("stable")))
-        .collect();
+    let available: serde_json::Map<String, Value> =
+        ROOM_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
     Json(json!({
         "capabilities": {
             "m.change_password": {"enabled": true},

@@ -6,11 +6,12 @@ pub mod devices;
 pub mod discovery;
 pub mod rooms;
 pub mod sync;
+pub mod user_data;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, put};
 use ruma::api::client::{
-    account as acc, device, membership, message, redact, room, session, state,
+    account as acc, config, device, membership, message, redact, room, session, state,
 };
 
 use crate::http::ruma::{AppState, route, route_empty_last_arg};
@@ -19,22 +20,10 @@ use crate::http::ruma::{AppState, route, route_empty_last_arg};
 pub fn client_routes() -> Router<AppState> {
     let r = Router::new()
         .route("/_matrix/client/versions", get(discovery::versions))
-        .route(
-            "/.well-known/matrix/client",
-            get(discovery::well_known_client),
-        )
-        .route(
-            "/.well-known/matrix/server",
-            get(discovery::well_known_server),
-        )
-        .route(
-            "/_matrix/client/v3/capabilities",
-            get(discovery::capabilities),
-        )
-        .route(
-            "/_matrix/client/r0/capabilities",
-            get(discovery::capabilities),
-        )
+        .route("/.well-known/matrix/client", get(discovery::well_known_client))
+        .route("/.well-known/matrix/server", get(discovery::well_known_server))
+        .route("/_matrix/client/v3/capabilities", get(discovery::capabilities))
+        .route("/_matrix/client/r0/capabilities", get(discovery::capabilities))
         .route("/_matrix/client/v3/login", get(account::login_types))
         .route("/_matrix/client/r0/login", get(account::login_types));
     let r =
@@ -84,5 +73,39 @@ pub fn client_routes() -> Router<AppState> {
     let r = route::<state::get_state_event_for_key::v3::Request, _, _>(r, rooms::state_for_key);
     let r = route::<redact::redact_event::v3::Request, _, _>(r, rooms::redact);
     let r = route::<room::get_room_event::v3::Request, _, _>(r, rooms::event);
-    route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync)
+    let r = route::<ruma::api::client::filter::create_filter::v3::Request, _, _>(
+        r,
+        user_data::create_filter,
+    );
+    let r =
+        route::<ruma::api::client::filter::get_filter::v3::Request, _, _>(r, user_data::get_filter);
+    let r = route::<config::set_global_account_data::v3::Request, _, _>(
+        r,
+        user_data::set_global_account_data,
+    );
+    let r = route::<config::get_global_account_data::v3::Request, _, _>(
+        r,
+        user_data::get_global_account_data,
+    );
+    let r = route::<config::set_room_account_data::v3::Request, _, _>(
+        r,
+        user_data::set_room_account_data,
+    );
+    let r = route::<config::get_room_account_data::v3::Request, _, _>(
+        r,
+        user_data::get_room_account_data,
+    );
+    let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    for version in ["r0", "v3"] {
+        r = r
+            .route(
+                &format!("/_matrix/client/{version}/profile/{{user_id}}"),
+                get(user_data::get_profile),
+            )
+            .route(
+                &format!("/_matrix/client/{version}/profile/{{user_id}}/{{field}}"),
+                get(user_data::get_profile_field).merge(put(user_data::set_profile_field)),
+            );
+    }
+    r
 }

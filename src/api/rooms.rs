@@ -51,10 +51,7 @@ pub async fn create(
         Some(RoomPreset::TrustedPrivateChat) => Some(Preset::TrustedPrivateChat),
         Some(RoomPreset::PublicChat) => Some(Preset::PublicChat),
         Some(other) => {
-            return Err(Error::InvalidParam(format!(
-                "Unknown preset {}",
-                other.as_str()
-            )));
+            return Err(Error::InvalidParam(format!("Unknown preset {}", other.as_str())));
         }
         None => None,
     };
@@ -76,11 +73,7 @@ pub async fn create(
                 version: req.room_version,
                 preset,
                 public: req.visibility == Visibility::Public,
-                creation_content: req
-                    .creation_content
-                    .as_ref()
-                    .map(raw_to_value)
-                    .transpose()?,
+                creation_content: req.creation_content.as_ref().map(raw_to_value).transpose()?,
                 initial_state,
                 name: req.name,
                 topic: req.topic,
@@ -105,9 +98,7 @@ async fn resolve_room(rooms: &Rooms, id_or_alias: &str) -> Result<OwnedRoomId> {
             .alias(id_or_alias)
             .await?
             .ok_or_else(|| Error::NotFound("Room alias not found".into()))?;
-        room_id
-            .try_into()
-            .map_err(|e| Error::Internal(format!("stored room ID: {e}")))
+        room_id.try_into().map_err(|e| Error::Internal(format!("stored room ID: {e}")))
     } else {
         RoomId::parse(id_or_alias).map_err(|e| Error::InvalidParam(format!("Invalid room ID: {e}")))
     }
@@ -119,9 +110,7 @@ pub async fn join_by_id(
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
     s.rooms.join(&req.room_id, &who.user_id).await?;
-    Ok(RumaResponse(join_room_by_id::v3::Response::new(
-        req.room_id,
-    )))
+    Ok(RumaResponse(join_room_by_id::v3::Response::new(req.room_id)))
 }
 
 pub async fn join_by_id_or_alias(
@@ -131,9 +120,7 @@ pub async fn join_by_id_or_alias(
 ) -> Result<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
     let room_id = resolve_room(&s.rooms, req.room_id_or_alias.as_str()).await?;
     s.rooms.join(&room_id, &who.user_id).await?;
-    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(
-        room_id,
-    )))
+    Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
 pub async fn invite(
@@ -142,18 +129,11 @@ pub async fn invite(
     Ruma(req): Ruma<invite_user::v3::Request>,
 ) -> Result<RumaResponse<invite_user::v3::Response>> {
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.recipient else {
-        return Err(Error::Unknown(
-            "Third-party invites are not supported".into(),
-        ));
+        return Err(Error::Unknown("Third-party invites are not supported".into()));
     };
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
     s.rooms
-        .invite(
-            &req.room_id,
-            &who.user_id,
-            &recipient.user_id,
-            recipient.reason.as_deref(),
-        )
+        .invite(&req.room_id, &who.user_id, &recipient.user_id, recipient.reason.as_deref())
         .await?;
     Ok(RumaResponse(invite_user::v3::Response::new()))
 }
@@ -163,9 +143,7 @@ pub async fn leave(
     Authed(who): Authed,
     Ruma(req): Ruma<leave_room::v3::Request>,
 ) -> Result<RumaResponse<leave_room::v3::Response>> {
-    s.rooms
-        .leave(&req.room_id, &who.user_id, req.reason.as_deref())
-        .await?;
+    s.rooms.leave(&req.room_id, &who.user_id, req.reason.as_deref()).await?;
     Ok(RumaResponse(leave_room::v3::Response::new()))
 }
 
@@ -184,14 +162,7 @@ pub async fn kick(
     Ruma(req): Ruma<kick_user::v3::Request>,
 ) -> Result<RumaResponse<kick_user::v3::Response>> {
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
-    s.rooms
-        .kick(
-            &req.room_id,
-            &who.user_id,
-            &req.user_id,
-            req.reason.as_deref(),
-        )
-        .await?;
+    s.rooms.kick(&req.room_id, &who.user_id, &req.user_id, req.reason.as_deref()).await?;
     Ok(RumaResponse(kick_user::v3::Response::new()))
 }
 
@@ -201,14 +172,7 @@ pub async fn ban(
     Ruma(req): Ruma<ban_user::v3::Request>,
 ) -> Result<RumaResponse<ban_user::v3::Response>> {
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
-    s.rooms
-        .ban(
-            &req.room_id,
-            &who.user_id,
-            &req.user_id,
-            req.reason.as_deref(),
-        )
-        .await?;
+    s.rooms.ban(&req.room_id, &who.user_id, &req.user_id, req.reason.as_deref()).await?;
     Ok(RumaResponse(ban_user::v3::Response::new()))
 }
 
@@ -218,14 +182,7 @@ pub async fn unban(
     Ruma(req): Ruma<unban_user::v3::Request>,
 ) -> Result<RumaResponse<unban_user::v3::Response>> {
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
-    s.rooms
-        .unban(
-            &req.room_id,
-            &who.user_id,
-            &req.user_id,
-            req.reason.as_deref(),
-        )
-        .await?;
+    s.rooms.unban(&req.room_id, &who.user_id, &req.user_id, req.reason.as_deref()).await?;
     Ok(RumaResponse(unban_user::v3::Response::new()))
 }
 
@@ -262,16 +219,9 @@ pub async fn send_message(
     };
     let event_id = s
         .rooms
-        .append(
-            &req.room_id,
-            &who.user_id,
-            NewEvent::message(kind, content),
-            Some(txn),
-        )
+        .append(&req.room_id, &who.user_id, NewEvent::message(kind, content), Some(txn))
         .await?;
-    Ok(RumaResponse(send_message_event::v3::Response::new(
-        event_id,
-    )))
+    Ok(RumaResponse(send_message_event::v3::Response::new(event_id)))
 }
 
 pub async fn send_state(
@@ -291,10 +241,7 @@ pub async fn send_state(
         let target =
             UserId::parse(&req.state_key).map_err(|e| Error::InvalidParam(e.to_string()))?;
         if target != who.user_id {
-            let m = content
-                .get("membership")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let m = content.get("membership").and_then(Value::as_str).unwrap_or_default();
             if !matches!(m, "invite" | "leave" | "ban") {
                 return Err(Error::Forbidden(
                     "Cannot set another user's membership to that".into(),
@@ -304,12 +251,7 @@ pub async fn send_state(
     }
     let event_id = s
         .rooms
-        .append(
-            &req.room_id,
-            &who.user_id,
-            NewEvent::state(kind, &req.state_key, content),
-            None,
-        )
+        .append(&req.room_id, &who.user_id, NewEvent::state(kind, &req.state_key, content), None)
         .await?;
     Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))
 }
@@ -341,10 +283,7 @@ pub async fn redact(
         device_id: who.device_id.as_str(),
         txn_id: req.txn_id.as_str(),
     };
-    let event_id = s
-        .rooms
-        .append(&req.room_id, &who.user_id, event, Some(txn))
-        .await?;
+    let event_id = s.rooms.append(&req.room_id, &who.user_id, event, Some(txn)).await?;
     Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
 }
 
@@ -372,21 +311,11 @@ pub async fn state_for_key(
     let pdu = room
         .state_event(&kind, &req.state_key)
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
-    let full = matches!(
-        req.format,
-        get_state_event_for_key::v3::StateEventFormat::Event
-    );
+    let full = matches!(req.format, get_state_event_for_key::v3::StateEventFormat::Event);
     if full {
-        Ok(Json(pdu.to_client(
-            &room.rules.redaction,
-            false,
-            None,
-            true,
-        )))
+        Ok(Json(pdu.to_client(&room.rules.redaction, false, None, true)))
     } else {
-        Ok(Json(
-            serde_json::from_str(pdu.content.get()).unwrap_or_else(|_| json!({})),
-        ))
+        Ok(Json(serde_json::from_str(pdu.content.get()).unwrap_or_else(|_| json!({}))))
     }
 }
 
@@ -399,11 +328,8 @@ pub async fn members(
     let state = match &req.at {
         Some(at) => {
             let pos = parse_token(at)?;
-            let before = s
-                .rooms
-                .store()
-                .room_events(room.id.as_str(), None, Some(pos + 1), true, 1)
-                .await?;
+            let before =
+                s.rooms.store().room_events(room.id.as_str(), None, Some(pos + 1), true, 1).await?;
             match before.first() {
                 Some((_, event_id)) => {
                     let record = s
@@ -430,11 +356,7 @@ pub async fn members(
         .filter(|(_, pdu)| {
             let m: String = pdu
                 .content_as::<Value>()
-                .and_then(|c| {
-                    c.get("membership")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
+                .and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_default();
             membership.as_ref().is_none_or(|want| *want == m)
                 && not_membership.as_ref().is_none_or(|not| *not != m)
@@ -502,21 +424,12 @@ pub async fn messages(
     let visible_until = match room.membership_of(&who.user_id).as_deref() {
         Some("join") => u64::MAX,
         Some("leave" | "ban") => {
-            let memberships = s
-                .rooms
-                .store()
-                .user_memberships(who.user_id.as_str())
-                .await?;
-            memberships
-                .into_iter()
-                .find(|(r, _)| r == room.id.as_str())
-                .map_or(0, |(_, m)| m.pos)
+            let memberships = s.rooms.store().user_memberships(who.user_id.as_str()).await?;
+            memberships.into_iter().find(|(r, _)| r == room.id.as_str()).map_or(0, |(_, m)| m.pos)
         }
         _ => return Err(Error::Forbidden("You are not in this room".into())),
     };
-    let limit = usize::try_from(u64::from(req.limit))
-        .unwrap_or(10)
-        .clamp(1, 1000);
+    let limit = usize::try_from(u64::from(req.limit)).unwrap_or(10).clamp(1, 1000);
     let backwards = req.dir == Direction::Backward;
     let from = match &req.from {
         Some(t) => parse_token(t)?,
@@ -527,15 +440,9 @@ pub async fn messages(
     let filter = &req.filter;
     let wanted = |pdu: &crate::rooms::pdu::Pdu| {
         let kind = pdu.kind.to_string();
-        filter
-            .types
-            .as_ref()
-            .is_none_or(|t| t.iter().any(|w| type_matches(w, &kind)))
+        filter.types.as_ref().is_none_or(|t| t.iter().any(|w| type_matches(w, &kind)))
             && !filter.not_types.iter().any(|w| type_matches(w, &kind))
-            && filter
-                .senders
-                .as_ref()
-                .is_none_or(|ss| ss.contains(&pdu.sender))
+            && filter.senders.as_ref().is_none_or(|ss| ss.contains(&pdu.sender))
             && !filter.not_senders.contains(&pdu.sender)
     };
 
@@ -547,28 +454,15 @@ pub async fn messages(
             let lower = to.filter(|t| *t < cursor);
             s.rooms
                 .store()
-                .room_events(
-                    room.id.as_str(),
-                    lower,
-                    Some(cursor.saturating_add(1)),
-                    true,
-                    limit,
-                )
+                .room_events(room.id.as_str(), lower, Some(cursor.saturating_add(1)), true, limit)
                 .await?
         } else {
             let upper = to.map(|t| t.saturating_add(1));
-            s.rooms
-                .store()
-                .room_events(room.id.as_str(), Some(cursor), upper, false, limit)
-                .await?
+            s.rooms.store().room_events(room.id.as_str(), Some(cursor), upper, false, limit).await?
         };
         exhausted = batch.len() < limit;
         for (pos, event_id) in batch {
-            cursor = if backwards {
-                pos.saturating_sub(1)
-            } else {
-                pos
-            };
+            cursor = if backwards { pos.saturating_sub(1) } else { pos };
             if pos > visible_until {
                 continue;
             }

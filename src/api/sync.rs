@@ -14,7 +14,7 @@ use ruma::api::client::sync::sync_events;
 use ruma::events::StateEventType;
 use serde_json::{Value, json};
 
-use crate::api::rooms::{parse_token, token};
+use crate::api::rooms::token;
 use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma};
@@ -39,8 +39,36 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
+/// `s<events>_<account data>`: the positions of the two streams the client has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncToken {
+    pub events: u64,
+    pub account_data: u64,
+}
+
+impl SyncToken {
+    pub fn parse(token: &str) -> Result<Self> {
+        let bad = || Error::InvalidParam(format!("Invalid sync token {token:?}"));
+        let rest = token.strip_prefix('s').ok_or_else(bad)?;
+        let mut parts = rest.split('_');
+        let events = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let account_data = match parts.next() {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => 0,
+        };
+        Ok(Self { events, account_data })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_{}", self.events, self.account_data)
+    }
+}
+
 struct Options {
     since: Option<u64>,
+    since_account_data: Option<u64>,
     full_state: bool,
     timeline_limit: usize,
     filter: Option<FilterDefinition>,
@@ -51,20 +79,31 @@ pub async fn sync(
     Authed(who): Authed,
     Ruma(req): Ruma<sync_events::v3::Request>,
 ) -> Result<Json<Value>> {
-    let since = req.since.as_deref().map(parse_token).transpose()?;
+    let since_token = req.since.as_deref().map(SyncToken::parse).transpose()?;
+    let since = since_token.map(|t| t.events);
     let filter = match req.filter {
         Some(sync_events::v3::Filter::FilterDefinition(f)) => Some(f),
+        Some(sync_events::v3::Filter::FilterId(id)) => {
+            let stored = s
+                .user_data
+                .filter(&who.user_id, &id)
+                .await?
+                .ok_or_else(|| Error::InvalidParam(format!("Unknown filter {id:?}")))?;
+            Some(
+                serde_json::from_value(stored)
+                    .map_err(|e| Error::Internal(format!("stored filter: {e}")))?,
+            )
+        }
         _ => None,
     };
     let timeline_limit = filter
         .as_ref()
         .and_then(|f| f.room.timeline.limit)
-        .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
-            usize::try_from(u64::from(l)).unwrap_or(100)
-        })
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
         .clamp(1, 1000);
     let opts = Options {
         since,
+        since_account_data: since_token.map(|t| t.account_data),
         full_state: req.full_state,
         timeline_limit,
         filter,
@@ -75,15 +114,21 @@ pub async fn sync(
     // Subscribe before looking, so that an event committed meanwhile still wakes us.
     let mut wake = s.rooms.notifier.subscribe(&who.user_id);
     loop {
-        let current = s.rooms.committer.current();
-        let (rooms, empty) = build_rooms(&s, &who, &opts, current).await?;
+        let current =
+            SyncToken { events: s.rooms.committer.current(), account_data: s.user_data.current() };
+        let account_data = s
+            .user_data
+            .changed(&who.user_id, opts.since_account_data, current.account_data)
+            .await?;
+        let (global, by_room) = split_account_data(account_data);
+        let (rooms, empty) = build_rooms(&s, &who, &opts, current.events, &by_room).await?;
         let waited_enough = tokio::time::Instant::now() >= deadline;
-        if !empty || since.is_none() || opts.full_state || waited_enough {
+        if !empty || !global.is_empty() || since.is_none() || opts.full_state || waited_enough {
             return Ok(Json(json!({
-                "next_batch": token(current),
+                "next_batch": current.to_string(),
                 "rooms": rooms,
                 "presence": {"events": []},
-                "account_data": {"events": []},
+                "account_data": {"events": global},
                 "to_device": {"events": []},
                 "device_lists": {"changed": [], "left": []},
                 "device_one_time_keys_count": {},
@@ -97,6 +142,23 @@ pub async fn sync(
     }
 }
 
+/// Account-data records as sync events: global ones, and per room.
+fn split_account_data(
+    records: Vec<crate::storage::users::AccountDataRecord>,
+) -> (Vec<Value>, HashMap<String, Vec<Value>>) {
+    let mut global = Vec::new();
+    let mut by_room: HashMap<String, Vec<Value>> = HashMap::new();
+    for r in records {
+        let content: Value = serde_json::from_str(r.content.get()).unwrap_or_else(|_| json!({}));
+        let event = json!({"type": r.kind, "content": content});
+        match r.room_id {
+            Some(room) => by_room.entry(room).or_default().push(event),
+            None => global.push(event),
+        }
+    }
+    (global, by_room)
+}
+
 fn filter_allows(filter: &Option<FilterDefinition>, kind: &str, sender: &str) -> bool {
     let Some(f) = filter else { return true };
     let t = &f.room.timeline;
@@ -104,13 +166,9 @@ fn filter_allows(filter: &Option<FilterDefinition>, kind: &str, sender: &str) ->
         Some(prefix) => kind.starts_with(prefix),
         None => pattern == kind,
     };
-    t.types
-        .as_ref()
-        .is_none_or(|types| types.iter().any(matches))
+    t.types.as_ref().is_none_or(|types| types.iter().any(matches))
         && !t.not_types.iter().any(matches)
-        && t.senders
-            .as_ref()
-            .is_none_or(|ss| ss.iter().any(|u| u.as_str() == sender))
+        && t.senders.as_ref().is_none_or(|ss| ss.iter().any(|u| u.as_str() == sender))
         && !t.not_senders.iter().any(|u| u.as_str() == sender)
 }
 
@@ -147,12 +205,7 @@ async fn client_event(
         .as_ref()
         .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str())
         .map(|(_, t)| t.as_str());
-    Ok(Some(pdu.to_client(
-        &room.rules.redaction,
-        record.redacted_by.is_some(),
-        txn,
-        false,
-    )))
+    Ok(Some(pdu.to_client(&room.rules.redaction, record.redacted_by.is_some(), txn, false)))
 }
 
 /// Builds `rooms`; the flag says whether nothing at all changed.
@@ -161,14 +214,10 @@ async fn build_rooms(
     who: &Identity,
     opts: &Options,
     current: u64,
+    room_account_data: &HashMap<String, Vec<Value>>,
 ) -> Result<(Value, bool)> {
-    let memberships: HashMap<String, MembershipRecord> = s
-        .rooms
-        .store()
-        .user_memberships(who.user_id.as_str())
-        .await?
-        .into_iter()
-        .collect();
+    let memberships: HashMap<String, MembershipRecord> =
+        s.rooms.store().user_memberships(who.user_id.as_str()).await?.into_iter().collect();
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
@@ -184,11 +233,20 @@ async fn build_rooms(
         match m.membership.as_str() {
             "join" => {
                 let newly_joined = changed_since(m.pos);
-                if !newly_joined && !opts.full_state && !changed_since(room.last_pos()) {
+                let account_data = room_account_data.get(room.id.as_str());
+                if !newly_joined
+                    && !opts.full_state
+                    && !changed_since(room.last_pos())
+                    && account_data.is_none()
+                {
                     continue;
                 }
-                if let Some(entry) = joined_room(s, &room, who, opts, current, newly_joined).await?
+                if let Some(mut entry) =
+                    joined_room(s, &room, who, opts, current, newly_joined).await?
                 {
+                    if let Some(events) = account_data {
+                        entry["account_data"] = json!({"events": events});
+                    }
                     join.insert(room.id.to_string(), entry);
                 }
             }
@@ -207,10 +265,7 @@ async fn build_rooms(
                         }));
                     }
                 }
-                invite.insert(
-                    room.id.to_string(),
-                    json!({"invite_state": {"events": events}}),
-                );
+                invite.insert(room.id.to_string(), json!({"invite_state": {"events": events}}));
             }
             "leave" | "ban" if opts.since.is_some() && changed_since(m.pos) && !m.forgotten => {
                 // The timeline up to and including the departure.
@@ -240,10 +295,7 @@ async fn build_rooms(
         }
     }
     let empty = join.is_empty() && invite.is_empty() && leave.is_empty();
-    Ok((
-        json!({"join": join, "invite": invite, "leave": leave, "knock": {}}),
-        empty,
-    ))
+    Ok((json!({"join": join, "invite": invite, "leave": leave, "knock": {}}), empty))
 }
 
 async fn joined_room(
@@ -256,21 +308,11 @@ async fn joined_room(
 ) -> Result<Option<Value>> {
     // Newest `limit + 1` events after `since`, to learn whether the timeline is truncated.
     let limit = opts.timeline_limit;
-    let after = if newly_joined && opts.since.is_some() {
-        None
-    } else {
-        opts.since
-    };
+    let after = if newly_joined && opts.since.is_some() { None } else { opts.since };
     let mut ids = s
         .rooms
         .store()
-        .room_events(
-            room.id.as_str(),
-            after,
-            Some(current.saturating_add(1)),
-            true,
-            limit + 1,
-        )
+        .room_events(room.id.as_str(), after, Some(current.saturating_add(1)), true, limit + 1)
         .await?;
     let limited = ids.len() > limit;
     ids.truncate(limit);
@@ -289,9 +331,7 @@ async fn joined_room(
             timeline.push(ev);
         }
     }
-    let timeline_start = ids
-        .first()
-        .map_or(current, |(pos, _)| pos.saturating_sub(1));
+    let timeline_start = ids.first().map_or(current, |(pos, _)| pos.saturating_sub(1));
 
     // State: the state at the start of the timeline, in full for new rooms, as a delta from
     // `since` when the timeline skipped events, and nothing when the timeline says it all.
@@ -310,13 +350,38 @@ async fn joined_room(
             _ => state_ids.extend(at_start.into_values()),
         }
     }
+    let lazy_members = opts.filter.as_ref().is_some_and(|f| {
+        !matches!(
+            f.room.state.lazy_load_options,
+            ruma::api::client::filter::LazyLoadOptions::Disabled
+        )
+    });
+    let mut timeline_senders: HashSet<String> =
+        timeline.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
+    timeline_senders.insert(who.user_id.to_string());
     let mut state_events = Vec::with_capacity(state_ids.len());
     for id in state_ids {
         if in_timeline.contains(&id) {
             continue;
         }
         if let Some(ev) = client_event(s, room, who, &id).await? {
+            let is_member = ev["type"] == "m.room.member";
+            let key = ev["state_key"].as_str().unwrap_or_default();
+            if lazy_members && is_member && !timeline_senders.contains(key) {
+                continue;
+            }
             state_events.push(ev);
+        }
+    }
+    if lazy_members && !newly_joined {
+        // Members of the timeline's senders that the client may not have loaded yet.
+        for sender in &timeline_senders {
+            if let Some(pdu) = room.state_event(&StateEventType::RoomMember, sender)
+                && !in_timeline.contains(pdu.event_id.as_str())
+                && !state_events.iter().any(|e| e["event_id"] == pdu.event_id.as_str())
+            {
+                state_events.push(pdu.to_client(&room.rules.redaction, false, None, false));
+            }
         }
     }
 

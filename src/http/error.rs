@@ -22,12 +22,10 @@ impl Error {
             Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
             Error::TooLarge => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
-            Error::Unrecognized {
-                method_not_allowed: true,
-            } => (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
-            Error::Unrecognized {
-                method_not_allowed: false,
-            } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
+            Error::Unrecognized { method_not_allowed: true } => {
+                (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED")
+            }
+            Error::Unrecognized { method_not_allowed: false } => (S::NOT_FOUND, "M_UNRECOGNIZED"),
             Error::InvalidUsername(_) => (S::BAD_REQUEST, "M_INVALID_USERNAME"),
             Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
             Error::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED"),

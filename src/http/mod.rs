@@ -29,22 +29,11 @@ use ruma::AppState;
 pub fn app(state: AppState, metrics: Option<PrometheusHandle>) -> Router {
     let mut router = crate::api::client_routes();
     if let Some(handle) = metrics.filter(|_| state.config.metrics.listen.is_none()) {
-        router = router.route(
-            &state.config.metrics.path,
-            get(move || render(handle.clone())),
-        );
+        router = router.route(&state.config.metrics.path, get(move || render(handle.clone())));
     }
     router
-        .fallback(|| async {
-            Error::Unrecognized {
-                method_not_allowed: false,
-            }
-        })
-        .method_not_allowed_fallback(|| async {
-            Error::Unrecognized {
-                method_not_allowed: true,
-            }
-        })
+        .fallback(|| async { Error::Unrecognized { method_not_allowed: false } })
+        .method_not_allowed_fallback(|| async { Error::Unrecognized { method_not_allowed: true } })
         .with_state(state)
         .layer(middleware::from_fn(observe))
         .layer(CatchPanicLayer::custom(|_| {
@@ -59,11 +48,7 @@ pub fn metrics_app(path: &str, handle: PrometheusHandle) -> Router {
 }
 
 async fn render(handle: PrometheusHandle) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
 /// CORS exactly as the Client-Server API recommends: every response carries the headers,
@@ -77,10 +62,7 @@ async fn cors(req: Request, next: Next) -> Response {
         next.run(req).await
     };
     let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
@@ -109,11 +91,7 @@ async fn observe(req: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     span.record("status", status);
     tracing::debug!(parent: &span, status, elapsed_us = elapsed.as_micros() as u64, "request done");
-    let labels = [
-        ("method", method.to_string()),
-        ("route", route),
-        ("status", status.to_string()),
-    ];
+    let labels = [("method", method.to_string()), ("route", route), ("status", status.to_string())];
     metrics::counter!("axon_http_requests_total", &labels).increment(1);
     metrics::histogram!("axon_http_request_duration_seconds", &labels[..2])
         .record(elapsed.as_secs_f64());

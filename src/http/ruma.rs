@@ -70,9 +70,9 @@ fn from_ruma_error(e: FromHttpRequestError) -> Error {
         FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
             Error::InvalidParam(format!("Invalid identifier: {e}"))
         }
-        FromHttpRequestError::MethodMismatch { .. } => Error::Unrecognized {
-            method_not_allowed: true,
-        },
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::Unrecognized { method_not_allowed: true }
+        }
         other => Error::BadJson(format!("Invalid request: {other}")),
     }
 }
@@ -107,9 +107,7 @@ where
         }
         let args: Vec<&str> = params.iter().map(String::as_str).collect();
         let request = http::Request::from_parts(parts, &bytes[..]);
-        T::try_from_http_request(request, &args)
-            .map(Ruma)
-            .map_err(from_ruma_error)
+        T::try_from_http_request(request, &args).map(Ruma).map_err(from_ruma_error)
     }
 }
 
@@ -152,4 +150,41 @@ where
         router = router.route(path, on(filter, handler.clone()));
     }
     router
+}
+
+/// A JSON body for endpoints without a ruma type: size limit, `M_NOT_JSON`, `M_BAD_JSON`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let (parts, body) = req.into_parts();
+        let mut bytes = read_body(body, &parts.headers, state.config.limits.max_body_bytes).await?;
+        if bytes.is_empty() {
+            bytes = Bytes::from_static(b"{}");
+        }
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::NotJson(format!("Content not JSON: {e}")))?;
+        serde_json::from_value(value)
+            .map(JsonBody)
+            .map_err(|e| Error::BadJson(format!("Invalid request body: {e}")))
+    }
+}
+
+/// Percent-decoded path arguments, in order, for endpoints without a ruma type.
+pub struct PathArgs(pub Vec<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathArgs {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Error::InvalidParam("Path parameters are not valid UTF-8".into()))?;
+        Ok(PathArgs(params.iter().map(|(_, v)| v.to_owned()).collect()))
+    }
 }

@@ -49,8 +49,7 @@ impl Committer {
         self.queue
             .send(Request { writes, done })
             .map_err(|_| Error::Internal("event committer stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Internal("event committer stopped".into()))?
+        rx.await.map_err(|_| Error::Internal("event committer stopped".into()))?
     }
 
     /// The highest stream position that is durable and visible.
@@ -105,9 +104,7 @@ async fn run(
             Err(e) => {
                 tracing::error!(error = %e, events = n, "committing events failed");
                 for r in requests {
-                    let _ = r
-                        .done
-                        .send(Err(Error::Internal(format!("storing events: {e}"))));
+                    let _ = r.done.send(Err(Error::Internal(format!("storing events: {e}"))));
                 }
             }
         }

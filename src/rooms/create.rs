@@ -48,11 +48,8 @@ impl Rooms {
         let rules = version.rules().ok_or_else(|| {
             Error::UnsupportedRoomVersion(format!("Room version {version} is not supported"))
         })?;
-        let preset = req.preset.unwrap_or(if req.public {
-            Preset::PublicChat
-        } else {
-            Preset::PrivateChat
-        });
+        let preset =
+            req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
 
         let alias = match &req.room_alias_localpart {
             Some(local) => {
@@ -82,11 +79,9 @@ impl Rooms {
         // levels is refused there.
         let creators_in_power_levels = !rules.authorization.explicitly_privilege_room_creators;
 
-        let mut events = vec![NewEvent::state(
-            TimelineEventType::RoomMember,
-            creator.as_str(),
-            json!({"membership": "join"}),
-        )];
+        let creator_member = self.member_content(creator, "join", None).await?;
+        let mut events =
+            vec![NewEvent::state(TimelineEventType::RoomMember, creator.as_str(), creator_member)];
 
         let mut users = serde_json::Map::new();
         if creators_in_power_levels {
@@ -121,11 +116,7 @@ impl Rooms {
         if let Some(over) = &req.power_level_content_override {
             merge(&mut power_levels, over);
         }
-        events.push(NewEvent::state(
-            TimelineEventType::RoomPowerLevels,
-            "",
-            power_levels,
-        ));
+        events.push(NewEvent::state(TimelineEventType::RoomPowerLevels, "", power_levels));
 
         if let Some(alias) = &alias {
             events.push(NewEvent::state(
@@ -134,11 +125,7 @@ impl Rooms {
                 json!({"alias": alias}),
             ));
         }
-        let join_rule = if preset == Preset::PublicChat {
-            "public"
-        } else {
-            "invite"
-        };
+        let join_rule = if preset == Preset::PublicChat { "public" } else { "invite" };
         events.push(NewEvent::state(
             TimelineEventType::RoomJoinRules,
             "",
@@ -163,40 +150,22 @@ impl Rooms {
             events.push(NewEvent::state(kind.into(), &key, content));
         }
         if let Some(name) = req.name {
-            events.push(NewEvent::state(
-                TimelineEventType::RoomName,
-                "",
-                json!({"name": name}),
-            ));
+            events.push(NewEvent::state(TimelineEventType::RoomName, "", json!({"name": name})));
         }
         if let Some(topic) = req.topic {
-            events.push(NewEvent::state(
-                TimelineEventType::RoomTopic,
-                "",
-                json!({"topic": topic}),
-            ));
+            events.push(NewEvent::state(TimelineEventType::RoomTopic, "", json!({"topic": topic})));
         }
         for invitee in &req.invite {
-            let mut content = json!({"membership": "invite"});
+            let mut content = self.member_content(invitee, "invite", None).await?;
             if req.is_direct {
                 content["is_direct"] = json!(true);
             }
-            events.push(NewEvent::state(
-                TimelineEventType::RoomMember,
-                invitee.as_str(),
-                content,
-            ));
+            events.push(NewEvent::state(TimelineEventType::RoomMember, invitee.as_str(), content));
         }
 
-        let room_id = self
-            .create(creator, version.clone(), create, events)
-            .await?;
+        let room_id = self.create(creator, version.clone(), create, events).await?;
         if let Some(alias) = alias {
-            match self
-                .store()
-                .create_alias(&alias, room_id.as_str(), creator.as_str())
-                .await
-            {
+            match self.store().create_alias(&alias, room_id.as_str(), creator.as_str()).await {
                 Ok(()) => {}
                 Err(StorageError::AlreadyExists) => return Err(Error::RoomInUse),
                 Err(e) => return Err(e.into()),

@@ -5,26 +5,25 @@
 
 use ruma::events::TimelineEventType;
 use ruma::{OwnedEventId, RoomId, UserId};
-use serde_json::json;
 
 use super::Rooms;
 use super::pdu::NewEvent;
 use crate::error::{Error, Result};
 use crate::storage::StorageError;
 
-fn member_event(target: &UserId, membership: &str, reason: Option<&str>) -> NewEvent {
-    let mut content = json!({"membership": membership});
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
-    }
-    NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content)
-}
-
 impl Rooms {
+    async fn member_event(
+        &self,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<NewEvent> {
+        let content = self.member_content(target, membership, reason).await?;
+        Ok(NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content))
+    }
+
     fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        let room = self
-            .get(room_id)
-            .ok_or_else(|| Error::NotFound("Unknown room".into()))?;
+        let room = self.get(room_id).ok_or_else(|| Error::NotFound("Unknown room".into()))?;
         Ok(room.membership_of(user))
     }
 
@@ -41,8 +40,7 @@ impl Rooms {
         if room.membership_of(user).as_deref() == Some("ban") {
             return Err(Error::Forbidden("You are banned from this room".into()));
         }
-        self.append(room_id, user, member_event(user, "join", None), None)
-            .await?;
+        self.append(room_id, user, self.member_event(user, "join", None).await?, None).await?;
         Ok(())
     }
 
@@ -58,13 +56,7 @@ impl Rooms {
             Some("ban") => return Err(Error::Forbidden("The user is banned from the room".into())),
             _ => {}
         }
-        self.append(
-            room_id,
-            sender,
-            member_event(target, "invite", reason),
-            None,
-        )
-        .await
+        self.append(room_id, sender, self.member_event(target, "invite", reason).await?, None).await
     }
 
     /// Leaves a room, or rejects an invite.
@@ -74,8 +66,7 @@ impl Rooms {
             Some("leave" | "ban") => return Ok(()),
             _ => return Err(Error::Forbidden("You are not in this room".into())),
         }
-        self.append(room_id, user, member_event(user, "leave", reason), None)
-            .await?;
+        self.append(room_id, user, self.member_event(user, "leave", reason).await?, None).await?;
         Ok(())
     }
 
@@ -90,12 +81,9 @@ impl Rooms {
             self.membership(room_id, target)?.as_deref(),
             Some("join" | "invite" | "knock")
         ) {
-            return Err(Error::Forbidden(
-                "The target user is not in the room".into(),
-            ));
+            return Err(Error::Forbidden("The target user is not in the room".into()));
         }
-        self.append(room_id, sender, member_event(target, "leave", reason), None)
-            .await
+        self.append(room_id, sender, self.member_event(target, "leave", reason).await?, None).await
     }
 
     pub async fn ban(
@@ -105,8 +93,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
-        self.append(room_id, sender, member_event(target, "ban", reason), None)
-            .await
+        self.append(room_id, sender, self.member_event(target, "ban", reason).await?, None).await
     }
 
     pub async fn unban(
@@ -119,22 +106,17 @@ impl Rooms {
         if self.membership(room_id, target)?.as_deref() != Some("ban") {
             return Err(Error::Forbidden("The user is not banned".into()));
         }
-        self.append(room_id, sender, member_event(target, "leave", reason), None)
-            .await
+        self.append(room_id, sender, self.member_event(target, "leave", reason).await?, None).await
     }
 
     /// Forgets a room the user has left.
     pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         match self.membership(room_id, user)?.as_deref() {
-            Some("join" | "invite" | "knock") => Err(Error::BadState(
-                "You must leave the room before forgetting it".into(),
-            )),
+            Some("join" | "invite" | "knock") => {
+                Err(Error::BadState("You must leave the room before forgetting it".into()))
+            }
             None => Err(Error::NotFound("You have never been in this room".into())),
-            _ => match self
-                .store()
-                .forget_room(user.as_str(), room_id.as_str())
-                .await
-            {
+            _ => match self.store().forget_room(user.as_str(), room_id.as_str()).await {
                 Ok(()) | Err(StorageError::NotFound) => Ok(()),
                 Err(e) => Err(e.into()),
             },
@@ -147,9 +129,8 @@ impl Rooms {
         room_id: &RoomId,
         user: &UserId,
     ) -> Result<std::sync::Arc<super::Room>> {
-        let room = self
-            .get(room_id)
-            .ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
+        let room =
+            self.get(room_id).ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
         if room.membership_of(user).as_deref() != Some("join") {
             return Err(Error::Forbidden("You are not in this room".into()));
         }

@@ -12,6 +12,7 @@ pub mod create;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
+pub mod profile;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -62,11 +63,7 @@ impl Room {
     }
 
     pub fn state_event(&self, kind: &StateEventType, key: &str) -> Option<PduRef> {
-        self.inner
-            .read()
-            .state
-            .get(&(kind.clone(), key.to_owned()))
-            .cloned()
+        self.inner.read().state.get(&(kind.clone(), key.to_owned())).cloned()
     }
 
     /// Memberships of everyone who has one.
@@ -103,7 +100,7 @@ pub struct Rooms {
     key: Arc<SigningKey>,
     store: Arc<dyn Store>,
     pub committer: Committer,
-    pub notifier: Notifier,
+    pub notifier: Arc<Notifier>,
     rooms: RwLock<HashMap<OwnedRoomId, Arc<Room>>>,
     /// `user → rooms they have a membership in`.
     user_rooms: RwLock<HashMap<OwnedUserId, HashSet<OwnedRoomId>>>,
@@ -142,17 +139,11 @@ impl Rooms {
                 .rules()
                 .ok_or_else(|| Error::Internal(format!("unsupported room version {version}")))?;
             let state = state::load_group(store.as_ref(), head.state_group).await?;
-            let chain_len = store
-                .state_group(head.state_group)
-                .await?
-                .map_or(0, |g| g.chain_len);
+            let chain_len = store.state_group(head.state_group).await?.map_or(0, |g| g.chain_len);
             let mut members = HashMap::new();
             for (user, m) in store.room_memberships(id.as_str()).await? {
                 if let Ok(user) = OwnedUserId::try_from(user.as_str()) {
-                    user_rooms
-                        .entry(user.clone())
-                        .or_default()
-                        .insert(id.clone());
+                    user_rooms.entry(user.clone()).or_default().insert(id.clone());
                     members.insert(user, m.membership);
                 }
             }
@@ -172,17 +163,13 @@ impl Rooms {
             rooms.insert(id, Arc::new(room));
         }
         let next_group = store.max_state_group().await? + 1;
-        tracing::info!(
-            rooms = rooms.len(),
-            stream_position = last_pos,
-            "rooms loaded"
-        );
+        tracing::info!(rooms = rooms.len(), stream_position = last_pos, "rooms loaded");
         Ok(Self {
             server_name,
             key,
             committer: Committer::start(store.clone(), last_pos),
             store,
-            notifier: Notifier::default(),
+            notifier: Arc::new(Notifier::default()),
             rooms: RwLock::new(rooms),
             user_rooms: RwLock::new(user_rooms),
             next_state_group: AtomicU64::new(next_group),
@@ -323,9 +310,7 @@ impl Rooms {
         event: NewEvent,
         txn: Option<Txn<'_>>,
     ) -> Result<OwnedEventId> {
-        let room = self
-            .get(room_id)
-            .ok_or_else(|| Error::NotFound("Unknown room".into()))?;
+        let room = self.get(room_id).ok_or_else(|| Error::NotFound("Unknown room".into()))?;
         let _guard = room.write.lock().await;
         if let Some(txn) = &txn {
             let key = TxnKey {
@@ -374,18 +359,13 @@ impl Rooms {
         }
         if !rules.authorization.room_create_event_id_as_room_id {
             // Before v12 the create event is always an auth event; v12 forbids listing it.
-            if let Some(create) = inner
-                .state
-                .get(&(StateEventType::RoomCreate, String::new()))
+            if let Some(create) = inner.state.get(&(StateEventType::RoomCreate, String::new()))
                 && !auth_map.contains_key(&create.event_id)
             {
                 auth_events.push(create.event_id.clone());
                 auth_map.insert(create.event_id.clone(), create.clone());
             }
-        } else if let Some(create) = inner
-            .state
-            .get(&(StateEventType::RoomCreate, String::new()))
-        {
+        } else if let Some(create) = inner.state.get(&(StateEventType::RoomCreate, String::new())) {
             auth_map.insert(create.event_id.clone(), create.clone());
             auth_events.retain(|id| id != &create.event_id);
         }
@@ -420,10 +400,7 @@ impl Rooms {
             &rules.authorization,
             &pdu,
             |kind: &StateEventType, key: &str| {
-                inner
-                    .state
-                    .get(&(kind.clone(), key.to_owned()))
-                    .map(|p| p.as_ref())
+                inner.state.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref())
             },
         )
         .map_err(|e| Error::Forbidden(format!("Event refused by the auth rules: {e}")))?;
@@ -441,21 +418,12 @@ impl Rooms {
                 let chain = group.chain_len;
                 (Arc::new(state), id, Some((id, group)), chain)
             }
-            None => (
-                inner.state.clone(),
-                inner.head.state_group,
-                None,
-                inner.chain_len,
-            ),
+            None => (inner.state.clone(), inner.head.state_group, None, inner.chain_len),
         };
         let membership = if pdu.kind == TimelineEventType::RoomMember {
             let m: Option<serde_json::Value> = pdu.content_as();
             let m = m
-                .and_then(|c| {
-                    c.get("membership")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned)
-                })
+                .and_then(|c| c.get("membership").and_then(|v| v.as_str()).map(str::to_owned))
                 .ok_or_else(|| Error::BadJson("m.room.member without membership".into()))?;
             Some((pdu.state_key.clone().unwrap_or_default(), m))
         } else {
@@ -491,18 +459,11 @@ impl Rooms {
             && let Ok(user) = OwnedUserId::try_from(user.as_str())
         {
             Arc::make_mut(&mut members).insert(user.clone(), m.clone());
-            self.user_rooms
-                .write()
-                .entry(user)
-                .or_default()
-                .insert(room.id.clone());
+            self.user_rooms.write().entry(user).or_default().insert(room.id.clone());
         }
         {
             let mut w = room.inner.write();
-            w.head = RoomHead {
-                last_pos: pos,
-                ..head
-            };
+            w.head = RoomHead { last_pos: pos, ..head };
             w.state = state;
             w.chain_len = chain_len;
             w.members = members.clone();
@@ -513,9 +474,7 @@ impl Rooms {
             .iter()
             .filter(|(u, m)| {
                 m.as_str() == "join"
-                    || membership
-                        .as_ref()
-                        .is_some_and(|(target, _)| target == u.as_str())
+                    || membership.as_ref().is_some_and(|(target, _)| target == u.as_str())
             })
             .map(|(u, _)| u.as_ref())
             .collect();
@@ -532,9 +491,8 @@ impl Rooms {
         let Some(record) = self.store.event(event_id).await? else {
             return Ok(None);
         };
-        let id: OwnedEventId = event_id
-            .try_into()
-            .map_err(|_| Error::NotFound("Event not found".into()))?;
+        let id: OwnedEventId =
+            event_id.try_into().map_err(|_| Error::NotFound("Event not found".into()))?;
         let room: OwnedRoomId = record
             .room_id
             .as_str()

@@ -19,10 +19,7 @@ impl Notifier {
     /// A receiver that changes when something for `user` is committed.
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         let mut users = self.users.lock();
-        users
-            .entry(user.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Wakes the given users' pending syncs.

@@ -185,21 +185,11 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn state(kind: TimelineEventType, state_key: &str, content: serde_json::Value) -> Self {
-        Self {
-            kind,
-            content,
-            state_key: Some(state_key.to_owned()),
-            redacts: None,
-        }
+        Self { kind, content, state_key: Some(state_key.to_owned()), redacts: None }
     }
 
     pub fn message(kind: TimelineEventType, content: serde_json::Value) -> Self {
-        Self {
-            kind,
-            content,
-            state_key: None,
-            redacts: None,
-        }
+        Self { kind, content, state_key: None, redacts: None }
     }
 }
 
@@ -249,10 +239,7 @@ pub fn build(event: &NewEvent, ctx: &PduContext<'_>) -> Result<Pdu> {
     if let (Some(redacts), true) = (&event.redacts, redacts_in_content)
         && let Some(obj) = content.as_object_mut()
     {
-        obj.insert(
-            "redacts".into(),
-            serde_json::Value::String(redacts.to_string()),
-        );
+        obj.insert("redacts".into(), serde_json::Value::String(redacts.to_string()));
     }
     let content: CanonicalJsonValue = serde_json::from_value(content).map_err(bad)?;
     if !matches!(content, CanonicalJsonValue::Object(_)) {
@@ -262,41 +249,23 @@ pub fn build(event: &NewEvent, ctx: &PduContext<'_>) -> Result<Pdu> {
     let mut obj = CanonicalJsonObject::new();
     obj.insert("auth_events".into(), event_refs(ctx.auth_events, ctx.rules));
     obj.insert("content".into(), content);
-    obj.insert(
-        "depth".into(),
-        CanonicalJsonValue::Integer(ctx.depth.try_into().map_err(bad)?),
-    );
-    obj.insert(
-        "origin".into(),
-        CanonicalJsonValue::String(ctx.server_name.to_owned()),
-    );
+    obj.insert("depth".into(), CanonicalJsonValue::Integer(ctx.depth.try_into().map_err(bad)?));
+    obj.insert("origin".into(), CanonicalJsonValue::String(ctx.server_name.to_owned()));
     obj.insert(
         "origin_server_ts".into(),
         CanonicalJsonValue::Integer(ctx.origin_server_ts.get().into()),
     );
     obj.insert("prev_events".into(), event_refs(ctx.prev_events, ctx.rules));
     if let Some(room_id) = ctx.room_id {
-        obj.insert(
-            "room_id".into(),
-            CanonicalJsonValue::String(room_id.to_string()),
-        );
+        obj.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
     }
-    obj.insert(
-        "sender".into(),
-        CanonicalJsonValue::String(ctx.sender.to_string()),
-    );
-    obj.insert(
-        "type".into(),
-        CanonicalJsonValue::String(event.kind.to_string()),
-    );
+    obj.insert("sender".into(), CanonicalJsonValue::String(ctx.sender.to_string()));
+    obj.insert("type".into(), CanonicalJsonValue::String(event.kind.to_string()));
     if let Some(key) = &event.state_key {
         obj.insert("state_key".into(), CanonicalJsonValue::String(key.clone()));
     }
     if let (Some(redacts), false) = (&event.redacts, redacts_in_content) {
-        obj.insert(
-            "redacts".into(),
-            CanonicalJsonValue::String(redacts.to_string()),
-        );
+        obj.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
     }
     if ctx.rules.event_id_format == EventIdFormatVersion::V1 {
         let local = crate::services::tokens::random_string(
@@ -328,9 +297,7 @@ pub fn build(event: &NewEvent, ctx: &PduContext<'_>) -> Result<Pdu> {
     let room_id: OwnedRoomId = match ctx.room_id {
         Some(id) => id.to_owned(),
         None if ctx.rules.room_id_format == RoomIdFormatVersion::V2 => {
-            format!("!{}", &event_id.as_str()[1..])
-                .try_into()
-                .map_err(bad)?
+            format!("!{}", &event_id.as_str()[1..]).try_into().map_err(bad)?
         }
         None => return Err(Error::Internal("event without a room ID".into())),
     };
@@ -417,11 +384,7 @@ mod tests {
             origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
         };
         let content = json!({"room_version": version.as_str(), "creator": "@alice:example.org"});
-        build(
-            &NewEvent::state(TimelineEventType::RoomCreate, "", content),
-            &ctx,
-        )
-        .unwrap()
+        build(&NewEvent::state(TimelineEventType::RoomCreate, "", content), &ctx).unwrap()
     }
 
     #[test]

@@ -128,15 +128,11 @@ impl Accounts {
             )));
         }
         if localpart.starts_with('_') {
-            return Err(Error::InvalidUsername(
-                "User ID may not begin with '_'".into(),
-            ));
+            return Err(Error::InvalidUsername("User ID may not begin with '_'".into()));
         }
         let full_len = 1 + localpart.len() + 1 + self.config.server_name.len();
         if full_len > 255 {
-            return Err(Error::InvalidUsername(
-                "User ID may not be longer than 255 bytes".into(),
-            ));
+            return Err(Error::InvalidUsername("User ID may not be longer than 255 bytes".into()));
         }
         Ok(())
     }
@@ -189,9 +185,7 @@ impl Accounts {
     /// `POST /register`.
     pub async fn register(&self, req: RegisterRequest) -> Result<Registered> {
         if req.guest {
-            return Err(Error::GuestAccessForbidden(
-                "Guest access is disabled".into(),
-            ));
+            return Err(Error::GuestAccessForbidden("Guest access is disabled".into()));
         }
         if self.config.registration.mode == RegistrationMode::Closed {
             return Err(Error::Forbidden("Registration is disabled".into()));
@@ -208,18 +202,13 @@ impl Accounts {
             .as_deref()
             .ok_or_else(|| Error::MissingParam("A password is required to register".into()))?;
         self.validate_password(password)?;
-        self.validate_device(
-            req.device_id.as_deref(),
-            req.initial_device_display_name.as_deref(),
-        )?;
+        self.validate_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         if self.store.user(&localpart).await?.is_some() {
             return Err(Error::UserInUse);
         }
 
         let flows = self.registration_flows();
-        let completed = self
-            .run_uia(req.auth.as_ref(), Purpose::Register, None, flows)
-            .await?;
+        let completed = self.run_uia(req.auth.as_ref(), Purpose::Register, None, flows).await?;
 
         let password_hash = self.passwords.hash(password).await?;
         let user = UserRecord {
@@ -228,6 +217,8 @@ impl Accounts {
             created_ts: now_ms(),
             deactivated: false,
             admin: false,
+            displayname: Some(localpart.clone()),
+            avatar_url: None,
         };
         let user_id = self.user_id(&localpart)?;
         let (session, new_session) = if req.inhibit_login {
@@ -257,22 +248,19 @@ impl Accounts {
     pub async fn admin_create_user(&self, req: AdminCreateUser) -> Result<OwnedUserId> {
         self.validate_localpart(&req.localpart)?;
         if req.password.len() > MAX_PASSWORD_BYTES || req.password.is_empty() {
-            return Err(Error::InvalidParam(
-                "Password must be 1 to 512 bytes".into(),
-            ));
+            return Err(Error::InvalidParam("Password must be 1 to 512 bytes".into()));
         }
         let user_id = self.user_id(&req.localpart)?;
         let user = UserRecord {
+            displayname: Some(req.localpart.clone()),
+            avatar_url: None,
             localpart: req.localpart,
             password_hash: Some(self.passwords.hash(&req.password).await?),
             created_ts: now_ms(),
             deactivated: false,
             admin: req.admin,
         };
-        self.store
-            .create_user(user, None, None)
-            .await
-            .map_err(map_storage_user_exists)?;
+        self.store.create_user(user, None, None).await.map_err(map_storage_user_exists)?;
         tracing::info!(%user_id, "admin created user");
         Ok(user_id)
     }
@@ -303,11 +291,8 @@ impl Accounts {
                 created_ts: now,
             },
         };
-        let session = Session {
-            user_id: user_id.to_owned(),
-            device_id: device_id.into(),
-            access_token,
-        };
+        let session =
+            Session { user_id: user_id.to_owned(), device_id: device_id.into(), access_token };
         Ok((session, new))
     }
 
@@ -330,10 +315,7 @@ impl Accounts {
     /// `POST /login` with `m.login.password`.
     pub async fn login(&self, req: LoginRequest) -> Result<Session> {
         self.login_per_ip.check(&req.client_ip)?;
-        self.validate_device(
-            req.device_id.as_deref(),
-            req.initial_device_display_name.as_deref(),
-        )?;
+        self.validate_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         let localpart = self.localpart_of(&req.user)?;
         let user = self.verify_password(&localpart, &req.password).await?;
         let user_id = self.user_id(&user.localpart)?;
@@ -383,23 +365,14 @@ impl Accounts {
 
     /// `POST /logout`: the token's device goes with it.
     pub async fn logout(&self, who: &Identity) -> Result<()> {
-        self.store
-            .delete_devices(&who.localpart, vec![who.device_id.to_string()])
-            .await?;
+        self.store.delete_devices(&who.localpart, vec![who.device_id.to_string()]).await?;
         Ok(())
     }
 
     /// `POST /logout/all`.
     pub async fn logout_all(&self, who: &Identity) -> Result<()> {
-        let ids = self
-            .store
-            .devices(&who.localpart)
-            .await?
-            .into_iter()
-            .map(|d| d.device_id);
-        self.store
-            .delete_devices(&who.localpart, ids.collect())
-            .await?;
+        let ids = self.store.devices(&who.localpart).await?.into_iter().map(|d| d.device_id);
+        self.store.delete_devices(&who.localpart, ids.collect()).await?;
         Ok(())
     }
 
@@ -483,9 +456,7 @@ impl Accounts {
                 token_used = Some(t.token.clone());
             }
             _ => {
-                return Err(Error::Internal(format!(
-                    "stage {stage} offered but not handled"
-                )));
+                return Err(Error::Internal(format!("stage {stage} offered but not handled")));
             }
         }
         self.uia.complete_stage(&resumed, flows, &stage, token_used)
@@ -493,11 +464,7 @@ impl Accounts {
 
     /// `GET /register/m.login.registration_token/validity`.
     pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
-        Ok(self
-            .store
-            .registration_token(token)
-            .await?
-            .is_some_and(|t| t.is_usable(now_ms())))
+        Ok(self.store.registration_token(token).await?.is_some_and(|t| t.is_usable(now_ms())))
     }
 
     /// `POST /account/password`.
@@ -509,35 +476,21 @@ impl Accounts {
         logout_devices: bool,
     ) -> Result<()> {
         self.validate_password(new_password)?;
-        self.run_uia(
-            auth,
-            Purpose::ChangePassword,
-            Some(&who.localpart),
-            PASSWORD_FLOWS,
-        )
-        .await?;
+        self.run_uia(auth, Purpose::ChangePassword, Some(&who.localpart), PASSWORD_FLOWS).await?;
         let hash = self.passwords.hash(new_password).await?;
         let logout = if logout_devices {
             DeviceLogout::AllExcept(Some(who.device_id.to_string()))
         } else {
             DeviceLogout::Nobody
         };
-        self.store
-            .set_password(&who.localpart, hash, logout)
-            .await?;
+        self.store.set_password(&who.localpart, hash, logout).await?;
         tracing::info!(user_id = %who.user_id, "password changed");
         Ok(())
     }
 
     /// `POST /account/deactivate`.
     pub async fn deactivate(&self, who: &Identity, auth: Option<&AuthData>) -> Result<()> {
-        self.run_uia(
-            auth,
-            Purpose::Deactivate,
-            Some(&who.localpart),
-            PASSWORD_FLOWS,
-        )
-        .await?;
+        self.run_uia(auth, Purpose::Deactivate, Some(&who.localpart), PASSWORD_FLOWS).await?;
         self.store.deactivate_user(&who.localpart).await?;
         tracing::info!(user_id = %who.user_id, "account deactivated");
         Ok(())
@@ -564,13 +517,10 @@ impl Accounts {
         self.validate_device(None, display_name.as_deref())?;
         let mut device = self.device(who, device_id).await?;
         device.display_name = display_name;
-        self.store
-            .update_device(&who.localpart, device)
-            .await
-            .map_err(|e| match e {
-                StorageError::NotFound => Error::NotFound("Device not found".into()),
-                other => other.into(),
-            })
+        self.store.update_device(&who.localpart, device).await.map_err(|e| match e {
+            StorageError::NotFound => Error::NotFound("Device not found".into()),
+            other => other.into(),
+        })
     }
 
     /// `DELETE /devices/{deviceId}` and `POST /delete_devices`, behind a password UIA.
@@ -580,16 +530,8 @@ impl Accounts {
         auth: Option<&AuthData>,
         device_ids: Vec<String>,
     ) -> Result<()> {
-        self.run_uia(
-            auth,
-            Purpose::DeleteDevices,
-            Some(&who.localpart),
-            PASSWORD_FLOWS,
-        )
-        .await?;
-        self.store
-            .delete_devices(&who.localpart, device_ids)
-            .await?;
+        self.run_uia(auth, Purpose::DeleteDevices, Some(&who.localpart), PASSWORD_FLOWS).await?;
+        self.store.delete_devices(&who.localpart, device_ids).await?;
         Ok(())
     }
 
@@ -608,9 +550,7 @@ impl Accounts {
         });
         if token.is_empty()
             || token.len() > 64
-            || !token
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
+            || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))
         {
             return Err(Error::InvalidParam(
                 "Registration tokens are 1-64 characters of A-Z a-z 0-9 . _ ~ -".into(),
@@ -623,13 +563,10 @@ impl Accounts {
             expiry_ts,
             created_ts: now_ms(),
         };
-        self.store
-            .create_registration_token(record.clone())
-            .await
-            .map_err(|e| match e {
-                StorageError::AlreadyExists => Error::InvalidParam("Token already exists".into()),
-                other => other.into(),
-            })?;
+        self.store.create_registration_token(record.clone()).await.map_err(|e| match e {
+            StorageError::AlreadyExists => Error::InvalidParam("Token already exists".into()),
+            other => other.into(),
+        })?;
         Ok(record)
     }
 
@@ -638,12 +575,9 @@ impl Accounts {
     }
 
     pub async fn delete_registration_token(&self, token: &str) -> Result<()> {
-        self.store
-            .delete_registration_token(token)
-            .await
-            .map_err(|e| match e {
-                StorageError::NotFound => Error::NotFound("No such token".into()),
-                other => other.into(),
-            })
+        self.store.delete_registration_token(token).await.map_err(|e| match e {
+            StorageError::NotFound => Error::NotFound("No such token".into()),
+            other => other.into(),
+        })
     }
 }

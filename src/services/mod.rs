@@ -9,6 +9,7 @@ pub mod passwords;
 pub mod ratelimit;
 pub mod tokens;
 pub mod uia;
+pub mod user_data;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub accounts: accounts::Accounts,
     pub rooms: Rooms,
+    pub user_data: user_data::UserData,
 }
 
 impl Services {
@@ -36,11 +38,7 @@ impl Services {
         let passwords = passwords::Passwords::new()?;
         let accounts = accounts::Accounts::new(config.clone(), store.clone(), passwords);
         let rooms = Rooms::load(config.server_name.clone(), key, store.clone()).await?;
-        Ok(Arc::new(Self {
-            config,
-            store,
-            accounts,
-            rooms,
-        }))
+        let user_data = user_data::UserData::load(store.clone(), rooms.notifier.clone()).await?;
+        Ok(Arc::new(Self { config, store, accounts, rooms, user_data }))
     }
 }

@@ -48,9 +48,7 @@ fn verify_with(a: &Argon2<'static>, password: &str, hash: &str) -> bool {
 
 impl Passwords {
     pub fn new() -> Result<Self> {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..cores {
@@ -70,10 +68,7 @@ impl Passwords {
                 .map_err(|e| Error::Internal(format!("starting hash threads: {e}")))?;
         }
         let dummy_hash = hash_with(&argon2(), &crate::services::tokens::random_token())?;
-        Ok(Self {
-            jobs: Arc::new(Mutex::new(tx)),
-            dummy_hash: dummy_hash.into(),
-        })
+        Ok(Self { jobs: Arc::new(Mutex::new(tx)), dummy_hash: dummy_hash.into() })
     }
 
     async fn run<T: Send + 'static>(
@@ -88,8 +83,7 @@ impl Passwords {
             .lock()
             .send(job)
             .map_err(|_| Error::Internal("password hashing pool stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Internal("password hashing pool stopped".into()))
+        rx.await.map_err(|_| Error::Internal("password hashing pool stopped".into()))
     }
 
     pub async fn hash(&self, password: &str) -> Result<String> {

@@ -29,13 +29,7 @@ struct Bucket {
 
 impl RateLimiter {
     pub fn new(rate: RateLimit) -> Self {
-        Self {
-            rate,
-            buckets: Mutex::new(Buckets {
-                map: HashMap::new(),
-                ops: 0,
-            }),
-        }
+        Self { rate, buckets: Mutex::new(Buckets { map: HashMap::new(), ops: 0 }) }
     }
 
     /// Takes one token for `key`, or fails with `M_LIMIT_EXCEEDED` and the wait until one
@@ -54,10 +48,8 @@ impl RateLimiter {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < burst
             });
         }
-        let bucket = buckets.map.entry(key.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
+        let bucket =
+            buckets.map.entry(key.to_owned()).or_insert(Bucket { tokens: burst, updated: now });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate.per_second).min(burst);
         bucket.updated = now;
@@ -66,9 +58,7 @@ impl RateLimiter {
             Ok(())
         } else {
             let wait = (1.0 - bucket.tokens) / self.rate.per_second;
-            Err(Error::LimitExceeded {
-                retry_after_ms: (wait * 1000.0).ceil() as u64,
-            })
+            Err(Error::LimitExceeded { retry_after_ms: (wait * 1000.0).ceil() as u64 })
         }
     }
 }
@@ -81,10 +71,7 @@ mod tests {
 
     #[test]
     fn a_burst_passes_then_the_bucket_refills() {
-        let limiter = RateLimiter::new(RateLimit {
-            per_second: 1.0,
-            burst: 2,
-        });
+        let limiter = RateLimiter::new(RateLimit { per_second: 1.0, burst: 2 });
         let t0 = Instant::now();
         assert!(limiter.check_at("ip", t0).is_ok());
         assert!(limiter.check_at("ip", t0).is_ok());

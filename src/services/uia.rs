@@ -82,9 +82,7 @@ impl Uia {
         UiaInfo {
             flows: flows
                 .iter()
-                .map(|f| FlowInfo {
-                    stages: f.iter().map(|s| (*s).to_owned()).collect(),
-                })
+                .map(|f| FlowInfo { stages: f.iter().map(|s| (*s).to_owned()).collect() })
                 .collect(),
             params: serde_json::Map::new(),
             session: session_id.to_owned(),
@@ -141,12 +139,10 @@ impl Uia {
                 sessions.remove(id);
                 Err(Error::Forbidden("UIA session expired; start again".into()))
             }
-            Some(s) if s.purpose != purpose || s.user.as_deref() != user => Err(Error::Forbidden(
-                "UIA session belongs to another request".into(),
-            )),
-            Some(_) => Ok(Resumed {
-                session_id: id.to_owned(),
-            }),
+            Some(s) if s.purpose != purpose || s.user.as_deref() != user => {
+                Err(Error::Forbidden("UIA session belongs to another request".into()))
+            }
+            Some(_) => Ok(Resumed { session_id: id.to_owned() }),
             None => Err(Error::Forbidden("Unknown UIA session".into())),
         }
     }
@@ -183,15 +179,12 @@ impl Uia {
         if registration_token.is_some() {
             session.registration_token = registration_token;
         }
-        let done = flows.iter().any(|flow| {
-            flow.iter()
-                .all(|st| session.completed.iter().any(|c| c == st))
-        });
+        let done = flows
+            .iter()
+            .any(|flow| flow.iter().all(|st| session.completed.iter().any(|c| c == st)));
         if done {
             let session = sessions.remove(&resumed.session_id);
-            Ok(Completed {
-                registration_token: session.and_then(|s| s.registration_token),
-            })
+            Ok(Completed { registration_token: session.and_then(|s| s.registration_token) })
         } else {
             let info = Self::info(&resumed.session_id, flows, &session.completed);
             Err(Error::Uia(Box::new(info)))
@@ -211,9 +204,7 @@ mod tests {
         let Error::Uia(info) = uia.challenge(Purpose::Register, None, FLOWS) else {
             panic!("expected a challenge")
         };
-        let resumed = uia
-            .resume(Some(&info.session), Purpose::Register, None)
-            .unwrap();
+        let resumed = uia.resume(Some(&info.session), Purpose::Register, None).unwrap();
         let first = uia.complete_stage(&resumed, FLOWS, REGISTRATION_TOKEN, Some("tok".into()));
         match first {
             Err(Error::Uia(info)) => assert_eq!(info.completed, vec![REGISTRATION_TOKEN]),
@@ -221,10 +212,7 @@ mod tests {
         }
         let done = uia.complete_stage(&resumed, FLOWS, DUMMY, None).unwrap();
         assert_eq!(done.registration_token.as_deref(), Some("tok"));
-        assert!(
-            uia.resume(Some(&info.session), Purpose::Register, None)
-                .is_err()
-        );
+        assert!(uia.resume(Some(&info.session), Purpose::Register, None).is_err());
     }
 
     #[test]
@@ -233,17 +221,8 @@ mod tests {
         let Error::Uia(info) = uia.challenge(Purpose::DeleteDevices, Some("alice"), FLOWS) else {
             panic!("expected a challenge")
         };
-        assert!(
-            uia.resume(Some(&info.session), Purpose::DeleteDevices, Some("bob"))
-                .is_err()
-        );
-        assert!(
-            uia.resume(Some(&info.session), Purpose::Deactivate, Some("alice"))
-                .is_err()
-        );
-        assert!(
-            uia.resume(Some(&info.session), Purpose::DeleteDevices, Some("alice"))
-                .is_ok()
-        );
+        assert!(uia.resume(Some(&info.session), Purpose::DeleteDevices, Some("bob")).is_err());
+        assert!(uia.resume(Some(&info.session), Purpose::Deactivate, Some("alice")).is_err());
+        assert!(uia.resume(Some(&info.session), Purpose::DeleteDevices, Some("alice")).is_ok());
     }
 }

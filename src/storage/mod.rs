@@ -12,6 +12,7 @@
 mod records;
 pub mod rocks;
 pub mod rooms;
+pub mod users;
 
 use async_trait::async_trait;
 
@@ -129,6 +130,12 @@ pub trait MetaStore: Send + Sync {
 }
 
 /// Everything the services need from a database.
-pub trait Store: AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore {}
+pub trait Store:
+    AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore + users::UserDataStore
+{
+}
 
-impl<T: AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore> Store for T {}
+impl<T> Store for T where
+    T: AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore + users::UserDataStore
+{
+}

@@ -26,6 +26,10 @@ pub struct UserRecord {
     pub deactivated: bool,
     #[serde(default)]
     pub admin: bool,
+    #[serde(default)]
+    pub displayname: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,9 +63,7 @@ pub struct RegistrationTokenRecord {
 impl RegistrationTokenRecord {
     pub fn is_usable(&self, now_ms: u64) -> bool {
         let unexpired = self.expiry_ts.is_none_or(|expiry| now_ms < expiry);
-        let uses_left = self
-            .uses_allowed
-            .is_none_or(|allowed| self.completed < allowed);
+        let uses_left = self.uses_allowed.is_none_or(|allowed| self.completed < allowed);
         unexpired && uses_left
     }
 }

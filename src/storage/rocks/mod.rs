@@ -55,6 +55,12 @@ mod cf {
     pub const ALIASES: &str = "aliases";
     /// `room_id 0xFF alias` → ∅.
     pub const ROOM_ALIASES: &str = "room_aliases";
+    /// `user_id 0xFF filter_id` → filter JSON.
+    pub const FILTERS: &str = "filters";
+    /// `user_id 0xFF room_id (empty: global) 0xFF type` → account data.
+    pub const ACCOUNT_DATA: &str = "account_data";
+    /// `room_id` → `{}` for rooms published in the room directory.
+    pub const PUBLIC_ROOMS: &str = "public_rooms";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -72,10 +78,14 @@ mod cf {
         TXN_IDS,
         ALIASES,
         ROOM_ALIASES,
+        FILTERS,
+        ACCOUNT_DATA,
+        PUBLIC_ROOMS,
     ];
 }
 
 mod rooms;
+mod users;
 
 pub struct RocksStore {
     db: Arc<DB>,
@@ -111,10 +121,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StorageResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
 }
 
 fn synced() -> WriteOptions {
@@ -162,10 +169,7 @@ impl RocksStore {
                 StorageError::Backend(msg)
             }
         })?;
-        Ok(Self {
-            db: Arc::new(db),
-            write_lock: Arc::new(Mutex::new(())),
-        })
+        Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
     }
 
     /// Runs a (possibly fsyncing) closure on the blocking pool.
@@ -183,8 +187,7 @@ impl RocksStore {
 }
 
 fn handle<'a>(db: &'a DB, name: &str) -> StorageResult<&'a rocksdb::ColumnFamily> {
-    db.cf_handle(name)
-        .ok_or_else(|| StorageError::Backend(format!("column family {name} missing")))
+    db.cf_handle(name).ok_or_else(|| StorageError::Backend(format!("column family {name} missing")))
 }
 
 fn get_json<T: DeserializeOwned>(
@@ -201,10 +204,7 @@ fn get_json<T: DeserializeOwned>(
 /// Keys under `prefix` in one column family, in order.
 fn keys_with_prefix(db: &DB, cf_name: &str, prefix: &[u8]) -> StorageResult<Vec<Box<[u8]>>> {
     let mut out = Vec::new();
-    let iter = db.iterator_cf(
-        handle(db, cf_name)?,
-        IteratorMode::From(prefix, Direction::Forward),
-    );
+    let iter = db.iterator_cf(handle(db, cf_name)?, IteratorMode::From(prefix, Direction::Forward));
     for item in iter {
         let (k, _) = item?;
         if !k.starts_with(prefix) {
@@ -222,10 +222,7 @@ fn delete_device_in(
     localpart: &str,
     device_id: &str,
 ) -> StorageResult<()> {
-    batch.delete_cf(
-        handle(db, cf::DEVICES)?,
-        key(&[localpart.as_bytes(), device_id.as_bytes()]),
-    );
+    batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
     revoke_device_tokens_in(db, batch, localpart, device_id)
 }
 
@@ -257,11 +254,7 @@ fn put_session_in(
         key(&[localpart.as_bytes(), device_id]),
         encode(&session.device),
     );
-    batch.put_cf(
-        handle(db, cf::ACCESS_TOKENS)?,
-        session.token_hash.0,
-        encode(&session.token),
-    );
+    batch.put_cf(handle(db, cf::ACCESS_TOKENS)?, session.token_hash.0, encode(&session.token));
     batch.put_cf(
         handle(db, cf::DEVICE_TOKENS)?,
         key(&[localpart.as_bytes(), device_id, &session.token_hash.0]),
@@ -275,10 +268,8 @@ fn device_ids(db: &DB, localpart: &str) -> StorageResult<Vec<String>> {
     keys_with_prefix(db, cf::DEVICES, &p)?
         .into_iter()
         .map(|k| {
-            String::from_utf8(k[p.len()..].to_vec()).map_err(|e| StorageError::Corrupt {
-                what: cf::DEVICES,
-                detail: e.to_string(),
-            })
+            String::from_utf8(k[p.len()..].to_vec())
+                .map_err(|e| StorageError::Corrupt { what: cf::DEVICES, detail: e.to_string() })
         })
         .collect()
 }
@@ -297,10 +288,7 @@ impl AccountStore for RocksStore {
     ) -> StorageResult<()> {
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
-            if db
-                .get_pinned_cf(handle(db, cf::USERS)?, user.localpart.as_bytes())?
-                .is_some()
-            {
+            if db.get_pinned_cf(handle(db, cf::USERS)?, user.localpart.as_bytes())?.is_some() {
                 return Err(StorageError::AlreadyExists);
             }
             let mut batch = WriteBatch::default();
@@ -318,11 +306,7 @@ impl AccountStore for RocksStore {
                     encode(&record),
                 );
             }
-            batch.put_cf(
-                handle(db, cf::USERS)?,
-                user.localpart.as_bytes(),
-                encode(&user),
-            );
+            batch.put_cf(handle(db, cf::USERS)?, user.localpart.as_bytes(), encode(&user));
             if let Some(session) = &session {
                 put_session_in(db, &mut batch, &user.localpart, session)?;
             }
@@ -380,10 +364,7 @@ impl AccountStore for RocksStore {
 
     async fn user_count(&self) -> StorageResult<u64> {
         let mut n = 0;
-        for item in self
-            .db
-            .iterator_cf(handle(&self.db, cf::USERS)?, IteratorMode::Start)
-        {
+        for item in self.db.iterator_cf(handle(&self.db, cf::USERS)?, IteratorMode::Start) {
             item?;
             n += 1;
         }
@@ -441,11 +422,7 @@ impl AccountStore for RocksStore {
         localpart: &str,
         device_id: &str,
     ) -> StorageResult<Option<DeviceRecord>> {
-        get_json(
-            &self.db,
-            cf::DEVICES,
-            &key(&[localpart.as_bytes(), device_id.as_bytes()]),
-        )
+        get_json(&self.db, cf::DEVICES, &key(&[localpart.as_bytes(), device_id.as_bytes()]))
     }
 
     async fn update_device(&self, localpart: &str, device: DeviceRecord) -> StorageResult<()> {
@@ -530,9 +507,7 @@ impl RegistrationTokenStore for RocksStore {
 #[async_trait]
 impl MetaStore for RocksStore {
     async fn meta(&self, key: &str) -> StorageResult<Option<Vec<u8>>> {
-        Ok(self
-            .db
-            .get_cf(handle(&self.db, cf::META)?, key.as_bytes())?)
+        Ok(self.db.get_cf(handle(&self.db, cf::META)?, key.as_bytes())?)
     }
 
     async fn set_meta(&self, key: &str, value: Vec<u8>) -> StorageResult<()> {
@@ -556,6 +531,8 @@ mod tests {
             created_ts: 1,
             deactivated: false,
             admin: false,
+            displayname: None,
+            avatar_url: None,
         }
     }
 
@@ -590,39 +567,13 @@ mod tests {
     async fn deleting_a_device_revokes_only_its_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), 1).unwrap();
-        store
-            .create_user(user("alice"), Some(session("A", "ta")), None)
-            .await
-            .unwrap();
-        store
-            .create_session("alice", session("B", "tb"))
-            .await
-            .unwrap();
-        store
-            .delete_devices("alice", vec!["A".into()])
-            .await
-            .unwrap();
-        assert!(
-            store
-                .access_token(&TokenHash::of("ta"))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            store
-                .access_token(&TokenHash::of("tb"))
-                .await
-                .unwrap()
-                .is_some()
-        );
-        let ids: Vec<_> = store
-            .devices("alice")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.device_id)
-            .collect();
+        store.create_user(user("alice"), Some(session("A", "ta")), None).await.unwrap();
+        store.create_session("alice", session("B", "tb")).await.unwrap();
+        store.delete_devices("alice", vec!["A".into()]).await.unwrap();
+        assert!(store.access_token(&TokenHash::of("ta")).await.unwrap().is_none());
+        assert!(store.access_token(&TokenHash::of("tb")).await.unwrap().is_some());
+        let ids: Vec<_> =
+            store.devices("alice").await.unwrap().into_iter().map(|d| d.device_id).collect();
         assert_eq!(ids, vec!["B".to_owned()]);
     }
 
@@ -630,28 +581,10 @@ mod tests {
     async fn reusing_a_device_id_revokes_its_previous_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), 1).unwrap();
-        store
-            .create_user(user("alice"), Some(session("A", "t1")), None)
-            .await
-            .unwrap();
-        store
-            .create_session("alice", session("A", "t2"))
-            .await
-            .unwrap();
-        assert!(
-            store
-                .access_token(&TokenHash::of("t1"))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            store
-                .access_token(&TokenHash::of("t2"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        store.create_user(user("alice"), Some(session("A", "t1")), None).await.unwrap();
+        store.create_session("alice", session("A", "t2")).await.unwrap();
+        assert!(store.access_token(&TokenHash::of("t1")).await.unwrap().is_none());
+        assert!(store.access_token(&TokenHash::of("t2")).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -668,10 +601,7 @@ mod tests {
             })
             .await
             .unwrap();
-        store
-            .create_user(user("a"), None, Some("tok".into()))
-            .await
-            .unwrap();
+        store.create_user(user("a"), None, Some("tok".into())).await.unwrap();
         let second = store.create_user(user("b"), None, Some("tok".into())).await;
         assert!(matches!(second, Err(StorageError::TokenNotUsable)));
         assert!(store.user("b").await.unwrap().is_none());
@@ -682,19 +612,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = RocksStore::open(dir.path(), 1).unwrap();
-            store
-                .create_user(user("alice"), Some(session("A", "t")), None)
-                .await
-                .unwrap();
+            store.create_user(user("alice"), Some(session("A", "t")), None).await.unwrap();
         }
         let store = RocksStore::open(dir.path(), 1).unwrap();
         assert!(store.user("alice").await.unwrap().is_some());
-        assert!(
-            store
-                .access_token(&TokenHash::of("t"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(store.access_token(&TokenHash::of("t")).await.unwrap().is_some());
     }
 }

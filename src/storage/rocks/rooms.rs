@@ -21,11 +21,7 @@ struct AliasRecord {
 }
 
 fn txn_key(t: &TxnKey) -> Vec<u8> {
-    key(&[
-        t.localpart.as_bytes(),
-        t.device_id.as_bytes(),
-        t.txn_id.as_bytes(),
-    ])
+    key(&[t.localpart.as_bytes(), t.device_id.as_bytes(), t.txn_id.as_bytes()])
 }
 
 fn be(pos: u64) -> [u8; 8] {
@@ -41,10 +37,8 @@ fn from_be(bytes: &[u8]) -> StorageResult<u64> {
 }
 
 fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
-    String::from_utf8(bytes.to_vec()).map_err(|e| StorageError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
+    String::from_utf8(bytes.to_vec())
+        .map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
 }
 
 /// A key's suffix after a scanned prefix, and the value.
@@ -53,10 +47,7 @@ type Row = (Vec<u8>, Box<[u8]>);
 /// All rows under a prefix.
 fn scan(db: &rocksdb::DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Vec<Row>> {
     let mut out = Vec::new();
-    for item in db.iterator_cf(
-        handle(db, cf_name)?,
-        IteratorMode::From(p, Direction::Forward),
-    ) {
+    for item in db.iterator_cf(handle(db, cf_name)?, IteratorMode::From(p, Direction::Forward)) {
         let (k, v) = item?;
         if !k.starts_with(p) {
             break;
@@ -68,10 +59,7 @@ fn scan(db: &rocksdb::DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Vec<
 
 /// The last key of a column family, if any.
 fn last_key(db: &rocksdb::DB, cf_name: &'static str) -> StorageResult<Option<Box<[u8]>>> {
-    match db
-        .iterator_cf(handle(db, cf_name)?, IteratorMode::End)
-        .next()
-    {
+    match db.iterator_cf(handle(db, cf_name)?, IteratorMode::End).next() {
         Some(item) => Ok(Some(item?.0)),
         None => Ok(None),
     }
@@ -91,10 +79,7 @@ impl RoomStore for RocksStore {
                     state_group: w.state_group,
                     pdu: w.pdu,
                     redacted_by: None,
-                    txn: w
-                        .txn
-                        .as_ref()
-                        .map(|t| (t.device_id.clone(), t.txn_id.clone())),
+                    txn: w.txn.as_ref().map(|t| (t.device_id.clone(), t.txn_id.clone())),
                 };
                 batch.put_cf(events, w.event_id.as_bytes(), encode(&record));
                 batch.put_cf(
@@ -110,11 +95,7 @@ impl RoomStore for RocksStore {
                 }
                 let mut head = w.head;
                 head.last_pos = pos;
-                batch.put_cf(
-                    handle(db, cf::ROOM_HEADS)?,
-                    w.room_id.as_bytes(),
-                    encode(&head),
-                );
+                batch.put_cf(handle(db, cf::ROOM_HEADS)?, w.room_id.as_bytes(), encode(&head));
                 if let Some((user_id, membership)) = &w.membership {
                     let record = MembershipRecord {
                         membership: membership.clone(),
@@ -135,11 +116,7 @@ impl RoomStore for RocksStore {
                     );
                 }
                 if let Some(txn) = &w.txn {
-                    batch.put_cf(
-                        handle(db, cf::TXN_IDS)?,
-                        txn_key(txn),
-                        w.event_id.as_bytes(),
-                    );
+                    batch.put_cf(handle(db, cf::TXN_IDS)?, txn_key(txn), w.event_id.as_bytes());
                 }
                 if let Some(redacted) = &w.redacts
                     && let Some(mut target) =
@@ -174,17 +151,12 @@ impl RoomStore for RocksStore {
 
     async fn rooms(&self) -> StorageResult<Vec<(RoomRecord, RoomHead)>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(handle(&self.db, cf::ROOMS)?, IteratorMode::Start)
-        {
+        for item in self.db.iterator_cf(handle(&self.db, cf::ROOMS)?, IteratorMode::Start) {
             let (k, v) = item?;
             let room: RoomRecord = decode(cf::ROOMS, &v)?;
-            let head: RoomHead =
-                get_json(&self.db, cf::ROOM_HEADS, &k)?.ok_or_else(|| StorageError::Corrupt {
-                    what: cf::ROOM_HEADS,
-                    detail: room.room_id.clone(),
-                })?;
+            let head: RoomHead = get_json(&self.db, cf::ROOM_HEADS, &k)?.ok_or_else(|| {
+                StorageError::Corrupt { what: cf::ROOM_HEADS, detail: room.room_id.clone() }
+            })?;
             out.push((room, head));
         }
         Ok(out)
@@ -217,17 +189,10 @@ impl RoomStore for RocksStore {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(lower.clone());
         opts.set_iterate_upper_bound(upper.clone());
-        let mode = if backwards {
-            IteratorMode::End
-        } else {
-            IteratorMode::Start
-        };
+        let mode = if backwards { IteratorMode::End } else { IteratorMode::Start };
         let p_len = room.len() + 1;
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf_opt(handle(&self.db, cf::ROOM_EVENTS)?, opts, mode)
-        {
+        for item in self.db.iterator_cf_opt(handle(&self.db, cf::ROOM_EVENTS)?, opts, mode) {
             let (k, v) = item?;
             if out.len() >= limit {
                 break;
@@ -242,10 +207,7 @@ impl RoomStore for RocksStore {
     }
 
     async fn txn_event(&self, txn: &TxnKey) -> StorageResult<Option<String>> {
-        match self
-            .db
-            .get_cf(handle(&self.db, cf::TXN_IDS)?, txn_key(txn))?
-        {
+        match self.db.get_cf(handle(&self.db, cf::TXN_IDS)?, txn_key(txn))? {
             Some(v) => Ok(Some(utf8(cf::TXN_IDS, &v)?)),
             None => Ok(None),
         }
@@ -267,12 +229,7 @@ impl RoomStore for RocksStore {
     ) -> StorageResult<Vec<(String, MembershipRecord)>> {
         scan(&self.db, cf::ROOM_MEMBERS, &prefix(&[room_id.as_bytes()]))?
             .into_iter()
-            .map(|(user, v)| {
-                Ok((
-                    utf8(cf::ROOM_MEMBERS, &user)?,
-                    decode(cf::ROOM_MEMBERS, &v)?,
-                ))
-            })
+            .map(|(user, v)| Ok((utf8(cf::ROOM_MEMBERS, &user)?, decode(cf::ROOM_MEMBERS, &v)?)))
             .collect()
     }
 
@@ -304,10 +261,7 @@ impl RoomStore for RocksStore {
             batch.put_cf(
                 aliases,
                 alias.as_bytes(),
-                encode(&AliasRecord {
-                    room_id: room_id.clone(),
-                    creator,
-                }),
+                encode(&AliasRecord { room_id: room_id.clone(), creator }),
             );
             batch.put_cf(
                 handle(db, cf::ROOM_ALIASES)?,
@@ -321,10 +275,8 @@ impl RoomStore for RocksStore {
     }
 
     async fn alias(&self, alias: &str) -> StorageResult<Option<(String, String)>> {
-        Ok(
-            get_json::<AliasRecord>(&self.db, cf::ALIASES, alias.as_bytes())?
-                .map(|a| (a.room_id, a.creator)),
-        )
+        Ok(get_json::<AliasRecord>(&self.db, cf::ALIASES, alias.as_bytes())?
+            .map(|a| (a.room_id, a.creator)))
     }
 
     async fn delete_alias(&self, alias: &str) -> StorageResult<()> {

@@ -1,0 +1,120 @@
+//! Per-user data with its own stream: account data (global and per room) and filters.
+//!
+//! Account data has a stream position of its own (the second part of sync tokens). Writes
+//! are serialised so positions become visible in order, then the user's syncs are woken.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ruma::{RoomId, UserId};
+use serde_json::Value;
+use serde_json::value::to_raw_value;
+
+use crate::error::{Error, Result};
+use crate::rooms::notify::Notifier;
+use crate::storage::Store;
+use crate::storage::users::AccountDataRecord;
+
+/// Largest account-data content accepted, in bytes of JSON.
+const MAX_ACCOUNT_DATA_BYTES: usize = 65_536;
+
+pub struct UserData {
+    store: Arc<dyn Store>,
+    notifier: Arc<Notifier>,
+    position: AtomicU64,
+    write: tokio::sync::Mutex<()>,
+}
+
+impl UserData {
+    pub async fn load(store: Arc<dyn Store>, notifier: Arc<Notifier>) -> Result<Self> {
+        let pos = store.max_account_data_pos().await?;
+        Ok(Self {
+            store,
+            notifier,
+            position: AtomicU64::new(pos),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The account-data stream position everything up to which is visible.
+    pub fn current(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    pub async fn set_account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
+        if !content.is_object() {
+            return Err(Error::BadJson("Account data must be a JSON object".into()));
+        }
+        let content = to_raw_value(&content).map_err(|e| Error::BadJson(e.to_string()))?;
+        if content.get().len() > MAX_ACCOUNT_DATA_BYTES {
+            return Err(Error::TooLarge);
+        }
+        let _guard = self.write.lock().await;
+        let pos = self.current() + 1;
+        let record = AccountDataRecord {
+            room_id: room.map(|r| r.to_string()),
+            kind: kind.to_owned(),
+            content,
+            pos,
+        };
+        self.store.set_account_data(user.as_str(), record).await?;
+        self.position.store(pos, Ordering::Release);
+        self.notifier.wake([user], pos);
+        Ok(())
+    }
+
+    pub async fn account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+    ) -> Result<Option<Value>> {
+        let room = room.map(|r| r.as_str());
+        Ok(self
+            .store
+            .account_data(user.as_str())
+            .await?
+            .into_iter()
+            .find(|r| r.room_id.as_deref() == room && r.kind == kind)
+            .and_then(|r| serde_json::from_str(r.content.get()).ok()))
+    }
+
+    /// Entries changed after `since` (all of them for `None`), up to `until`.
+    pub async fn changed(
+        &self,
+        user: &UserId,
+        since: Option<u64>,
+        until: u64,
+    ) -> Result<Vec<AccountDataRecord>> {
+        Ok(self
+            .store
+            .account_data(user.as_str())
+            .await?
+            .into_iter()
+            .filter(|r| since.is_none_or(|s| r.pos > s) && r.pos <= until)
+            .collect())
+    }
+
+    pub async fn create_filter(&self, user: &UserId, definition: &Value) -> Result<String> {
+        let json = serde_json::to_string(definition).map_err(|e| Error::BadJson(e.to_string()))?;
+        if json.len() > MAX_ACCOUNT_DATA_BYTES {
+            return Err(Error::TooLarge);
+        }
+        Ok(self.store.create_filter(user.as_str(), json).await?.to_string())
+    }
+
+    pub async fn filter(&self, user: &UserId, id: &str) -> Result<Option<Value>> {
+        let Ok(id) = id.parse::<u64>() else { return Ok(None) };
+        Ok(self
+            .store
+            .filter(user.as_str(), id)
+            .await?
+            .and_then(|json| serde_json::from_str(&json).ok()))
+    }
+}

@@ -1,0 +1,112 @@
+//! [`UserDataStore`] on RocksDB.
+
+use async_trait::async_trait;
+use rocksdb::IteratorMode;
+
+use super::{
+    RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, synced,
+};
+use crate::storage::users::{AccountDataRecord, UserDataStore};
+use crate::storage::{StorageError, StorageResult, UserRecord};
+
+fn account_data_key(user_id: &str, room_id: Option<&str>, kind: &str) -> Vec<u8> {
+    key(&[user_id.as_bytes(), room_id.unwrap_or("").as_bytes(), kind.as_bytes()])
+}
+
+#[async_trait]
+impl UserDataStore for RocksStore {
+    async fn create_filter(&self, user_id: &str, definition: String) -> StorageResult<u64> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let p = prefix(&[user_id.as_bytes()]);
+            let next = keys_with_prefix(db, cf::FILTERS, &p)?
+                .iter()
+                .filter_map(|k| std::str::from_utf8(&k[p.len()..]).ok()?.parse::<u64>().ok())
+                .max()
+                .map_or(0, |m| m + 1);
+            db.put_cf_opt(
+                handle(db, cf::FILTERS)?,
+                key(&[user_id.as_bytes(), next.to_string().as_bytes()]),
+                definition.as_bytes(),
+                &synced(),
+            )?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn filter(&self, user_id: &str, id: u64) -> StorageResult<Option<String>> {
+        let k = key(&[user_id.as_bytes(), id.to_string().as_bytes()]);
+        match self.db.get_cf(handle(&self.db, cf::FILTERS)?, k)? {
+            Some(v) => String::from_utf8(v)
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt { what: cf::FILTERS, detail: e.to_string() }),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_account_data(
+        &self,
+        user_id: &str,
+        record: AccountDataRecord,
+    ) -> StorageResult<()> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |db, _| {
+            let k = account_data_key(&user_id, record.room_id.as_deref(), &record.kind);
+            db.put_cf_opt(handle(db, cf::ACCOUNT_DATA)?, k, encode(&record), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataRecord>> {
+        let p = prefix(&[user_id.as_bytes()]);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            handle(&self.db, cf::ACCOUNT_DATA)?,
+            IteratorMode::From(&p, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            out.push(decode(cf::ACCOUNT_DATA, &v)?);
+        }
+        Ok(out)
+    }
+
+    async fn max_account_data_pos(&self) -> StorageResult<u64> {
+        let mut max = 0;
+        for item in self.db.iterator_cf(handle(&self.db, cf::ACCOUNT_DATA)?, IteratorMode::Start) {
+            let (_, v) = item?;
+            let record: AccountDataRecord = decode(cf::ACCOUNT_DATA, &v)?;
+            max = max.max(record.pos);
+        }
+        Ok(max)
+    }
+
+    async fn set_profile(
+        &self,
+        localpart: &str,
+        displayname: Option<Option<String>>,
+        avatar_url: Option<Option<String>>,
+    ) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut user: UserRecord =
+                get_json(db, cf::USERS, localpart.as_bytes())?.ok_or(StorageError::NotFound)?;
+            if let Some(d) = displayname {
+                user.displayname = d;
+            }
+            if let Some(a) = avatar_url {
+                user.avatar_url = a;
+            }
+            db.put_cf_opt(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+}
