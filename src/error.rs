@@ -44,6 +44,9 @@ pub enum Error {
     UnsupportedRoomVersion(String),
     #[error("Room alias already taken")]
     RoomInUse,
+    /// The resource exists already (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The request conflicts with the current state (e.g. forgetting a joined room).
     #[error("{0}")]
     BadState(String),

@@ -50,7 +50,11 @@ async fn room_account_data_appears_under_the_room() {
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;
     let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
-    let path = format!("/_matrix/client/v3/user/{}/rooms/{}/account_data/m.tag", enc(&alice.user_id), enc(&room));
+    let path = format!(
+        "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.tag",
+        enc(&alice.user_id),
+        enc(&room)
+    );
     assert_eq!(s.put(&path, alice.token(), json!({"tags": {"u.work": {}}})).await.0, 200);
     let body = s.sync(&alice, Some(&since), 0).await;
     let events = &body["rooms"]["join"][&room]["account_data"]["events"];
@@ -74,7 +78,8 @@ async fn a_new_display_name_reaches_the_profile_and_member_events() {
     let bob = s.register("bob", "bob-password").await;
     let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
     s.join(&bob, &room).await;
-    let (_, profile) = s.get(&format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id)), None).await;
+    let (_, profile) =
+        s.get(&format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id)), None).await;
     assert_eq!(profile["displayname"], "alice", "defaults to the localpart");
 
     let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id));
@@ -82,16 +87,30 @@ async fn a_new_display_name_reaches_the_profile_and_member_events() {
     let (_, name) = s.get(&path, None).await;
     assert_eq!(name["displayname"], "Alice A.");
     let (_, member) = s
-        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&alice.user_id)), bob.token())
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&alice.user_id)
+            ),
+            bob.token(),
+        )
         .await;
     assert_eq!(member["displayname"], "Alice A.");
     assert_eq!(member["membership"], "join");
 
     let avatar = format!("/_matrix/client/v3/profile/{}/avatar_url", enc(&alice.user_id));
-    assert_eq!(s.put(&avatar, alice.token(), json!({"avatar_url": "mxc://test.local/abc"})).await.0, 200);
+    assert_eq!(
+        s.put(&avatar, alice.token(), json!({"avatar_url": "mxc://test.local/abc"})).await.0,
+        200
+    );
     let (_, got) = s.get(&avatar, None).await;
     assert_eq!(got["avatar_url"], "mxc://test.local/abc");
 
     assert_error(&s.put(&path, bob.token(), json!({"displayname": "x"})).await, 403, "M_FORBIDDEN");
-    assert_error(&s.get("/_matrix/client/v3/profile/%40nobody%3Atest.local", None).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &s.get("/_matrix/client/v3/profile/%40nobody%3Atest.local", None).await,
+        404,
+        "M_NOT_FOUND",
+    );
 }

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod devices;
+pub mod directory;
 pub mod discovery;
 pub mod rooms;
 pub mod sync;
@@ -95,6 +96,35 @@ pub fn client_routes() -> Router<AppState> {
         r,
         user_data::get_room_account_data,
     );
+    let r =
+        route::<ruma::api::client::alias::get_alias::v3::Request, _, _>(r, directory::get_alias);
+    let r = route::<ruma::api::client::alias::create_alias::v3::Request, _, _>(
+        r,
+        directory::create_alias,
+    );
+    let r = route::<ruma::api::client::alias::delete_alias::v3::Request, _, _>(
+        r,
+        directory::delete_alias,
+    );
+    let r = route::<room::aliases::v3::Request, _, _>(r, directory::room_aliases);
+    let r = route::<ruma::api::client::directory::get_room_visibility::v3::Request, _, _>(
+        r,
+        directory::get_visibility,
+    );
+    let r = route::<ruma::api::client::directory::set_room_visibility::v3::Request, _, _>(
+        r,
+        directory::set_visibility,
+    );
+    let r = route::<ruma::api::client::directory::get_public_rooms::v3::Request, _, _>(
+        r,
+        directory::public_rooms,
+    );
+    let r = route::<ruma::api::client::directory::get_public_rooms_filtered::v3::Request, _, _>(
+        r,
+        directory::public_rooms_filtered,
+    );
+    let r = route::<ruma::api::client::context::get_context::v3::Request, _, _>(r, rooms::context);
+    let r = route::<room::get_event_by_timestamp::v1::Request, _, _>(r, rooms::timestamp_to_event);
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
         r = r

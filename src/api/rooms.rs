@@ -3,13 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use ruma::api::Direction;
+use ruma::api::client::context::get_context;
 use ruma::api::client::membership::{
     ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
     join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
 };
 use ruma::api::client::message::{get_message_events, send_message_event};
 use ruma::api::client::redact::redact_event;
-use ruma::api::client::room::{create_room, get_room_event};
+use ruma::api::client::room::{create_room, get_event_by_timestamp, get_room_event};
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::{OwnedRoomId, RoomId, UserId};
@@ -20,7 +21,12 @@ use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma, RumaResponse};
 use crate::rooms::create::{CreateRoom, Preset};
 use crate::rooms::pdu::NewEvent;
-use crate::rooms::{Rooms, Txn};
+use crate::rooms::pdu::Pdu;
+use crate::rooms::{Room, Rooms, Txn};
+use crate::services::Services;
+use crate::services::accounts::Identity;
+use crate::storage::rooms::EventRecord;
+use std::sync::Arc;
 
 /// Pagination and sync tokens: `s<stream position>`.
 pub fn parse_token(token: &str) -> Result<u64> {
@@ -410,6 +416,145 @@ pub async fn event(
     )))
 }
 
+/// The last stream position of the room the user may read: everything for members, history up
+/// to their departure for former members, nothing (403) for others.
+async fn readable_until(s: &Services, room: &Room, user: &UserId) -> Result<u64> {
+    match room.membership_of(user).as_deref() {
+        Some("join") => Ok(u64::MAX),
+        Some("leave" | "ban") => {
+            let memberships = s.rooms.store().user_memberships(user.as_str()).await?;
+            Ok(memberships
+                .into_iter()
+                .find(|(r, _)| r == room.id.as_str())
+                .map_or(0, |(_, m)| m.pos))
+        }
+        _ => Err(Error::Forbidden("You are not in this room".into())),
+    }
+}
+
+fn room_or_forbidden(s: &Services, room_id: &RoomId) -> Result<Arc<Room>> {
+    s.rooms.get(room_id).ok_or_else(|| Error::Forbidden("You are not in this room".into()))
+}
+
+/// An event as `who` sees it (their own transaction ID echoed to the sending device).
+fn client_view(room: &Room, record: &EventRecord, pdu: &Pdu, who: &Identity) -> Value {
+    let txn = record
+        .txn
+        .as_ref()
+        .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str())
+        .map(|(_, t)| t.as_str());
+    pdu.to_client(&room.rules.redaction, record.redacted_by.is_some(), txn, true)
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}`.
+pub async fn context(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_context::v3::Request>,
+) -> Result<Json<Value>> {
+    let room = room_or_forbidden(&s, &req.room_id)?;
+    let until = readable_until(&s, &room, &who.user_id).await?;
+    let (record, pdu) = s
+        .rooms
+        .event(req.event_id.as_str())
+        .await?
+        .filter(|(r, _)| r.room_id == room.id.as_str() && r.pos <= until)
+        .ok_or_else(|| Error::NotFound("Event not found".into()))?;
+    let limit = usize::try_from(u64::from(req.limit)).unwrap_or(10).min(100);
+    let before_n = limit / 2;
+    let after_n = limit - before_n;
+    let store = s.rooms.store();
+    let before =
+        store.room_events(room.id.as_str(), None, Some(record.pos), true, before_n).await?;
+    let after = store
+        .room_events(
+            room.id.as_str(),
+            Some(record.pos),
+            Some(until.saturating_add(1)),
+            false,
+            after_n,
+        )
+        .await?;
+    let mut events_before = Vec::new();
+    for (_, id) in &before {
+        if let Some((r, p)) = s.rooms.event(id).await? {
+            events_before.push(client_view(&room, &r, &p, &who));
+        }
+    }
+    let mut events_after = Vec::new();
+    for (_, id) in &after {
+        if let Some((r, p)) = s.rooms.event(id).await? {
+            events_after.push(client_view(&room, &r, &p, &who));
+        }
+    }
+    let start = before.last().map_or(record.pos, |(pos, _)| *pos).saturating_sub(1);
+    let end = after.last().map_or(record.pos, |(pos, _)| *pos);
+    let last_group = match after.last() {
+        Some((_, id)) => store.event(id).await?.map_or(record.state_group, |r| r.state_group),
+        None => record.state_group,
+    };
+    let state_ids = crate::rooms::state::group_ids(store, last_group).await?;
+    let mut state = Vec::with_capacity(state_ids.len());
+    for id in state_ids.values() {
+        if let Some((r, p)) = s.rooms.event(id).await? {
+            state.push(client_view(&room, &r, &p, &who));
+        }
+    }
+    Ok(Json(json!({
+        "event": client_view(&room, &record, &pdu, &who),
+        "events_before": events_before,
+        "events_after": events_after,
+        "start": token(start),
+        "end": token(end),
+        "state": state,
+    })))
+}
+
+/// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` in direction `dir`.
+/// Walks the room's timeline (events are in stream order, and so, for this server's own
+/// events, in timestamp order).
+pub async fn timestamp_to_event(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
+    let room = room_or_forbidden(&s, &req.room_id)?;
+    let until = readable_until(&s, &room, &who.user_id).await?;
+    let target: u64 = req.ts.get().into();
+    let forward = req.dir == Direction::Forward;
+    let store = s.rooms.store();
+    // Forward: an exclusive lower bound; backward: an exclusive upper bound.
+    let mut lower: Option<u64> = None;
+    let mut upper: u64 = until.saturating_add(1);
+    loop {
+        let batch = if forward {
+            store
+                .room_events(room.id.as_str(), lower, Some(until.saturating_add(1)), false, 256)
+                .await?
+        } else {
+            store.room_events(room.id.as_str(), None, Some(upper), true, 256).await?
+        };
+        if batch.is_empty() {
+            return Err(Error::NotFound("No event found in that direction".into()));
+        }
+        for (pos, id) in &batch {
+            if forward {
+                lower = Some(*pos);
+            } else {
+                upper = *pos;
+            }
+            let Some((_, pdu)) = s.rooms.event(id).await? else { continue };
+            let ts: u64 = pdu.origin_server_ts.get().into();
+            if (forward && ts >= target) || (!forward && ts <= target) {
+                return Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
+                    pdu.event_id,
+                    pdu.origin_server_ts,
+                )));
+            }
+        }
+    }
+}
+
 /// `GET /rooms/{roomId}/messages`.
 pub async fn messages(
     State(s): State<AppState>,
@@ -420,15 +565,7 @@ pub async fn messages(
         .rooms
         .get(&req.room_id)
         .ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
-    // Members see everything; former members see history up to their departure.
-    let visible_until = match room.membership_of(&who.user_id).as_deref() {
-        Some("join") => u64::MAX,
-        Some("leave" | "ban") => {
-            let memberships = s.rooms.store().user_memberships(who.user_id.as_str()).await?;
-            memberships.into_iter().find(|(r, _)| r == room.id.as_str()).map_or(0, |(_, m)| m.pos)
-        }
-        _ => return Err(Error::Forbidden("You are not in this room".into())),
-    };
+    let visible_until = readable_until(&s, &room, &who.user_id).await?;
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(10).clamp(1, 1000);
     let backwards = req.dir == Direction::Backward;
     let from = match &req.from {

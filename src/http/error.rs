@@ -34,6 +34,7 @@ impl Error {
             Error::Unauthorized(_) => (S::UNAUTHORIZED, "M_UNAUTHORIZED"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
+            Error::Conflict(_) => (S::CONFLICT, "M_UNKNOWN"),
             Error::BadState(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),

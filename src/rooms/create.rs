@@ -171,6 +171,9 @@ impl Rooms {
                 Err(e) => return Err(e.into()),
             }
         }
+        if req.public {
+            self.store().set_published(room_id.as_str(), true).await?;
+        }
         tracing::info!(%room_id, %creator, %version, "room created");
         Ok(room_id)
     }

@@ -9,6 +9,7 @@
 
 pub mod commit;
 pub mod create;
+pub mod directory;
 pub mod membership;
 pub mod notify;
 pub mod pdu;

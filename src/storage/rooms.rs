@@ -151,4 +151,9 @@ pub trait RoomStore: Send + Sync {
     async fn delete_alias(&self, alias: &str) -> StorageResult<()>;
 
     async fn room_aliases(&self, room_id: &str) -> StorageResult<Vec<String>>;
+
+    /// Publishes a room in (or removes it from) the room directory.
+    async fn set_published(&self, room_id: &str, published: bool) -> StorageResult<()>;
+
+    async fn published_rooms(&self) -> StorageResult<Vec<String>>;
 }

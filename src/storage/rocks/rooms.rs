@@ -306,4 +306,27 @@ impl RoomStore for RocksStore {
             .map(|k| utf8(cf::ROOM_ALIASES, &k[p.len()..]))
             .collect()
     }
+
+    async fn set_published(&self, room_id: &str, published: bool) -> StorageResult<()> {
+        let room_id = room_id.to_owned();
+        self.blocking(move |db, _| {
+            let cf = handle(db, cf::PUBLIC_ROOMS)?;
+            if published {
+                db.put_cf_opt(cf, room_id.as_bytes(), b"{}", &synced())?;
+            } else {
+                db.delete_cf_opt(cf, room_id.as_bytes(), &synced())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn published_rooms(&self) -> StorageResult<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(handle(&self.db, cf::PUBLIC_ROOMS)?, IteratorMode::Start) {
+            let (k, _) = item?;
+            out.push(utf8(cf::PUBLIC_ROOMS, &k)?);
+        }
+        Ok(out)
+    }
 }

@@ -1,0 +1,183 @@
+//! Room aliases, the room directory and power-level lookups they need.
+
+use ruma::events::StateEventType;
+use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::{Room, Rooms};
+use crate::error::{Error, Result};
+use crate::storage::StorageError;
+
+impl Room {
+    /// The user's power level; room creators of v12+ rooms rank above every level.
+    pub fn power_level_of(&self, user: &UserId) -> i64 {
+        if self.rules.authorization.explicitly_privilege_room_creators
+            && let Some(create) = self.state_event(&StateEventType::RoomCreate, "")
+        {
+            let extra: Vec<String> = create
+                .content_as::<Value>()
+                .and_then(|c| c.get("additional_creators").cloned())
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            if create.sender == user || extra.iter().any(|u| u == user.as_str()) {
+                return i64::MAX;
+            }
+        }
+        match self.state_event(&StateEventType::RoomPowerLevels, "") {
+            Some(pl) => {
+                let c: Value = pl.content_as().unwrap_or_default();
+                c["users"][user.as_str()]
+                    .as_i64()
+                    .or_else(|| c["users_default"].as_i64())
+                    .unwrap_or(0)
+            }
+            // Without power levels, the creator has 100 and everyone else 0.
+            None => match self.state_event(&StateEventType::RoomCreate, "") {
+                Some(create) if create.sender == user => 100,
+                _ => 0,
+            },
+        }
+    }
+
+    /// The power level needed to send a state event of `kind`.
+    pub fn state_level(&self, kind: &str) -> i64 {
+        match self.state_event(&StateEventType::RoomPowerLevels, "") {
+            Some(pl) => {
+                let c: Value = pl.content_as().unwrap_or_default();
+                c["events"][kind].as_i64().or_else(|| c["state_default"].as_i64()).unwrap_or(50)
+            }
+            None => 0,
+        }
+    }
+
+    fn content_str(&self, kind: StateEventType, field: &str) -> Option<String> {
+        self.state_event(&kind, "")
+            .and_then(|p| p.content_as::<Value>())
+            .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// The room's entry in the public room directory.
+    pub fn directory_entry(&self) -> Value {
+        let joined = self.joined().len();
+        let mut entry = json!({
+            "room_id": self.id,
+            "num_joined_members": joined,
+            "world_readable": self.content_str(StateEventType::RoomHistoryVisibility, "history_visibility").as_deref() == Some("world_readable"),
+            "guest_can_join": self.content_str(StateEventType::RoomGuestAccess, "guest_access").as_deref() == Some("can_join"),
+            "join_rule": self.content_str(StateEventType::RoomJoinRules, "join_rule").unwrap_or_else(|| "invite".into()),
+        });
+        for (key, kind, field) in [
+            ("name", StateEventType::RoomName, "name"),
+            ("topic", StateEventType::RoomTopic, "topic"),
+            ("canonical_alias", StateEventType::RoomCanonicalAlias, "alias"),
+            ("avatar_url", StateEventType::RoomAvatar, "url"),
+            ("room_type", StateEventType::RoomCreate, "type"),
+        ] {
+            if let Some(v) = self.content_str(kind, field) {
+                entry[key] = json!(v);
+            }
+        }
+        entry
+    }
+}
+
+impl Rooms {
+    pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
+        let (room_id, _) = self
+            .store()
+            .alias(alias.as_str())
+            .await?
+            .ok_or_else(|| Error::NotFound("Room alias not found".into()))?;
+        room_id.try_into().map_err(|e| Error::Internal(format!("stored room ID: {e}")))
+    }
+
+    /// `PUT /directory/room/{alias}`: members may point a local alias at their room.
+    pub async fn create_alias(
+        &self,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<()> {
+        if alias.server_name() != self.server_name() {
+            return Err(Error::InvalidParam("Aliases must be on this server".into()));
+        }
+        self.require_joined(room_id, user)?;
+        match self.store().create_alias(alias.as_str(), room_id.as_str(), user.as_str()).await {
+            Ok(()) => Ok(()),
+            Err(StorageError::AlreadyExists) => {
+                Err(Error::Conflict("Room alias already exists".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `DELETE /directory/room/{alias}`: its creator, or a member allowed to change the
+    /// room's canonical alias.
+    pub async fn delete_alias(&self, alias: &RoomAliasId, user: &UserId) -> Result<()> {
+        let (room_id, creator) = self
+            .store()
+            .alias(alias.as_str())
+            .await?
+            .ok_or_else(|| Error::NotFound("Room alias not found".into()))?;
+        let allowed = creator == user.as_str()
+            || RoomId::parse(&room_id).ok().and_then(|id| self.get(&id)).is_some_and(|room| {
+                room.membership_of(user).as_deref() == Some("join")
+                    && room.power_level_of(user) >= room.state_level("m.room.canonical_alias")
+            });
+        if !allowed {
+            return Err(Error::Forbidden("You may not delete this alias".into()));
+        }
+        match self.store().delete_alias(alias.as_str()).await {
+            Ok(()) | Err(StorageError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `PUT /directory/list/room/{roomId}`: members allowed to change the canonical alias
+    /// decide whether the room is listed.
+    pub async fn set_published(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        published: bool,
+    ) -> Result<()> {
+        let room = self.require_joined(room_id, user)?;
+        if room.power_level_of(user) < room.state_level("m.room.canonical_alias") {
+            return Err(Error::Forbidden("You may not change the room's visibility".into()));
+        }
+        Ok(self.store().set_published(room_id.as_str(), published).await?)
+    }
+
+    pub async fn is_published(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.store().published_rooms().await?.iter().any(|r| r == room_id.as_str()))
+    }
+
+    /// The public room directory, most joined first, optionally filtered by a search term.
+    pub async fn public_rooms(&self, search: Option<&str>) -> Result<Vec<Value>> {
+        let search = search.map(str::to_lowercase);
+        let mut entries: Vec<Value> = Vec::new();
+        for id in self.store().published_rooms().await? {
+            let Some(room) = RoomId::parse(&id).ok().and_then(|id| self.get(&id)) else { continue };
+            let entry = room.directory_entry();
+            if let Some(term) = &search {
+                let hay = ["name", "topic", "canonical_alias"]
+                    .iter()
+                    .filter_map(|k| entry[*k].as_str())
+                    .map(str::to_lowercase)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if !hay.contains(term.as_str()) {
+                    continue;
+                }
+            }
+            entries.push(entry);
+        }
+        entries.sort_by(|a, b| {
+            b["num_joined_members"]
+                .as_u64()
+                .cmp(&a["num_joined_members"].as_u64())
+                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+        });
+        Ok(entries)
+    }
+}
