@@ -87,20 +87,33 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
         }
     });
 
-    let app = http::app(services.clone(), metrics.clone());
-    let mut servers = tokio::task::JoinSet::new();
+    // Bind every listener before serving any, so that a client who can reach one can
+    // reach all of them.
+    let mut listeners = Vec::new();
     for addr in &config.http.listen {
         let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(*addr, e))?;
-        tracing::info!(%addr, "listening");
-        let app = app.clone().into_make_service_with_connect_info::<SocketAddr>();
+        listeners.push((*addr, listener));
+    }
+    let metrics_listener = match (config.metrics.listen, metrics.clone()) {
+        (Some(addr), Some(handle)) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
+            Some((addr, listener, handle))
+        }
+        _ => None,
+    };
+
+    let app = http::app(services.clone(), metrics);
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some((addr, listener, handle)) = metrics_listener {
+        tracing::info!(%addr, path = %config.metrics.path, "metrics listening");
+        let app = http::metrics_app(&config.metrics.path, handle);
         servers.spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
         });
     }
-    if let (Some(addr), Some(handle)) = (config.metrics.listen, metrics) {
-        let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
-        tracing::info!(%addr, path = %config.metrics.path, "metrics listening");
-        let app = http::metrics_app(&config.metrics.path, handle);
+    for (addr, listener) in listeners {
+        tracing::info!(%addr, "listening");
+        let app = app.clone().into_make_service_with_connect_info::<SocketAddr>();
         servers.spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
         });

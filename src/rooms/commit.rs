@@ -6,6 +6,9 @@
 //!
 //! - **Architecture Invariant.** Stream positions are assigned and become visible in order:
 //!   a reader that sees position P has every event ≤ P available. No gaps, no reordering.
+//! - **Architecture Invariant.** Each request's `apply` (the in-memory caches: room state,
+//!   head, memberships) runs after its fsync and *before* the position is published, so a
+//!   reader that sees position P also sees caches that include every event ≤ P.
 //! - An event is acknowledged only after the fsync that made it durable (kill -9 safe).
 //! - Many events share one fsync under load, so throughput is not bound by the disk's
 //!   flush latency.
@@ -21,8 +24,12 @@ use crate::storage::rooms::EventWrite;
 /// Most events written in one batch.
 const MAX_BATCH: usize = 1024;
 
+/// Updates in-memory state once the events are durable; gets the last event's position.
+pub type Apply = Box<dyn FnOnce(u64) + Send>;
+
 struct Request {
     writes: Vec<EventWrite>,
+    apply: Apply,
     done: oneshot::Sender<Result<u64>>,
 }
 
@@ -44,10 +51,10 @@ impl Committer {
 
     /// Persists the events (in order, one room's events contiguous) and returns the stream
     /// position of the last one once it is durable.
-    pub async fn commit(&self, writes: Vec<EventWrite>) -> Result<u64> {
+    pub async fn commit(&self, writes: Vec<EventWrite>, apply: Apply) -> Result<u64> {
         let (done, rx) = oneshot::channel();
         self.queue
-            .send(Request { writes, done })
+            .send(Request { writes, apply, done })
             .map_err(|_| Error::Internal("event committer stopped".into()))?;
         rx.await.map_err(|_| Error::Internal("event committer stopped".into()))?
     }
@@ -96,9 +103,14 @@ async fn run(
         match result {
             Ok(()) => {
                 last_pos += n;
-                position.send_replace(last_pos);
+                let mut answers = Vec::with_capacity(requests.len());
                 for (r, end) in requests.into_iter().zip(ends) {
-                    let _ = r.done.send(Ok(end));
+                    (r.apply)(end);
+                    answers.push((r.done, end));
+                }
+                position.send_replace(last_pos);
+                for (done, end) in answers {
+                    let _ = done.send(Ok(end));
                 }
             }
             Err(e) => {

@@ -104,7 +104,7 @@ pub struct Rooms {
     pub notifier: Arc<Notifier>,
     rooms: RwLock<HashMap<OwnedRoomId, Arc<Room>>>,
     /// `user → rooms they have a membership in`.
-    user_rooms: RwLock<HashMap<OwnedUserId, HashSet<OwnedRoomId>>>,
+    user_rooms: Arc<RwLock<HashMap<OwnedUserId, HashSet<OwnedRoomId>>>>,
     next_state_group: AtomicU64,
 }
 
@@ -172,7 +172,7 @@ impl Rooms {
             store,
             notifier: Arc::new(Notifier::default()),
             rooms: RwLock::new(rooms),
-            user_rooms: RwLock::new(user_rooms),
+            user_rooms: Arc::new(RwLock::new(user_rooms)),
             next_state_group: AtomicU64::new(next_group),
         })
     }
@@ -293,8 +293,10 @@ impl Rooms {
         });
         // Hold the room's lock from before it is visible until its initial events are in.
         let guard = room.write.lock().await;
-        let pos = self.committer.commit(vec![write]).await?;
-        room.inner.write().head.last_pos = pos;
+        let applied = room.clone();
+        self.committer
+            .commit(vec![write], Box::new(move |pos| applied.inner.write().head.last_pos = pos))
+            .await?;
         self.rooms.write().insert(room_id.clone(), room.clone());
         for event in events {
             self.append_locked(&room, creator, event, None).await?;
@@ -452,23 +454,29 @@ impl Rooms {
             }),
             redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
         };
-        let pos = self.committer.commit(vec![write]).await?;
-
-        // Durable: update the caches, then wake whoever must see it.
+        // Once durable, and before the position is visible: update the caches.
         let mut members = inner.members.clone();
+        let mut new_member = None;
         if let Some((user, m)) = &membership
             && let Ok(user) = OwnedUserId::try_from(user.as_str())
         {
             Arc::make_mut(&mut members).insert(user.clone(), m.clone());
-            self.user_rooms.write().entry(user).or_default().insert(room.id.clone());
+            new_member = Some(user);
         }
-        {
-            let mut w = room.inner.write();
+        let (applied, user_rooms, cached_members) =
+            (room.clone(), self.user_rooms.clone(), members.clone());
+        let apply: commit::Apply = Box::new(move |pos| {
+            if let Some(user) = new_member {
+                user_rooms.write().entry(user).or_default().insert(applied.id.clone());
+            }
+            let mut w = applied.inner.write();
             w.head = RoomHead { last_pos: pos, ..head };
             w.state = state;
             w.chain_len = chain_len;
-            w.members = members.clone();
-        }
+            w.members = cached_members;
+        });
+        let pos = self.committer.commit(vec![write], apply).await?;
+
         // Members with any membership: joined users see the event; invitees and leavers
         // see their own membership change.
         let to_wake: Vec<&UserId> = members
