@@ -337,3 +337,42 @@ async fn rooms_and_events_survive_kill_9() {
     let (_, again) = s.send_text(&alice, &room, "t1", "keep me").await;
     assert_eq!(again["event_id"], sent["event_id"]);
 }
+
+#[tokio::test]
+async fn concurrent_retries_of_one_transaction_store_one_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = s.client.clone();
+        let url =
+            format!("{}/_matrix/client/v3/rooms/{}/send/m.room.message/racy", s.base, enc(&room));
+        let token = alice.access_token.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = client
+                .put(url)
+                .bearer_auth(token)
+                .json(&json!({"msgtype": "m.text", "body": "once"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<serde_json::Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned()
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "every retry must get the same event ID");
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            alice.token(),
+        )
+        .await;
+    let count =
+        msgs["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "once").count();
+    assert_eq!(count, 1);
+}

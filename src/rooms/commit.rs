@@ -33,6 +33,15 @@ struct Request {
     done: oneshot::Sender<Result<u64>>,
 }
 
+/// A submitted request; resolves to its last stream position once durable and visible.
+pub struct Pending(oneshot::Receiver<Result<u64>>);
+
+impl Pending {
+    pub async fn wait(self) -> Result<u64> {
+        self.0.await.map_err(|_| Error::Internal("event committer stopped".into()))?
+    }
+}
+
 /// Hands events to the commit task and tracks the committed stream position.
 #[derive(Clone)]
 pub struct Committer {
@@ -52,11 +61,17 @@ impl Committer {
     /// Persists the events (in order, one room's events contiguous) and returns the stream
     /// position of the last one once it is durable.
     pub async fn commit(&self, writes: Vec<EventWrite>, apply: Apply) -> Result<u64> {
+        self.submit(writes, apply)?.wait().await
+    }
+
+    /// Queues events without waiting: requests are written in submission order, so a room
+    /// can submit its next event before the previous one is durable.
+    pub fn submit(&self, writes: Vec<EventWrite>, apply: Apply) -> Result<Pending> {
         let (done, rx) = oneshot::channel();
         self.queue
             .send(Request { writes, apply, done })
             .map_err(|_| Error::Internal("event committer stopped".into()))?;
-        rx.await.map_err(|_| Error::Internal("event committer stopped".into()))?
+        Ok(Pending(rx))
     }
 
     /// The highest stream position that is durable and visible.
@@ -114,10 +129,19 @@ async fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = n, "committing events failed");
+                // Events queued after these may reference them (rooms build ahead of
+                // durability), so nothing more can be written safely: fail everything from
+                // here on. RocksDB also turns read-only after a failed write.
+                tracing::error!(error = %e, events = n, "committing events failed; refusing further writes");
                 for r in requests {
                     let _ = r.done.send(Err(Error::Internal(format!("storing events: {e}"))));
                 }
+                rx.close();
+                while let Some(r) = rx.recv().await {
+                    let _ =
+                        r.done.send(Err(Error::Internal("event storage failed earlier".into())));
+                }
+                return;
             }
         }
     }

@@ -43,9 +43,13 @@ pub struct Room {
     pub id: OwnedRoomId,
     pub version: RoomVersionId,
     pub rules: RoomVersionRules,
-    /// Held while an event is created: one event at a time per room.
-    write: tokio::sync::Mutex<()>,
+    /// The builder's view of the room (including events submitted but not yet durable),
+    /// held while an event is created: one event at a time per room.
+    write: tokio::sync::Mutex<RoomInner>,
+    /// The published view: events up to the visible stream position.
     inner: RwLock<RoomInner>,
+    /// Transaction IDs of events submitted but not yet durable.
+    pending_txns: parking_lot::Mutex<HashMap<TxnKey, OwnedEventId>>,
 }
 
 #[derive(Clone)]
@@ -108,6 +112,14 @@ pub struct Rooms {
     next_state_group: AtomicU64,
 }
 
+/// A built, signed and authorised event, ready to be submitted.
+struct Prepared {
+    event_id: OwnedEventId,
+    write: EventWrite,
+    apply: commit::Apply,
+    wake: Vec<OwnedUserId>,
+}
+
 /// Where an append came from, for idempotency.
 pub struct Txn<'a> {
     pub localpart: &'a str,
@@ -149,17 +161,15 @@ impl Rooms {
                 }
             }
             last_pos = last_pos.max(head.last_pos);
+            let view =
+                RoomInner { head, state: Arc::new(state), chain_len, members: Arc::new(members) };
             let room = Room {
                 id: id.clone(),
                 version,
                 rules,
-                write: tokio::sync::Mutex::new(()),
-                inner: RwLock::new(RoomInner {
-                    head,
-                    state: Arc::new(state),
-                    chain_len,
-                    members: Arc::new(members),
-                }),
+                write: tokio::sync::Mutex::new(view.clone()),
+                inner: RwLock::new(view),
+                pending_txns: parking_lot::Mutex::new(HashMap::new()),
             };
             rooms.insert(id, Arc::new(room));
         }
@@ -279,33 +289,49 @@ impl Rooms {
             txn: None,
             redacts: None,
         };
+        let view = RoomInner {
+            head,
+            state: Arc::new(state),
+            chain_len: 0,
+            members: Arc::new(HashMap::new()),
+        };
         let room = Arc::new(Room {
             id: room_id.clone(),
             version,
             rules,
-            write: tokio::sync::Mutex::new(()),
-            inner: RwLock::new(RoomInner {
-                head,
-                state: Arc::new(state),
-                chain_len: 0,
-                members: Arc::new(HashMap::new()),
-            }),
+            write: tokio::sync::Mutex::new(view.clone()),
+            inner: RwLock::new(view),
+            pending_txns: parking_lot::Mutex::new(HashMap::new()),
         });
-        // Hold the room's lock from before it is visible until its initial events are in.
-        let guard = room.write.lock().await;
+        // Build and check every initial event first: a refused one (a bad power-level
+        // override, say) leaves no half-created room behind. Then one request writes all.
+        let mut builder = room.write.lock().await;
+        let mut writes = vec![write];
         let applied = room.clone();
-        self.committer
-            .commit(vec![write], Box::new(move |pos| applied.inner.write().head.last_pos = pos))
-            .await?;
-        self.rooms.write().insert(room_id.clone(), room.clone());
+        let mut applies: Vec<commit::Apply> =
+            vec![Box::new(move |pos| applied.inner.write().head.last_pos = pos)];
+        let mut wake: Vec<OwnedUserId> = Vec::new();
         for event in events {
-            self.append_locked(&room, creator, event, None).await?;
+            let prepared = self.prepare(&room, &mut builder, creator, event, None)?;
+            writes.push(prepared.write);
+            applies.push(prepared.apply);
+            wake.extend(prepared.wake);
         }
-        drop(guard);
+        let n = applies.len() as u64;
+        let apply_all: commit::Apply = Box::new(move |last| {
+            for (i, apply) in applies.into_iter().enumerate() {
+                apply(last + 1 + i as u64 - n);
+            }
+        });
+        let pending = self.committer.submit(writes, apply_all)?;
+        self.rooms.write().insert(room_id.clone(), room.clone());
+        drop(builder);
+        let pos = pending.wait().await?;
+        self.notifier.wake(wake.iter().map(|u| u.as_ref()), pos);
         Ok(room_id)
     }
 
-    /// Appends an event to a room on behalf of `sender`.
+    /// Appends an event to a room on behalf of `sender`; returns once it is durable.
     pub async fn append(
         &self,
         room_id: &RoomId,
@@ -314,31 +340,63 @@ impl Rooms {
         txn: Option<Txn<'_>>,
     ) -> Result<OwnedEventId> {
         let room = self.get(room_id).ok_or_else(|| Error::NotFound("Unknown room".into()))?;
-        let _guard = room.write.lock().await;
-        if let Some(txn) = &txn {
-            let key = TxnKey {
-                localpart: txn.localpart.to_owned(),
-                device_id: txn.device_id.to_owned(),
-                txn_id: txn.txn_id.to_owned(),
-            };
-            if let Some(existing) = self.store.txn_event(&key).await? {
+        let key = txn.as_ref().map(|t| TxnKey {
+            localpart: t.localpart.to_owned(),
+            device_id: t.device_id.to_owned(),
+            txn_id: t.txn_id.to_owned(),
+        });
+        let mut builder = room.write.lock().await;
+        if let Some(key) = &key {
+            if let Some(existing) = self.store.txn_event(key).await? {
                 return existing
                     .try_into()
                     .map_err(|e| Error::Internal(format!("stored event ID: {e}")));
             }
+            if room.pending_txns.lock().contains_key(key) {
+                // The first attempt is still on its way to disk: answer once it is there.
+                drop(builder);
+                return self.wait_for_txn(key).await;
+            }
         }
-        self.append_locked(&room, sender, event, txn).await
+        let prepared = self.prepare(&room, &mut builder, sender, event, txn)?;
+        if let Some(key) = key {
+            room.pending_txns.lock().insert(key, prepared.event_id.clone());
+        }
+        let pending = self.committer.submit(vec![prepared.write], prepared.apply)?;
+        // The next event of this room can be built while this one is written.
+        drop(builder);
+        let pos = pending.wait().await?;
+        self.notifier.wake(prepared.wake.iter().map(|u| u.as_ref()), pos);
+        Ok(prepared.event_id)
     }
 
-    /// The send path proper; the caller holds `room.write`.
-    async fn append_locked(
+    /// Waits until an in-flight transaction's event is durable and returns its ID.
+    async fn wait_for_txn(&self, key: &TxnKey) -> Result<OwnedEventId> {
+        let mut position = self.committer.subscribe();
+        loop {
+            if let Some(existing) = self.store.txn_event(key).await? {
+                return existing
+                    .try_into()
+                    .map_err(|e| Error::Internal(format!("stored event ID: {e}")));
+            }
+            position
+                .changed()
+                .await
+                .map_err(|_| Error::Internal("event committer stopped".into()))?;
+        }
+    }
+
+    /// The send path proper: builds, signs and auth-checks an event against the builder's
+    /// view and advances that view. The caller holds `room.write` and submits the result.
+    fn prepare(
         &self,
         room: &Arc<Room>,
+        builder: &mut RoomInner,
         sender: &UserId,
         event: NewEvent,
         txn: Option<Txn<'_>>,
-    ) -> Result<OwnedEventId> {
-        let inner = room.inner.read().clone();
+    ) -> Result<Prepared> {
+        let inner = builder.clone();
         let rules = &room.rules;
         let content_raw = to_raw_value(&event.content)
             .map_err(|e| Error::BadJson(format!("Invalid content: {e}")))?;
@@ -454,7 +512,6 @@ impl Rooms {
             }),
             redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
         };
-        // Once durable, and before the position is visible: update the caches.
         let mut members = inner.members.clone();
         let mut new_member = None;
         if let Some((user, m)) = &membership
@@ -463,33 +520,36 @@ impl Rooms {
             Arc::make_mut(&mut members).insert(user.clone(), m.clone());
             new_member = Some(user);
         }
-        let (applied, user_rooms, cached_members) =
-            (room.clone(), self.user_rooms.clone(), members.clone());
+        let txn_key = write.txn.clone();
+        let view = RoomInner { head, state, chain_len, members: members.clone() };
+        *builder = view.clone();
+
+        // Once durable, and before the position is visible: update the published caches.
+        let (applied, user_rooms) = (room.clone(), self.user_rooms.clone());
         let apply: commit::Apply = Box::new(move |pos| {
             if let Some(user) = new_member {
                 user_rooms.write().entry(user).or_default().insert(applied.id.clone());
             }
-            let mut w = applied.inner.write();
-            w.head = RoomHead { last_pos: pos, ..head };
-            w.state = state;
-            w.chain_len = chain_len;
-            w.members = cached_members;
+            if let Some(key) = txn_key {
+                applied.pending_txns.lock().remove(&key);
+            }
+            let mut published = applied.inner.write();
+            *published = view;
+            published.head.last_pos = pos;
         });
-        let pos = self.committer.commit(vec![write], apply).await?;
 
         // Members with any membership: joined users see the event; invitees and leavers
         // see their own membership change.
-        let to_wake: Vec<&UserId> = members
+        let wake: Vec<OwnedUserId> = members
             .iter()
             .filter(|(u, m)| {
                 m.as_str() == "join"
                     || membership.as_ref().is_some_and(|(target, _)| target == u.as_str())
             })
-            .map(|(u, _)| u.as_ref())
+            .map(|(u, _)| u.clone())
             .collect();
-        self.notifier.wake(to_wake, pos);
         metrics::counter!("axon_events_created_total").increment(1);
-        Ok(event_id)
+        Ok(Prepared { event_id, write, apply, wake })
     }
 
     /// Loads a stored event of a room, or `None`.
