@@ -26,5 +26,5 @@ lint: deps
 
 ## Benchmarks against the release binary (see bench/README.md).
 bench: deps
-	cargo build --release --bin axon
+	cargo build --release --bin axon --bin axon-bench
 	bench/run.sh

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Benchmarks for the hot paths of M1.1 against the release binary on this machine:
+# Benchmarks of the hot paths against the release binary on this machine:
 #   - whoami requests per second (token lookup + auth on every request)
 #   - password logins per second (argon2id-bound)
 #   - idle RSS of the server process, after start-up and after the load
+#   - send -> sync latency at 100 and 1 000 events/s (axon-bench latency)
+#   - sustained events/s into one room and spread over 1 000 rooms (axon-bench throughput)
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -10,9 +12,10 @@ cd "$(dirname "$0")/.."
 
 TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/axon-target}"
 BIN="${AXON_BIN:-$TARGET/release/axon}"
+LOADGEN="$TARGET/release/axon-bench"
 DURATION="${BENCH_DURATION:-10s}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
-[[ -x "$BIN" ]] || { echo "build the release binary first: cargo build --release" >&2; exit 1; }
+[[ -x "$BIN" && -x "$LOADGEN" ]] || { echo "build first: cargo build --release --workspace" >&2; exit 1; }
 command -v wrk >/dev/null || { sudo_apt=""; [[ $(id -u) -ne 0 ]] && sudo_apt=sudo; $sudo_apt apt-get install -y -qq wrk >/dev/null; }
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 
@@ -63,6 +66,13 @@ echo "== login: wrk -t1 -c8 -d$DURATION"
 wrk -t1 -c8 -d"$DURATION" --latency -s "$work/login.lua" "$base/_matrix/client/v3/login" | tee "$work/login.txt"
 
 rss_after=$(rss_kib)
+
+echo "== events"
+"$LOADGEN" "$base" latency 100 10 | tee "$work/events.txt"
+"$LOADGEN" "$base" latency 1000 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" throughput 1 64 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" throughput 1000 64 10 | tee -a "$work/events.txt"
+rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 
 mkdir -p bench/results
@@ -72,4 +82,6 @@ mkdir -p bench/results
   echo "login  req/s: $(awk '/Requests\/sec/ {print $2}' "$work/login.txt")  p50: $(awk '$1=="50%" {print $2}' "$work/login.txt")  p99: $(awk '$1=="99%" {print $2}' "$work/login.txt")"
   echo "idle RSS after start: $((rss_idle / 1024)) MiB ($rss_idle KiB); after the load: $((rss_after / 1024)) MiB"
   echo "runs with non-2xx responses: $errors"
+  cat "$work/events.txt"
+  echo "RSS after the event load: $((rss_events / 1024)) MiB"
 } | tee bench/results/latest.txt

@@ -1,0 +1,281 @@
+//! Load generator for Axon's event hot paths, run against a live server by `bench/run.sh`.
+//!
+//! ```text
+//! axon-bench BASE_URL latency RATE SECONDS       send at RATE/s into one room; measure the time
+//!                                                from PUT /send to arrival in another user's
+//!                                                pending /sync
+//! axon-bench BASE_URL throughput ROOMS CONCURRENCY SECONDS
+//!                                                send as fast as CONCURRENCY senders can, spread
+//!                                                over ROOMS rooms; report events/s
+//! ```
+//! The server must have open registration and generous rate limits (run.sh configures it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+}
+
+struct User {
+    token: String,
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl Server {
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Result<Value, Error> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Ok(req.send().await?.json().await?)
+    }
+
+    async fn register(&self, name: &str) -> Result<User, Error> {
+        let body = json!({"username": name, "password": "bench-password"});
+        let first = self.post("/_matrix/client/v3/register", None, body).await?;
+        let session = first["session"].as_str().ok_or("no UIA session")?;
+        let done = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": name, "password": "bench-password",
+                       "auth": {"type": "m.login.dummy", "session": session}}),
+            )
+            .await?;
+        let token = done["access_token"].as_str().ok_or_else(|| format!("register: {done}"))?;
+        Ok(User { token: token.to_owned() })
+    }
+
+    async fn create_room(&self, user: &User) -> Result<String, Error> {
+        let body = self
+            .post(
+                "/_matrix/client/v3/createRoom",
+                Some(&user.token),
+                json!({"preset": "public_chat"}),
+            )
+            .await?;
+        Ok(body["room_id"].as_str().ok_or_else(|| format!("createRoom: {body}"))?.to_owned())
+    }
+
+    async fn send(&self, user: &User, room: &str, txn: &str, body: Value) -> Result<(), Error> {
+        let url = format!(
+            "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+            self.base,
+            enc(room)
+        );
+        let res = self.http.put(url).bearer_auth(&user.token).json(&body).send().await?;
+        if !res.status().is_success() {
+            return Err(format!("send: {}", res.status()).into());
+        }
+        Ok(())
+    }
+
+    async fn sync(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+    ) -> Result<Value, Error> {
+        let filter = enc(&json!({"room": {"timeline": {"limit": 5000}}}).to_string());
+        let mut url =
+            format!("{}/_matrix/client/v3/sync?timeout={timeout_ms}&filter={filter}", self.base);
+        if let Some(s) = since {
+            url.push_str(&format!("&since={s}"));
+        }
+        Ok(self.http.get(url).bearer_auth(&user.token).send().await?.json().await?)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{}", n % 1_000_000_000)
+}
+
+async fn latency(server: Arc<Server>, rate: u64, secs: u64) -> Result<(), Error> {
+    let sender = server.register(&unique("lsend")).await?;
+    let receiver = Arc::new(server.register(&unique("lrecv")).await?);
+    let room = server.create_room(&sender).await?;
+    let join = format!("/_matrix/client/v3/join/{}", enc(&room));
+    server.post(&join, Some(&receiver.token), json!({})).await?;
+    let start = server.sync(&receiver, None, 0).await?;
+    let mut since = start["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
+
+    let total = (rate * secs) as usize;
+    let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+    let arrived: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+    let received = Arc::new(AtomicU64::new(0));
+
+    let rx_task = {
+        let (server, receiver, arrived, received, room) =
+            (server.clone(), receiver.clone(), arrived.clone(), received.clone(), room.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(secs + 10);
+            while (received.load(Ordering::Relaxed) as usize) < total && Instant::now() < deadline {
+                let Ok(body) = server.sync(&receiver, Some(&since), 5000).await else { continue };
+                let now = Instant::now();
+                if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array()
+                {
+                    let mut arrived = arrived.lock().await;
+                    for e in events {
+                        if let Some(seq) = e["content"]["seq"].as_u64() {
+                            if let Some(slot) = arrived.get_mut(seq as usize) {
+                                slot.get_or_insert(now);
+                                received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                if let Some(next) = body["next_batch"].as_str() {
+                    since = next.to_owned();
+                }
+            }
+        })
+    };
+
+    let sender = Arc::new(sender);
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sends = Vec::with_capacity(total);
+    let errors = Arc::new(AtomicU64::new(0));
+    for seq in 0..total {
+        ticker.tick().await;
+        let (server, sender, sent_at, room, errors) =
+            (server.clone(), sender.clone(), sent_at.clone(), room.clone(), errors.clone());
+        sends.push(tokio::spawn(async move {
+            sent_at.lock().await[seq] = Some(Instant::now());
+            let body = json!({"msgtype": "m.text", "body": "latency probe", "seq": seq});
+            if server.send(&sender, &room, &format!("l{seq}"), body).await.is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for s in sends {
+        let _ = s.await;
+    }
+    let _ = rx_task.await;
+
+    let sent_at = sent_at.lock().await;
+    let arrived = arrived.lock().await;
+    let mut lat: Vec<Duration> = sent_at
+        .iter()
+        .zip(arrived.iter())
+        .filter_map(|(s, a)| Some(a.as_ref()?.saturating_duration_since(*s.as_ref()?)))
+        .collect();
+    lat.sort();
+    println!(
+        "latency @ {rate} events/s for {secs}s: delivered {}/{total}, send errors {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        errors.load(Ordering::Relaxed),
+        percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+async fn throughput(
+    server: Arc<Server>,
+    rooms: usize,
+    concurrency: usize,
+    secs: u64,
+) -> Result<(), Error> {
+    let user = Arc::new(server.register(&unique("tput")).await?);
+    let setup = Instant::now();
+    let mut room_ids = Vec::with_capacity(rooms);
+    let mut pending = Vec::new();
+    for _ in 0..rooms {
+        let (server, user) = (server.clone(), user.clone());
+        pending.push(tokio::spawn(async move { server.create_room(&user).await }));
+        if pending.len() >= 32 {
+            for p in pending.drain(..) {
+                room_ids.push(p.await??);
+            }
+        }
+    }
+    for p in pending {
+        room_ids.push(p.await??);
+    }
+    let room_ids = Arc::new(room_ids);
+    let setup = setup.elapsed();
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (server, user, room_ids, sent, errors) =
+            (server.clone(), user.clone(), room_ids.clone(), sent.clone(), errors.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < deadline {
+                let room = &room_ids[i % room_ids.len()];
+                let body = json!({"msgtype": "m.text", "body": "throughput"});
+                match server.send(&user, room, &format!("t{w}-{i}"), body).await {
+                    Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+                i += concurrency;
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = sent.load(Ordering::Relaxed);
+    println!(
+        "throughput into {rooms} room(s), {concurrency} concurrent senders, {secs}s: {n} events, {:.0} events/s, errors {} (setup of {rooms} rooms: {:.1}s)",
+        n as f64 / elapsed,
+        errors.load(Ordering::Relaxed),
+        setup.as_secs_f64(),
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage =
+        "usage: axon-bench BASE_URL (latency RATE SECONDS | throughput ROOMS CONCURRENCY SECONDS)";
+    let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let server = Arc::new(Server { base, http });
+    let num = |i: usize| -> Result<u64, Error> { Ok(args.get(i).ok_or(usage)?.parse()?) };
+    match args.get(2).map(String::as_str) {
+        Some("latency") => latency(server, num(3)?, num(4)?).await,
+        Some("throughput") => throughput(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
+        _ => Err(usage.into()),
+    }
+}
