@@ -179,3 +179,72 @@ async fn a_timeline_filter_limits_and_selects_events() {
     assert_eq!(events.len(), 2);
     assert!(events.iter().all(|e| e["type"] == "m.room.message"));
 }
+
+#[tokio::test]
+async fn unread_counts_follow_the_read_receipt_and_mentions() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    let mut last = String::new();
+    for i in 0..3 {
+        let (_, body) = s.send_text(&alice, &room, &format!("t{i}"), &format!("hello {i}")).await;
+        last = body["event_id"].as_str().unwrap().to_owned();
+    }
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/mention", enc(&room)),
+        alice.token(),
+        json!({"msgtype": "m.text", "body": "hey bob!", "m.mentions": {"user_ids": [bob.user_id]}}),
+    )
+    .await;
+    let body = s.sync(&bob, None, 0).await;
+    let counts = &body["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(counts["notification_count"], 4, "{body}");
+    assert_eq!(counts["highlight_count"], 1);
+
+    // Reading up to the third message leaves the mention unread.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&last)),
+            bob.token(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = s.sync(&bob, Some(&since), 5000).await;
+    let counts = &body["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(counts["notification_count"], 1, "{body}");
+    assert_eq!(counts["highlight_count"], 1);
+
+    // Sending a message marks everything before it as read.
+    s.send_text(&bob, &room, "b1", "caught up").await;
+    let body = s.sync(&bob, None, 0).await;
+    assert_eq!(body["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0);
+}
+
+#[tokio::test]
+async fn read_markers_set_fully_read_and_reject_unknown_events() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let (_, sent) = s.send_text(&alice, &room, "t1", "x").await;
+    let id = sent["event_id"].as_str().unwrap();
+    let path = format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room));
+    let (status, _) = s.post(&path, alice.token(), json!({"m.fully_read": id, "m.read": id})).await;
+    assert_eq!(status, 200);
+    let (_, fully) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/account_data/m.fully_read",
+                enc(&alice.user_id),
+                enc(&room)
+            ),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(fully["event_id"], id);
+    let res = s.post(&path, alice.token(), json!({"m.fully_read": "$unknown"})).await;
+    assert_eq!(res.0, 404, "{}", res.1);
+}

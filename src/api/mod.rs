@@ -5,6 +5,7 @@ pub mod account;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
+pub mod receipts;
 pub mod rooms;
 pub mod sync;
 pub mod user_data;
@@ -125,6 +126,14 @@ pub fn client_routes() -> Router<AppState> {
     );
     let r = route::<ruma::api::client::context::get_context::v3::Request, _, _>(r, rooms::context);
     let r = route::<room::get_event_by_timestamp::v1::Request, _, _>(r, rooms::timestamp_to_event);
+    let r = route::<ruma::api::client::receipt::create_receipt::v3::Request, _, _>(
+        r,
+        receipts::create_receipt,
+    );
+    let r = route::<ruma::api::client::read_marker::set_read_marker::v3::Request, _, _>(
+        r,
+        receipts::set_read_marker,
+    );
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
         r = r

@@ -13,7 +13,7 @@ use serde_json::value::to_raw_value;
 use crate::error::{Error, Result};
 use crate::rooms::notify::Notifier;
 use crate::storage::Store;
-use crate::storage::users::AccountDataRecord;
+use crate::storage::users::{AccountDataRecord, ReadPosition};
 
 /// Largest account-data content accepted, in bytes of JSON.
 const MAX_ACCOUNT_DATA_BYTES: usize = 65_536;
@@ -99,6 +99,32 @@ impl UserData {
             .into_iter()
             .filter(|r| since.is_none_or(|s| r.pos > s) && r.pos <= until)
             .collect())
+    }
+
+    /// Records that `user` has read up to an event (at stream position `event_pos`) in a
+    /// room. Read positions only move forwards.
+    pub async fn mark_read(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        event_id: &str,
+        event_pos: u64,
+    ) -> Result<()> {
+        let _guard = self.write.lock().await;
+        let current = self.read_positions(user).await?;
+        if current.iter().any(|(r, p)| r == room.as_str() && p.event_pos >= event_pos) {
+            return Ok(());
+        }
+        let pos = self.current() + 1;
+        let position = ReadPosition { event_id: event_id.to_owned(), event_pos, pos };
+        self.store.set_read_position(user.as_str(), room.as_str(), position).await?;
+        self.position.store(pos, Ordering::Release);
+        self.notifier.wake([user], pos);
+        Ok(())
+    }
+
+    pub async fn read_positions(&self, user: &UserId) -> Result<Vec<(String, ReadPosition)>> {
+        Ok(self.store.read_positions(user.as_str()).await?)
     }
 
     pub async fn create_filter(&self, user: &UserId, definition: &Value) -> Result<String> {

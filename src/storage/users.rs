@@ -17,8 +17,28 @@ pub struct AccountDataRecord {
     pub pos: u64,
 }
 
+/// How far a user has read in a room (their latest read receipt, kept private for now).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadPosition {
+    pub event_id: String,
+    /// Stream position of the event read.
+    pub event_pos: u64,
+    /// Position in the account-data stream of this update.
+    pub pos: u64,
+}
+
 #[async_trait]
 pub trait UserDataStore: Send + Sync {
+    async fn set_read_position(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        position: ReadPosition,
+    ) -> StorageResult<()>;
+
+    /// `room_id → position` for every room the user has read in.
+    async fn read_positions(&self, user_id: &str) -> StorageResult<Vec<(String, ReadPosition)>>;
+
     /// Stores a filter definition (JSON) and returns its ID, unique per user.
     async fn create_filter(&self, user_id: &str, definition: String) -> StorageResult<u64>;
 
@@ -31,7 +51,7 @@ pub trait UserDataStore: Send + Sync {
     /// Every account-data entry of a user.
     async fn account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataRecord>>;
 
-    /// The highest account-data position stored.
+    /// The highest account-data position stored (read positions included).
     async fn max_account_data_pos(&self) -> StorageResult<u64>;
 
     /// Sets a user's profile fields (`None` leaves a field as it is; `Some(None)` clears it).

@@ -61,6 +61,8 @@ mod cf {
     pub const ACCOUNT_DATA: &str = "account_data";
     /// `room_id` → `{}` for rooms published in the room directory.
     pub const PUBLIC_ROOMS: &str = "public_rooms";
+    /// `user_id 0xFF room_id` → how far the user has read.
+    pub const READ_POSITIONS: &str = "read_positions";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -81,6 +83,7 @@ mod cf {
         FILTERS,
         ACCOUNT_DATA,
         PUBLIC_ROOMS,
+        READ_POSITIONS,
     ];
 }
 

@@ -6,7 +6,7 @@ use rocksdb::IteratorMode;
 use super::{
     RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, synced,
 };
-use crate::storage::users::{AccountDataRecord, UserDataStore};
+use crate::storage::users::{AccountDataRecord, ReadPosition, UserDataStore};
 use crate::storage::{StorageError, StorageResult, UserRecord};
 
 fn account_data_key(user_id: &str, room_id: Option<&str>, kind: &str) -> Vec<u8> {
@@ -15,6 +15,40 @@ fn account_data_key(user_id: &str, room_id: Option<&str>, kind: &str) -> Vec<u8>
 
 #[async_trait]
 impl UserDataStore for RocksStore {
+    async fn set_read_position(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        position: ReadPosition,
+    ) -> StorageResult<()> {
+        let k = key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        self.blocking(move |db, _| {
+            db.put_cf_opt(handle(db, cf::READ_POSITIONS)?, k, encode(&position), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_positions(&self, user_id: &str) -> StorageResult<Vec<(String, ReadPosition)>> {
+        let p = prefix(&[user_id.as_bytes()]);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            handle(&self.db, cf::READ_POSITIONS)?,
+            IteratorMode::From(&p, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let room = String::from_utf8(k[p.len()..].to_vec()).map_err(|e| {
+                StorageError::Corrupt { what: cf::READ_POSITIONS, detail: e.to_string() }
+            })?;
+            out.push((room, decode(cf::READ_POSITIONS, &v)?));
+        }
+        Ok(out)
+    }
+
     async fn create_filter(&self, user_id: &str, definition: String) -> StorageResult<u64> {
         let user_id = user_id.to_owned();
         self.blocking(move |db, lock| {
@@ -79,6 +113,12 @@ impl UserDataStore for RocksStore {
 
     async fn max_account_data_pos(&self) -> StorageResult<u64> {
         let mut max = 0;
+        for item in self.db.iterator_cf(handle(&self.db, cf::READ_POSITIONS)?, IteratorMode::Start)
+        {
+            let (_, v) = item?;
+            let position: ReadPosition = decode(cf::READ_POSITIONS, &v)?;
+            max = max.max(position.pos);
+        }
         for item in self.db.iterator_cf(handle(&self.db, cf::ACCOUNT_DATA)?, IteratorMode::Start) {
             let (_, v) = item?;
             let record: AccountDataRecord = decode(cf::ACCOUNT_DATA, &v)?;
