@@ -147,11 +147,11 @@ async fn latency(server: Arc<Server>, rate: u64, secs: u64) -> Result<(), Error>
                 {
                     let mut arrived = arrived.lock().await;
                     for e in events {
-                        if let Some(seq) = e["content"]["seq"].as_u64() {
-                            if let Some(slot) = arrived.get_mut(seq as usize) {
-                                slot.get_or_insert(now);
-                                received.fetch_add(1, Ordering::Relaxed);
-                            }
+                        if let Some(seq) = e["content"]["seq"].as_u64()
+                            && let Some(slot) = arrived.get_mut(seq as usize)
+                        {
+                            slot.get_or_insert(now);
+                            received.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }

@@ -34,16 +34,18 @@ async fn an_oversized_chunked_body_is_m_too_large() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..100).map(|_| Ok(vec![b' '; 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_stream(chunks));
-    let res = s
-        .client
-        .post(format!("{}/_matrix/client/v3/login", s.base))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 413);
-    let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["errcode"], "M_TOO_LARGE");
+    let res = s.client.post(format!("{}/_matrix/client/v3/login", s.base)).body(body).send().await;
+    match res {
+        Ok(res) => {
+            assert_eq!(res.status(), 413);
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["errcode"], "M_TOO_LARGE");
+        }
+        // The server may answer 413 and close while the client is still uploading; then
+        // the client sees the connection end instead of the response. Anything else (the
+        // body accepted, a 400) fails the test.
+        Err(e) => assert!(e.is_request(), "unexpected error: {e}"),
+    }
 }
 
 fn futures_stream(

@@ -376,3 +376,78 @@ async fn concurrent_retries_of_one_transaction_store_one_event() {
         msgs["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "once").count();
     assert_eq!(count, 1);
 }
+
+#[tokio::test]
+async fn joined_history_visibility_hides_what_came_before_the_join() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+        ]}))
+        .await;
+    let (_, before) = s.send_text(&alice, &room, "t1", "before bob").await;
+    s.join(&bob, &room).await;
+    s.send_text(&alice, &room, "t2", "after bob").await;
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            bob.token(),
+        )
+        .await;
+    let bodies: Vec<_> = msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, vec!["after bob"]);
+    let res = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(before["event_id"].as_str().unwrap())
+            ),
+            bob.token(),
+        )
+        .await;
+    assert_error(&res, 404, "M_NOT_FOUND");
+    let body = s.sync(&bob, None, 0).await;
+    let timeline = body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(timeline.iter().all(|e| e["content"]["body"] != "before bob"), "{timeline:?}");
+}
+
+#[tokio::test]
+async fn shared_history_is_visible_to_new_members_and_former_members_see_up_to_their_leave() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.send_text(&alice, &room, "t1", "early").await;
+    s.join(&bob, &room).await;
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            bob.token(),
+        )
+        .await;
+    assert!(msgs["chunk"].as_array().unwrap().iter().any(|e| e["content"]["body"] == "early"));
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+    s.send_text(&alice, &room, "t2", "after bob left").await;
+    let (status, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            bob.token(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let bodies: Vec<_> = msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert!(bodies.contains(&"early") && !bodies.contains(&"after bob left"), "{bodies:?}");
+}

@@ -397,12 +397,13 @@ pub async fn event(
     Authed(who): Authed,
     Ruma(req): Ruma<get_room_event::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let room = room_or_forbidden(&s, &req.room_id)?;
+    let readable = s.rooms.readable(&room, &who.user_id).await?;
     let (record, pdu) = s
         .rooms
         .event(req.event_id.as_str())
         .await?
-        .filter(|(r, _)| r.room_id == req.room_id.as_str())
+        .filter(|(r, _)| r.room_id == req.room_id.as_str() && readable.contains(r.pos))
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
     let txn = record
         .txn
@@ -414,22 +415,6 @@ pub async fn event(
         txn.map(|(_, t)| t.as_str()),
         true,
     )))
-}
-
-/// The last stream position of the room the user may read: everything for members, history up
-/// to their departure for former members, nothing (403) for others.
-async fn readable_until(s: &Services, room: &Room, user: &UserId) -> Result<u64> {
-    match room.membership_of(user).as_deref() {
-        Some("join") => Ok(u64::MAX),
-        Some("leave" | "ban") => {
-            let memberships = s.rooms.store().user_memberships(user.as_str()).await?;
-            Ok(memberships
-                .into_iter()
-                .find(|(r, _)| r == room.id.as_str())
-                .map_or(0, |(_, m)| m.pos))
-        }
-        _ => Err(Error::Forbidden("You are not in this room".into())),
-    }
 }
 
 fn room_or_forbidden(s: &Services, room_id: &RoomId) -> Result<Arc<Room>> {
@@ -453,12 +438,13 @@ pub async fn context(
     Ruma(req): Ruma<get_context::v3::Request>,
 ) -> Result<Json<Value>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
-    let until = readable_until(&s, &room, &who.user_id).await?;
+    let readable = s.rooms.readable(&room, &who.user_id).await?;
+    let until = readable.until;
     let (record, pdu) = s
         .rooms
         .event(req.event_id.as_str())
         .await?
-        .filter(|(r, _)| r.room_id == room.id.as_str() && r.pos <= until)
+        .filter(|(r, _)| r.room_id == room.id.as_str() && readable.contains(r.pos))
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(10).min(100);
     let before_n = limit / 2;
@@ -519,12 +505,13 @@ pub async fn timestamp_to_event(
     Ruma(req): Ruma<get_event_by_timestamp::v1::Request>,
 ) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
-    let until = readable_until(&s, &room, &who.user_id).await?;
+    let readable = s.rooms.readable(&room, &who.user_id).await?;
+    let until = readable.until;
     let target: u64 = req.ts.get().into();
     let forward = req.dir == Direction::Forward;
     let store = s.rooms.store();
     // Forward: an exclusive lower bound; backward: an exclusive upper bound.
-    let mut lower: Option<u64> = None;
+    let mut lower: Option<u64> = readable.from.checked_sub(1);
     let mut upper: u64 = until.saturating_add(1);
     loop {
         let batch = if forward {
@@ -532,7 +519,9 @@ pub async fn timestamp_to_event(
                 .room_events(room.id.as_str(), lower, Some(until.saturating_add(1)), false, 256)
                 .await?
         } else {
-            store.room_events(room.id.as_str(), None, Some(upper), true, 256).await?
+            store
+                .room_events(room.id.as_str(), readable.from.checked_sub(1), Some(upper), true, 256)
+                .await?
         };
         if batch.is_empty() {
             return Err(Error::NotFound("No event found in that direction".into()));
@@ -565,7 +554,7 @@ pub async fn messages(
         .rooms
         .get(&req.room_id)
         .ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
-    let visible_until = readable_until(&s, &room, &who.user_id).await?;
+    let readable = s.rooms.readable(&room, &who.user_id).await?;
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(10).clamp(1, 1000);
     let backwards = req.dir == Direction::Backward;
     let from = match &req.from {
@@ -600,7 +589,11 @@ pub async fn messages(
         exhausted = batch.len() < limit;
         for (pos, event_id) in batch {
             cursor = if backwards { pos.saturating_sub(1) } else { pos };
-            if pos > visible_until {
+            if !readable.contains(pos) {
+                if backwards && pos < readable.from {
+                    exhausted = true;
+                    break;
+                }
                 continue;
             }
             let Some((record, pdu)) = s.rooms.event(&event_id).await? else {

@@ -317,8 +317,17 @@ async fn build_rooms(
                 {
                     continue;
                 }
+                // History before the join is hidden when the room says so.
+                let visibility = room
+                    .state_event(&StateEventType::RoomHistoryVisibility, "")
+                    .and_then(|p| p.content_as::<Value>())
+                    .and_then(|c| c["history_visibility"].as_str().map(str::to_owned));
+                let visible_from = match visibility.as_deref() {
+                    Some("joined" | "invited") => Some(m.pos),
+                    _ => None,
+                };
                 if let Some(mut entry) =
-                    joined_room(s, &room, who, opts, current, newly_joined).await?
+                    joined_room(s, &room, who, opts, current, newly_joined, visible_from).await?
                 {
                     if let Some(events) = account_data {
                         entry["account_data"] = json!({"events": events});
@@ -381,10 +390,15 @@ async fn joined_room(
     opts: &Options,
     current: u64,
     newly_joined: bool,
+    visible_from: Option<u64>,
 ) -> Result<Option<Value>> {
     // Newest `limit + 1` events after `since`, to learn whether the timeline is truncated.
     let limit = opts.timeline_limit;
     let after = if newly_joined && opts.since.is_some() { None } else { opts.since };
+    let after = match (after, visible_from.map(|f| f.saturating_sub(1))) {
+        (Some(a), Some(v)) => Some(a.max(v)),
+        (a, v) => a.or(v),
+    };
     let mut ids = s
         .rooms
         .store()

@@ -137,3 +137,60 @@ impl Rooms {
         Ok(room)
     }
 }
+
+/// The stream positions of a room's timeline a user may read, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readable {
+    pub from: u64,
+    pub until: u64,
+}
+
+impl Readable {
+    pub fn contains(&self, pos: u64) -> bool {
+        self.from <= pos && pos <= self.until
+    }
+}
+
+impl Rooms {
+    /// What part of a room's history `user` may read, from the room's current
+    /// `m.room.history_visibility` and the user's latest membership:
+    /// members read everything (`shared`, the default) or from their join on (`joined`,
+    /// `invited`); former members read up to their departure; anyone reads a
+    /// `world_readable` room; everyone else gets 403.
+    ///
+    /// An approximation of the spec's per-event rule (visibility and membership *at* each
+    /// event), exact while those did not change over the window read.
+    pub async fn readable(&self, room: &super::Room, user: &UserId) -> Result<Readable> {
+        let visibility = room
+            .state_event(&ruma::events::StateEventType::RoomHistoryVisibility, "")
+            .and_then(|p| p.content_as::<serde_json::Value>())
+            .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
+        let world = visibility == "world_readable";
+        let membership = self
+            .store()
+            .user_memberships(user.as_str())
+            .await?
+            .into_iter()
+            .find(|(r, _)| r == room.id.as_str())
+            .map(|(_, m)| m);
+        let forbidden = || Error::Forbidden("You are not in this room".into());
+        let Some(m) = membership else {
+            return if world {
+                Ok(Readable { from: 0, until: u64::MAX })
+            } else {
+                Err(forbidden())
+            };
+        };
+        let from = match (visibility.as_str(), m.membership.as_str()) {
+            ("joined" | "invited", "join") => m.pos,
+            _ => 0,
+        };
+        match m.membership.as_str() {
+            "join" => Ok(Readable { from, until: u64::MAX }),
+            _ if world => Ok(Readable { from: 0, until: u64::MAX }),
+            "leave" | "ban" => Ok(Readable { from, until: m.pos }),
+            _ => Err(forbidden()),
+        }
+    }
+}
