@@ -451,3 +451,48 @@ async fn shared_history_is_visible_to_new_members_and_former_members_see_up_to_t
         .collect();
     assert!(bodies.contains(&"early") && !bodies.contains(&"after bob left"), "{bodies:?}");
 }
+
+#[tokio::test]
+async fn members_at_a_token_show_the_membership_of_that_time() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let before = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+    let (_, now) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), alice.token()).await;
+    assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
+    let (status, then) = s
+        .get(&format!("/_matrix/client/v3/rooms/{}/members?at={before}", enc(&room)), alice.token())
+        .await;
+    assert_eq!(status, 200, "{then}");
+    assert_eq!(then["chunk"].as_array().unwrap().len(), 1);
+    let (_, joined) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/members?not_membership=leave&membership=join",
+                enc(&room)
+            ),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(joined["chunk"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_event_over_64_kib_is_too_large() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    // Under the request limit (64 KiB in tests) but over the PDU limit once signed.
+    let res = s.send_text(&alice, &room, "big", &"x".repeat(65_000)).await;
+    assert_error(&res, 413, "M_TOO_LARGE");
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5", enc(&room)),
+            alice.token(),
+        )
+        .await;
+    assert!(msgs["chunk"].as_array().unwrap().iter().all(|e| e["type"] != "m.room.message"));
+}

@@ -248,3 +248,20 @@ async fn read_markers_set_fully_read_and_reject_unknown_events() {
     let res = s.post(&path, alice.token(), json!({"m.fully_read": "$unknown"})).await;
     assert_eq!(res.0, 404, "{}", res.1);
 }
+
+#[tokio::test]
+async fn full_state_returns_the_whole_state_again() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"name": "Full"})).await;
+    for i in 0..12 {
+        s.send_text(&alice, &room, &format!("t{i}"), "x").await;
+    }
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (_, body) = s
+        .get(&format!("/_matrix/client/v3/sync?since={since}&full_state=true"), alice.token())
+        .await;
+    let state = body["rooms"]["join"][&room]["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name"), "{body}");
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"));
+}

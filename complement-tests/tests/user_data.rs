@@ -114,3 +114,21 @@ async fn a_new_display_name_reaches_the_profile_and_member_events() {
         "M_NOT_FOUND",
     );
 }
+
+#[tokio::test]
+async fn push_rules_are_the_spec_defaults() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let (status, body) = s.get("/_matrix/client/v3/pushrules/", alice.token()).await;
+    assert_eq!(status, 200, "{body}");
+    let overrides = body["global"]["override"].as_array().unwrap();
+    assert!(overrides.iter().any(|r| r["rule_id"] == ".m.rule.master"));
+    assert!(
+        body["global"]["underride"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rule_id"] == ".m.rule.message")
+    );
+    assert_error(&s.get("/_matrix/client/v3/pushrules/", None).await, 401, "M_MISSING_TOKEN");
+}

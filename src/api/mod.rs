@@ -5,6 +5,7 @@ pub mod account;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
+pub mod push;
 pub mod receipts;
 pub mod rooms;
 pub mod sync;
@@ -133,6 +134,11 @@ pub fn client_routes() -> Router<AppState> {
     let r = route::<ruma::api::client::read_marker::set_read_marker::v3::Request, _, _>(
         r,
         receipts::set_read_marker,
+    );
+    let r = route::<ruma::api::client::push::get_pushrules_all::v3::Request, _, _>(r, push::all);
+    let r = route::<ruma::api::client::push::get_pushrules_global_scope::v3::Request, _, _>(
+        r,
+        push::global,
     );
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
