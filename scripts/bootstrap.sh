@@ -3,7 +3,8 @@
 # Idempotent and quiet when everything is there. Used by `make run`, `make test` and .ci/run.
 #
 #   scripts/bootstrap.sh          build prerequisites (libclang for the rocksdb crate's bindgen)
-#   scripts/bootstrap.sh --test   also the Python venv with matrix-nio for the real-client tests
+#   scripts/bootstrap.sh --test   also the real-client test dependencies: a Python venv with
+#                                 matrix-nio, and matrix-js-sdk from npm
 set -euo pipefail
 
 want_test=0
@@ -46,5 +47,15 @@ if [[ $want_test -eq 1 ]]; then
         fi
         echo "bootstrap: installing matrix-nio into $venv" >&2
         "$venv/bin/pip" install -q --disable-pip-version-check -r complement-tests/clients/requirements.txt
+    fi
+    # matrix-js-sdk (Element Web's SDK) for the JavaScript client tests; it needs Node >= 20.
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        apt_install nodejs npm
+    fi
+    js=complement-tests/clients/js
+    if [[ ! -d "$js/node_modules/matrix-js-sdk" || "$js/package-lock.json" -nt "$js/node_modules" ]]; then
+        echo "bootstrap: installing matrix-js-sdk into $js" >&2
+        (cd "$js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        touch "$js/node_modules"
     fi
 fi

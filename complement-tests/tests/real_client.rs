@@ -50,3 +50,39 @@ async fn matrix_nio_clients_chat_in_a_dm_and_a_group() {
     );
     assert_eq!(result["history_reaches_create"], true, "{result}");
 }
+
+/// matrix-js-sdk, the SDK under Element Web: two clients run their sync loops (startClient),
+/// see an invite, exchange messages both ways and paginate back to the room's creation.
+#[tokio::test]
+async fn matrix_js_sdk_clients_chat() {
+    let script = client_script("js/chat.mjs");
+    let modules = client_script("js/node_modules/matrix-js-sdk");
+    assert!(
+        modules.exists(),
+        "matrix-js-sdk is not installed in {}; run `make test` (scripts/bootstrap.sh --test)",
+        modules.display()
+    );
+    let s = TestServer::start().await;
+    for user in ["alice", "bob"] {
+        s.register(user, "js-password").await;
+    }
+    let node = std::env::var("AXON_NODE").unwrap_or_else(|_| "node".to_owned());
+    let out = Command::new(node)
+        .arg(script)
+        .args([&s.base, "js-password"])
+        .output()
+        .expect("run node (is Node.js installed?)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "js-sdk failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON result line");
+    let result: serde_json::Value = serde_json::from_str(last).expect("json from the js script");
+    assert_eq!(result["prepared"], true, "{result}");
+    assert_eq!(result["invite_seen"], true, "{result}");
+    assert_eq!(result["messages"], "ok", "{result}");
+    assert_eq!(result["history_reaches_create"], true, "{result}");
+    assert_eq!(result["room_name"], "js chat", "{result}");
+}
