@@ -117,39 +117,36 @@ struct EmptyLastArg;
 
 /// Routes the paths of `Req` whose last argument may be empty (`/state/{type}/{state_key}`
 /// with the empty state key, sent as `/state/{type}` or `/state/{type}/`).
-pub fn route_empty_last_arg<Req, H, T>(mut router: Router<AppState>, handler: H) -> Router<AppState>
+pub fn route_empty_last_arg<Req, H, T>(router: Router<AppState>, handler: H) -> Router<AppState>
 where
     Req: IncomingRequest,
     H: Handler<T, AppState> + Clone,
     T: 'static,
 {
-    let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
-    for path in Req::PATH_BUILDER.all_paths() {
-        let Some(idx) = path.rfind("/{") else {
-            continue;
-        };
-        let short = &path[..idx];
-        let with_slash = format!("{short}/");
-        for p in [short.to_owned(), with_slash] {
-            let method_router = on(filter, handler.clone()).layer(axum::Extension(EmptyLastArg));
-            router = router.route(&p, method_router);
-        }
-    }
-    router
+    let builder = Req::PATH_BUILDER;
+    let paths: Vec<String> = builder
+        .all_paths()
+        .filter_map(|path| Some(&path[..path.rfind("/{")?]))
+        .flat_map(|short| [short.to_owned(), format!("{short}/")])
+        .collect();
+    let method_router = on(method_filter::<Req>(), handler).layer(axum::Extension(EmptyLastArg));
+    paths.iter().fold(router, |r, p| r.route(p, method_router.clone()))
+}
+
+fn method_filter<Req: IncomingRequest>() -> MethodFilter {
+    MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET)
 }
 
 /// Routes every path (r0, v3, unstable) that ruma lists for `Req` to `handler`.
-pub fn route<Req, H, T>(mut router: Router<AppState>, handler: H) -> Router<AppState>
+pub fn route<Req, H, T>(router: Router<AppState>, handler: H) -> Router<AppState>
 where
     Req: IncomingRequest,
     H: Handler<T, AppState> + Clone,
     T: 'static,
 {
-    let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
-    for path in Req::PATH_BUILDER.all_paths() {
-        router = router.route(path, on(filter, handler.clone()));
-    }
-    router
+    let method_router = on(method_filter::<Req>(), handler);
+    let builder = Req::PATH_BUILDER;
+    builder.all_paths().fold(router, |r, p| r.route(p, method_router.clone()))
 }
 
 /// A JSON body for endpoints without a ruma type: size limit, `M_NOT_JSON`, `M_BAD_JSON`.

@@ -91,8 +91,8 @@ impl Uia {
         }
     }
 
-    /// Starts a session and returns the 401 error that tells the client what to do.
-    pub fn challenge(&self, purpose: Purpose, user: Option<&str>, flows: &[&[&str]]) -> Error {
+    /// Creates a session for a purpose and user; returns its ID.
+    fn start_session(&self, purpose: Purpose, user: Option<&str>) -> String {
         let id = crate::services::tokens::random_token();
         let mut sessions = self.sessions.lock();
         if sessions.len() >= MAX_SESSIONS {
@@ -108,6 +108,12 @@ impl Uia {
                 created: Instant::now(),
             },
         );
+        id
+    }
+
+    /// Starts a session and returns the 401 error that tells the client what to do.
+    pub fn challenge(&self, purpose: Purpose, user: Option<&str>, flows: &[&[&str]]) -> Error {
+        let id = self.start_session(purpose, user);
         Error::Uia(Box::new(Self::info(&id, flows, &[])))
     }
 
@@ -120,18 +126,7 @@ impl Uia {
         user: Option<&str>,
     ) -> Result<Resumed> {
         let Some(id) = session_id else {
-            let id = crate::services::tokens::random_token();
-            self.sessions.lock().insert(
-                id.clone(),
-                Session {
-                    purpose,
-                    user: user.map(str::to_owned),
-                    completed: Vec::new(),
-                    registration_token: None,
-                    created: Instant::now(),
-                },
-            );
-            return Ok(Resumed { session_id: id });
+            return Ok(Resumed { session_id: self.start_session(purpose, user) });
         };
         let mut sessions = self.sessions.lock();
         match sessions.get(id) {

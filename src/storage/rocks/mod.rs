@@ -218,6 +218,22 @@ fn keys_with_prefix(db: &DB, cf_name: &str, prefix: &[u8]) -> StorageResult<Vec<
     Ok(out)
 }
 
+/// A key's suffix after a scanned prefix, and the value.
+pub(super) type Row = (Vec<u8>, Box<[u8]>);
+
+/// All rows under a prefix.
+pub(super) fn scan(db: &DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Vec<Row>> {
+    let mut out = Vec::new();
+    for item in db.iterator_cf(handle(db, cf_name)?, IteratorMode::From(p, Direction::Forward)) {
+        let (k, v) = item?;
+        if !k.starts_with(p) {
+            break;
+        }
+        out.push((k[p.len()..].to_vec(), v));
+    }
+    Ok(out)
+}
+
 /// Adds to `batch` the deletion of one device and every token issued to it.
 fn delete_device_in(
     db: &DB,
@@ -404,20 +420,10 @@ impl AccountStore for RocksStore {
     }
 
     async fn devices(&self, localpart: &str) -> StorageResult<Vec<DeviceRecord>> {
-        let p = prefix(&[localpart.as_bytes()]);
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            handle(&self.db, cf::DEVICES)?,
-            IteratorMode::From(&p, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(&p) {
-                break;
-            }
-            out.push(decode(cf::DEVICES, &v)?);
-        }
-        Ok(out)
+        scan(&self.db, cf::DEVICES, &prefix(&[localpart.as_bytes()]))?
+            .into_iter()
+            .map(|(_, v)| decode(cf::DEVICES, &v))
+            .collect()
     }
 
     async fn device(

@@ -1,11 +1,11 @@
 //! [`RoomStore`] on RocksDB.
 
 use async_trait::async_trait;
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, synced,
+    RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
 };
 use crate::storage::StorageError;
 use crate::storage::StorageResult;
@@ -39,22 +39,6 @@ fn from_be(bytes: &[u8]) -> StorageResult<u64> {
 fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
     String::from_utf8(bytes.to_vec())
         .map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
-}
-
-/// A key's suffix after a scanned prefix, and the value.
-type Row = (Vec<u8>, Box<[u8]>);
-
-/// All rows under a prefix.
-fn scan(db: &rocksdb::DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Vec<Row>> {
-    let mut out = Vec::new();
-    for item in db.iterator_cf(handle(db, cf_name)?, IteratorMode::From(p, Direction::Forward)) {
-        let (k, v) = item?;
-        if !k.starts_with(p) {
-            break;
-        }
-        out.push((k[p.len()..].to_vec(), v));
-    }
-    Ok(out)
 }
 
 /// The last key of a column family, if any.

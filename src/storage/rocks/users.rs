@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rocksdb::IteratorMode;
 
 use super::{
-    RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, synced,
+    RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
 };
 use crate::storage::users::{AccountDataRecord, ReadPosition, UserDataStore};
 use crate::storage::{StorageError, StorageResult, UserRecord};
@@ -30,23 +30,16 @@ impl UserDataStore for RocksStore {
     }
 
     async fn read_positions(&self, user_id: &str) -> StorageResult<Vec<(String, ReadPosition)>> {
-        let p = prefix(&[user_id.as_bytes()]);
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            handle(&self.db, cf::READ_POSITIONS)?,
-            IteratorMode::From(&p, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(&p) {
-                break;
-            }
-            let room = String::from_utf8(k[p.len()..].to_vec()).map_err(|e| {
-                StorageError::Corrupt { what: cf::READ_POSITIONS, detail: e.to_string() }
-            })?;
-            out.push((room, decode(cf::READ_POSITIONS, &v)?));
-        }
-        Ok(out)
+        scan(&self.db, cf::READ_POSITIONS, &prefix(&[user_id.as_bytes()]))?
+            .into_iter()
+            .map(|(room, v)| {
+                let room = String::from_utf8(room).map_err(|e| StorageError::Corrupt {
+                    what: cf::READ_POSITIONS,
+                    detail: e.to_string(),
+                })?;
+                Ok((room, decode(cf::READ_POSITIONS, &v)?))
+            })
+            .collect()
     }
 
     async fn create_filter(&self, user_id: &str, definition: String) -> StorageResult<u64> {
@@ -95,20 +88,10 @@ impl UserDataStore for RocksStore {
     }
 
     async fn account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataRecord>> {
-        let p = prefix(&[user_id.as_bytes()]);
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            handle(&self.db, cf::ACCOUNT_DATA)?,
-            IteratorMode::From(&p, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(&p) {
-                break;
-            }
-            out.push(decode(cf::ACCOUNT_DATA, &v)?);
-        }
-        Ok(out)
+        scan(&self.db, cf::ACCOUNT_DATA, &prefix(&[user_id.as_bytes()]))?
+            .into_iter()
+            .map(|(_, v)| decode(cf::ACCOUNT_DATA, &v))
+            .collect()
     }
 
     async fn max_account_data_pos(&self) -> StorageResult<u64> {
