@@ -121,3 +121,17 @@ async fn metrics_can_have_a_listener_of_their_own() {
     // Not on the main listener any more.
     assert_error(&s.get("/metrics", None).await, 404, "M_UNRECOGNIZED");
 }
+
+#[tokio::test]
+async fn absent_features_answer_empty_not_errors() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let (status, body) = s.get("/_matrix/client/v3/account/3pid", alice.token()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["threepids"], serde_json::json!([]));
+    let (status, body) = s.get("/_matrix/client/v3/thirdparty/protocols", alice.token()).await;
+    assert_eq!((status.as_u16(), body), (200, serde_json::json!({})));
+    let (status, _) = s.get("/_matrix/client/v3/voip/turnServer", alice.token()).await;
+    assert_eq!(status, 200);
+    assert_error(&s.get("/_matrix/client/v3/voip/turnServer", None).await, 401, "M_MISSING_TOKEN");
+}

@@ -47,3 +47,19 @@ pub async fn capabilities(Authed(_): Authed) -> Json<Value> {
         }
     }))
 }
+
+/// `GET /account/3pid`: Axon binds no third-party identifiers (email, phone) to accounts.
+pub async fn threepids(Authed(_): Authed) -> Json<Value> {
+    Json(json!({"threepids": []}))
+}
+
+/// `GET /thirdparty/protocols`: no bridges are registered yet, so no protocols.
+pub async fn thirdparty_protocols(Authed(_): Authed) -> Json<Value> {
+    Json(json!({}))
+}
+
+/// `GET /voip/turnServer`: no TURN server is configured; clients then call peer-to-peer or
+/// through their own fallback, as with other homeservers lacking TURN.
+pub async fn turn_server(Authed(_): Authed) -> Json<Value> {
+    Json(json!({}))
+}

@@ -143,6 +143,16 @@ pub fn client_routes() -> Router<AppState> {
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
         r = r
+            .route(&format!("/_matrix/client/{version}/account/3pid"), get(discovery::threepids))
+            .route(
+                &format!("/_matrix/client/{version}/thirdparty/protocols"),
+                get(discovery::thirdparty_protocols),
+            )
+            .route(
+                &format!("/_matrix/client/{version}/voip/turnServer"),
+                get(discovery::turn_server),
+            );
+        r = r
             .route(
                 &format!("/_matrix/client/{version}/profile/{{user_id}}"),
                 get(user_data::get_profile),
