@@ -105,3 +105,36 @@ async fn deactivation_logs_out_everywhere_and_keeps_the_name_taken() {
         .await;
     assert_error(&res, 400, "M_USER_IN_USE");
 }
+
+#[tokio::test]
+async fn a_deactivated_user_leaves_their_rooms() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    let invited = s.create_room(&alice, json!({"invite": [bob.user_id]})).await;
+    let path = "/_matrix/client/v3/account/deactivate";
+    let (_, body) = s.post(path, bob.token(), json!({})).await;
+    let (status, _) = s
+        .post(
+            path,
+            bob.token(),
+            json!({"auth": password_auth("bob", "bob-password", &body["session"])}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for r in [&room, &invited] {
+        let (_, m) = s
+            .get(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    complement_tests::enc(r),
+                    complement_tests::enc(&bob.user_id)
+                ),
+                alice.token(),
+            )
+            .await;
+        assert_eq!(m["membership"], "leave", "{m}");
+    }
+}

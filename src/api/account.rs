@@ -158,6 +158,10 @@ pub async fn deactivate(
     Ruma(req): Ruma<deactivate::v3::Request>,
 ) -> Result<RumaResponse<deactivate::v3::Response>> {
     s.accounts.deactivate(&who, req.auth.as_ref()).await?;
+    s.rooms.leave_all(&who.user_id).await;
+    if req.erase {
+        s.rooms.set_profile(&who.user_id, Some(None), Some(None)).await?;
+    }
     Ok(RumaResponse(deactivate::v3::Response::new(
         ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
     )))

@@ -109,6 +109,21 @@ impl Rooms {
         self.append(room_id, sender, self.member_event(target, "leave", reason).await?, None).await
     }
 
+    /// Leaves every room the user is in and rejects every invite (account deactivation).
+    /// Returns how many rooms were left; failures are logged and skipped.
+    pub async fn leave_all(&self, user: &UserId) -> usize {
+        let mut left = 0;
+        for room in self.rooms_of(user) {
+            if matches!(room.membership_of(user).as_deref(), Some("join" | "invite" | "knock")) {
+                match self.leave(&room.id, user, Some("Account deactivated")).await {
+                    Ok(()) => left += 1,
+                    Err(e) => tracing::warn!(room_id = %room.id, error = %e, "could not leave"),
+                }
+            }
+        }
+        left
+    }
+
     /// Forgets a room the user has left.
     pub async fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         match self.membership(room_id, user)?.as_deref() {
