@@ -4,11 +4,16 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/axon-target
 AXON_VENV ?= $(HOME)/.cache/axon-venv
 export CARGO_TARGET_DIR AXON_VENV
 
-.PHONY: run test deps test-deps bench lint
+.PHONY: run test deps test-deps bench lint user
 
 ## Start a homeserver on 127.0.0.1:8008 with data under ./data.
 run: deps
 	cargo run --release
+
+## Create an admin account on the server of `make run` (it may be running): make user NAME=alice
+user: deps
+	@test -n "$(NAME)" || { echo "usage: make user NAME=alice" >&2; exit 2; }
+	cargo run --release -q -- user create $(NAME) --admin
 
 ## The test suite that CI runs.
 test: test-deps

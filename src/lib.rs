@@ -122,7 +122,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
     if services.store.user_count().await? == 0 {
         let exe = std::env::args().next().unwrap_or_else(|| "axon".into());
         println!(
-            "\nAxon is running at {} (server name {}). No accounts exist yet; create one with:\n\n    {exe} user create alice --admin\n\n(or `cargo run --release -- user create alice --admin`).\n",
+            "\nAxon is running at {} (server name {}). No accounts exist yet; create one with:\n\n    {exe} user create alice --admin\n\n(it asks for the password; the server may keep running).\n",
             config.client_base_url(),
             config.server_name
         );
