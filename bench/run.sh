@@ -33,6 +33,7 @@ mode = "open"
 login = { per_second = 1000000.0, burst = 1000000 }
 failed_login_per_account = { per_second = 1000000.0, burst = 1000000 }
 register = { per_second = 1000000.0, burst = 1000000 }
+events = { per_second = 1000000.0, burst = 1000000 }
 [logging]
 level = "warn"
 TOML

@@ -98,6 +98,8 @@ pub struct LimitsConfig {
     pub failed_login_per_account: RateLimit,
     /// Registration requests per client IP address.
     pub register: RateLimit,
+    /// Events (messages, state, redactions, room creations) sent per user.
+    pub events: RateLimit,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -186,6 +188,7 @@ impl Default for LimitsConfig {
             login: RateLimit { per_second: 0.5, burst: 10 },
             failed_login_per_account: RateLimit { per_second: 0.1, burst: 5 },
             register: RateLimit { per_second: 0.2, burst: 5 },
+            events: RateLimit { per_second: 10.0, burst: 50 },
         }
     }
 }
@@ -249,6 +252,7 @@ impl Config {
             ("login", self.limits.login),
             ("failed_login_per_account", self.limits.failed_login_per_account),
             ("register", self.limits.register),
+            ("events", self.limits.events),
         ] {
             if !rate.per_second.is_finite() || rate.per_second <= 0.0 || rate.burst == 0 {
                 return Err(ConfigError::Invalid(format!(

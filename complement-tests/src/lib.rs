@@ -44,11 +44,17 @@ pub struct ServerOptions {
     pub extra_toml: String,
     /// Rate limits generous enough for tests unless a test wants them tight.
     pub login_rate: (f64, u32),
+    pub event_rate: (f64, u32),
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { registration: "open", extra_toml: String::new(), login_rate: (1000.0, 1000) }
+        Self {
+            registration: "open",
+            extra_toml: String::new(),
+            login_rate: (1000.0, 1000),
+            event_rate: (100_000.0, 100_000),
+        }
     }
 }
 
@@ -86,6 +92,7 @@ max_body_bytes = 65536
 login = {{ per_second = {lps}, burst = {lb} }}
 failed_login_per_account = {{ per_second = {lps}, burst = {lb} }}
 register = {{ per_second = 1000.0, burst = 1000 }}
+events = {{ per_second = {eps}, burst = {eb} }}
 [logging]
 level = "warn"
 {extra}
@@ -94,6 +101,8 @@ level = "warn"
             mode = options.registration,
             lps = options.login_rate.0,
             lb = options.login_rate.1,
+            eps = options.event_rate.0,
+            eb = options.event_rate.1,
             extra = options.extra_toml,
         );
         std::fs::write(&config_path, config).expect("write config");

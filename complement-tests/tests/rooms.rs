@@ -496,3 +496,20 @@ async fn an_event_over_64_kib_is_too_large() {
         .await;
     assert!(msgs["chunk"].as_array().unwrap().iter().all(|e| e["type"] != "m.room.message"));
 }
+
+#[tokio::test]
+async fn sending_too_fast_is_rate_limited() {
+    let s = TestServer::start_with(complement_tests::ServerOptions {
+        event_rate: (0.01, 3),
+        ..Default::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await; // one of the three
+    for i in 0..2 {
+        assert_eq!(s.send_text(&alice, &room, &format!("t{i}"), "x").await.0, 200);
+    }
+    let res = s.send_text(&alice, &room, "t2", "x").await;
+    assert_error(&res, 429, "M_LIMIT_EXCEEDED");
+    assert!(res.1["retry_after_ms"].as_u64().unwrap() > 0);
+}

@@ -50,6 +50,7 @@ pub async fn create(
     Authed(who): Authed,
     Ruma(req): Ruma<create_room::v3::Request>,
 ) -> Result<RumaResponse<create_room::v3::Response>> {
+    s.event_limiter.check(who.user_id.as_str())?;
     use ruma::api::client::room::Visibility;
     use ruma::api::client::room::create_room::v3::RoomPreset;
     let preset = match req.preset {
@@ -212,6 +213,7 @@ pub async fn send_message(
     Authed(who): Authed,
     Ruma(req): Ruma<send_message_event::v3::Request>,
 ) -> Result<RumaResponse<send_message_event::v3::Response>> {
+    s.event_limiter.check(who.user_id.as_str())?;
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
     let content = raw_to_value(&req.body)?;
     if !content.is_object() {
@@ -235,6 +237,7 @@ pub async fn send_state(
     Authed(who): Authed,
     Ruma(req): Ruma<send_state_event::v3::Request>,
 ) -> Result<RumaResponse<send_state_event::v3::Response>> {
+    s.event_limiter.check(who.user_id.as_str())?;
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
     let content = raw_to_value(&req.body)?;
     if !content.is_object() {
@@ -267,6 +270,7 @@ pub async fn redact(
     Authed(who): Authed,
     Ruma(req): Ruma<redact_event::v3::Request>,
 ) -> Result<RumaResponse<redact_event::v3::Response>> {
+    s.event_limiter.check(who.user_id.as_str())?;
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
     let Some((record, _)) = s.rooms.event(req.event_id.as_str()).await? else {
         return Err(Error::NotFound("Event not found".into()));

@@ -27,6 +27,8 @@ pub struct Services {
     pub accounts: accounts::Accounts,
     pub rooms: Rooms,
     pub user_data: user_data::UserData,
+    /// Events sent per user (`limits.events`).
+    pub event_limiter: ratelimit::RateLimiter,
 }
 
 impl Services {
@@ -39,6 +41,7 @@ impl Services {
         let accounts = accounts::Accounts::new(config.clone(), store.clone(), passwords);
         let rooms = Rooms::load(config.server_name.clone(), key, store.clone()).await?;
         let user_data = user_data::UserData::load(store.clone(), rooms.notifier.clone()).await?;
-        Ok(Arc::new(Self { config, store, accounts, rooms, user_data }))
+        let event_limiter = ratelimit::RateLimiter::new(config.limits.events);
+        Ok(Arc::new(Self { config, store, accounts, rooms, user_data, event_limiter }))
     }
 }
