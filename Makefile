@@ -31,5 +31,5 @@ lint: deps
 
 ## Benchmarks against the release binary (see bench/README.md).
 bench: deps
-	cargo build --release --bin axon --bin axon-bench
+	cargo build --release -p axon -p axon-bench
 	bench/run.sh

@@ -15,7 +15,7 @@ BIN="${AXON_BIN:-$TARGET/release/axon}"
 LOADGEN="$TARGET/release/axon-bench"
 DURATION="${BENCH_DURATION:-10s}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
-[[ -x "$BIN" && -x "$LOADGEN" ]] || { echo "build first: cargo build --release --workspace" >&2; exit 1; }
+[[ -x "$BIN" && -x "$LOADGEN" ]] || { echo "build first: cargo build --release -p axon -p axon-bench" >&2; exit 1; }
 command -v wrk >/dev/null || { sudo_apt=""; [[ $(id -u) -ne 0 ]] && sudo_apt=sudo; $sudo_apt apt-get install -y -qq wrk >/dev/null; }
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 

@@ -66,14 +66,6 @@ impl std::fmt::Display for SyncToken {
     }
 }
 
-/// Most recent events examined to count a room's unread notifications; the count saturates.
-const MAX_UNREAD_SCAN: usize = 200;
-
-/// Event types that count as notifications (the default push rules' `.m.rule.message`,
-/// `.m.rule.encrypted`, calls and stickers; `m.notice` is suppressed).
-const NOTIFYING_TYPES: &[&str] =
-    &["m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite"];
-
 struct Options {
     /// How far the user has read in each room (event position, account-data position).
     read_positions: HashMap<String, (u64, u64)>,
@@ -161,56 +153,6 @@ pub async fn sync(
             Err(_) => continue, // timed out: answer with whatever there is (nothing)
         }
     }
-}
-
-/// Notifications and highlights after the user's read position (or their own latest event,
-/// whichever is later), looking at the newest [`MAX_UNREAD_SCAN`] events at most.
-async fn unread_counts(
-    s: &Services,
-    room: &Room,
-    who: &Identity,
-    displayname: Option<&str>,
-    read_pos: Option<u64>,
-    current: u64,
-) -> Result<(u64, u64)> {
-    let ids = s
-        .rooms
-        .store()
-        .room_events(
-            room.id.as_str(),
-            read_pos,
-            Some(current.saturating_add(1)),
-            true,
-            MAX_UNREAD_SCAN,
-        )
-        .await?;
-    let name = displayname.map(str::to_lowercase);
-    let (mut notifications, mut highlights) = (0, 0);
-    for (_, id) in ids {
-        let Some((record, pdu)) = s.rooms.event(&id).await? else { continue };
-        if pdu.sender == who.user_id {
-            break; // users have read what they sent
-        }
-        if record.redacted_by.is_some() || !NOTIFYING_TYPES.contains(&pdu.kind.to_string().as_str())
-        {
-            continue;
-        }
-        let content: Value = pdu.content_as().unwrap_or_default();
-        if content["msgtype"] == "m.notice" {
-            continue;
-        }
-        notifications += 1;
-        let mentioned = content["m.mentions"]["user_ids"]
-            .as_array()
-            .is_some_and(|ids| ids.iter().any(|u| u.as_str() == Some(who.user_id.as_str())));
-        let body = content["body"].as_str().unwrap_or_default().to_lowercase();
-        let named = name.as_ref().is_some_and(|n| !n.is_empty() && body.contains(n.as_str()))
-            || body.contains(&who.user_id.as_str().to_lowercase());
-        if mentioned || named {
-            highlights += 1;
-        }
-    }
-    Ok((notifications, highlights))
 }
 
 /// Account-data records as sync events: global ones, and per room.
@@ -487,13 +429,15 @@ async fn joined_room(
     heroes.truncate(5);
 
     let read_pos = opts.read_positions.get(room.id.as_str()).map(|(event_pos, _)| *event_pos);
-    let (notifications, highlights) =
-        unread_counts(s, room, who, opts.displayname.as_deref(), read_pos, current).await?;
+    let unread = s
+        .unread
+        .counts(&s.rooms, &room.id, &who.user_id, opts.displayname.as_deref(), read_pos, current)
+        .await?;
 
     Ok(Some(json!({
         "unread_notifications": {
-            "notification_count": notifications,
-            "highlight_count": highlights,
+            "notification_count": unread.notifications,
+            "highlight_count": unread.highlights,
         },
         "timeline": {
             "events": timeline,

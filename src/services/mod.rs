@@ -9,6 +9,7 @@ pub mod passwords;
 pub mod ratelimit;
 pub mod tokens;
 pub mod uia;
+pub mod unread;
 pub mod user_data;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct Services {
     pub user_data: user_data::UserData,
     /// Events sent per user (`limits.events`).
     pub event_limiter: ratelimit::RateLimiter,
+    pub unread: unread::Unread,
 }
 
 impl Services {
@@ -42,6 +44,14 @@ impl Services {
         let rooms = Rooms::load(config.server_name.clone(), key, store.clone()).await?;
         let user_data = user_data::UserData::load(store.clone(), rooms.notifier.clone()).await?;
         let event_limiter = ratelimit::RateLimiter::new(config.limits.events);
-        Ok(Arc::new(Self { config, store, accounts, rooms, user_data, event_limiter }))
+        Ok(Arc::new(Self {
+            config,
+            store,
+            accounts,
+            rooms,
+            user_data,
+            event_limiter,
+            unread: unread::Unread::default(),
+        }))
     }
 }
