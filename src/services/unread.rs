@@ -111,7 +111,8 @@ impl Unread {
                     )
                     .await?;
                 if ids.len() > MAX_UNREAD_SCAN {
-                    self.from_scratch(rooms, room, user, displayname, read_pos, current).await?
+                    self.count_from_scratch(rooms, room, user, displayname, read_pos, current)
+                        .await?
                 } else {
                     let mut counts = e.counts;
                     for (_, id) in ids {
@@ -127,7 +128,7 @@ impl Unread {
                     counts
                 }
             }
-            _ => self.from_scratch(rooms, room, user, displayname, read_pos, current).await?,
+            _ => self.count_from_scratch(rooms, room, user, displayname, read_pos, current).await?,
         };
         let mut cache = self.cache.lock();
         if cache.len() >= MAX_ENTRIES {
@@ -138,7 +139,7 @@ impl Unread {
     }
 
     /// Counts backwards from `current` to the read position or the user's own last event.
-    async fn from_scratch(
+    async fn count_from_scratch(
         &self,
         rooms: &Rooms,
         room: &RoomId,
