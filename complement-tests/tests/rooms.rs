@@ -513,3 +513,43 @@ async fn sending_too_fast_is_rate_limited() {
     assert_error(&res, 429, "M_LIMIT_EXCEEDED");
     assert!(res.1["retry_after_ms"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn messages_with_lazy_loading_include_the_senders_member_events() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    s.send_text(&bob, &room, "b1", "from bob").await;
+    let filter = enc(&json!({"lazy_load_members": true}).to_string());
+    let (status, body) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1&filter={filter}",
+                enc(&room)
+            ),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let state = body["state"].as_array().unwrap();
+    assert_eq!(state.len(), 1, "{body}");
+    assert_eq!(state[0]["state_key"], bob.user_id);
+    assert_eq!(state[0]["content"]["displayname"], "bob");
+}
+
+#[tokio::test]
+async fn event_content_with_a_float_is_bad_json() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/f1", enc(&room)),
+            alice.token(),
+            json!({"msgtype": "m.text", "body": "x", "n": 1.5}),
+        )
+        .await;
+    assert_error(&res, 400, "M_BAD_JSON");
+}

@@ -628,6 +628,22 @@ pub async fn messages(
     if !exhausted || chunk.len() >= limit {
         body["end"] = json!(token(cursor));
     }
+    // With lazy-loaded members, the chunk's senders' member events come along, so clients
+    // can show names without loading the whole member list.
+    let lazy = !matches!(
+        req.filter.lazy_load_options,
+        ruma::api::client::filter::LazyLoadOptions::Disabled
+    );
+    if lazy {
+        let senders: std::collections::BTreeSet<&str> =
+            chunk.iter().filter_map(|e| e["sender"].as_str()).collect();
+        let state: Vec<Value> = senders
+            .into_iter()
+            .filter_map(|sender| room.state_event(&StateEventType::RoomMember, sender))
+            .map(|pdu| pdu.to_client(&room.rules.redaction, false, None, true))
+            .collect();
+        body["state"] = json!(state);
+    }
     Ok(Json(body))
 }
 
