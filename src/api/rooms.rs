@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma, RumaResponse};
+use crate::rooms::client::Viewer;
 use crate::rooms::create::{CreateRoom, Preset};
 use crate::rooms::pdu::NewEvent;
 use crate::rooms::pdu::Pdu;
@@ -306,7 +307,7 @@ pub async fn state(
     let events: Vec<Value> = room
         .state()
         .values()
-        .map(|p| p.to_client(&room.rules.redaction, false, None, true))
+        .map(|p| p.to_client(&room.rules.redaction, false, Default::default(), true))
         .collect();
     Ok(Json(Value::Array(events)))
 }
@@ -323,7 +324,7 @@ pub async fn state_for_key(
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
     let full = matches!(req.format, get_state_event_for_key::v3::StateEventFormat::Event);
     if full {
-        Ok(Json(pdu.to_client(&room.rules.redaction, false, None, true)))
+        Ok(Json(pdu.to_client(&room.rules.redaction, false, Default::default(), true)))
     } else {
         Ok(Json(serde_json::from_str(pdu.content.get()).unwrap_or_else(|_| json!({}))))
     }
@@ -371,7 +372,7 @@ pub async fn members(
             membership.as_ref().is_none_or(|want| *want == m)
                 && not_membership.as_ref().is_none_or(|not| *not != m)
         })
-        .map(|(_, pdu)| pdu.to_client(&room.rules.redaction, false, None, true))
+        .map(|(_, pdu)| pdu.to_client(&room.rules.redaction, false, Default::default(), true))
         .collect();
     Ok(Json(json!({"chunk": chunk})))
 }
@@ -409,30 +410,23 @@ pub async fn event(
         .await?
         .filter(|(r, _)| r.room_id == req.room_id.as_str() && readable.contains(r.pos))
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
-    let txn = record
-        .txn
-        .as_ref()
-        .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str());
-    Ok(Json(pdu.to_client(
-        &room.rules.redaction,
-        record.redacted_by.is_some(),
-        txn.map(|(_, t)| t.as_str()),
-        true,
-    )))
+    Ok(Json(client_view(&s, &room, &record, &pdu, &who).await?))
 }
 
 fn room_or_forbidden(s: &Services, room_id: &RoomId) -> Result<Arc<Room>> {
     s.rooms.get(room_id).ok_or_else(|| Error::Forbidden("You are not in this room".into()))
 }
 
-/// An event as `who` sees it (their own transaction ID echoed to the sending device).
-fn client_view(room: &Room, record: &EventRecord, pdu: &Pdu, who: &Identity) -> Value {
-    let txn = record
-        .txn
-        .as_ref()
-        .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str())
-        .map(|(_, t)| t.as_str());
-    pdu.to_client(&room.rules.redaction, record.redacted_by.is_some(), txn, true)
+/// An event as `who` sees it.
+async fn client_view(
+    s: &Services,
+    room: &Room,
+    record: &EventRecord,
+    pdu: &Pdu,
+    who: &Identity,
+) -> Result<Value> {
+    let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
+    s.rooms.client_event(room, record, pdu, viewer, true).await
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`.
@@ -468,13 +462,13 @@ pub async fn context(
     let mut events_before = Vec::new();
     for (_, id) in &before {
         if let Some((r, p)) = s.rooms.event(id).await? {
-            events_before.push(client_view(&room, &r, &p, &who));
+            events_before.push(client_view(&s, &room, &r, &p, &who).await?);
         }
     }
     let mut events_after = Vec::new();
     for (_, id) in &after {
         if let Some((r, p)) = s.rooms.event(id).await? {
-            events_after.push(client_view(&room, &r, &p, &who));
+            events_after.push(client_view(&s, &room, &r, &p, &who).await?);
         }
     }
     let start = before.last().map_or(record.pos, |(pos, _)| *pos).saturating_sub(1);
@@ -487,11 +481,11 @@ pub async fn context(
     let mut state = Vec::with_capacity(state_ids.len());
     for id in state_ids.values() {
         if let Some((r, p)) = s.rooms.event(id).await? {
-            state.push(client_view(&room, &r, &p, &who));
+            state.push(client_view(&s, &room, &r, &p, &who).await?);
         }
     }
     Ok(Json(json!({
-        "event": client_view(&room, &record, &pdu, &who),
+        "event": client_view(&s, &room, &record, &pdu, &who).await?,
         "events_before": events_before,
         "events_after": events_after,
         "start": token(start),
@@ -606,16 +600,7 @@ pub async fn messages(
             if !wanted(&pdu) {
                 continue;
             }
-            let txn = record
-                .txn
-                .as_ref()
-                .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str());
-            chunk.push(pdu.to_client(
-                &room.rules.redaction,
-                record.redacted_by.is_some(),
-                txn.map(|(_, t)| t.as_str()),
-                true,
-            ));
+            chunk.push(client_view(&s, &room, &record, &pdu, &who).await?);
             if chunk.len() >= limit {
                 break;
             }
@@ -640,7 +625,7 @@ pub async fn messages(
         let state: Vec<Value> = senders
             .into_iter()
             .filter_map(|sender| room.state_event(&StateEventType::RoomMember, sender))
-            .map(|pdu| pdu.to_client(&room.rules.redaction, false, None, true))
+            .map(|pdu| pdu.to_client(&room.rules.redaction, false, Default::default(), true))
             .collect();
         body["state"] = json!(state);
     }

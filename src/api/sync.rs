@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma};
 use crate::rooms::Room;
+use crate::rooms::client::Viewer;
 use crate::rooms::state::{self, StateKey};
 use crate::services::Services;
 use crate::services::accounts::Identity;
@@ -213,12 +214,8 @@ async fn client_event(
     let Some((record, pdu)) = s.rooms.event(event_id).await? else {
         return Ok(None);
     };
-    let txn = record
-        .txn
-        .as_ref()
-        .filter(|(d, _)| pdu.sender == who.user_id && d == who.device_id.as_str())
-        .map(|(_, t)| t.as_str());
-    Ok(Some(pdu.to_client(&room.rules.redaction, record.redacted_by.is_some(), txn, false)))
+    let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
+    Ok(Some(s.rooms.client_event(room, &record, &pdu, viewer, false).await?))
 }
 
 /// Builds `rooms`; the flag says whether nothing at all changed.
@@ -412,7 +409,12 @@ async fn joined_room(
                 && !in_timeline.contains(pdu.event_id.as_str())
                 && !state_events.iter().any(|e| e["event_id"] == pdu.event_id.as_str())
             {
-                state_events.push(pdu.to_client(&room.rules.redaction, false, None, false));
+                state_events.push(pdu.to_client(
+                    &room.rules.redaction,
+                    false,
+                    Default::default(),
+                    false,
+                ));
             }
         }
     }

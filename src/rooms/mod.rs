@@ -7,6 +7,7 @@
 //! the write to the [`commit::Committer`]. After the fsync it updates the caches and wakes the
 //! members' pending syncs. An event that fails the auth rules is never stored.
 
+pub mod client;
 pub mod commit;
 pub mod create;
 pub mod directory;
@@ -288,6 +289,7 @@ impl Rooms {
             membership: None,
             txn: None,
             redacts: None,
+            replaces_state: None,
         };
         let view = RoomInner {
             head,
@@ -468,6 +470,10 @@ impl Rooms {
 
         let pdu = Arc::new(pdu);
         let event_id = pdu.event_id.clone();
+        let replaces_state = pdu.state_key.as_ref().and_then(|key| {
+            let k: StateKey = (pdu.kind.to_string().into(), key.clone());
+            inner.state.get(&k).map(|p| p.event_id.to_string())
+        });
         let (state, state_group, new_group, chain_len) = match &pdu.state_key {
             Some(key) => {
                 let mut state = (*inner.state).clone();
@@ -511,6 +517,7 @@ impl Rooms {
                 txn_id: t.txn_id.to_owned(),
             }),
             redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
+            replaces_state,
         };
         let mut members = inner.members.clone();
         let mut new_member = None;

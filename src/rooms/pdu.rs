@@ -122,12 +122,13 @@ impl Pdu {
 
     /// The event as clients see it (without `room_id` when `with_room_id` is false, as in
     /// `/sync`). A redacted event loses the content keys the room version's redaction
-    /// algorithm removes.
+    /// algorithm removes. `unsigned` is merged into the event's `unsigned` (after `age`).
+    /// [`crate::rooms::Rooms::client_event`] fills it for stored events.
     pub fn to_client(
         &self,
         rules: &ruma::room_version_rules::RedactionRules,
         redacted: bool,
-        transaction_id: Option<&str>,
+        unsigned: serde_json::Map<String, serde_json::Value>,
         with_room_id: bool,
     ) -> serde_json::Value {
         let mut content: serde_json::Value =
@@ -156,14 +157,12 @@ impl Pdu {
         if let Some(redacts) = &self.redacts {
             obj.insert("redacts".into(), serde_json::json!(redacts));
         }
-        let mut unsigned = serde_json::Map::new();
+        let mut all = serde_json::Map::new();
         let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
         let ts: u64 = self.origin_server_ts.get().into();
-        unsigned.insert("age".into(), serde_json::json!(now.saturating_sub(ts)));
-        if let Some(txn) = transaction_id {
-            unsigned.insert("transaction_id".into(), serde_json::json!(txn));
-        }
-        obj.insert("unsigned".into(), serde_json::Value::Object(unsigned));
+        all.insert("age".into(), serde_json::json!(now.saturating_sub(ts)));
+        all.extend(unsigned);
+        obj.insert("unsigned".into(), serde_json::Value::Object(all));
         event
     }
 

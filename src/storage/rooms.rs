@@ -44,6 +44,9 @@ pub struct EventRecord {
     /// `unsigned.transaction_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<(String, String)>,
+    /// The state event this one replaced (same type and state key), for `prev_content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_state: Option<String>,
 }
 
 /// A state group: a full snapshot (no `prev`) or a delta on `prev`.
@@ -93,6 +96,8 @@ pub struct EventWrite {
     pub txn: Option<TxnKey>,
     /// An event this one redacts (content removed in the stored copy).
     pub redacts: Option<String>,
+    /// The state event this one replaces.
+    pub replaces_state: Option<String>,
 }
 
 #[async_trait]

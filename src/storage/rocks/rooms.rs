@@ -64,6 +64,7 @@ impl RoomStore for RocksStore {
                     pdu: w.pdu,
                     redacted_by: None,
                     txn: w.txn.as_ref().map(|t| (t.device_id.clone(), t.txn_id.clone())),
+                    replaces_state: w.replaces_state.clone(),
                 };
                 batch.put_cf(events, w.event_id.as_bytes(), encode(&record));
                 batch.put_cf(
