@@ -560,7 +560,13 @@ async fn a_state_change_carries_the_previous_content() {
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({"name": "Old name"})).await;
     let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
-    let (_, set) = s.put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)), alice.token(), json!({"name": "New name"})).await;
+    let (_, set) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            alice.token(),
+            json!({"name": "New name"}),
+        )
+        .await;
     let body = s.sync(&alice, Some(&since), 0).await;
     let event = &body["rooms"]["join"][&room]["timeline"]["events"][0];
     assert_eq!(event["event_id"], set["event_id"]);
@@ -578,11 +584,41 @@ async fn a_redacted_event_says_what_redacted_it() {
     let (_, sent) = s.send_text(&alice, &room, "t1", "regret").await;
     let id = sent["event_id"].as_str().unwrap();
     let (_, redaction) = s
-        .put(&format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(id)), alice.token(), json!({"reason": "typo"}))
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(id)),
+            alice.token(),
+            json!({"reason": "typo"}),
+        )
         .await;
-    let (_, msgs) = s.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5", enc(&room)), alice.token()).await;
-    let redacted = msgs["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == id).unwrap().clone();
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5", enc(&room)),
+            alice.token(),
+        )
+        .await;
+    let redacted =
+        msgs["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == id).unwrap().clone();
     assert_eq!(redacted["content"], json!({}));
     assert_eq!(redacted["unsigned"]["redacted_because"]["event_id"], redaction["event_id"]);
     assert_eq!(redacted["unsigned"]["redacted_because"]["content"]["reason"], "typo");
+}
+
+#[tokio::test]
+async fn inviting_an_unknown_or_remote_user_is_refused() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+    let res = s.post(&path, alice.token(), json!({"user_id": "@nobody:test.local"})).await;
+    assert_error(&res, 404, "M_NOT_FOUND");
+    let res = s.post(&path, alice.token(), json!({"user_id": "@bob:elsewhere.example"})).await;
+    assert_eq!(res.0, 400, "{}", res.1);
+    let res = s
+        .post(
+            "/_matrix/client/v3/createRoom",
+            alice.token(),
+            json!({"invite": ["@nobody:test.local"]}),
+        )
+        .await;
+    assert_error(&res, 404, "M_NOT_FOUND");
 }

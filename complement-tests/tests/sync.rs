@@ -153,6 +153,10 @@ async fn invites_and_leaves_appear_in_sync() {
     assert!(events.iter().any(|e| e["type"] == "m.room.member"
         && e["state_key"] == bob.user_id
         && e["content"]["is_direct"] == true));
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == alice.user_id),
+        "the inviter's member event is included"
+    );
 
     s.join(&bob, &room).await;
     let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();

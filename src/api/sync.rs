@@ -276,11 +276,17 @@ async fn build_rooms(
             }
             "invite" if changed_since(m.pos) => {
                 let mut events: Vec<Value> = Vec::new();
-                for (key, pdu) in room.state().iter() {
+                let state = room.state();
+                // Who invited us: their member event lets clients show their name.
+                let inviter = state
+                    .get(&(StateEventType::RoomMember, who.user_id.to_string()))
+                    .map(|p| p.sender.to_string());
+                for (key, pdu) in state.iter() {
                     let is_stripped = STRIPPED_STATE.contains(&key.0.to_string().as_str());
-                    let is_own_invite =
-                        key.0 == StateEventType::RoomMember && key.1 == who.user_id.as_str();
-                    if is_stripped || is_own_invite {
+                    let is_member = key.0 == StateEventType::RoomMember;
+                    let is_own_invite = is_member && key.1 == who.user_id.as_str();
+                    let is_inviter = is_member && inviter.as_deref() == Some(key.1.as_str());
+                    if is_stripped || is_own_invite || is_inviter {
                         events.push(json!({
                             "type": pdu.kind,
                             "state_key": pdu.state_key,

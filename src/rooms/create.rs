@@ -51,6 +51,9 @@ impl Rooms {
         let preset =
             req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
 
+        for invitee in &req.invite {
+            self.check_invitee(invitee).await?;
+        }
         let alias = match &req.room_alias_localpart {
             Some(local) => {
                 if local.is_empty() || local.contains([':', ' ', '#']) {

@@ -51,12 +51,27 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
+        self.check_invitee(target).await?;
         match self.membership(room_id, target)?.as_deref() {
             Some("join") => return Err(Error::Forbidden("The user is already in the room".into())),
             Some("ban") => return Err(Error::Forbidden("The user is banned from the room".into())),
             _ => {}
         }
         self.append(room_id, sender, self.member_event(target, "invite", reason).await?, None).await
+    }
+
+    /// An invite must be able to reach its target: a local, active account (remote users
+    /// need federation, which is not there yet).
+    pub async fn check_invitee(&self, target: &UserId) -> Result<()> {
+        if target.server_name() != self.server_name() {
+            return Err(Error::Unknown(format!(
+                "Cannot invite {target}: this server does not federate yet"
+            )));
+        }
+        if self.profile_of(target).await?.is_none() {
+            return Err(Error::NotFound(format!("User {target} does not exist")));
+        }
+        Ok(())
     }
 
     /// Leaves a room, or rejects an invite.
