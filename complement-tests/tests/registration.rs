@@ -235,3 +235,34 @@ async fn token_validity_is_forbidden_when_tokens_are_not_in_use() {
         .await;
     assert_error(&res, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn an_empty_register_request_gets_the_flows() {
+    // Clients (Element among them) ask for the flows with an empty body.
+    let s = TestServer::start().await;
+    let (status, body) = s.post(REGISTER, None, json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["flows"], json!([{"stages": ["m.login.dummy"]}]));
+    // Completing UIA without a password is refused.
+    let session = body["session"].as_str().unwrap();
+    let res = s
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "nopw", "auth": {"type": "m.login.dummy", "session": session}}),
+        )
+        .await;
+    assert_error(&res, 400, "M_MISSING_PARAM");
+}
+
+#[tokio::test]
+async fn registering_without_a_username_picks_one() {
+    let s = TestServer::start().await;
+    let (_, body) = s.post(REGISTER, None, json!({"password": "some-password"})).await;
+    let session = body["session"].as_str().unwrap();
+    let (status, body) = s
+        .post(REGISTER, None, json!({"password": "some-password", "auth": {"type": "m.login.dummy", "session": session}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["user_id"].as_str().unwrap().ends_with(":test.local"));
+}

@@ -192,24 +192,31 @@ impl Accounts {
         }
         self.register_per_ip.check(&req.client_ip)?;
 
-        let localpart = match req.username.as_deref() {
-            Some(name) => name.to_owned(),
-            None => tokens::random_string(b"abcdefghijklmnopqrstuvwxyz0123456789", 12),
-        };
-        self.validate_localpart(&localpart)?;
-        let password = req
-            .password
-            .as_deref()
-            .ok_or_else(|| Error::MissingParam("A password is required to register".into()))?;
-        self.validate_password(password)?;
-        self.validate_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
-        if self.store.user(&localpart).await?.is_some() {
-            return Err(Error::UserInUse);
+        // Check what the client sent before UIA, so it learns of a taken name or a weak
+        // password before completing any stage. An empty body is how clients ask for the
+        // flows (Element does), so nothing here may be required yet.
+        if let Some(name) = req.username.as_deref() {
+            self.validate_localpart(name)?;
+            if self.store.user(name).await?.is_some() {
+                return Err(Error::UserInUse);
+            }
         }
+        if let Some(password) = req.password.as_deref() {
+            self.validate_password(password)?;
+        }
+        self.validate_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
 
         let flows = self.registration_flows();
         let completed = self.run_uia(req.auth.as_ref(), Purpose::Register, None, flows).await?;
 
+        let password = req
+            .password
+            .as_deref()
+            .ok_or_else(|| Error::MissingParam("A password is required to register".into()))?;
+        let localpart = match req.username.as_deref() {
+            Some(name) => name.to_owned(),
+            None => tokens::random_string(b"abcdefghijklmnopqrstuvwxyz0123456789", 12),
+        };
         let password_hash = self.passwords.hash(password).await?;
         let user = UserRecord {
             localpart: localpart.clone(),
