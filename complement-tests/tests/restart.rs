@@ -19,3 +19,71 @@ async fn accounts_and_tokens_survive_kill_9() {
     assert_eq!(body["display_name"], "Renamed");
     assert_eq!(s.login("alice", "alice-password").await.0, 200);
 }
+
+/// Concurrent senders, kill -9 in the middle: every event that got a 200 is there after the
+/// restart, and the room accepts new events on top of what survived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_event_survives_kill_9_under_load() {
+    use std::sync::{Arc, Mutex};
+
+    use complement_tests::enc;
+
+    let mut s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for w in 0..8 {
+        let client = s.client.clone();
+        let base = s.base.clone();
+        let token = alice.access_token.clone();
+        let room = room.clone();
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                let url = format!(
+                    "{base}/_matrix/client/v3/rooms/{}/send/m.room.message/w{w}-{i}",
+                    enc(&room)
+                );
+                let body = json!({"msgtype": "m.text", "body": format!("{w}/{i}")});
+                match client.put(url).bearer_auth(&token).json(&body).send().await {
+                    Ok(res) if res.status() == 200 => {
+                        let v: serde_json::Value = match res.json().await {
+                            Ok(v) => v,
+                            Err(_) => return, // the connection died mid-answer: not acknowledged
+                        };
+                        acked.lock().unwrap().push(v["event_id"].as_str().unwrap().to_owned());
+                    }
+                    _ => return, // the server is gone
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    s.kill9();
+    for t in senders {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "the load should have produced events: {}", acked.len());
+
+    s.crash_and_restart().await;
+    for id in &acked {
+        let (status, body) = s
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id)),
+                alice.token(),
+            )
+            .await;
+        assert_eq!(status, 200, "acknowledged event {id} lost: {body}");
+    }
+    let (status, _) = s.send_text(&alice, &room, "after", "still works").await;
+    assert_eq!(status, 200);
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room)),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(msgs["chunk"][0]["content"]["body"], "still works");
+}
