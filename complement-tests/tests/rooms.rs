@@ -622,3 +622,35 @@ async fn inviting_an_unknown_or_remote_user_is_refused() {
         .await;
     assert_error(&res, 404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn only_the_sender_or_a_moderator_can_redact() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    s.join(&carol, &room).await;
+    let (_, bobs) = s.send_text(&bob, &room, "b1", "bob's message").await;
+    let id = bobs["event_id"].as_str().unwrap();
+    let redact = |who: &complement_tests::Session, txn: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/{txn}", enc(&room), enc(id));
+        let token = who.access_token.clone();
+        let s = &s;
+        async move { s.put(&path, Some(&token), json!({})).await }
+    };
+    assert_error(&redact(&carol, "c1").await, 403, "M_FORBIDDEN");
+    let (_, ev) = s
+        .get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id)), alice.token())
+        .await;
+    assert_eq!(ev["content"]["body"], "bob's message", "a refused redaction changes nothing");
+    assert_eq!(redact(&alice, "a1").await.0, 200, "the room creator moderates");
+    let (_, own) = s.send_text(&bob, &room, "b2", "mine").await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/redact/{}/b3",
+        enc(&room),
+        enc(own["event_id"].as_str().unwrap())
+    );
+    assert_eq!(s.put(&path, bob.token(), json!({})).await.0, 200, "anyone redacts their own");
+}

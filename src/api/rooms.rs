@@ -272,12 +272,17 @@ pub async fn redact(
     Ruma(req): Ruma<redact_event::v3::Request>,
 ) -> Result<RumaResponse<redact_event::v3::Response>> {
     s.event_limiter.check(who.user_id.as_str())?;
-    s.rooms.require_joined(&req.room_id, &who.user_id)?;
-    let Some((record, _)) = s.rooms.event(req.event_id.as_str()).await? else {
+    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let Some((record, target)) = s.rooms.event(req.event_id.as_str()).await? else {
         return Err(Error::NotFound("Event not found".into()));
     };
     if record.room_id != req.room_id.as_str() {
         return Err(Error::NotFound("Event not found".into()));
+    }
+    // From room version 3 the auth rules leave this to the server: users may redact their
+    // own events, and others' only with the room's `redact` power level.
+    if target.sender != who.user_id && room.power_level_of(&who.user_id) < room.redact_level() {
+        return Err(Error::Forbidden("You may not redact other users' events".into()));
     }
     let mut content = json!({});
     if let Some(reason) = &req.reason {

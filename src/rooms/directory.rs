@@ -50,6 +50,14 @@ impl Room {
         }
     }
 
+    /// The power level needed to redact other users' events (`redact`, default 50).
+    pub fn redact_level(&self) -> i64 {
+        self.state_event(&StateEventType::RoomPowerLevels, "")
+            .and_then(|pl| pl.content_as::<Value>())
+            .and_then(|c| c["redact"].as_i64())
+            .unwrap_or(50)
+    }
+
     fn content_str(&self, kind: StateEventType, field: &str) -> Option<String> {
         self.state_event(&kind, "")
             .and_then(|p| p.content_as::<Value>())
