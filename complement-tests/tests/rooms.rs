@@ -654,3 +654,38 @@ async fn only_the_sender_or_a_moderator_can_redact() {
     );
     assert_eq!(s.put(&path, bob.token(), json!({})).await.0, 200, "anyone redacts their own");
 }
+
+#[tokio::test]
+async fn a_former_member_reads_the_state_as_it_was_when_they_left() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "Before"})).await;
+    s.join(&bob, &room).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+        alice.token(),
+        json!({"name": "After"}),
+    )
+    .await;
+    let (status, name) = s
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)), bob.token())
+        .await;
+    assert_eq!(status, 200, "{name}");
+    assert_eq!(name["name"], "Before");
+    let (status, state) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), bob.token()).await;
+    assert_eq!(status, 200);
+    assert!(
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Before")
+    );
+    // Someone who was never in the (not world-readable) room sees nothing.
+    let carol = s.register("carol", "carol-password").await;
+    let res = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), carol.token()).await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+}

@@ -269,3 +269,19 @@ async fn full_state_returns_the_whole_state_again() {
     assert!(state.iter().any(|e| e["type"] == "m.room.name"), "{body}");
     assert!(state.iter().any(|e| e["type"] == "m.room.create"));
 }
+
+#[tokio::test]
+async fn include_leave_shows_departed_rooms_in_an_initial_sync() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+    let plain = s.sync(&bob, None, 0).await;
+    assert!(plain["rooms"]["leave"].get(&room).is_none(), "left rooms stay out by default");
+    let filter = enc(&json!({"room": {"include_leave": true}}).to_string());
+    let (_, body) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), bob.token()).await;
+    let timeline = body["rooms"]["leave"][&room]["timeline"]["events"].as_array().unwrap();
+    assert_eq!(timeline.last().unwrap()["content"]["membership"], "leave", "{body}");
+}

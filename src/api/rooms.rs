@@ -303,14 +303,40 @@ pub async fn redact(
     Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
 }
 
+/// The room state `user` may see: the current state for members (and anyone, in a
+/// world-readable room), the state when they left for former members.
+async fn visible_state(
+    s: &Services,
+    room: &Room,
+    user: &UserId,
+) -> Result<Arc<crate::rooms::state::StateMap>> {
+    let readable = s.rooms.readable(room, user).await?;
+    if readable.until == u64::MAX {
+        return Ok(room.state());
+    }
+    let departure = s
+        .rooms
+        .store()
+        .room_events(room.id.as_str(), None, Some(readable.until.saturating_add(1)), true, 1)
+        .await?;
+    let Some((_, event_id)) = departure.first() else { return Ok(room.state()) };
+    let record = s
+        .rooms
+        .store()
+        .event(event_id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("event {event_id} missing")))?;
+    Ok(Arc::new(crate::rooms::state::load_group(s.rooms.store(), record.state_group).await?))
+}
+
 pub async fn state(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<get_state_events::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
-    let events: Vec<Value> = room
-        .state()
+    let room = room_or_forbidden(&s, &req.room_id)?;
+    let events: Vec<Value> = visible_state(&s, &room, &who.user_id)
+        .await?
         .values()
         .map(|p| p.to_client(&room.rules.redaction, false, Default::default(), true))
         .collect();
@@ -322,10 +348,12 @@ pub async fn state_for_key(
     Authed(who): Authed,
     Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    let room = room_or_forbidden(&s, &req.room_id)?;
     let kind: StateEventType = req.event_type.to_string().into();
-    let pdu = room
-        .state_event(&kind, &req.state_key)
+    let pdu = visible_state(&s, &room, &who.user_id)
+        .await?
+        .get(&(kind, req.state_key.clone()))
+        .cloned()
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
     let full = matches!(req.format, get_state_event_for_key::v3::StateEventFormat::Event);
     if full {

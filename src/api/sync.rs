@@ -226,6 +226,8 @@ async fn build_rooms(
     current: u64,
     room_account_data: &HashMap<String, Vec<Value>>,
 ) -> Result<(Value, bool)> {
+    let include_leave =
+        opts.since.is_none() && opts.filter.as_ref().is_some_and(|f| f.room.include_leave);
     let memberships: HashMap<String, MembershipRecord> =
         s.rooms.store().user_memberships(who.user_id.as_str()).await?.into_iter().collect();
     let mut join = serde_json::Map::new();
@@ -297,7 +299,11 @@ async fn build_rooms(
                 }
                 invite.insert(room.id.to_string(), json!({"invite_state": {"events": events}}));
             }
-            "leave" | "ban" if opts.since.is_some() && changed_since(m.pos) && !m.forgotten => {
+            // Departures since the last sync; in an initial sync only with `include_leave`.
+            "leave" | "ban"
+                if !m.forgotten
+                    && ((opts.since.is_some() && changed_since(m.pos)) || include_leave) =>
+            {
                 // The timeline up to and including the departure.
                 let ids = s
                     .rooms
