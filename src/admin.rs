@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::services::Services;
@@ -118,5 +118,3 @@ pub async fn send(path: &Path, command: &AdminCommand) -> std::io::Result<Option
     BufReader::new(read).read_line(&mut line).await?;
     serde_json::from_str(&line).map(Some).map_err(std::io::Error::other)
 }
-
-use tokio::io::AsyncReadExt as _;

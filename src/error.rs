@@ -39,8 +39,6 @@ pub enum Error {
     #[error("{0}")]
     GuestAccessForbidden(String),
     #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
     UnsupportedRoomVersion(String),
     #[error("Room alias already taken")]
     RoomInUse,

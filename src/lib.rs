@@ -119,7 +119,7 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
         });
     }
 
-    if services.store.user_count().await? == 0 {
+    if !services.store.has_users().await? {
         let exe = std::env::args().next().unwrap_or_else(|| "axon".into());
         println!(
             "\nAxon is running at {} (server name {}). No accounts exist yet; create one with:\n\n    {exe} user create alice --admin\n\n(it asks for the password; the server may keep running).\n",

@@ -17,7 +17,7 @@ async fn an_alias_resolves_and_can_be_added_and_removed() {
 
     let extra = format!("/_matrix/client/v3/directory/room/{}", enc("#extra:test.local"));
     assert_eq!(s.put(&extra, alice.token(), json!({"room_id": room})).await.0, 200);
-    assert_eq!(s.put(&extra, alice.token(), json!({"room_id": room})).await.0, 409);
+    assert_error(&s.put(&extra, alice.token(), json!({"room_id": room})).await, 409, "M_UNKNOWN");
     let (_, aliases) =
         s.get(&format!("/_matrix/client/v3/rooms/{}/aliases", enc(&room)), alice.token()).await;
     assert_eq!(aliases["aliases"].as_array().unwrap().len(), 2);

@@ -54,7 +54,7 @@ async fn an_unsupported_login_type_is_rejected() {
     let res = s
         .post("/_matrix/client/v3/login", None, json!({"type": "m.login.token", "token": "abc"}))
         .await;
-    assert_eq!(res.0, 400, "{}", res.1);
+    assert_error(&res, 400, "M_UNKNOWN");
 }
 
 #[tokio::test]

@@ -4,21 +4,32 @@ use std::process::Command;
 
 use complement_tests::{TestServer, client_script, nio_python};
 
+/// Runs a client script; it must succeed and print its result as a JSON line (the last one
+/// starting with `{`; client libraries may log before it).
+fn run_client(program: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(program)
+        .arg(client_script(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON result line");
+    serde_json::from_str(line).expect("JSON from the client script")
+}
+
 /// matrix-nio (Python) logs in with a password and calls whoami.
 #[tokio::test]
 async fn matrix_nio_logs_in_and_calls_whoami() {
     let python = nio_python();
     let s = TestServer::start().await;
     s.register("niouser", "nio-password").await;
-    let out = Command::new(python)
-        .arg(client_script("nio_login.py"))
-        .args([&s.base, "niouser", "nio-password"])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "nio failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let result: serde_json::Value =
-        serde_json::from_str(stdout.trim()).expect("json from nio script");
+    let python = python.to_string_lossy();
+    let result = run_client(&python, "nio_login.py", &[&s.base, "niouser", "nio-password"]);
     assert_eq!(result["whoami_user_id"], "@niouser:test.local");
     assert_eq!(result["login_user_id"], "@niouser:test.local");
     assert_eq!(result["device_id"], result["whoami_device_id"]);
@@ -33,15 +44,8 @@ async fn matrix_nio_clients_chat_in_a_dm_and_a_group() {
     for user in ["alice", "bob", "carol"] {
         s.register(user, "chat-password").await;
     }
-    let out = Command::new(python)
-        .arg(client_script("nio_chat.py"))
-        .args([&s.base, "chat-password"])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "nio failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let result: serde_json::Value =
-        serde_json::from_str(stdout.trim()).expect("json from nio script");
+    let python = python.to_string_lossy();
+    let result = run_client(&python, "nio_chat.py", &[&s.base, "chat-password"]);
     assert_eq!(result["dm"], "ok");
     assert_eq!(result["group"], "ok");
     assert_eq!(
@@ -55,7 +59,6 @@ async fn matrix_nio_clients_chat_in_a_dm_and_a_group() {
 /// see an invite, exchange messages both ways and paginate back to the room's creation.
 #[tokio::test]
 async fn matrix_js_sdk_clients_chat() {
-    let script = client_script("js/chat.mjs");
     let modules = client_script("js/node_modules/matrix-js-sdk");
     assert!(
         modules.exists(),
@@ -67,19 +70,7 @@ async fn matrix_js_sdk_clients_chat() {
         s.register(user, "js-password").await;
     }
     let node = std::env::var("AXON_NODE").unwrap_or_else(|_| "node".to_owned());
-    let out = Command::new(node)
-        .arg(script)
-        .args([&s.base, "js-password"])
-        .output()
-        .expect("run node (is Node.js installed?)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "js-sdk failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON result line");
-    let result: serde_json::Value = serde_json::from_str(last).expect("json from the js script");
+    let result = run_client(&node, "js/chat.mjs", &[&s.base, "js-password"]);
     assert_eq!(result["prepared"], true, "{result}");
     assert_eq!(result["invite_seen"], true, "{result}");
     assert_eq!(result["messages"], "ok", "{result}");

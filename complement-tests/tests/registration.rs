@@ -83,7 +83,7 @@ async fn a_short_password_is_m_weak_password() {
 async fn guest_registration_is_refused() {
     let s = TestServer::start().await;
     let res = s.post(&format!("{REGISTER}?kind=guest"), None, json!({})).await;
-    assert_eq!(res.0, 403, "{}", res.1);
+    assert_error(&res, 403, "M_GUEST_ACCESS_FORBIDDEN");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use complement_tests::{TestServer, enc, json};
+use complement_tests::{TestServer, assert_error, enc, json};
 
 #[tokio::test]
 async fn initial_sync_shows_joined_rooms_with_state_before_the_timeline() {
@@ -250,7 +250,7 @@ async fn read_markers_set_fully_read_and_reject_unknown_events() {
         .await;
     assert_eq!(fully["event_id"], id);
     let res = s.post(&path, alice.token(), json!({"m.fully_read": "$unknown"})).await;
-    assert_eq!(res.0, 404, "{}", res.1);
+    assert_error(&res, 404, "M_NOT_FOUND");
 }
 
 #[tokio::test]
@@ -284,4 +284,28 @@ async fn include_leave_shows_departed_rooms_in_an_initial_sync() {
     let (_, body) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), bob.token()).await;
     let timeline = body["rooms"]["leave"][&room]["timeline"]["events"].as_array().unwrap();
     assert_eq!(timeline.last().unwrap()["content"]["membership"], "leave", "{body}");
+}
+
+#[tokio::test]
+async fn malformed_sync_and_pagination_tokens_are_invalid_params() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    assert_error(
+        &s.get("/_matrix/client/v3/sync?since=garbage", alice.token()).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &s.get("/_matrix/client/v3/sync?since=s1_x", alice.token()).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let res = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&from=nope", enc(&room)),
+            alice.token(),
+        )
+        .await;
+    assert_error(&res, 400, "M_INVALID_PARAM");
 }

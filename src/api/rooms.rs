@@ -23,19 +23,15 @@ use crate::rooms::client::Viewer;
 use crate::rooms::create::{CreateRoom, Preset};
 use crate::rooms::pdu::NewEvent;
 use crate::rooms::pdu::Pdu;
-use crate::rooms::{Room, Rooms, Txn};
+use crate::rooms::{Room, Txn};
 use crate::services::Services;
 use crate::services::accounts::Identity;
 use crate::storage::rooms::EventRecord;
 use std::sync::Arc;
 
-/// Pagination and sync tokens: `s<stream position>`.
+/// Pagination tokens are `s<stream position>`; a sync token (`s<events>_<…>`) works too.
 pub fn parse_token(token: &str) -> Result<u64> {
-    token
-        .strip_prefix('s')
-        .and_then(|t| t.split(['_', '.']).next())
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| Error::InvalidParam(format!("Invalid token {token:?}")))
+    crate::api::sync::SyncToken::parse(token).map(|t| t.events)
 }
 
 pub fn token(pos: u64) -> String {
@@ -99,19 +95,6 @@ pub async fn create(
     Ok(RumaResponse(create_room::v3::Response::new(room_id)))
 }
 
-async fn resolve_room(rooms: &Rooms, id_or_alias: &str) -> Result<OwnedRoomId> {
-    if id_or_alias.starts_with('#') {
-        let (room_id, _) = rooms
-            .store()
-            .alias(id_or_alias)
-            .await?
-            .ok_or_else(|| Error::NotFound("Room alias not found".into()))?;
-        room_id.try_into().map_err(|e| Error::Internal(format!("stored room ID: {e}")))
-    } else {
-        RoomId::parse(id_or_alias).map_err(|e| Error::InvalidParam(format!("Invalid room ID: {e}")))
-    }
-}
-
 pub async fn join_by_id(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -126,7 +109,10 @@ pub async fn join_by_id_or_alias(
     Authed(who): Authed,
     Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
-    let room_id = resolve_room(&s.rooms, req.room_id_or_alias.as_str()).await?;
+    let room_id = match OwnedRoomId::try_from(req.room_id_or_alias) {
+        Ok(room_id) => room_id,
+        Err(alias) => s.rooms.resolve_alias(&alias).await?,
+    };
     s.rooms.join(&room_id, &who.user_id).await?;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
@@ -314,19 +300,7 @@ async fn visible_state(
     if readable.until == u64::MAX {
         return Ok(room.state());
     }
-    let departure = s
-        .rooms
-        .store()
-        .room_events(room.id.as_str(), None, Some(readable.until.saturating_add(1)), true, 1)
-        .await?;
-    let Some((_, event_id)) = departure.first() else { return Ok(room.state()) };
-    let record = s
-        .rooms
-        .store()
-        .event(event_id)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("event {event_id} missing")))?;
-    Ok(Arc::new(crate::rooms::state::load_group(s.rooms.store(), record.state_group).await?))
+    s.rooms.state_at(room, readable.until).await
 }
 
 pub async fn state(
@@ -370,26 +344,7 @@ pub async fn members(
 ) -> Result<Json<Value>> {
     let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
     let state = match &req.at {
-        Some(at) => {
-            let pos = parse_token(at)?;
-            let before =
-                s.rooms.store().room_events(room.id.as_str(), None, Some(pos + 1), true, 1).await?;
-            match before.first() {
-                Some((_, event_id)) => {
-                    let record = s
-                        .rooms
-                        .store()
-                        .event(event_id)
-                        .await?
-                        .ok_or_else(|| Error::Internal("event missing".into()))?;
-                    std::sync::Arc::new(
-                        crate::rooms::state::load_group(s.rooms.store(), record.state_group)
-                            .await?,
-                    )
-                }
-                None => room.state(),
-            }
-        }
+        Some(at) => s.rooms.state_at(&room, parse_token(at)?).await?,
         None => room.state(),
     };
     let membership = req.membership.as_ref().map(|m| m.as_str().to_owned());
@@ -594,13 +549,8 @@ pub async fn messages(
         None => 0,
     };
     let to = req.to.as_deref().map(parse_token).transpose()?;
-    let filter = &req.filter;
     let wanted = |pdu: &crate::rooms::pdu::Pdu| {
-        let kind = pdu.kind.to_string();
-        filter.types.as_ref().is_none_or(|t| t.iter().any(|w| type_matches(w, &kind)))
-            && !filter.not_types.iter().any(|w| type_matches(w, &kind))
-            && filter.senders.as_ref().is_none_or(|ss| ss.contains(&pdu.sender))
-            && !filter.not_senders.contains(&pdu.sender)
+        crate::rooms::filter::allows(&req.filter, &pdu.kind.to_string(), &pdu.sender)
     };
 
     let mut chunk = Vec::new();
@@ -663,12 +613,4 @@ pub async fn messages(
         body["state"] = json!(state);
     }
     Ok(Json(body))
-}
-
-/// Filter type patterns: exact, or a trailing `*` wildcard.
-fn type_matches(pattern: &str, kind: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
-    }
 }

@@ -20,6 +20,7 @@ use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma};
 use crate::rooms::Room;
 use crate::rooms::client::Viewer;
+use crate::rooms::filter;
 use crate::rooms::state::{self, StateKey};
 use crate::services::Services;
 use crate::services::accounts::Identity;
@@ -173,36 +174,12 @@ fn split_account_data(
     (global, by_room)
 }
 
-fn filter_allows(filter: &Option<FilterDefinition>, kind: &str, sender: &str) -> bool {
-    let Some(f) = filter else { return true };
-    let t = &f.room.timeline;
-    let matches = |pattern: &String| match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
-    };
-    t.types.as_ref().is_none_or(|types| types.iter().any(matches))
-        && !t.not_types.iter().any(matches)
-        && t.senders.as_ref().is_none_or(|ss| ss.iter().any(|u| u.as_str() == sender))
-        && !t.not_senders.iter().any(|u| u.as_str() == sender)
-}
-
 /// State `(type, key) → event_id` of a room after the last event at or before `pos`.
 async fn state_ids_at(s: &Services, room: &Room, pos: u64) -> Result<HashMap<StateKey, String>> {
-    let before = s
-        .rooms
-        .store()
-        .room_events(room.id.as_str(), None, Some(pos.saturating_add(1)), true, 1)
-        .await?;
-    let Some((_, event_id)) = before.first() else {
-        return Ok(HashMap::new());
-    };
-    let record = s
-        .rooms
-        .store()
-        .event(event_id)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("event {event_id} missing")))?;
-    state::group_ids(s.rooms.store(), record.state_group).await
+    match state::group_at(s.rooms.store(), room.id.as_str(), pos).await? {
+        Some(group) => state::group_ids(s.rooms.store(), group).await,
+        None => Ok(HashMap::new()),
+    }
 }
 
 async fn client_event(
@@ -259,12 +236,8 @@ async fn build_rooms(
                     continue;
                 }
                 // History before the join is hidden when the room says so.
-                let visibility = room
-                    .state_event(&StateEventType::RoomHistoryVisibility, "")
-                    .and_then(|p| p.content_as::<Value>())
-                    .and_then(|c| c["history_visibility"].as_str().map(str::to_owned));
-                let visible_from = match visibility.as_deref() {
-                    Some("joined" | "invited") => Some(m.pos),
+                let visible_from = match room.history_visibility().as_str() {
+                    "joined" | "invited" => Some(m.pos),
                     _ => None,
                 };
                 if let Some(mut entry) =
@@ -361,15 +334,18 @@ async fn joined_room(
 
     let mut timeline = Vec::with_capacity(ids.len());
     let mut in_timeline: HashSet<String> = HashSet::new();
+    let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
     for (_, id) in &ids {
-        let Some(ev) = client_event(s, room, who, id).await? else {
+        let Some((record, pdu)) = s.rooms.event(id).await? else {
             continue;
         };
-        let kind = ev["type"].as_str().unwrap_or_default().to_owned();
-        let sender = ev["sender"].as_str().unwrap_or_default().to_owned();
-        if filter_allows(&opts.filter, &kind, &sender) {
+        let wanted = opts
+            .filter
+            .as_ref()
+            .is_none_or(|f| filter::allows(&f.room.timeline, &pdu.kind.to_string(), &pdu.sender));
+        if wanted {
             in_timeline.insert(id.clone());
-            timeline.push(ev);
+            timeline.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
         }
     }
     let timeline_start = ids.first().map_or(current, |(pos, _)| pos.saturating_sub(1));

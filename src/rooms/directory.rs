@@ -58,6 +58,12 @@ impl Room {
             .unwrap_or(50)
     }
 
+    /// `m.room.history_visibility`, `shared` when unset (the spec's default).
+    pub fn history_visibility(&self) -> String {
+        self.content_str(StateEventType::RoomHistoryVisibility, "history_visibility")
+            .unwrap_or_else(|| "shared".to_owned())
+    }
+
     fn content_str(&self, kind: StateEventType, field: &str) -> Option<String> {
         self.state_event(&kind, "")
             .and_then(|p| p.content_as::<Value>())

@@ -191,19 +191,9 @@ impl Rooms {
     /// An approximation of the spec's per-event rule (visibility and membership *at* each
     /// event), exact while those did not change over the window read.
     pub async fn readable(&self, room: &super::Room, user: &UserId) -> Result<Readable> {
-        let visibility = room
-            .state_event(&ruma::events::StateEventType::RoomHistoryVisibility, "")
-            .and_then(|p| p.content_as::<serde_json::Value>())
-            .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "shared".to_owned());
+        let visibility = room.history_visibility();
         let world = visibility == "world_readable";
-        let membership = self
-            .store()
-            .user_memberships(user.as_str())
-            .await?
-            .into_iter()
-            .find(|(r, _)| r == room.id.as_str())
-            .map(|(_, m)| m);
+        let membership = self.store().membership(room.id.as_str(), user.as_str()).await?;
         let forbidden = || Error::Forbidden("You are not in this room".into());
         let Some(m) = membership else {
             return if world {

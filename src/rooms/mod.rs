@@ -11,6 +11,7 @@ pub mod client;
 pub mod commit;
 pub mod create;
 pub mod directory;
+pub mod filter;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
@@ -93,10 +94,6 @@ impl Room {
 
     pub fn last_pos(&self) -> u64 {
         self.inner.read().head.last_pos
-    }
-
-    pub fn state_group(&self) -> u64 {
-        self.inner.read().head.state_group
     }
 }
 
@@ -557,6 +554,17 @@ impl Rooms {
             .collect();
         metrics::counter!("axon_events_created_total").increment(1);
         Ok(Prepared { event_id, write, apply, wake })
+    }
+
+    /// The room's state after its last event at or before stream position `pos`.
+    pub async fn state_at(&self, room: &Room, pos: u64) -> Result<Arc<StateMap>> {
+        if pos >= room.last_pos() {
+            return Ok(room.state());
+        }
+        match state::group_at(self.store.as_ref(), room.id.as_str(), pos).await? {
+            Some(group) => Ok(Arc::new(state::load_group(self.store.as_ref(), group).await?)),
+            None => Ok(Arc::new(StateMap::new())),
+        }
     }
 
     /// Loads a stored event of a room, or `None`.

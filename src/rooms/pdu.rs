@@ -116,10 +116,6 @@ impl Pdu {
         })
     }
 
-    pub fn is_state(&self) -> bool {
-        self.state_key.is_some()
-    }
-
     /// The event as clients see it (without `room_id` when `with_room_id` is false, as in
     /// `/sync`). A redacted event loses the content keys the room version's redaction
     /// algorithm removes. `unsigned` is merged into the event's `unsigned` (after `age`).

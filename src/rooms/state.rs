@@ -48,6 +48,18 @@ pub fn next_group(
     }
 }
 
+/// The state group after a room's last event at or before stream position `pos`; `None`
+/// before the room's first event.
+pub async fn group_at(store: &dyn Store, room_id: &str, pos: u64) -> Result<Option<u64>> {
+    let before = store.room_events(room_id, None, Some(pos.saturating_add(1)), true, 1).await?;
+    let Some((_, event_id)) = before.first() else { return Ok(None) };
+    let record = store
+        .event(event_id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("event {event_id} missing")))?;
+    Ok(Some(record.state_group))
+}
+
 /// Rebuilds the `(type, state_key) → event_id` map of a state group.
 pub async fn group_ids(store: &dyn Store, group: u64) -> Result<HashMap<StateKey, String>> {
     let mut out: HashMap<StateKey, String> = HashMap::new();

@@ -105,10 +105,6 @@ impl Accounts {
         }
     }
 
-    pub fn server_name(&self) -> &str {
-        &self.config.server_name
-    }
-
     fn user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         UserId::parse(format!("@{localpart}:{}", self.config.server_name))
             .map_err(|e| Error::InvalidUsername(format!("Invalid user ID: {e}")))

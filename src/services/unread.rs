@@ -33,6 +33,13 @@ pub struct Counts {
     pub highlights: u64,
 }
 
+impl Counts {
+    fn add(&mut self, highlight: bool) {
+        self.notifications += 1;
+        self.highlights += u64::from(highlight);
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Entry {
     read_pos: Option<u64>,
@@ -118,10 +125,7 @@ impl Unread {
                     for (_, id) in ids {
                         match effect(rooms, &id, user, displayname).await? {
                             Effect::Reset => counts = Counts::default(),
-                            Effect::Count { highlight } => {
-                                counts.notifications += 1;
-                                counts.highlights += u64::from(highlight);
-                            }
+                            Effect::Count { highlight } => counts.add(highlight),
                             Effect::Nothing => {}
                         }
                     }
@@ -156,10 +160,7 @@ impl Unread {
         for (_, id) in ids {
             match effect(rooms, &id, user, displayname).await? {
                 Effect::Reset => break,
-                Effect::Count { highlight } => {
-                    counts.notifications += 1;
-                    counts.highlights += u64::from(highlight);
-                }
+                Effect::Count { highlight } => counts.add(highlight),
                 Effect::Nothing => {}
             }
         }

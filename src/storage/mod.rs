@@ -83,8 +83,8 @@ pub trait AccountStore: Send + Sync {
     /// Marks the user deactivated and deletes every device and token.
     async fn deactivate_user(&self, localpart: &str) -> StorageResult<()>;
 
-    /// Number of accounts, deactivated ones included.
-    async fn user_count(&self) -> StorageResult<u64>;
+    /// Whether any account exists (deactivated ones included).
+    async fn has_users(&self) -> StorageResult<bool>;
 
     /// Opens a session: upserts the device (keeping the display name of an existing device
     /// unless a new one is given) and stores the token. Tokens previously issued to that

@@ -106,9 +106,6 @@ pub trait RoomStore: Send + Sync {
     /// fsynced batch.
     async fn append_events(&self, writes: Vec<EventWrite>, first_pos: u64) -> StorageResult<()>;
 
-    /// The highest stream position written (0 for an empty database).
-    async fn max_stream_pos(&self) -> StorageResult<u64>;
-
     /// The highest state group ID written.
     async fn max_state_group(&self) -> StorageResult<u64>;
 
@@ -137,6 +134,13 @@ pub trait RoomStore: Send + Sync {
         &self,
         user_id: &str,
     ) -> StorageResult<Vec<(String, MembershipRecord)>>;
+
+    /// One user's membership in one room.
+    async fn membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> StorageResult<Option<MembershipRecord>>;
 
     /// Every user with a membership in the room, with it.
     async fn room_memberships(

@@ -381,13 +381,11 @@ impl AccountStore for RocksStore {
         .await
     }
 
-    async fn user_count(&self) -> StorageResult<u64> {
-        let mut n = 0;
-        for item in self.db.iterator_cf(handle(&self.db, cf::USERS)?, IteratorMode::Start) {
-            item?;
-            n += 1;
+    async fn has_users(&self) -> StorageResult<bool> {
+        match self.db.iterator_cf(handle(&self.db, cf::USERS)?, IteratorMode::Start).next() {
+            Some(item) => item.map(|_| true).map_err(Into::into),
+            None => Ok(false),
         }
-        Ok(n)
     }
 
     async fn create_session(&self, localpart: &str, session: NewSession) -> StorageResult<()> {

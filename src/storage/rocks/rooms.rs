@@ -118,15 +118,6 @@ impl RoomStore for RocksStore {
         .await
     }
 
-    async fn max_stream_pos(&self) -> StorageResult<u64> {
-        let mut max = 0;
-        // Each room's last key holds its highest position; the global maximum is among them.
-        for (_, head) in self.rooms().await? {
-            max = max.max(head.last_pos);
-        }
-        Ok(max)
-    }
-
     async fn max_state_group(&self) -> StorageResult<u64> {
         match last_key(&self.db, cf::STATE_GROUPS)? {
             Some(k) => from_be(&k),
@@ -206,6 +197,14 @@ impl RoomStore for RocksStore {
             .into_iter()
             .map(|(room, v)| Ok((utf8(cf::USER_ROOMS, &room)?, decode(cf::USER_ROOMS, &v)?)))
             .collect()
+    }
+
+    async fn membership(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> StorageResult<Option<MembershipRecord>> {
+        get_json(&self.db, cf::ROOM_MEMBERS, &key(&[room_id.as_bytes(), user_id.as_bytes()]))
     }
 
     async fn room_memberships(

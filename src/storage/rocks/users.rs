@@ -1,13 +1,16 @@
 //! [`UserDataStore`] on RocksDB.
 
 use async_trait::async_trait;
-use rocksdb::IteratorMode;
+use rocksdb::WriteBatch;
 
 use super::{
     RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
 };
 use crate::storage::users::{AccountDataRecord, ReadPosition, UserDataStore};
 use crate::storage::{StorageError, StorageResult, UserRecord};
+
+/// `meta` key of the highest account-data stream position written.
+const ACCOUNT_DATA_POS: &[u8] = b"account_data_pos";
 
 fn account_data_key(user_id: &str, room_id: Option<&str>, kind: &str) -> Vec<u8> {
     key(&[user_id.as_bytes(), room_id.unwrap_or("").as_bytes(), kind.as_bytes()])
@@ -23,7 +26,10 @@ impl UserDataStore for RocksStore {
     ) -> StorageResult<()> {
         let k = key(&[user_id.as_bytes(), room_id.as_bytes()]);
         self.blocking(move |db, _| {
-            db.put_cf_opt(handle(db, cf::READ_POSITIONS)?, k, encode(&position), &synced())?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(handle(db, cf::READ_POSITIONS)?, k, encode(&position));
+            batch.put_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, position.pos.to_be_bytes());
+            db.write_opt(batch, &synced())?;
             Ok(())
         })
         .await
@@ -81,7 +87,10 @@ impl UserDataStore for RocksStore {
         let user_id = user_id.to_owned();
         self.blocking(move |db, _| {
             let k = account_data_key(&user_id, record.room_id.as_deref(), &record.kind);
-            db.put_cf_opt(handle(db, cf::ACCOUNT_DATA)?, k, encode(&record), &synced())?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(handle(db, cf::ACCOUNT_DATA)?, k, encode(&record));
+            batch.put_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, record.pos.to_be_bytes());
+            db.write_opt(batch, &synced())?;
             Ok(())
         })
         .await
@@ -95,19 +104,16 @@ impl UserDataStore for RocksStore {
     }
 
     async fn max_account_data_pos(&self) -> StorageResult<u64> {
-        let mut max = 0;
-        for item in self.db.iterator_cf(handle(&self.db, cf::READ_POSITIONS)?, IteratorMode::Start)
-        {
-            let (_, v) = item?;
-            let position: ReadPosition = decode(cf::READ_POSITIONS, &v)?;
-            max = max.max(position.pos);
+        // Kept in `meta` by every account-data write, in the same batch.
+        match self.db.get_cf(handle(&self.db, cf::META)?, ACCOUNT_DATA_POS)? {
+            Some(bytes) => {
+                let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                    StorageError::Corrupt { what: cf::META, detail: "account data position".into() }
+                })?;
+                Ok(u64::from_be_bytes(arr))
+            }
+            None => Ok(0),
         }
-        for item in self.db.iterator_cf(handle(&self.db, cf::ACCOUNT_DATA)?, IteratorMode::Start) {
-            let (_, v) = item?;
-            let record: AccountDataRecord = decode(cf::ACCOUNT_DATA, &v)?;
-            max = max.max(record.pos);
-        }
-        Ok(max)
     }
 
     async fn set_profile(
