@@ -125,7 +125,6 @@ pub async fn invite(
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.recipient else {
         return Err(Error::Unknown("Third-party invites are not supported".into()));
     };
-    s.rooms.require_joined(&req.room_id, &who.user_id)?;
     s.rooms
         .invite(&req.room_id, &who.user_id, &recipient.user_id, recipient.reason.as_deref())
         .await?;
@@ -155,7 +154,6 @@ pub async fn kick(
     Authed(who): Authed,
     Ruma(req): Ruma<kick_user::v3::Request>,
 ) -> Result<RumaResponse<kick_user::v3::Response>> {
-    s.rooms.require_joined(&req.room_id, &who.user_id)?;
     s.rooms.kick(&req.room_id, &who.user_id, &req.user_id, req.reason.as_deref()).await?;
     Ok(RumaResponse(kick_user::v3::Response::new()))
 }
@@ -165,7 +163,6 @@ pub async fn ban(
     Authed(who): Authed,
     Ruma(req): Ruma<ban_user::v3::Request>,
 ) -> Result<RumaResponse<ban_user::v3::Response>> {
-    s.rooms.require_joined(&req.room_id, &who.user_id)?;
     s.rooms.ban(&req.room_id, &who.user_id, &req.user_id, req.reason.as_deref()).await?;
     Ok(RumaResponse(ban_user::v3::Response::new()))
 }
@@ -175,7 +172,6 @@ pub async fn unban(
     Authed(who): Authed,
     Ruma(req): Ruma<unban_user::v3::Request>,
 ) -> Result<RumaResponse<unban_user::v3::Response>> {
-    s.rooms.require_joined(&req.room_id, &who.user_id)?;
     s.rooms.unban(&req.room_id, &who.user_id, &req.user_id, req.reason.as_deref()).await?;
     Ok(RumaResponse(unban_user::v3::Response::new()))
 }

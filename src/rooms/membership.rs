@@ -51,6 +51,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
+        self.require_joined(room_id, sender)?;
         self.check_invitee(target).await?;
         match self.membership(room_id, target)?.as_deref() {
             Some("join") => return Err(Error::Forbidden("The user is already in the room".into())),
@@ -92,6 +93,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
+        self.require_joined(room_id, sender)?;
         if !matches!(
             self.membership(room_id, target)?.as_deref(),
             Some("join" | "invite" | "knock")
@@ -108,6 +110,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
+        self.require_joined(room_id, sender)?;
         self.append(room_id, sender, self.member_event(target, "ban", reason).await?, None).await
     }
 
@@ -118,6 +121,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
+        self.require_joined(room_id, sender)?;
         if self.membership(room_id, target)?.as_deref() != Some("ban") {
             return Err(Error::Forbidden("The user is not banned".into()));
         }
