@@ -68,6 +68,9 @@ wrk -t1 -c8 -d"$DURATION" --latency -s "$work/login.lua" "$base/_matrix/client/v
 
 rss_after=$(rss_kib)
 
+# Let in-flight logins (argon2 saturates both cores) finish, so that the event phase measures
+# events and not the tail of the login burst.
+sleep 3
 echo "== events"
 "$LOADGEN" "$base" latency 100 10 | tee "$work/events.txt"
 "$LOADGEN" "$base" latency 1000 10 | tee -a "$work/events.txt"
