@@ -5,6 +5,8 @@
 #   scripts/bootstrap.sh          build prerequisites (libclang for the rocksdb crate's bindgen)
 #   scripts/bootstrap.sh --test   also the real-client test dependencies: a Python venv with
 #                                 matrix-nio, and matrix-js-sdk from npm
+#   scripts/bootstrap.sh --check-libclang
+#                                 only say whether bindgen would find libclang (exit 0/1)
 set -euo pipefail
 
 want_test=0
@@ -26,12 +28,47 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 
+# Whether bindgen (through clang-sys) will find a loadable libclang. This mirrors clang-sys's
+# own search: $LIBCLANG_PATH if set, else `llvm-config --prefix`/lib and the usual library
+# directories, for files named libclang.so, libclang-*.so, libclang.so.* or libclang-*.so.*,
+# ignoring libclang-cpp (a different library that Debian images often ship on their own).
+# AXON_BOOTSTRAP_ROOT prefixes every searched directory; tests point it at a fake tree.
+libclang_dirs() {
+    local root="${AXON_BOOTSTRAP_ROOT:-}"
+    if [[ -n "${LIBCLANG_PATH:-}" ]]; then
+        echo "$LIBCLANG_PATH"
+        return
+    fi
+    if [[ -z "$root" ]] && command -v llvm-config >/dev/null; then
+        local prefix
+        prefix=$(llvm-config --prefix 2>/dev/null || true)
+        [[ -n "$prefix" ]] && echo "$prefix/lib" && echo "$prefix/lib64"
+    fi
+    local pattern dir
+    for pattern in "/usr/local/llvm*/lib*" "/usr/local/lib*/*/*" "/usr/local/lib*/*" "/usr/local/lib*" \
+        "/usr/lib*/*/*" "/usr/lib*/*" "/usr/lib*"; do
+        for dir in $root$pattern; do
+            [[ -d "$dir" ]] && echo "$dir"
+        done
+    done
+}
+
 have_libclang() {
-    [[ -n "${LIBCLANG_PATH:-}" ]] && return 0
-    ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && return 0
-    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null && return 0
+    local dir file name
+    while IFS= read -r dir; do
+        for file in "$dir"/libclang.so "$dir"/libclang-*.so "$dir"/libclang.so.* "$dir"/libclang-*.so.*; do
+            [[ -e "$file" ]] || continue
+            name=${file##*/}
+            [[ "$name" == *-cpp.* ]] && continue
+            return 0
+        done
+    done < <(libclang_dirs)
     return 1
 }
+
+if [[ "${1:-}" == "--check-libclang" ]]; then
+    if have_libclang; then echo "libclang: found"; exit 0; else echo "libclang: missing"; exit 1; fi
+fi
 
 have_libclang || apt_install libclang-dev
 command -v c++ >/dev/null || apt_install g++
