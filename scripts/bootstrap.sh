@@ -73,6 +73,14 @@ fi
 have_libclang || apt_install libclang-dev
 command -v c++ >/dev/null || apt_install g++
 
+# The first build compiles RocksDB's C++ sources; say so rather than leave a long silence.
+profile=release
+[[ $want_test -eq 1 ]] && profile=debug
+if ! compgen -G "${CARGO_TARGET_DIR:-target}/$profile/build/librocksdb-sys-*/output" >/dev/null; then
+    echo "bootstrap: first $profile build: cargo compiles RocksDB (C++) once, about 10-15 minutes" \
+        "on 2 cores; cargo shows its progress below. Later builds take seconds." >&2
+fi
+
 if [[ $want_test -eq 1 ]]; then
     venv="${AXON_VENV:-$HOME/.cache/axon-venv}"
     if ! "$venv/bin/python" -c "import nio" 2>/dev/null; then

@@ -309,3 +309,344 @@ async fn malformed_sync_and_pagination_tokens_are_invalid_params() {
         .await;
     assert_error(&res, 400, "M_INVALID_PARAM");
 }
+
+/// `/sync` with an inline filter.
+async fn sync_with(
+    s: &TestServer,
+    who: &complement_tests::Session,
+    since: Option<&str>,
+    filter: serde_json::Value,
+    extra: &str,
+) -> serde_json::Value {
+    let mut path = format!("/_matrix/client/v3/sync?timeout=0&filter={}", enc(&filter.to_string()));
+    if let Some(since) = since {
+        path.push_str(&format!("&since={since}"));
+    }
+    path.push_str(extra);
+    let (status, body) = s.get(&path, who.token()).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn next_batch(body: &serde_json::Value) -> String {
+    body["next_batch"].as_str().expect("next_batch").to_owned()
+}
+
+fn timeline_bodies(room: &serde_json::Value) -> Vec<String> {
+    room["timeline"]["events"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_profile_change_is_not_a_rejoin() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "R"})).await;
+    s.join(&bob, &room).await;
+    for i in 0..12 {
+        s.send_text(&alice, &room, &format!("t{i}"), &format!("m{i}")).await;
+    }
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id)),
+            bob.token(),
+            json!({"displayname": "Bobby"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = s.sync(&bob, Some(&since), 0).await;
+    let r = &body["rooms"]["join"][&room];
+    let timeline = r["timeline"]["events"].as_array().unwrap();
+    assert_eq!(timeline.len(), 1, "only the member event: {r}");
+    assert_eq!(timeline[0]["content"]["displayname"], "Bobby");
+    assert_eq!(r["timeline"]["limited"], false);
+    assert!(r["state"]["events"].as_array().unwrap().is_empty(), "no full state: {r}");
+}
+
+#[tokio::test]
+async fn a_filtered_timeline_is_filled_up_to_its_limit() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    for i in 0..4 {
+        s.send_text(&alice, &room, &format!("a{i}"), &format!("text {i}")).await;
+        for j in 0..6 {
+            s.put(
+                &format!("/_matrix/client/v3/rooms/{}/send/m.other/b{i}{j}", enc(&room)),
+                alice.token(),
+                json!({"x": j}),
+            )
+            .await;
+        }
+    }
+    let filter = json!({"room": {"timeline": {"limit": 3, "types": ["m.room.message"]}}});
+    let body = sync_with(&s, &alice, None, filter.clone(), "").await;
+    let r = &body["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(r), vec!["text 1", "text 2", "text 3"], "{r}");
+    assert_eq!(r["timeline"]["limited"], true, "one more message exists: {r}");
+
+    let filter = json!({"room": {"timeline": {"limit": 10, "types": ["m.room.message"]}}});
+    let body = sync_with(&s, &alice, None, filter, "").await;
+    let r = &body["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(r).len(), 4, "{r}");
+    assert_eq!(r["timeline"]["limited"], false, "every matching event is there: {r}");
+}
+
+#[tokio::test]
+async fn room_filters_select_rooms_and_urls_and_state_types() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let one = s.create_room(&alice, json!({"name": "One"})).await;
+    let two = s.create_room(&alice, json!({"name": "Two"})).await;
+    s.send_text(&alice, &one, "t1", "plain").await;
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t2", enc(&one)),
+        alice.token(),
+        json!({"msgtype": "m.image", "body": "picture", "url": "mxc://test.local/abc"}),
+    )
+    .await;
+    for i in 0..12 {
+        s.send_text(&alice, &one, &format!("p{i}"), "padding").await;
+    }
+
+    let body = sync_with(&s, &alice, None, json!({"room": {"rooms": [one]}}), "").await;
+    assert!(body["rooms"]["join"].get(&one).is_some());
+    assert!(body["rooms"]["join"].get(&two).is_none(), "rooms filter: {body}");
+    let body = sync_with(&s, &alice, None, json!({"room": {"not_rooms": [one]}}), "").await;
+    assert!(body["rooms"]["join"].get(&one).is_none(), "not_rooms filter: {body}");
+    assert!(body["rooms"]["join"].get(&two).is_some());
+
+    let filter = json!({"room": {"rooms": [one], "timeline": {"contains_url": true}}});
+    let body = sync_with(&s, &alice, None, filter, "").await;
+    assert_eq!(timeline_bodies(&body["rooms"]["join"][&one]), vec!["picture"], "{body}");
+
+    let filter = json!({"room": {"rooms": [one], "state": {"types": ["m.room.name"]}}});
+    let body = sync_with(&s, &alice, None, filter, "").await;
+    let state = body["rooms"]["join"][&one]["state"]["events"].as_array().unwrap();
+    assert!(!state.is_empty());
+    assert!(state.iter().all(|e| e["type"] == "m.room.name"), "state filter: {state:?}");
+}
+
+#[tokio::test]
+async fn account_data_filters_select_types() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    for kind in ["org.example.a", "org.example.b"] {
+        s.put(
+            &format!("/_matrix/client/v3/user/{}/account_data/{kind}", enc(&alice.user_id)),
+            alice.token(),
+            json!({"k": kind}),
+        )
+        .await;
+    }
+    let body =
+        sync_with(&s, &alice, None, json!({"account_data": {"types": ["org.example.a"]}}), "")
+            .await;
+    let events = body["account_data"]["events"].as_array().unwrap();
+    let types: Vec<_> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["org.example.a"], "{body}");
+}
+
+#[tokio::test]
+async fn lazy_loaded_members_are_not_repeated_unless_asked() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    for i in 0..12 {
+        s.send_text(&alice, &room, &format!("f{i}"), "filler").await;
+    }
+    let lazy = json!({"room": {"state": {"lazy_load_members": true}}});
+    let members = |body: &serde_json::Value| {
+        body["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["state_key"] == bob.user_id.as_str()).count())
+            .unwrap_or(0)
+    };
+    let body = sync_with(&s, &alice, None, lazy.clone(), "").await;
+    assert_eq!(members(&body), 0, "bob sent nothing in this timeline: {body}");
+    s.send_text(&bob, &room, "t1", "one").await;
+    let body = sync_with(&s, &alice, Some(&next_batch(&body)), lazy.clone(), "").await;
+    assert_eq!(members(&body), 1, "bob's membership comes with his first message: {body}");
+    s.send_text(&bob, &room, "t2", "two").await;
+    let body = sync_with(&s, &alice, Some(&next_batch(&body)), lazy.clone(), "").await;
+    assert_eq!(members(&body), 0, "bob's membership was sent already: {body}");
+    let redundant =
+        json!({"room": {"state": {"lazy_load_members": true, "include_redundant_members": true}}});
+    s.send_text(&bob, &room, "t3", "three").await;
+    let body = sync_with(&s, &alice, Some(&next_batch(&body)), redundant, "").await;
+    assert_eq!(members(&body), 1, "include_redundant_members sends it again: {body}");
+}
+
+#[tokio::test]
+async fn a_gapped_sync_carries_every_state_change_since_the_token() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&carol, &room).await;
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), carol.token(), json!({}))
+        .await;
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+        alice.token(),
+        json!({"topic": "new"}),
+    )
+    .await;
+    for i in 0..15 {
+        s.send_text(&alice, &room, &format!("t{i}"), "filler").await;
+    }
+    let body = s.sync(&alice, Some(&since), 0).await;
+    let r = &body["rooms"]["join"][&room];
+    assert_eq!(r["timeline"]["limited"], true);
+    let state = r["state"]["events"].as_array().unwrap();
+    let has = |kind: &str, key: &str, field: &str, value: &str| {
+        state
+            .iter()
+            .any(|e| e["type"] == kind && e["state_key"] == key && e["content"][field] == value)
+    };
+    assert!(has("m.room.member", &bob.user_id, "membership", "join"), "bob's join: {r}");
+    assert!(has("m.room.member", &carol.user_id, "membership", "leave"), "carol's leave: {r}");
+    assert!(has("m.room.topic", "", "topic", "new"), "topic: {r}");
+    assert!(!state.iter().any(|e| e["type"] == "m.room.create"), "unchanged state stays out: {r}");
+    assert_eq!(r["summary"]["m.joined_member_count"], 2);
+}
+
+#[tokio::test]
+async fn a_room_joined_and_left_between_syncs_arrives_in_full() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "name": "Brief"})).await;
+    for i in 0..12 {
+        s.send_text(&alice, &room, &format!("f{i}"), "earlier").await;
+    }
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+    s.send_text(&alice, &room, "t1", "hello bob").await;
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+    let body = s.sync(&bob, Some(&since), 0).await;
+    let r = &body["rooms"]["leave"][&room];
+    assert_eq!(timeline_bodies(r).last().map(String::as_str), Some("hello bob"), "{body}");
+    assert_eq!(r["timeline"]["limited"], true, "{r}");
+    let state = r["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name"), "the room's state comes along: {r}");
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{r}");
+    assert!(r["timeline"]["prev_batch"].is_string(), "{r}");
+}
+
+#[tokio::test]
+async fn a_leave_with_a_long_history_is_limited_with_a_prev_batch() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..15 {
+        s.send_text(&alice, &room, &format!("t{i}"), "x").await;
+    }
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+    let body = s.sync(&bob, Some(&since), 0).await;
+    let r = &body["rooms"]["leave"][&room];
+    assert_eq!(r["timeline"]["limited"], true, "{r}");
+    assert!(r["timeline"]["prev_batch"].is_string(), "{r}");
+    assert_eq!(r["timeline"]["events"].as_array().unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn summaries_follow_membership_changes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+        alice.token(),
+        json!({"user_id": carol.user_id}),
+    )
+    .await;
+    s.join(&bob, &room).await;
+    let body = s.sync(&alice, Some(&since), 0).await;
+    let summary = &body["rooms"]["join"][&room]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 2, "{body}");
+    assert_eq!(summary["m.invited_member_count"], 1, "{body}");
+    let heroes: Vec<_> = summary["m.heroes"].as_array().unwrap().iter().collect();
+    assert_eq!(heroes, vec![&json!(bob.user_id), &json!(carol.user_id)]);
+    let since = next_batch(&body);
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+    let body = s.sync(&alice, Some(&since), 0).await;
+    assert_eq!(body["rooms"]["join"][&room]["summary"]["m.joined_member_count"], 1, "{body}");
+}
+
+#[tokio::test]
+async fn lazy_loading_sends_only_the_timeline_senders_in_gapped_syncs() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let mut others = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let who = s.register(name, "some-password").await;
+        s.join(&who, &room).await;
+        others.push(who);
+    }
+    // The initial sync's timeline holds none of their member events.
+    for i in 0..3 {
+        s.send_text(&alice, &room, &format!("a{i}"), "from alice").await;
+    }
+    let lazy = json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 2}}});
+    let since = next_batch(&sync_with(&s, &alice, None, lazy.clone(), "").await);
+    for i in 0..5 {
+        s.send_text(&others[0], &room, &format!("b{i}"), "from bob").await;
+    }
+    s.join(&s.register("erin", "erin-password").await, &room).await;
+    s.send_text(&others[1], &room, "c", "from carol").await;
+    s.send_text(&others[1], &room, "c2", "from carol").await;
+    let body = sync_with(&s, &alice, Some(&since), lazy, "").await;
+    let r = &body["rooms"]["join"][&room];
+    assert_eq!(r["timeline"]["limited"], true);
+    let members: Vec<&str> = r["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert_eq!(members, vec![others[1].user_id.as_str()], "only carol, the timeline's sender: {r}");
+}
+
+#[tokio::test]
+async fn thirty_new_rooms_then_one_message_each_sync_one_event_per_room() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let mut creating = Vec::new();
+    for _ in 0..30 {
+        let s = &s;
+        let alice = &alice;
+        creating.push(async move { s.create_room(alice, json!({})).await });
+    }
+    let rooms = futures_util::future::join_all(creating).await;
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    for (i, room) in rooms.iter().enumerate() {
+        s.send_text(&alice, room, &format!("t{i}"), &format!("hello {i}")).await;
+    }
+    let body = s.sync(&alice, Some(&since), 0).await;
+    for (i, room) in rooms.iter().enumerate() {
+        let r = &body["rooms"]["join"][room];
+        let events = r["timeline"]["events"].as_array().unwrap_or_else(|| panic!("{room}: {body}"));
+        assert_eq!(events.len(), 1, "{r}");
+        assert_eq!(events[0]["content"]["body"], format!("hello {i}"));
+    }
+}

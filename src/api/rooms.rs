@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::Direction;
 use ruma::api::client::context::get_context;
 use ruma::api::client::membership::{
     ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
@@ -21,6 +20,7 @@ use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma, RumaResponse};
 use crate::rooms::client::Viewer;
 use crate::rooms::create::{CreateRoom, Preset};
+use crate::rooms::history::Direction;
 use crate::rooms::pdu::NewEvent;
 use crate::rooms::pdu::Pdu;
 use crate::rooms::{Room, Txn};
@@ -292,11 +292,11 @@ async fn visible_state(
     room: &Room,
     user: &UserId,
 ) -> Result<Arc<crate::rooms::state::StateMap>> {
-    let readable = s.rooms.readable(room, user).await?;
-    if readable.until == u64::MAX {
+    let access = s.rooms.readable(room, user).await?;
+    if access.until == u64::MAX {
         return Ok(room.state());
     }
-    s.rooms.state_at(room, readable.until).await
+    s.rooms.state_at(room, access.until).await
 }
 
 pub async fn state(
@@ -387,12 +387,12 @@ pub async fn event(
     Ruma(req): Ruma<get_room_event::v3::Request>,
 ) -> Result<Json<Value>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
-    let readable = s.rooms.readable(&room, &who.user_id).await?;
+    let access = s.rooms.readable(&room, &who.user_id).await?;
     let (record, pdu) = s
         .rooms
         .event(req.event_id.as_str())
         .await?
-        .filter(|(r, _)| r.room_id == req.room_id.as_str() && readable.contains(r.pos))
+        .filter(|(r, p)| r.room_id == req.room_id.as_str() && access.can_see(r.pos, p))
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
     Ok(Json(client_view(&s, &room, &record, &pdu, &who).await?))
 }
@@ -413,54 +413,49 @@ async fn client_view(
     s.rooms.client_event(room, record, pdu, viewer, true).await
 }
 
-/// `GET /rooms/{roomId}/context/{eventId}`.
+/// `GET /rooms/{roomId}/context/{eventId}`: the event, up to `limit` visible events around
+/// it (the filter applies to those), and the state at the last event returned.
 pub async fn context(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<get_context::v3::Request>,
 ) -> Result<Json<Value>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
-    let readable = s.rooms.readable(&room, &who.user_id).await?;
-    let until = readable.until;
+    let access = s.rooms.readable(&room, &who.user_id).await?;
     let (record, pdu) = s
         .rooms
         .event(req.event_id.as_str())
         .await?
-        .filter(|(r, _)| r.room_id == room.id.as_str() && readable.contains(r.pos))
+        .filter(|(r, p)| r.room_id == room.id.as_str() && access.can_see(r.pos, p))
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(10).min(100);
     let before_n = limit / 2;
     let after_n = limit - before_n;
-    let store = s.rooms.store();
-    let before =
-        store.room_events(room.id.as_str(), None, Some(record.pos), true, before_n).await?;
-    let after = store
-        .room_events(
-            room.id.as_str(),
-            Some(record.pos),
-            Some(until.saturating_add(1)),
-            false,
-            after_n,
+    let filter = Some(&req.filter);
+    let before = s
+        .rooms
+        .scan(
+            &room,
+            &access,
+            Direction::Backward { from: record.pos.saturating_sub(1), until: None },
+            before_n,
+            filter,
         )
         .await?;
-    let mut events_before = Vec::new();
-    for (_, id) in &before {
-        if let Some((r, p)) = s.rooms.event(id).await? {
-            events_before.push(client_view(&s, &room, &r, &p, &who).await?);
-        }
+    let after = s
+        .rooms
+        .scan(&room, &access, Direction::Forward { from: record.pos, until: None }, after_n, filter)
+        .await?;
+    let mut events_before = Vec::with_capacity(before.events.len());
+    for e in &before.events {
+        events_before.push(client_view(&s, &room, &e.record, &e.pdu, &who).await?);
     }
-    let mut events_after = Vec::new();
-    for (_, id) in &after {
-        if let Some((r, p)) = s.rooms.event(id).await? {
-            events_after.push(client_view(&s, &room, &r, &p, &who).await?);
-        }
+    let mut events_after = Vec::with_capacity(after.events.len());
+    for e in &after.events {
+        events_after.push(client_view(&s, &room, &e.record, &e.pdu, &who).await?);
     }
-    let start = before.last().map_or(record.pos, |(pos, _)| *pos).saturating_sub(1);
-    let end = after.last().map_or(record.pos, |(pos, _)| *pos);
-    let last_group = match after.last() {
-        Some((_, id)) => store.event(id).await?.map_or(record.state_group, |r| r.state_group),
-        None => record.state_group,
-    };
+    let last_group = after.events.last().map_or(record.state_group, |e| e.record.state_group);
+    let store = s.rooms.store();
     let state_ids = crate::rooms::state::group_ids(store, last_group).await?;
     let mut state = Vec::with_capacity(state_ids.len());
     for id in state_ids.values() {
@@ -472,8 +467,8 @@ pub async fn context(
         "event": client_view(&s, &room, &record, &pdu, &who).await?,
         "events_before": events_before,
         "events_after": events_after,
-        "start": token(start),
-        "end": token(end),
+        "start": token(before.cursor),
+        "end": token(after.cursor),
         "state": state,
     })))
 }
@@ -490,7 +485,7 @@ pub async fn timestamp_to_event(
     let readable = s.rooms.readable(&room, &who.user_id).await?;
     let until = readable.until;
     let target: u64 = req.ts.get().into();
-    let forward = req.dir == Direction::Forward;
+    let forward = req.dir == ruma::api::Direction::Forward;
     let store = s.rooms.store();
     // Forward: an exclusive lower bound; backward: an exclusive upper bound.
     let mut lower: Option<u64> = readable.from.checked_sub(1);
@@ -515,6 +510,9 @@ pub async fn timestamp_to_event(
                 upper = *pos;
             }
             let Some((_, pdu)) = s.rooms.event(id).await? else { continue };
+            if !readable.can_see(*pos, &pdu) {
+                continue;
+            }
             let ts: u64 = pdu.origin_server_ts.get().into();
             if (forward && ts >= target) || (!forward && ts <= target) {
                 return Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
@@ -526,86 +524,51 @@ pub async fn timestamp_to_event(
     }
 }
 
-/// `GET /rooms/{roomId}/messages`.
+/// `GET /rooms/{roomId}/messages`: a page of the events the user may see, newest or
+/// oldest first. A page examines a bounded number of events (see `rooms::history`); `end`
+/// comes whenever the page holds events or the scan stopped before the end of the history.
 pub async fn messages(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<get_message_events::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room = s
-        .rooms
-        .get(&req.room_id)
-        .ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
-    let readable = s.rooms.readable(&room, &who.user_id).await?;
+    let room = room_or_forbidden(&s, &req.room_id)?;
+    let access = s.rooms.readable(&room, &who.user_id).await?;
     let limit = usize::try_from(u64::from(req.limit)).unwrap_or(10).clamp(1, 1000);
-    let backwards = req.dir == Direction::Backward;
+    let backwards = req.dir == ruma::api::Direction::Backward;
     let from = match &req.from {
         Some(t) => parse_token(t)?,
         None if backwards => room.last_pos(),
         None => 0,
     };
     let to = req.to.as_deref().map(parse_token).transpose()?;
-    let wanted = |pdu: &crate::rooms::pdu::Pdu| {
-        crate::rooms::filter::allows(&req.filter, &pdu.kind.to_string(), &pdu.sender)
+    let direction = if backwards {
+        Direction::Backward { from, until: to }
+    } else {
+        Direction::Forward { from, until: to }
     };
-
-    let mut chunk = Vec::new();
-    let mut cursor = from;
-    let mut exhausted = false;
-    while chunk.len() < limit && !exhausted {
-        let batch = if backwards {
-            let lower = to.filter(|t| *t < cursor);
-            s.rooms
-                .store()
-                .room_events(room.id.as_str(), lower, Some(cursor.saturating_add(1)), true, limit)
-                .await?
-        } else {
-            let upper = to.map(|t| t.saturating_add(1));
-            s.rooms.store().room_events(room.id.as_str(), Some(cursor), upper, false, limit).await?
-        };
-        exhausted = batch.len() < limit;
-        for (pos, event_id) in batch {
-            cursor = if backwards { pos.saturating_sub(1) } else { pos };
-            if !readable.contains(pos) {
-                if backwards && pos < readable.from {
-                    exhausted = true;
-                    break;
-                }
-                continue;
-            }
-            let Some((record, pdu)) = s.rooms.event(&event_id).await? else {
-                continue;
-            };
-            if !wanted(&pdu) {
-                continue;
-            }
-            chunk.push(client_view(&s, &room, &record, &pdu, &who).await?);
-            if chunk.len() >= limit {
-                break;
-            }
-        }
-        if backwards && cursor == 0 {
-            exhausted = true;
-        }
+    let page = s.rooms.scan(&room, &access, direction, limit, Some(&req.filter)).await?;
+    let mut chunk = Vec::with_capacity(page.events.len());
+    for e in &page.events {
+        chunk.push(client_view(&s, &room, &e.record, &e.pdu, &who).await?);
     }
     let mut body = json!({"chunk": chunk, "start": token(from)});
-    if !exhausted || chunk.len() >= limit {
-        body["end"] = json!(token(cursor));
+    if !page.events.is_empty() || !page.exhausted {
+        body["end"] = json!(token(page.cursor));
     }
     // With lazy-loaded members, the chunk's senders' member events come along, so clients
     // can show names without loading the whole member list.
-    let lazy = !matches!(
-        req.filter.lazy_load_options,
-        ruma::api::client::filter::LazyLoadOptions::Disabled
-    );
-    if lazy {
-        let senders: std::collections::BTreeSet<&str> =
-            chunk.iter().filter_map(|e| e["sender"].as_str()).collect();
-        let state: Vec<Value> = senders
-            .into_iter()
-            .filter_map(|sender| room.state_event(&StateEventType::RoomMember, sender))
-            .map(|pdu| pdu.to_client(&room.rules.redaction, false, Default::default(), true))
-            .collect();
+    if !req.filter.lazy_load_options.is_disabled() {
+        let senders: std::collections::BTreeSet<&ruma::UserId> =
+            page.events.iter().map(|e| e.pdu.sender.as_ref()).collect();
+        let mut state = Vec::with_capacity(senders.len());
+        for sender in senders {
+            if let Some(pdu) = room.state_event(&StateEventType::RoomMember, sender.as_str())
+                && let Some((r, p)) = s.rooms.event(pdu.event_id.as_str()).await?
+            {
+                state.push(client_view(&s, &room, &r, &p, &who).await?);
+            }
+        }
         body["state"] = json!(state);
     }
     Ok(Json(body))

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use ruma::api::client::filter::FilterDefinition;
+use ruma::RoomId;
+use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use ruma::api::client::sync::sync_events;
-use ruma::events::StateEventType;
+use ruma::events::{StateEventType, TimelineEventType};
 use serde_json::{Value, json};
 
 use crate::api::rooms::token;
@@ -21,7 +22,9 @@ use crate::http::ruma::{AppState, Ruma};
 use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::filter;
+use crate::rooms::history::Direction;
 use crate::rooms::state::{self, StateKey};
+use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::services::Services;
 use crate::services::accounts::Identity;
 use crate::storage::rooms::MembershipRecord;
@@ -76,7 +79,24 @@ struct Options {
     since_account_data: Option<u64>,
     full_state: bool,
     timeline_limit: usize,
-    filter: Option<FilterDefinition>,
+    filter: FilterDefinition,
+}
+
+impl Options {
+    fn changed_since(&self, pos: u64) -> bool {
+        self.since.is_none_or(|since| pos > since)
+    }
+
+    fn lazy_members(&self) -> bool {
+        !self.filter.room.state.lazy_load_options.is_disabled()
+    }
+
+    fn redundant_members(&self) -> bool {
+        matches!(
+            self.filter.room.state.lazy_load_options,
+            LazyLoadOptions::Enabled { include_redundant_members: true }
+        )
+    }
 }
 
 pub async fn sync(
@@ -87,23 +107,22 @@ pub async fn sync(
     let since_token = req.since.as_deref().map(SyncToken::parse).transpose()?;
     let since = since_token.map(|t| t.events);
     let filter = match req.filter {
-        Some(sync_events::v3::Filter::FilterDefinition(f)) => Some(f),
+        Some(sync_events::v3::Filter::FilterDefinition(f)) => f,
         Some(sync_events::v3::Filter::FilterId(id)) => {
             let stored = s
                 .user_data
                 .filter(&who.user_id, &id)
                 .await?
                 .ok_or_else(|| Error::InvalidParam(format!("Unknown filter {id:?}")))?;
-            Some(
-                serde_json::from_value(stored)
-                    .map_err(|e| Error::Internal(format!("stored filter: {e}")))?,
-            )
+            serde_json::from_value(stored)
+                .map_err(|e| Error::Internal(format!("stored filter: {e}")))?
         }
-        _ => None,
+        _ => FilterDefinition::default(),
     };
     let timeline_limit = filter
-        .as_ref()
-        .and_then(|f| f.room.timeline.limit)
+        .room
+        .timeline
+        .limit
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
         .clamp(1, 1000);
     let read_positions = s
@@ -135,7 +154,7 @@ pub async fn sync(
             .user_data
             .changed(&who.user_id, opts.since_account_data, current.account_data)
             .await?;
-        let (global, by_room) = split_account_data(account_data);
+        let (global, by_room) = split_account_data(account_data, &opts.filter);
         let (rooms, empty) = build_rooms(&s, &who, &opts, current.events, &by_room).await?;
         let waited_enough = tokio::time::Instant::now() >= deadline;
         if !empty || !global.is_empty() || since.is_none() || opts.full_state || waited_enough {
@@ -157,18 +176,27 @@ pub async fn sync(
     }
 }
 
-/// Account-data records as sync events: global ones, and per room.
+/// Account-data records as sync events, global ones and per room, as the filter selects.
 fn split_account_data(
     records: Vec<crate::storage::users::AccountDataRecord>,
+    filter: &FilterDefinition,
 ) -> (Vec<Value>, HashMap<String, Vec<Value>>) {
     let mut global = Vec::new();
     let mut by_room: HashMap<String, Vec<Value>> = HashMap::new();
+    let room_filter = &filter.room.account_data;
     for r in records {
         let content: Value = serde_json::from_str(r.content.get()).unwrap_or_else(|_| json!({}));
         let event = json!({"type": r.kind, "content": content});
         match r.room_id {
-            Some(room) => by_room.entry(room).or_default().push(event),
-            None => global.push(event),
+            Some(room) => {
+                let wanted = filter::allows_event_type(room_filter, &r.kind)
+                    && RoomId::parse(&room).is_ok_and(|id| filter::allows_room(room_filter, &id));
+                if wanted {
+                    by_room.entry(room).or_default().push(event);
+                }
+            }
+            None if filter::allows_type(&filter.account_data, &r.kind) => global.push(event),
+            None => {}
         }
     }
     (global, by_room)
@@ -182,19 +210,6 @@ async fn state_ids_at(s: &Services, room: &Room, pos: u64) -> Result<HashMap<Sta
     }
 }
 
-async fn client_event(
-    s: &Services,
-    room: &Room,
-    who: &Identity,
-    event_id: &str,
-) -> Result<Option<Value>> {
-    let Some((record, pdu)) = s.rooms.event(event_id).await? else {
-        return Ok(None);
-    };
-    let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
-    Ok(Some(s.rooms.client_event(room, &record, &pdu, viewer, false).await?))
-}
-
 /// Builds `rooms`; the flag says whether nothing at all changed.
 async fn build_rooms(
     s: &Services,
@@ -203,8 +218,7 @@ async fn build_rooms(
     current: u64,
     room_account_data: &HashMap<String, Vec<Value>>,
 ) -> Result<(Value, bool)> {
-    let include_leave =
-        opts.since.is_none() && opts.filter.as_ref().is_some_and(|f| f.room.include_leave);
+    let include_leave = opts.since.is_none() && opts.filter.room.include_leave;
     let memberships: HashMap<String, MembershipRecord> =
         s.rooms.store().user_memberships(who.user_id.as_str()).await?.into_iter().collect();
     let mut join = serde_json::Map::new();
@@ -212,93 +226,115 @@ async fn build_rooms(
     let mut leave = serde_json::Map::new();
 
     for room in s.rooms.rooms_of(&who.user_id) {
-        let Some(m) = memberships.get(room.id.as_str()) else {
+        if !filter::includes_room(&opts.filter.room, &room.id) {
+            continue;
+        }
+        let Some(record) = memberships.get(room.id.as_str()) else {
             continue;
         };
-        if m.pos > current {
-            continue; // committed after `current`: next time
-        }
-        let changed_since = |pos: u64| opts.since.is_none_or(|since| pos > since);
+        // The membership as of `current`: a change committed after `current` was read is
+        // the next sync's, and until then the previous membership holds.
+        let m = if record.pos <= current {
+            MembershipAt {
+                membership: record.membership.clone(),
+                since: record.since(),
+                pos: record.pos,
+            }
+        } else {
+            match s.rooms.membership_at(&room, &who.user_id, current).await? {
+                Some(m) => m,
+                None => continue,
+            }
+        };
         match m.membership.as_str() {
             "join" => {
-                let newly_joined = changed_since(m.pos);
+                let newly_joined = opts.changed_since(m.since);
                 let account_data = room_account_data.get(room.id.as_str());
                 let read_moved =
                     opts.read_positions.get(room.id.as_str()).is_some_and(|(_, pos)| {
                         opts.since_account_data.is_none_or(|since| *pos > since)
                     });
+                let timeline_moved = opts.changed_since(room.last_pos().min(current));
                 if !newly_joined
                     && !opts.full_state
-                    && !changed_since(room.last_pos())
+                    && !timeline_moved
                     && account_data.is_none()
                     && !read_moved
                 {
                     continue;
                 }
-                // History before the join is hidden when the room says so.
-                let visible_from = match room.history_visibility().as_str() {
-                    "joined" | "invited" => Some(m.pos),
-                    _ => None,
+                let access = s.rooms.readable(&room, &who.user_id).await?;
+                let span = Span {
+                    upper: current,
+                    after: if newly_joined { None } else { opts.since },
+                    full: newly_joined || opts.full_state,
                 };
-                if let Some(mut entry) =
-                    joined_room(s, &room, who, opts, current, newly_joined, visible_from).await?
-                {
-                    if let Some(events) = account_data {
-                        entry["account_data"] = json!({"events": events});
-                    }
-                    join.insert(room.id.to_string(), entry);
+                let mut entry = room_entry(s, &room, who, opts, &access, span).await?;
+                let Some(obj) = entry.as_object_mut() else { continue };
+                let quiet = !newly_joined
+                    && !opts.full_state
+                    && account_data.is_none()
+                    && !read_moved
+                    && obj["timeline"]["events"].as_array().is_some_and(Vec::is_empty)
+                    && obj["state"]["events"].as_array().is_some_and(Vec::is_empty);
+                if quiet {
+                    continue; // the room moved, but nothing in it is for this user
                 }
+                obj.insert(
+                    "account_data".into(),
+                    json!({"events": account_data.cloned().unwrap_or_default()}),
+                );
+                obj.insert("summary".into(), summary(&room, &who.user_id));
+                let read_pos =
+                    opts.read_positions.get(room.id.as_str()).map(|(event_pos, _)| *event_pos);
+                let unread = s
+                    .unread
+                    .counts(
+                        &s.rooms,
+                        &room.id,
+                        &who.user_id,
+                        opts.displayname.as_deref(),
+                        read_pos,
+                        current,
+                    )
+                    .await?;
+                obj.insert(
+                    "unread_notifications".into(),
+                    json!({
+                        "notification_count": unread.notifications,
+                        "highlight_count": unread.highlights,
+                    }),
+                );
+                obj.insert("ephemeral".into(), json!({"events": []}));
+                join.insert(room.id.to_string(), entry);
             }
-            "invite" if changed_since(m.pos) => {
-                let mut events: Vec<Value> = Vec::new();
-                let state = room.state();
-                // Who invited us: their member event lets clients show their name.
-                let inviter = state
-                    .get(&(StateEventType::RoomMember, who.user_id.to_string()))
-                    .map(|p| p.sender.to_string());
-                for (key, pdu) in state.iter() {
-                    let is_stripped = STRIPPED_STATE.contains(&key.0.to_string().as_str());
-                    let is_member = key.0 == StateEventType::RoomMember;
-                    let is_own_invite = is_member && key.1 == who.user_id.as_str();
-                    let is_inviter = is_member && inviter.as_deref() == Some(key.1.as_str());
-                    if is_stripped || is_own_invite || is_inviter {
-                        events.push(json!({
-                            "type": pdu.kind,
-                            "state_key": pdu.state_key,
-                            "content": serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default(),
-                            "sender": pdu.sender,
-                        }));
-                    }
-                }
-                invite.insert(room.id.to_string(), json!({"invite_state": {"events": events}}));
+            "invite" if opts.changed_since(m.since) => {
+                invite.insert(room.id.to_string(), invite_entry(&room, &who.user_id));
             }
             // Departures since the last sync; in an initial sync only with `include_leave`.
             "leave" | "ban"
-                if !m.forgotten
-                    && ((opts.since.is_some() && changed_since(m.pos)) || include_leave) =>
+                if !record.forgotten
+                    && ((opts.since.is_some() && opts.changed_since(m.since)) || include_leave) =>
             {
-                // The timeline up to and including the departure.
-                let ids = s
-                    .rooms
-                    .store()
-                    .room_events(
-                        room.id.as_str(),
-                        opts.since,
-                        Some(m.pos + 1),
-                        true,
-                        opts.timeline_limit,
-                    )
-                    .await?;
-                let mut timeline = Vec::new();
-                for (_, id) in ids.iter().rev() {
-                    if let Some(ev) = client_event(s, &room, who, id).await? {
-                        timeline.push(ev);
-                    }
-                }
-                leave.insert(
-                    room.id.to_string(),
-                    json!({"timeline": {"events": timeline, "limited": false}, "state": {"events": []}, "account_data": {"events": []}}),
-                );
+                // Joined at `since`: the timeline continues from there. Otherwise (joined
+                // and left in between, or never joined) the room comes in full.
+                let joined_at_since = match opts.since {
+                    Some(since) => s
+                        .rooms
+                        .membership_at(&room, &who.user_id, since)
+                        .await?
+                        .is_some_and(|m| m.membership == "join"),
+                    None => false,
+                };
+                let access = s.rooms.readable(&room, &who.user_id).await?;
+                let span = Span {
+                    upper: m.pos,
+                    after: if joined_at_since { opts.since } else { None },
+                    full: !joined_at_since && access.ever_joined(),
+                };
+                let mut entry = room_entry(s, &room, who, opts, &access, span).await?;
+                entry["account_data"] = json!({"events": []});
+                leave.insert(room.id.to_string(), entry);
             }
             _ => {}
         }
@@ -307,59 +343,109 @@ async fn build_rooms(
     Ok((json!({"join": join, "invite": invite, "leave": leave, "knock": {}}), empty))
 }
 
-async fn joined_room(
+/// The invite entry: the room's stripped state, the invite, and the inviter's member event.
+fn invite_entry(room: &Room, user: &ruma::UserId) -> Value {
+    let mut events: Vec<Value> = Vec::new();
+    let state = room.state();
+    let inviter =
+        state.get(&(StateEventType::RoomMember, user.to_string())).map(|p| p.sender.to_string());
+    for (key, pdu) in state.iter() {
+        let is_stripped = STRIPPED_STATE.contains(&key.0.to_string().as_str());
+        let is_member = key.0 == StateEventType::RoomMember;
+        let is_own_invite = is_member && key.1 == user.as_str();
+        let is_inviter = is_member && inviter.as_deref() == Some(key.1.as_str());
+        if is_stripped || is_own_invite || is_inviter {
+            events.push(json!({
+                "type": pdu.kind,
+                "state_key": pdu.state_key,
+                "content": serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default(),
+                "sender": pdu.sender,
+            }));
+        }
+    }
+    json!({"invite_state": {"events": events}})
+}
+
+/// The room summary: member counts and up to five other members to name the room by.
+fn summary(room: &Room, user: &ruma::UserId) -> Value {
+    let members = room.members();
+    let joined = members.values().filter(|m| m.as_str() == "join").count();
+    let invited = members.values().filter(|m| m.as_str() == "invite").count();
+    let mut heroes: Vec<&ruma::OwnedUserId> = members
+        .iter()
+        .filter(|(u, m)| *u != user && matches!(m.as_str(), "join" | "invite"))
+        .map(|(u, _)| u)
+        .collect();
+    if heroes.is_empty() {
+        // Everyone else left: name the room after who was there.
+        heroes = members.iter().filter(|(u, _)| *u != user).map(|(u, _)| u).collect();
+    }
+    heroes.sort();
+    heroes.truncate(5);
+    json!({
+        "m.heroes": heroes,
+        "m.joined_member_count": joined,
+        "m.invited_member_count": invited,
+    })
+}
+
+/// The part of a room's history one sync entry covers.
+struct Span {
+    /// The newest position included (the sync's `current`, or a departure).
+    upper: u64,
+    /// The client has everything up to here; `None` when the room is new to it.
+    after: Option<u64>,
+    /// Send the whole state at the timeline's start, not a delta since `after`.
+    full: bool,
+}
+
+/// A room's `timeline` and `state` for one sync: the newest `limit` visible events of the
+/// span that the timeline filter lets through, and the state at the timeline's start, in
+/// full for rooms new to the client, as a delta from `since` when the timeline skipped
+/// events, and nothing when the timeline says it all.
+async fn room_entry(
     s: &Services,
     room: &Room,
     who: &Identity,
     opts: &Options,
-    current: u64,
-    newly_joined: bool,
-    visible_from: Option<u64>,
-) -> Result<Option<Value>> {
-    // Newest `limit + 1` events after `since`, to learn whether the timeline is truncated.
+    access: &HistoryAccess,
+    span: Span,
+) -> Result<Value> {
     let limit = opts.timeline_limit;
-    let after = if newly_joined && opts.since.is_some() { None } else { opts.since };
-    let after = match (after, visible_from.map(|f| f.saturating_sub(1))) {
-        (Some(a), Some(v)) => Some(a.max(v)),
-        (a, v) => a.or(v),
-    };
-    let mut ids = s
+    let timeline_filter = &opts.filter.room.timeline;
+    let mut scanned = s
         .rooms
-        .store()
-        .room_events(room.id.as_str(), after, Some(current.saturating_add(1)), true, limit + 1)
+        .scan(
+            room,
+            access,
+            Direction::Backward { from: span.upper, until: span.after },
+            limit + 1,
+            Some(timeline_filter),
+        )
         .await?;
-    let limited = ids.len() > limit;
-    ids.truncate(limit);
-    ids.reverse();
+    let limited = scanned.events.len() > limit || !scanned.exhausted;
+    scanned.events.truncate(limit);
+    scanned.events.reverse();
+    let events = scanned.events;
+    // Backward pagination from here returns what precedes the timeline.
+    let prev_batch = events.first().map_or(scanned.cursor, |e| e.pos.saturating_sub(1));
+    let timeline_start = events.first().map_or(span.upper, |e| e.pos.saturating_sub(1));
 
-    let mut timeline = Vec::with_capacity(ids.len());
-    let mut in_timeline: HashSet<String> = HashSet::new();
     let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
-    for (_, id) in &ids {
-        let Some((record, pdu)) = s.rooms.event(id).await? else {
-            continue;
-        };
-        let wanted = opts
-            .filter
-            .as_ref()
-            .is_none_or(|f| filter::allows(&f.room.timeline, &pdu.kind.to_string(), &pdu.sender));
-        if wanted {
-            in_timeline.insert(id.clone());
-            timeline.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
-        }
+    let mut timeline = Vec::with_capacity(events.len());
+    let in_timeline: HashSet<&str> = events.iter().map(|e| e.pdu.event_id.as_str()).collect();
+    for e in &events {
+        timeline.push(s.rooms.client_event(room, &e.record, &e.pdu, viewer, false).await?);
     }
-    let timeline_start = ids.first().map_or(current, |(pos, _)| pos.saturating_sub(1));
 
-    // State: the state at the start of the timeline, in full for new rooms, as a delta from
-    // `since` when the timeline skipped events, and nothing when the timeline says it all.
     let mut state_ids: Vec<String> = Vec::new();
-    if newly_joined || opts.full_state || limited {
+    if span.full || limited {
         let at_start = state_ids_at(s, room, timeline_start).await?;
-        match (newly_joined || opts.full_state, opts.since) {
-            (false, Some(since)) => {
-                let at_since = state_ids_at(s, room, since).await?;
+        match (span.full, span.after) {
+            (false, Some(after)) => {
+                let at_after = state_ids_at(s, room, after).await?;
                 for (k, id) in &at_start {
-                    if at_since.get(k) != Some(id) {
+                    if at_after.get(k) != Some(id) {
                         state_ids.push(id.clone());
                     }
                 }
@@ -367,80 +453,75 @@ async fn joined_room(
             _ => state_ids.extend(at_start.into_values()),
         }
     }
-    let lazy_members = opts.filter.as_ref().is_some_and(|f| {
-        !matches!(
-            f.room.state.lazy_load_options,
-            ruma::api::client::filter::LazyLoadOptions::Disabled
-        )
-    });
-    let mut timeline_senders: HashSet<String> =
-        timeline.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
-    timeline_senders.insert(who.user_id.to_string());
+
+    // Lazy-loaded members: only those of the timeline's senders (and the user's own), and
+    // none the device already has unless the filter asks for redundant ones.
+    let lazy = opts.lazy_members();
+    let (user, device, room_key) = (who.user_id.as_str(), who.device_id.as_str(), room.id.as_str());
+    if lazy && span.full {
+        s.lazy_members.reset(user, device, room_key);
+    }
+    let mut wanted_members: HashSet<&str> = events.iter().map(|e| e.pdu.sender.as_str()).collect();
+    wanted_members.insert(user);
+    let state_filter = &opts.filter.room.state;
     let mut state_events = Vec::with_capacity(state_ids.len());
+    let mut sent_members: Vec<String> = Vec::new();
     for id in state_ids {
-        if in_timeline.contains(&id) {
+        if in_timeline.contains(id.as_str()) {
             continue;
         }
-        if let Some(ev) = client_event(s, room, who, &id).await? {
-            let is_member = ev["type"] == "m.room.member";
-            let key = ev["state_key"].as_str().unwrap_or_default();
-            if lazy_members && is_member && !timeline_senders.contains(key) {
+        let Some((record, pdu)) = s.rooms.event(&id).await? else { continue };
+        if !filter::allows(state_filter, &pdu) {
+            continue;
+        }
+        if lazy && pdu.kind == TimelineEventType::RoomMember {
+            let key = pdu.state_key.as_deref().unwrap_or_default();
+            if !wanted_members.contains(key) {
                 continue;
             }
-            state_events.push(ev);
+            sent_members.push(id.clone());
         }
+        state_events.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
     }
-    if lazy_members && !newly_joined {
-        // Members of the timeline's senders that the client may not have loaded yet.
-        for sender in &timeline_senders {
-            if let Some(pdu) = room.state_event(&StateEventType::RoomMember, sender)
-                && !in_timeline.contains(pdu.event_id.as_str())
-                && !state_events.iter().any(|e| e["event_id"] == pdu.event_id.as_str())
-            {
-                state_events.push(pdu.to_client(
-                    &room.rules.redaction,
-                    false,
-                    Default::default(),
-                    false,
-                ));
+    if lazy && !span.full {
+        // The timeline's senders' member events that the device may not have yet.
+        for sender in &wanted_members {
+            let Some(pdu) = room.state_event(&StateEventType::RoomMember, sender) else {
+                continue;
+            };
+            let id = pdu.event_id.as_str();
+            let already = in_timeline.contains(id)
+                || sent_members.iter().any(|m| m == id)
+                || (!opts.redundant_members()
+                    && s.lazy_members.was_sent(user, device, room_key, id));
+            if already || !filter::allows(state_filter, &pdu) {
+                continue;
+            }
+            if let Some((record, pdu)) = s.rooms.event(id).await? {
+                sent_members.push(id.to_owned());
+                state_events.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
             }
         }
     }
+    if lazy {
+        let in_timeline_members = events
+            .iter()
+            .filter(|e| e.pdu.kind == TimelineEventType::RoomMember)
+            .map(|e| e.pdu.event_id.as_str());
+        s.lazy_members.record(
+            user,
+            device,
+            room_key,
+            sent_members.iter().map(String::as_str).chain(in_timeline_members),
+        );
+    }
 
-    let members = room.members();
-    let joined = members.values().filter(|m| m.as_str() == "join").count();
-    let invited = members.values().filter(|m| m.as_str() == "invite").count();
-    let mut heroes: Vec<&ruma::OwnedUserId> = members
-        .iter()
-        .filter(|(u, m)| *u != &who.user_id && matches!(m.as_str(), "join" | "invite"))
-        .map(|(u, _)| u)
-        .collect();
-    heroes.sort();
-    heroes.truncate(5);
-
-    let read_pos = opts.read_positions.get(room.id.as_str()).map(|(event_pos, _)| *event_pos);
-    let unread = s
-        .unread
-        .counts(&s.rooms, &room.id, &who.user_id, opts.displayname.as_deref(), read_pos, current)
-        .await?;
-
-    Ok(Some(json!({
-        "unread_notifications": {
-            "notification_count": unread.notifications,
-            "highlight_count": unread.highlights,
-        },
+    Ok(json!({
         "timeline": {
             "events": timeline,
             "limited": limited,
-            "prev_batch": token(timeline_start),
+            "prev_batch": token(prev_batch),
         },
         "state": {"events": state_events},
-        "summary": {
-            "m.heroes": heroes,
-            "m.joined_member_count": joined,
-            "m.invited_member_count": invited,
-        },
-        "ephemeral": {"events": []},
-        "account_data": {"events": []},
-    })))
+    }))
 }

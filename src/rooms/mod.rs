@@ -12,11 +12,13 @@ pub mod commit;
 pub mod create;
 pub mod directory;
 pub mod filter;
+pub mod history;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod profile;
 pub mod state;
+pub mod visibility;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,11 +36,14 @@ use serde_json::value::to_raw_value;
 
 use crate::error::{Error, Result};
 use crate::storage::Store;
-use crate::storage::rooms::{EventWrite, RoomHead, RoomRecord, TxnKey};
+use crate::storage::rooms::{
+    EventWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite, TxnKey,
+};
 use commit::Committer;
 use notify::Notifier;
 use pdu::{NewEvent, Pdu, PduContext, PduRef};
 use state::{StateKey, StateMap};
+use visibility::{Visibility, VisibilityHistory};
 
 /// A room this server participates in, with its cached current state.
 pub struct Room {
@@ -52,6 +57,8 @@ pub struct Room {
     inner: RwLock<RoomInner>,
     /// Transaction IDs of events submitted but not yet durable.
     pending_txns: parking_lot::Mutex<HashMap<TxnKey, OwnedEventId>>,
+    /// Every `m.room.history_visibility` change with its position (published view).
+    visibility: RwLock<VisibilityHistory>,
 }
 
 #[derive(Clone)]
@@ -95,6 +102,34 @@ impl Room {
     pub fn last_pos(&self) -> u64 {
         self.inner.read().head.last_pos
     }
+
+    /// The room's history-visibility changes, oldest first.
+    pub fn visibility_history(&self) -> VisibilityHistory {
+        self.visibility.read().clone()
+    }
+}
+
+/// The content field of a state event that the state-change index keeps.
+fn state_value(kind: &TimelineEventType, content: &serde_json::value::RawValue) -> Option<String> {
+    let field = match kind {
+        TimelineEventType::RoomMember => "membership",
+        TimelineEventType::RoomHistoryVisibility => "history_visibility",
+        _ => return None,
+    };
+    let content: serde_json::Value = serde_json::from_str(content.get()).ok()?;
+    content.get(field).and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+/// The state-change index entry of a state event.
+fn state_change(pdu: &Pdu) -> Option<StateChangeWrite> {
+    pdu.state_key.as_ref().map(|key| StateChangeWrite {
+        kind: pdu.kind.to_string(),
+        state_key: key.clone(),
+        change: StateChange {
+            event_id: pdu.event_id.to_string(),
+            value: state_value(&pdu.kind, &pdu.content),
+        },
+    })
 }
 
 /// The rooms service.
@@ -108,6 +143,8 @@ pub struct Rooms {
     /// `user → rooms they have a membership in`.
     user_rooms: Arc<RwLock<HashMap<OwnedUserId, HashSet<OwnedRoomId>>>>,
     next_state_group: AtomicU64,
+    /// IDs of rooms being created (reserved until they are written or given up).
+    creating: parking_lot::Mutex<HashSet<OwnedRoomId>>,
 }
 
 /// A built, signed and authorised event, ready to be submitted.
@@ -159,6 +196,7 @@ impl Rooms {
                 }
             }
             last_pos = last_pos.max(head.last_pos);
+            let visibility = load_visibility(store.as_ref(), &id).await?;
             let view =
                 RoomInner { head, state: Arc::new(state), chain_len, members: Arc::new(members) };
             let room = Room {
@@ -168,6 +206,7 @@ impl Rooms {
                 write: tokio::sync::Mutex::new(view.clone()),
                 inner: RwLock::new(view),
                 pending_txns: parking_lot::Mutex::new(HashMap::new()),
+                visibility: RwLock::new(visibility),
             };
             rooms.insert(id, Arc::new(room));
         }
@@ -182,6 +221,7 @@ impl Rooms {
             rooms: RwLock::new(rooms),
             user_rooms: Arc::new(RwLock::new(user_rooms)),
             next_state_group: AtomicU64::new(next_group),
+            creating: parking_lot::Mutex::new(HashSet::new()),
         })
     }
 
@@ -221,8 +261,36 @@ impl Rooms {
         let rules = version
             .rules()
             .ok_or_else(|| Error::Internal(format!("no rules for room version {version}")))?;
-        let key = self.key.pair();
-        let origin_server_ts = MilliSecondsSinceUnixEpoch::now();
+        let mut ts: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
+        // From v12 a room's ID is its create event's hash: two identical createRoom requests
+        // in the same millisecond would make the same room. The ID is reserved before
+        // anything is written, and a taken one moves the timestamp on by a millisecond.
+        let pdu = loop {
+            let origin_server_ts = MilliSecondsSinceUnixEpoch(
+                ruma::UInt::try_from(ts).map_err(|e| Error::Internal(format!("clock: {e}")))?,
+            );
+            let pdu =
+                self.build_create_event(creator, &rules, &create_content, origin_server_ts)?;
+            let rooms = self.rooms.read();
+            let mut creating = self.creating.lock();
+            if !rooms.contains_key(&pdu.room_id) && creating.insert(pdu.room_id.clone()) {
+                break pdu;
+            }
+            ts += 1;
+        };
+        let room_id = pdu.room_id.clone();
+        let result = self.create_reserved(creator, version, rules, pdu, events).await;
+        self.creating.lock().remove(&room_id);
+        result
+    }
+
+    fn build_create_event(
+        &self,
+        creator: &UserId,
+        rules: &RoomVersionRules,
+        create_content: &serde_json::Value,
+        origin_server_ts: MilliSecondsSinceUnixEpoch,
+    ) -> Result<Pdu> {
         let random_room_id: Option<OwnedRoomId> = match rules.room_id_format {
             ruma::room_version_rules::RoomIdFormatVersion::V1 => {
                 let local = crate::services::tokens::random_string(
@@ -237,14 +305,15 @@ impl Rooms {
             }
             _ => None,
         };
-        let create_event = NewEvent::state(TimelineEventType::RoomCreate, "", create_content);
+        let create_event =
+            NewEvent::state(TimelineEventType::RoomCreate, "", create_content.clone());
         let pdu = pdu::build(
             &create_event,
             &PduContext {
-                rules: &rules,
+                rules,
                 room_id: random_room_id.as_deref(),
                 server_name: &self.server_name,
-                key,
+                key: self.key.pair(),
                 sender: creator,
                 prev_events: &[],
                 auth_events: &[],
@@ -258,7 +327,19 @@ impl Rooms {
             |_: &EventId| None::<&Pdu>,
         )
         .map_err(|e| Error::Forbidden(format!("Create event refused: {e}")))?;
+        Ok(pdu)
+    }
 
+    /// Writes a new room whose ID the caller reserved.
+    async fn create_reserved(
+        &self,
+        creator: &UserId,
+        version: RoomVersionId,
+        rules: RoomVersionRules,
+        pdu: Pdu,
+        events: Vec<NewEvent>,
+    ) -> Result<OwnedRoomId> {
+        let origin_server_ts = pdu.origin_server_ts;
         let room_id = pdu.room_id.clone();
         let pdu = Arc::new(pdu);
         let mut state = StateMap::new();
@@ -287,6 +368,7 @@ impl Rooms {
             txn: None,
             redacts: None,
             replaces_state: None,
+            state_change: state_change(&pdu),
         };
         let view = RoomInner {
             head,
@@ -301,6 +383,7 @@ impl Rooms {
             write: tokio::sync::Mutex::new(view.clone()),
             inner: RwLock::new(view),
             pending_txns: parking_lot::Mutex::new(HashMap::new()),
+            visibility: RwLock::new(Arc::new(Vec::new())),
         });
         // Build and check every initial event first: a refused one (a bad power-level
         // override, say) leaves no half-created room behind. Then one request writes all.
@@ -515,6 +598,13 @@ impl Rooms {
             }),
             redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
             replaces_state,
+            state_change: state_change(&pdu),
+        };
+        let visibility_change = match (&pdu.kind, pdu.state_key.as_deref()) {
+            (TimelineEventType::RoomHistoryVisibility, Some("")) => {
+                Some(Visibility::parse(state_value(&pdu.kind, &pdu.content).as_deref()))
+            }
+            _ => None,
         };
         let mut members = inner.members.clone();
         let mut new_member = None;
@@ -536,6 +626,10 @@ impl Rooms {
             }
             if let Some(key) = txn_key {
                 applied.pending_txns.lock().remove(&key);
+            }
+            if let Some(v) = visibility_change {
+                let mut history = applied.visibility.write();
+                Arc::make_mut(&mut history).push((pos, v));
             }
             let mut published = applied.inner.write();
             *published = view;
@@ -585,4 +679,39 @@ impl Rooms {
         let pdu = Pdu::from_json(record.pdu.clone(), &id, &room)?;
         Ok(Some((record, pdu)))
     }
+}
+
+/// A room's history-visibility changes from the state-change index; rooms written before
+/// the index existed get it built first, from their timeline.
+async fn load_visibility(store: &dyn Store, room_id: &RoomId) -> Result<VisibilityHistory> {
+    if store.state_changes(room_id.as_str(), "m.room.create", "").await?.is_empty() {
+        index_state_changes(store, room_id).await?;
+    }
+    let changes = store.state_changes(room_id.as_str(), "m.room.history_visibility", "").await?;
+    Ok(Arc::new(
+        changes
+            .into_iter()
+            .map(|(pos, change)| (pos, Visibility::parse(change.value.as_deref())))
+            .collect(),
+    ))
+}
+
+/// Builds the state-change index of a room from its timeline (a one-time migration).
+async fn index_state_changes(store: &dyn Store, room_id: &RoomId) -> Result<()> {
+    let mut after = None;
+    let mut entries = Vec::new();
+    loop {
+        let batch = store.room_events(room_id.as_str(), after, None, false, 1024).await?;
+        let Some((last, _)) = batch.last() else { break };
+        after = Some(*last);
+        for (pos, event_id) in batch {
+            let pdu = state::load_pdu(store, &event_id).await?;
+            if let Some(change) = state_change(&pdu) {
+                entries.push((pos, change));
+            }
+        }
+    }
+    tracing::info!(room_id = %room_id, entries = entries.len(), "indexed the room's state changes");
+    store.index_state_changes(room_id.as_str(), entries).await?;
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! [`crate::error::Error`] values that `http::error` maps to Matrix errors.
 
 pub mod accounts;
+pub mod lazy_members;
 pub mod passwords;
 pub mod ratelimit;
 pub mod tokens;
@@ -31,6 +32,8 @@ pub struct Services {
     /// Events sent per user (`limits.events`).
     pub event_limiter: ratelimit::RateLimiter,
     pub unread: unread::Unread,
+    /// Member events each device was sent (lazy-loading in `/sync`).
+    pub lazy_members: lazy_members::LazyMembers,
 }
 
 impl Services {
@@ -52,6 +55,7 @@ impl Services {
             user_data,
             event_limiter,
             unread: unread::Unread::default(),
+            lazy_members: lazy_members::LazyMembers::default(),
         }))
     }
 }

@@ -63,11 +63,42 @@ pub struct StateGroupRecord {
 pub struct MembershipRecord {
     /// `join`, `invite`, `leave`, `ban` or `knock`.
     pub membership: String,
+    /// The latest member event of the user (a profile change is one too).
     pub event_id: String,
     pub pos: u64,
+    /// Where the current membership began: the position of the event that changed it to
+    /// `membership`. A later member event with the same membership (a profile change)
+    /// keeps it. `None` in records written before it existed: then `pos`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
     /// The user forgot the room (only once they left it).
     #[serde(default)]
     pub forgotten: bool,
+}
+
+impl MembershipRecord {
+    /// The position where the current membership began.
+    pub fn since(&self) -> u64 {
+        self.since.unwrap_or(self.pos)
+    }
+}
+
+/// One state event in the per-key history of a room's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub event_id: String,
+    /// The content field that matters for the event's type (`membership` of a member
+    /// event, `history_visibility` of a visibility event), so readers need not load it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// The `(type, state_key)` an event sets, with its [`StateChange`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChangeWrite {
+    pub kind: String,
+    pub state_key: String,
+    pub change: StateChange,
 }
 
 /// A client's transaction ID: (user localpart, device, txn_id).
@@ -98,6 +129,8 @@ pub struct EventWrite {
     pub redacts: Option<String>,
     /// The state event this one replaces.
     pub replaces_state: Option<String>,
+    /// For state events: the entry in the room's per-key state history.
+    pub state_change: Option<StateChangeWrite>,
 }
 
 #[async_trait]
@@ -147,6 +180,22 @@ pub trait RoomStore: Send + Sync {
         &self,
         room_id: &str,
     ) -> StorageResult<Vec<(String, MembershipRecord)>>;
+
+    /// The history of one state key of a room: every event that set it, oldest first, with
+    /// its stream position.
+    async fn state_changes(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+    ) -> StorageResult<Vec<(u64, StateChange)>>;
+
+    /// Adds entries to a room's state history (for databases written before it existed).
+    async fn index_state_changes(
+        &self,
+        room_id: &str,
+        entries: Vec<(u64, StateChangeWrite)>,
+    ) -> StorageResult<()>;
 
     /// Marks a left room as forgotten for the user.
     async fn forget_room(&self, user_id: &str, room_id: &str) -> StorageResult<()>;

@@ -63,6 +63,11 @@ mod cf {
     pub const PUBLIC_ROOMS: &str = "public_rooms";
     /// `user_id 0xFF room_id` → how far the user has read.
     pub const READ_POSITIONS: &str = "read_positions";
+    /// `room_id 0xFF type 0xFF state_key 0xFF pos(be64)` →
+    /// [`StateChange`](crate::storage::rooms::StateChange): every state event of a room by
+    /// key, so "a user's memberships over time" and "the history visibility over time" are
+    /// one prefix scan.
+    pub const STATE_CHANGES: &str = "state_changes";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -84,6 +89,7 @@ mod cf {
         ACCOUNT_DATA,
         PUBLIC_ROOMS,
         READ_POSITIONS,
+        STATE_CHANGES,
     ];
 }
 

@@ -10,8 +10,8 @@ use super::{
 use crate::storage::StorageError;
 use crate::storage::StorageResult;
 use crate::storage::rooms::{
-    EventRecord, EventWrite, MembershipRecord, RoomHead, RoomRecord, RoomStore, StateGroupRecord,
-    TxnKey,
+    EventRecord, EventWrite, MembershipRecord, RoomHead, RoomRecord, RoomStore, StateChange,
+    StateChangeWrite, StateGroupRecord, TxnKey,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -22,6 +22,10 @@ struct AliasRecord {
 
 fn txn_key(t: &TxnKey) -> Vec<u8> {
     key(&[t.localpart.as_bytes(), t.device_id.as_bytes(), t.txn_id.as_bytes()])
+}
+
+fn state_change_key(room_id: &str, kind: &str, state_key: &str, pos: u64) -> Vec<u8> {
+    key(&[room_id.as_bytes(), kind.as_bytes(), state_key.as_bytes(), &be(pos)])
 }
 
 fn be(pos: u64) -> [u8; 8] {
@@ -55,6 +59,9 @@ impl RoomStore for RocksStore {
         self.blocking(move |db, _| {
             let mut batch = WriteBatch::default();
             let events = handle(db, cf::EVENTS)?;
+            // Memberships written earlier in this batch, which `db` cannot see yet.
+            let mut memberships: std::collections::HashMap<Vec<u8>, MembershipRecord> =
+                std::collections::HashMap::new();
             for (i, w) in writes.into_iter().enumerate() {
                 let pos = first_pos + i as u64;
                 let record = EventRecord {
@@ -82,22 +89,38 @@ impl RoomStore for RocksStore {
                 head.last_pos = pos;
                 batch.put_cf(handle(db, cf::ROOM_HEADS)?, w.room_id.as_bytes(), encode(&head));
                 if let Some((user_id, membership)) = &w.membership {
+                    let member_key = key(&[w.room_id.as_bytes(), user_id.as_bytes()]);
+                    let previous = match memberships.get(&member_key) {
+                        Some(record) => Some(record.clone()),
+                        None => get_json::<MembershipRecord>(db, cf::ROOM_MEMBERS, &member_key)?,
+                    };
+                    // A member event that keeps the membership (a profile change) keeps
+                    // the position where that membership began.
+                    let since = match previous {
+                        Some(p) if &p.membership == membership => p.since(),
+                        _ => pos,
+                    };
                     let record = MembershipRecord {
                         membership: membership.clone(),
                         event_id: w.event_id.clone(),
                         pos,
+                        since: Some(since),
                         forgotten: false,
                     };
                     let bytes = encode(&record);
-                    batch.put_cf(
-                        handle(db, cf::ROOM_MEMBERS)?,
-                        key(&[w.room_id.as_bytes(), user_id.as_bytes()]),
-                        &bytes,
-                    );
+                    memberships.insert(member_key.clone(), record);
+                    batch.put_cf(handle(db, cf::ROOM_MEMBERS)?, member_key, &bytes);
                     batch.put_cf(
                         handle(db, cf::USER_ROOMS)?,
                         key(&[user_id.as_bytes(), w.room_id.as_bytes()]),
                         &bytes,
+                    );
+                }
+                if let Some(change) = &w.state_change {
+                    batch.put_cf(
+                        handle(db, cf::STATE_CHANGES)?,
+                        state_change_key(&w.room_id, &change.kind, &change.state_key, pos),
+                        encode(&change.change),
                     );
                 }
                 if let Some(txn) = &w.txn {
@@ -215,6 +238,41 @@ impl RoomStore for RocksStore {
             .into_iter()
             .map(|(user, v)| Ok((utf8(cf::ROOM_MEMBERS, &user)?, decode(cf::ROOM_MEMBERS, &v)?)))
             .collect()
+    }
+
+    async fn state_changes(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+    ) -> StorageResult<Vec<(u64, StateChange)>> {
+        let p = prefix(&[room_id.as_bytes(), kind.as_bytes(), state_key.as_bytes()]);
+        scan(&self.db, cf::STATE_CHANGES, &p)?
+            .into_iter()
+            .map(|(pos, v)| Ok((from_be(&pos)?, decode(cf::STATE_CHANGES, &v)?)))
+            .collect()
+    }
+
+    async fn index_state_changes(
+        &self,
+        room_id: &str,
+        entries: Vec<(u64, StateChangeWrite)>,
+    ) -> StorageResult<()> {
+        let room_id = room_id.to_owned();
+        self.blocking(move |db, _| {
+            let mut batch = WriteBatch::default();
+            let cf = handle(db, cf::STATE_CHANGES)?;
+            for (pos, w) in entries {
+                batch.put_cf(
+                    cf,
+                    state_change_key(&room_id, &w.kind, &w.state_key, pos),
+                    encode(&w.change),
+                );
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
     }
 
     async fn forget_room(&self, user_id: &str, room_id: &str) -> StorageResult<()> {

@@ -1,0 +1,315 @@
+//! Room history: pagination with `/messages`, and history visibility judged at each event
+//! (client-server API, "History visibility"): the `m.room.history_visibility` in force at the
+//! event and the user's membership at the event decide, for `/messages`, `/context`, `/event`
+//! and `/sync`.
+
+use complement_tests::{Session, TestServer, Value, enc, json};
+
+fn bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .map(|a| {
+            a.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every message body `who` can page back to, oldest first (empty when refused).
+async fn readable_bodies(s: &TestServer, who: &Session, room: &str) -> Vec<String> {
+    let (status, body) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room)),
+            who.token(),
+        )
+        .await;
+    if status == 403 {
+        return Vec::new();
+    }
+    assert_eq!(status, 200, "{body}");
+    let mut out = bodies(&body["chunk"]);
+    out.reverse();
+    out
+}
+
+async fn set_visibility(s: &TestServer, who: &Session, room: &str, visibility: &str) {
+    let (status, body) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/", enc(room)),
+            who.token(),
+            json!({"history_visibility": visibility}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn leave(s: &TestServer, who: &Session, room: &str) {
+    let (status, body) = s
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(room)), who.token(), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn event_status(s: &TestServer, who: &Session, room: &str, event_id: &str) -> u16 {
+    s.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(event_id)), who.token())
+        .await
+        .0
+        .as_u16()
+}
+
+#[tokio::test]
+async fn an_invitee_who_rejected_reads_no_history() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let (_, secret) = s.send_text(&alice, &room, "t1", "secret").await;
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            alice.token(),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.send_text(&alice, &room, "t2", "after the invite").await;
+    leave(&s, &bob, &room).await; // rejects the invite
+    s.send_text(&alice, &room, "t3", "after the rejection").await;
+
+    assert!(readable_bodies(&s, &bob, &room).await.is_empty());
+    let secret = secret["event_id"].as_str().unwrap();
+    assert!(matches!(event_status(&s, &bob, &room, secret).await, 403 | 404));
+    let (status, context) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/context/{}", enc(&room), enc(secret)),
+            bob.token(),
+        )
+        .await;
+    assert!(matches!(status.as_u16(), 403 | 404), "{context}");
+    let filter = enc(&json!({"room": {"include_leave": true}}).to_string());
+    let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), bob.token()).await;
+    let timeline = &sync["rooms"]["leave"][&room]["timeline"]["events"];
+    assert!(bodies(timeline).is_empty(), "{timeline}");
+}
+
+#[tokio::test]
+async fn a_user_banned_before_joining_reads_no_history() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.send_text(&alice, &room, "t1", "before the ban").await;
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            alice.token(),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.send_text(&alice, &room, "t2", "after the ban").await;
+    assert!(readable_bodies(&s, &bob, &room).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_former_member_of_a_joined_room_reads_only_while_they_were_in_it() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+        ]}))
+        .await;
+    for i in 0..3 {
+        s.send_text(&alice, &room, &format!("b{i}"), &format!("before {i}")).await;
+    }
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+    let (_, during) = s.send_text(&alice, &room, "d", "during").await;
+    leave(&s, &bob, &room).await;
+    s.send_text(&alice, &room, "a", "after").await;
+
+    assert_eq!(readable_bodies(&s, &bob, &room).await, vec!["during"]);
+    // The context of the one readable event has nothing before the join.
+    let (status, context) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=20",
+                enc(&room),
+                enc(during["event_id"].as_str().unwrap())
+            ),
+            bob.token(),
+        )
+        .await;
+    assert_eq!(status, 200, "{context}");
+    assert!(bodies(&context["events_before"]).is_empty(), "{context}");
+    assert!(bodies(&context["events_after"]).is_empty(), "{context}");
+    // The leave section of sync: from the join to the departure, nothing before.
+    let sync = s.sync(&bob, Some(&since), 0).await;
+    let timeline = &sync["rooms"]["leave"][&room]["timeline"]["events"];
+    assert_eq!(bodies(timeline), vec!["during"], "{sync}");
+}
+
+#[tokio::test]
+async fn visibility_is_judged_by_the_setting_at_each_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.send_text(&alice, &room, "t1", "shared era").await;
+    set_visibility(&s, &alice, &room, "joined").await;
+    s.send_text(&alice, &room, "t2", "joined era").await;
+    set_visibility(&s, &alice, &room, "invited").await;
+    s.send_text(&alice, &room, "t3", "invited era, before the invite").await;
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+        alice.token(),
+        json!({"user_id": bob.user_id}),
+    )
+    .await;
+    s.send_text(&alice, &room, "t4", "invited era, after the invite").await;
+    s.join(&bob, &room).await;
+    s.send_text(&alice, &room, "t5", "after the join").await;
+
+    assert_eq!(
+        readable_bodies(&s, &bob, &room).await,
+        vec!["shared era", "invited era, after the invite", "after the join"]
+    );
+    // The initial sync's timeline follows the same rule.
+    let filter = enc(&json!({"room": {"timeline": {"limit": 50}}}).to_string());
+    let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), bob.token()).await;
+    assert_eq!(
+        bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]),
+        vec!["shared era", "invited era, after the invite", "after the join"],
+        "{sync}"
+    );
+}
+
+#[tokio::test]
+async fn world_readable_history_is_readable_without_joining() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}
+        ]}))
+        .await;
+    let (_, open) = s.send_text(&alice, &room, "t1", "open").await;
+    assert_eq!(readable_bodies(&s, &carol, &room).await, vec!["open"]);
+    assert_eq!(event_status(&s, &carol, &room, open["event_id"].as_str().unwrap()).await, 200);
+}
+
+#[tokio::test]
+async fn a_user_sees_their_own_membership_changes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+        ]}))
+        .await;
+    s.join(&bob, &room).await;
+    leave(&s, &bob, &room).await;
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room)),
+            bob.token(),
+        )
+        .await;
+    let own: Vec<&str> = msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .filter_map(|e| e["content"]["membership"].as_str())
+        .collect();
+    assert_eq!(own, vec!["leave", "join"], "{msgs}");
+}
+
+#[tokio::test]
+async fn a_profile_change_does_not_restart_joined_history() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s
+        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+        ]}))
+        .await;
+    s.join(&bob, &room).await;
+    s.send_text(&alice, &room, "t1", "after bob joined").await;
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id)),
+            bob.token(),
+            json!({"displayname": "Bobby"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.send_text(&alice, &room, "t2", "after the rename").await;
+    assert_eq!(
+        readable_bodies(&s, &bob, &room).await,
+        vec!["after bob joined", "after the rename"]
+    );
+}
+
+#[tokio::test]
+async fn messages_gives_an_end_token_whenever_it_returns_events() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    s.send_text(&alice, &room, "t1", "only").await;
+    let (status, body) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room)),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!body["chunk"].as_array().unwrap().is_empty());
+    let end = body["end"].as_str().expect("end comes with events");
+    // Paging on from there reaches the start: no events, no end.
+    let (status, body) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100&from={end}", enc(&room)),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(body["chunk"].as_array().unwrap().is_empty(), "{body}");
+    assert!(body.get("end").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn a_filter_that_matches_nothing_pages_through_a_long_history_in_bounded_steps() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    for i in 0..1200 {
+        s.send_text(&alice, &room, &format!("t{i}"), "x").await;
+    }
+    let filter = enc(&json!({"types": ["org.example.nothing"]}).to_string());
+    let mut from: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 10, "the scan never ends");
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
+            enc(&room)
+        );
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={f}"));
+        }
+        let (status, body) = s.get(&path, alice.token()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["chunk"].as_array().unwrap().is_empty(), "{body}");
+        match body["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "1 200 events are more than one request scans");
+}
