@@ -455,8 +455,7 @@ pub async fn context(
         events_after.push(client_view(&s, &room, &e.record, &e.pdu, &who).await?);
     }
     let last_group = after.events.last().map_or(record.state_group, |e| e.record.state_group);
-    let store = s.rooms.store();
-    let state_ids = crate::rooms::state::group_ids(store, last_group).await?;
+    let state_ids = s.rooms.state_ids_of_group(last_group).await?;
     let mut state = Vec::with_capacity(state_ids.len());
     for id in state_ids.values() {
         if let Some((r, p)) = s.rooms.event(id).await? {

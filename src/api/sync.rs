@@ -23,11 +23,9 @@ use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::filter;
 use crate::rooms::history::Direction;
-use crate::rooms::state::{self, StateKey};
 use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::services::Services;
 use crate::services::accounts::Identity;
-use crate::storage::rooms::MembershipRecord;
 
 /// Longest a client may make us hold a request.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -202,14 +200,6 @@ fn split_account_data(
     (global, by_room)
 }
 
-/// State `(type, key) → event_id` of a room after the last event at or before `pos`.
-async fn state_ids_at(s: &Services, room: &Room, pos: u64) -> Result<HashMap<StateKey, String>> {
-    match state::group_at(s.rooms.store(), room.id.as_str(), pos).await? {
-        Some(group) => state::group_ids(s.rooms.store(), group).await,
-        None => Ok(HashMap::new()),
-    }
-}
-
 /// Builds `rooms`; the flag says whether nothing at all changed.
 async fn build_rooms(
     s: &Services,
@@ -219,8 +209,7 @@ async fn build_rooms(
     room_account_data: &HashMap<String, Vec<Value>>,
 ) -> Result<(Value, bool)> {
     let include_leave = opts.since.is_none() && opts.filter.room.include_leave;
-    let memberships: HashMap<String, MembershipRecord> =
-        s.rooms.store().user_memberships(who.user_id.as_str()).await?.into_iter().collect();
+    let memberships = s.rooms.memberships_of(&who.user_id).await?;
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
@@ -440,10 +429,10 @@ async fn room_entry(
 
     let mut state_ids: Vec<String> = Vec::new();
     if span.full || limited {
-        let at_start = state_ids_at(s, room, timeline_start).await?;
+        let at_start = s.rooms.state_ids_at(room, timeline_start).await?;
         match (span.full, span.after) {
             (false, Some(after)) => {
-                let at_after = state_ids_at(s, room, after).await?;
+                let at_after = s.rooms.state_ids_at(room, after).await?;
                 for (k, id) in &at_start {
                     if at_after.get(k) != Some(id) {
                         state_ids.push(id.clone());

@@ -661,6 +661,27 @@ impl Rooms {
         }
     }
 
+    /// The room's state `(type, key) → event_id` after its last event at or before `pos`.
+    pub async fn state_ids_at(&self, room: &Room, pos: u64) -> Result<HashMap<StateKey, String>> {
+        match state::group_at(self.store.as_ref(), room.id.as_str(), pos).await? {
+            Some(group) => state::group_ids(self.store.as_ref(), group).await,
+            None => Ok(HashMap::new()),
+        }
+    }
+
+    /// The state `(type, key) → event_id` of a state group (the state after an event).
+    pub async fn state_ids_of_group(&self, group: u64) -> Result<HashMap<StateKey, String>> {
+        state::group_ids(self.store.as_ref(), group).await
+    }
+
+    /// Every room the user has a membership in, with it (from storage).
+    pub async fn memberships_of(
+        &self,
+        user: &UserId,
+    ) -> Result<HashMap<String, crate::storage::rooms::MembershipRecord>> {
+        Ok(self.store.user_memberships(user.as_str()).await?.into_iter().collect())
+    }
+
     /// Loads a stored event of a room, or `None`.
     pub async fn event(
         &self,
