@@ -689,3 +689,36 @@ async fn a_former_member_reads_the_state_as_it_was_when_they_left() {
     let res = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), carol.token()).await;
     assert_error(&res, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn an_event_type_or_state_key_over_255_bytes_is_too_large() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let long = "x".repeat(256);
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/{long}/t1", enc(&room)),
+            alice.token(),
+            json!({}),
+        )
+        .await;
+    assert_error(&res, 413, "M_TOO_LARGE");
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/{long}", enc(&room)),
+            alice.token(),
+            json!({"topic": "x"}),
+        )
+        .await;
+    assert_error(&res, 413, "M_TOO_LARGE");
+    let ok = "x".repeat(255);
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/{ok}/t2", enc(&room)),
+            alice.token(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+}
