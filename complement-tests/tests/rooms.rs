@@ -847,3 +847,25 @@ async fn an_event_type_or_state_key_over_255_bytes_is_too_large() {
         .await;
     assert_eq!(res.0, 200, "{}", res.1);
 }
+
+#[tokio::test]
+async fn sending_or_setting_state_in_an_unknown_room_is_forbidden() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = "!nowhere:test.local";
+    assert_error(&s.send_text(&alice, room, "t1", "hi").await, 403, "M_FORBIDDEN");
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room));
+    assert_error(&s.put(&path, alice.token(), json!({"topic": "x"})).await, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn setting_state_in_a_room_not_joined_is_forbidden() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "topic": "old"})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room));
+    assert_error(&s.put(&path, bob.token(), json!({"topic": "new"})).await, 403, "M_FORBIDDEN");
+    let (_, topic) = s.get(&path, alice.token()).await;
+    assert_eq!(topic["topic"], "old");
+}
