@@ -689,3 +689,183 @@ async fn a_former_member_reads_the_state_as_it_was_when_they_left() {
     let res = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), carol.token()).await;
     assert_error(&res, 403, "M_FORBIDDEN");
 }
+
+/// The event IDs of a room's timeline, newest first (up to 50).
+async fn timeline_ids(s: &TestServer, who: &complement_tests::Session, room: &str) -> Vec<String> {
+    let (_, msgs) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room)),
+            who.token(),
+        )
+        .await;
+    msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_txn_id_reused_in_another_room_sends_a_new_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let first_room = s.create_room(&alice, json!({})).await;
+    let second_room = s.create_room(&alice, json!({})).await;
+    let (_, first) = s.send_text(&alice, &first_room, "same", "to the first room").await;
+    let (status, second) = s.send_text(&alice, &second_room, "same", "to the second room").await;
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(first["event_id"], second["event_id"]);
+    let ids = timeline_ids(&s, &alice, &second_room).await;
+    assert!(ids.iter().any(|id| second["event_id"] == id.as_str()), "the message was stored");
+}
+
+#[tokio::test]
+async fn a_txn_id_reused_for_another_event_type_or_a_redaction_sends_a_new_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let (_, message) = s.send_text(&alice, &room, "same", "a message").await;
+    let message_id = message["event_id"].as_str().unwrap().to_owned();
+    let (status, reaction) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.reaction/same", enc(&room)),
+            alice.token(),
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": message_id, "key": "👍"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reaction}");
+    assert_ne!(reaction["event_id"], message_id.as_str());
+    let redact =
+        format!("/_matrix/client/v3/rooms/{}/redact/{}/same", enc(&room), enc(&message_id));
+    let (status, redaction) = s.put(&redact, alice.token(), json!({})).await;
+    assert_eq!(status, 200, "{redaction}");
+    assert_ne!(redaction["event_id"], message_id.as_str());
+    assert_ne!(redaction["event_id"], reaction["event_id"]);
+    // A retried redaction is still answered with its first event.
+    let (_, again) = s.put(&redact, alice.token(), json!({})).await;
+    assert_eq!(again["event_id"], redaction["event_id"]);
+    let ids = timeline_ids(&s, &alice, &room).await;
+    for id in [&reaction["event_id"], &redaction["event_id"]] {
+        assert!(ids.iter().any(|i| id == i.as_str()), "{id} was stored");
+    }
+}
+
+#[tokio::test]
+async fn a_send_retried_after_leaving_the_room_returns_the_original_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    let (_, sent) = s.send_text(&bob, &room, "t1", "bye").await;
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+    let (status, retried) = s.send_text(&bob, &room, "t1", "bye").await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["event_id"], sent["event_id"]);
+    // A new transaction is refused: Bob is no longer in the room.
+    assert_error(&s.send_text(&bob, &room, "t2", "hello?").await, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn a_send_retried_while_rate_limited_returns_the_original_event() {
+    let s = TestServer::start_with(complement_tests::ServerOptions {
+        event_rate: (0.01, 2),
+        ..Default::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await; // one of the two
+    let (status, sent) = s.send_text(&alice, &room, "t1", "x").await;
+    assert_eq!(status, 200, "{sent}");
+    assert_error(&s.send_text(&alice, &room, "t2", "y").await, 429, "M_LIMIT_EXCEEDED");
+    let (status, retried) = s.send_text(&alice, &room, "t1", "x").await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["event_id"], sent["event_id"]);
+}
+
+#[tokio::test]
+async fn setting_identical_state_again_returns_the_current_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s
+        .create_room(
+            &alice,
+            json!({
+                "preset": "public_chat",
+                // In v12 rooms the creator outranks every level and is not listed.
+                "power_level_content_override": {"users": {&bob.user_id: 100}},
+            }),
+        )
+        .await;
+    s.join(&bob, &room).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room));
+    let (status, first) = s.put(&path, alice.token(), json!({"topic": "same"})).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = s.put(&path, alice.token(), json!({"topic": "same"})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["event_id"], first["event_id"], "no new event for identical state");
+    let ids = timeline_ids(&s, &alice, &room).await;
+    assert_eq!(ids[0], first["event_id"].as_str().unwrap(), "nothing was written after it");
+    // Other content, or the same content from someone else, is a new event.
+    let (_, other) = s.put(&path, alice.token(), json!({"topic": "different"})).await;
+    assert_ne!(other["event_id"], first["event_id"]);
+    let (_, by_bob) = s.put(&path, bob.token(), json!({"topic": "different"})).await;
+    assert_ne!(by_bob["event_id"], other["event_id"]);
+}
+
+#[tokio::test]
+async fn an_event_type_or_state_key_over_255_bytes_is_too_large() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let long = "x".repeat(256);
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/{long}/t1", enc(&room)),
+            alice.token(),
+            json!({}),
+        )
+        .await;
+    assert_error(&res, 413, "M_TOO_LARGE");
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/{long}", enc(&room)),
+            alice.token(),
+            json!({"topic": "x"}),
+        )
+        .await;
+    assert_error(&res, 413, "M_TOO_LARGE");
+    let ok = "x".repeat(255);
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/{ok}/t2", enc(&room)),
+            alice.token(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+}
+
+#[tokio::test]
+async fn sending_or_setting_state_in_an_unknown_room_is_forbidden() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = "!nowhere:test.local";
+    assert_error(&s.send_text(&alice, room, "t1", "hi").await, 403, "M_FORBIDDEN");
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room));
+    assert_error(&s.put(&path, alice.token(), json!({"topic": "x"})).await, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn setting_state_in_a_room_not_joined_is_forbidden() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat", "topic": "old"})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room));
+    assert_error(&s.put(&path, bob.token(), json!({"topic": "new"})).await, 403, "M_FORBIDDEN");
+    let (_, topic) = s.get(&path, alice.token()).await;
+    assert_eq!(topic["topic"], "old");
+}

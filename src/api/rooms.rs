@@ -18,15 +18,15 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma, RumaResponse};
+use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::create::{CreateRoom, Preset};
 use crate::rooms::history::Direction;
 use crate::rooms::pdu::NewEvent;
 use crate::rooms::pdu::Pdu;
-use crate::rooms::{Room, Txn};
 use crate::services::Services;
 use crate::services::accounts::Identity;
-use crate::storage::rooms::EventRecord;
+use crate::storage::rooms::{EventRecord, TxnKey};
 use std::sync::Arc;
 
 /// Pagination tokens are `s<stream position>`; a sync token (`s<events>_<…>`) works too.
@@ -196,18 +196,24 @@ pub async fn send_message(
     Authed(who): Authed,
     Ruma(req): Ruma<send_message_event::v3::Request>,
 ) -> Result<RumaResponse<send_message_event::v3::Response>> {
+    let kind: TimelineEventType = req.event_type.to_string().into();
+    let txn = TxnKey::send(
+        &who.localpart,
+        who.device_id.as_str(),
+        req.room_id.as_str(),
+        &kind.to_string(),
+        req.txn_id.as_str(),
+    );
+    // A retry gets its original answer, even after leaving the room or hitting the limit.
+    if let Some(event_id) = s.rooms.transaction_event(&req.room_id, &txn).await? {
+        return Ok(RumaResponse(send_message_event::v3::Response::new(event_id)));
+    }
     s.event_limiter.check(who.user_id.as_str())?;
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
     let content = raw_to_value(&req.body)?;
     if !content.is_object() {
         return Err(Error::BadJson("Event content must be a JSON object".into()));
     }
-    let kind: TimelineEventType = req.event_type.to_string().into();
-    let txn = Txn {
-        localpart: &who.localpart,
-        device_id: who.device_id.as_str(),
-        txn_id: req.txn_id.as_str(),
-    };
     let event_id = s
         .rooms
         .append(&req.room_id, &who.user_id, NewEvent::message(kind, content), Some(txn))
@@ -243,29 +249,30 @@ pub async fn send_state(
     }
     let event_id = s
         .rooms
-        .append(&req.room_id, &who.user_id, NewEvent::state(kind, &req.state_key, content), None)
+        .set_state(&req.room_id, &who.user_id, NewEvent::state(kind, &req.state_key, content))
         .await?;
     Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))
 }
 
+/// `PUT /redact`: who may redact what is the rooms service's rule (`rooms::redaction`),
+/// shared with `/send/m.room.redaction`.
 pub async fn redact(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<redact_event::v3::Request>,
 ) -> Result<RumaResponse<redact_event::v3::Response>> {
+    let txn = TxnKey::redact(
+        &who.localpart,
+        who.device_id.as_str(),
+        req.room_id.as_str(),
+        req.event_id.as_str(),
+        req.txn_id.as_str(),
+    );
+    if let Some(event_id) = s.rooms.transaction_event(&req.room_id, &txn).await? {
+        return Ok(RumaResponse(redact_event::v3::Response::new(event_id)));
+    }
     s.event_limiter.check(who.user_id.as_str())?;
-    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
-    let Some((record, target)) = s.rooms.event(req.event_id.as_str()).await? else {
-        return Err(Error::NotFound("Event not found".into()));
-    };
-    if record.room_id != req.room_id.as_str() {
-        return Err(Error::NotFound("Event not found".into()));
-    }
-    // From room version 3 the auth rules leave this to the server: users may redact their
-    // own events, and others' only with the room's `redact` power level.
-    if target.sender != who.user_id && room.power_level_of(&who.user_id) < room.redact_level() {
-        return Err(Error::Forbidden("You may not redact other users' events".into()));
-    }
+    s.rooms.require_joined(&req.room_id, &who.user_id)?;
     let mut content = json!({});
     if let Some(reason) = &req.reason {
         content["reason"] = json!(reason);
@@ -275,11 +282,6 @@ pub async fn redact(
         content,
         state_key: None,
         redacts: Some(req.event_id.clone()),
-    };
-    let txn = Txn {
-        localpart: &who.localpart,
-        device_id: who.device_id.as_str(),
-        txn_id: req.txn_id.as_str(),
     };
     let event_id = s.rooms.append(&req.room_id, &who.user_id, event, Some(txn)).await?;
     Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
@@ -305,11 +307,11 @@ pub async fn state(
     Ruma(req): Ruma<get_state_events::v3::Request>,
 ) -> Result<Json<Value>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
-    let events: Vec<Value> = visible_state(&s, &room, &who.user_id)
-        .await?
-        .values()
-        .map(|p| p.to_client(&room.rules.redaction, false, Default::default(), true))
-        .collect();
+    let state = visible_state(&s, &room, &who.user_id).await?;
+    let mut events = Vec::with_capacity(state.len());
+    for pdu in state.values() {
+        events.push(state_view(&s, &room, pdu, &who).await?);
+    }
     Ok(Json(Value::Array(events)))
 }
 
@@ -327,7 +329,7 @@ pub async fn state_for_key(
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
     let full = matches!(req.format, get_state_event_for_key::v3::StateEventFormat::Event);
     if full {
-        Ok(Json(pdu.to_client(&room.rules.redaction, false, Default::default(), true)))
+        Ok(Json(state_view(&s, &room, &pdu, &who).await?))
     } else {
         Ok(Json(serde_json::from_str(pdu.content.get()).unwrap_or_else(|_| json!({}))))
     }
@@ -345,19 +347,21 @@ pub async fn members(
     };
     let membership = req.membership.as_ref().map(|m| m.as_str().to_owned());
     let not_membership = req.not_membership.as_ref().map(|m| m.as_str().to_owned());
-    let chunk: Vec<Value> = state
-        .iter()
-        .filter(|((kind, _), _)| *kind == StateEventType::RoomMember)
-        .filter(|(_, pdu)| {
-            let m: String = pdu
-                .content_as::<Value>()
-                .and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_default();
-            membership.as_ref().is_none_or(|want| *want == m)
-                && not_membership.as_ref().is_none_or(|not| *not != m)
-        })
-        .map(|(_, pdu)| pdu.to_client(&room.rules.redaction, false, Default::default(), true))
-        .collect();
+    let mut chunk = Vec::new();
+    for ((kind, _), pdu) in state.iter() {
+        if *kind != StateEventType::RoomMember {
+            continue;
+        }
+        let m: String = pdu
+            .content_as::<Value>()
+            .and_then(|c| c.get("membership").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default();
+        if membership.as_ref().is_none_or(|want| *want == m)
+            && not_membership.as_ref().is_none_or(|not| *not != m)
+        {
+            chunk.push(state_view(&s, &room, pdu, &who).await?);
+        }
+    }
     Ok(Json(json!({"chunk": chunk})))
 }
 
@@ -411,6 +415,12 @@ async fn client_view(
 ) -> Result<Value> {
     let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
     s.rooms.client_event(room, record, pdu, viewer, true).await
+}
+
+/// A state event (from a state map) as `who` sees it.
+async fn state_view(s: &Services, room: &Room, pdu: &Pdu, who: &Identity) -> Result<Value> {
+    let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
+    s.rooms.client_state_event(room, pdu, viewer, true).await
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`: the event, up to `limit` visible events around

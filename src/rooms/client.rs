@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::pdu::Pdu;
 use super::{Room, Rooms};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::rooms::EventRecord;
 
 /// Who is looking: the transaction ID is echoed only to the device that sent the event.
@@ -18,7 +18,26 @@ pub struct Viewer<'a> {
 }
 
 impl Rooms {
-    /// A stored event in client format, as `viewer` sees it.
+    /// An event of a state map (the cached current state, or a rebuilt one) in client format,
+    /// with the same `unsigned` as [`Rooms::client_event`] gives it.
+    pub async fn client_state_event(
+        &self,
+        room: &Room,
+        pdu: &Pdu,
+        viewer: Viewer<'_>,
+        with_room_id: bool,
+    ) -> Result<Value> {
+        let record = self
+            .store()
+            .event(pdu.event_id.as_str())
+            .await?
+            .ok_or_else(|| Error::Internal(format!("state event {} missing", pdu.event_id)))?;
+        self.client_event(room, &record, pdu, viewer, with_room_id).await
+    }
+
+    /// A stored event in client format, as `viewer` sees it. The stored copy of a redacted
+    /// event is already redacted; `redacted_by` adds `unsigned.redacted_because` (and strips
+    /// the content of events redacted before stored copies were, which kept it).
     pub async fn client_event(
         &self,
         room: &Room,

@@ -17,6 +17,7 @@ pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod profile;
+pub mod redaction;
 pub mod state;
 pub mod visibility;
 
@@ -37,11 +38,12 @@ use serde_json::value::to_raw_value;
 use crate::error::{Error, Result};
 use crate::storage::Store;
 use crate::storage::rooms::{
-    EventWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite, TxnKey,
+    EventWrite, RedactionWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite, TxnKey,
 };
 use commit::Committer;
 use notify::Notifier;
 use pdu::{NewEvent, Pdu, PduContext, PduRef};
+use redaction::Target;
 use state::{StateKey, StateMap};
 use visibility::{Visibility, VisibilityHistory};
 
@@ -153,13 +155,6 @@ struct Prepared {
     write: EventWrite,
     apply: commit::Apply,
     wake: Vec<OwnedUserId>,
-}
-
-/// Where an append came from, for idempotency.
-pub struct Txn<'a> {
-    pub localpart: &'a str,
-    pub device_id: &'a str,
-    pub txn_id: &'a str,
 }
 
 impl Rooms {
@@ -366,7 +361,7 @@ impl Rooms {
             }),
             membership: None,
             txn: None,
-            redacts: None,
+            redaction: None,
             replaces_state: None,
             state_change: state_change(&pdu),
         };
@@ -394,7 +389,7 @@ impl Rooms {
             vec![Box::new(move |pos| applied.inner.write().head.last_pos = pos)];
         let mut wake: Vec<OwnedUserId> = Vec::new();
         for event in events {
-            let prepared = self.prepare(&room, &mut builder, creator, event, None)?;
+            let prepared = self.prepare(&room, &mut builder, creator, event, None, None)?;
             writes.push(prepared.write);
             applies.push(prepared.apply);
             wake.extend(prepared.wake);
@@ -413,26 +408,68 @@ impl Rooms {
         Ok(room_id)
     }
 
-    /// Appends an event to a room on behalf of `sender`; returns once it is durable.
+    /// Appends an event to a room on behalf of `sender`; returns once it is durable. A retried
+    /// transaction (`txn`) is answered with the event it created.
     pub async fn append(
         &self,
         room_id: &RoomId,
         sender: &UserId,
         event: NewEvent,
-        txn: Option<Txn<'_>>,
+        txn: Option<TxnKey>,
+    ) -> Result<OwnedEventId> {
+        self.append_event(room_id, sender, event, txn, false).await
+    }
+
+    /// Sets a state event (`PUT /state`). Setting what is already set (same sender and
+    /// content as the current event of that type and key) creates nothing and returns the
+    /// current event's ID, as Synapse does.
+    pub async fn set_state(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+    ) -> Result<OwnedEventId> {
+        self.append_event(room_id, sender, event, None, true).await
+    }
+
+    /// The event a transaction created, once durable: a retry's answer, looked up before
+    /// the membership check and the rate limiter so that a retry succeeds after the sender
+    /// left or ran out of budget. `None` for a new transaction.
+    pub async fn transaction_event(
+        &self,
+        room_id: &RoomId,
+        key: &TxnKey,
+    ) -> Result<Option<OwnedEventId>> {
+        if let Some(existing) = self.stored_txn(key).await? {
+            return Ok(Some(existing));
+        }
+        let in_flight =
+            self.get(room_id).is_some_and(|room| room.pending_txns.lock().contains_key(key));
+        if in_flight { Ok(Some(self.wait_for_txn(key).await?)) } else { Ok(None) }
+    }
+
+    async fn stored_txn(&self, key: &TxnKey) -> Result<Option<OwnedEventId>> {
+        self.store
+            .txn_event(key)
+            .await?
+            .map(|id| id.try_into().map_err(|e| Error::Internal(format!("stored event ID: {e}"))))
+            .transpose()
+    }
+
+    async fn append_event(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        mut event: NewEvent,
+        txn: Option<TxnKey>,
+        unchanged_state_is_noop: bool,
     ) -> Result<OwnedEventId> {
         let room = self.get(room_id).ok_or_else(|| Error::NotFound("Unknown room".into()))?;
-        let key = txn.as_ref().map(|t| TxnKey {
-            localpart: t.localpart.to_owned(),
-            device_id: t.device_id.to_owned(),
-            txn_id: t.txn_id.to_owned(),
-        });
+        redaction::take_redacts_from_content(&mut event)?;
         let mut builder = room.write.lock().await;
-        if let Some(key) = &key {
-            if let Some(existing) = self.store.txn_event(key).await? {
-                return existing
-                    .try_into()
-                    .map_err(|e| Error::Internal(format!("stored event ID: {e}")));
+        if let Some(key) = &txn {
+            if let Some(existing) = self.stored_txn(key).await? {
+                return Ok(existing);
             }
             if room.pending_txns.lock().contains_key(key) {
                 // The first attempt is still on its way to disk: answer once it is there.
@@ -440,8 +477,24 @@ impl Rooms {
                 return self.wait_for_txn(key).await;
             }
         }
-        let prepared = self.prepare(&room, &mut builder, sender, event, txn)?;
-        if let Some(key) = key {
+        if unchanged_state_is_noop
+            && let Some(state_key) = &event.state_key
+            && let Some(current) =
+                builder.state.get(&(event.kind.to_string().into(), state_key.clone())).cloned()
+            && current.sender == sender
+            && current.content_as::<serde_json::Value>().as_ref() == Some(&event.content)
+        {
+            // Answer only once the current event is durable (it may be in flight).
+            self.wait_until_published(&room, &builder).await?;
+            return Ok(current.event_id.clone());
+        }
+        let target = match &event.redacts {
+            Some(redacts) => Some(self.redaction_target(&room, &builder, sender, redacts).await?),
+            None => None,
+        };
+        let prepared =
+            self.prepare(&room, &mut builder, sender, event, txn.clone(), target.as_ref())?;
+        if let Some(key) = txn {
             room.pending_txns.lock().insert(key, prepared.event_id.clone());
         }
         let pending = self.committer.submit(vec![prepared.write], prepared.apply)?;
@@ -456,10 +509,8 @@ impl Rooms {
     async fn wait_for_txn(&self, key: &TxnKey) -> Result<OwnedEventId> {
         let mut position = self.committer.subscribe();
         loop {
-            if let Some(existing) = self.store.txn_event(key).await? {
-                return existing
-                    .try_into()
-                    .map_err(|e| Error::Internal(format!("stored event ID: {e}")));
+            if let Some(existing) = self.stored_txn(key).await? {
+                return Ok(existing);
             }
             position
                 .changed()
@@ -468,15 +519,32 @@ impl Rooms {
         }
     }
 
+    /// Waits until the room's published view has caught up with the builder's (every event
+    /// built so far is durable and visible). The caller holds the builder lock, so no new
+    /// event is built meanwhile.
+    async fn wait_until_published(&self, room: &Room, builder: &RoomInner) -> Result<()> {
+        let mut position = self.committer.subscribe();
+        while room.inner.read().head.forward_extremities != builder.head.forward_extremities {
+            position
+                .changed()
+                .await
+                .map_err(|_| Error::Internal("event committer stopped".into()))?;
+        }
+        Ok(())
+    }
+
     /// The send path proper: builds, signs and auth-checks an event against the builder's
     /// view and advances that view. The caller holds `room.write` and submits the result.
+    /// A redaction comes with its checked `target` ([`Rooms::redaction_target`]); one
+    /// without is refused.
     fn prepare(
         &self,
         room: &Arc<Room>,
         builder: &mut RoomInner,
         sender: &UserId,
         event: NewEvent,
-        txn: Option<Txn<'_>>,
+        txn: Option<TxnKey>,
+        target: Option<&Target>,
     ) -> Result<Prepared> {
         let inner = builder.clone();
         let rules = &room.rules;
@@ -547,6 +615,11 @@ impl Rooms {
             },
         )
         .map_err(|e| Error::Forbidden(format!("Event refused by the auth rules: {e}")))?;
+        let target = match (&pdu.redacts, target) {
+            (None, None) if pdu.kind != TimelineEventType::RoomRedaction => None,
+            (Some(redacts), Some(target)) if *redacts == target.event_id => Some(target),
+            _ => return Err(Error::NotFound("Event not found".into())),
+        };
 
         let pdu = Arc::new(pdu);
         let event_id = pdu.event_id.clone();
@@ -554,7 +627,7 @@ impl Rooms {
             let k: StateKey = (pdu.kind.to_string().into(), key.clone());
             inner.state.get(&k).map(|p| p.event_id.to_string())
         });
-        let (state, state_group, new_group, chain_len) = match &pdu.state_key {
+        let (mut state, state_group, new_group, chain_len) = match &pdu.state_key {
             Some(key) => {
                 let mut state = (*inner.state).clone();
                 let k: StateKey = (pdu.kind.to_string().into(), key.clone());
@@ -567,6 +640,13 @@ impl Rooms {
             }
             None => (inner.state.clone(), inner.head.state_group, None, inner.chain_len),
         };
+        // A redacted current-state event is replaced by its redacted form in the cache.
+        if let Some(Target { event_id, state_key: Some((kind, key)), redacted }) = target {
+            let k: StateKey = (kind.as_str().into(), key.clone());
+            if state.get(&k).is_some_and(|current| current.event_id == *event_id) {
+                Arc::make_mut(&mut state).insert(k, redacted.clone());
+            }
+        }
         let membership = if pdu.kind == TimelineEventType::RoomMember {
             let m: Option<serde_json::Value> = pdu.content_as();
             let m = m
@@ -591,12 +671,11 @@ impl Rooms {
             head: head.clone(),
             room: None,
             membership: membership.clone(),
-            txn: txn.map(|t| TxnKey {
-                localpart: t.localpart.to_owned(),
-                device_id: t.device_id.to_owned(),
-                txn_id: t.txn_id.to_owned(),
+            txn,
+            redaction: target.map(|t| RedactionWrite {
+                target: t.event_id.to_string(),
+                redacted_pdu: t.redacted.json.clone(),
             }),
-            redacts: pdu.redacts.as_ref().map(|r| r.to_string()),
             replaces_state,
             state_change: state_change(&pdu),
         };

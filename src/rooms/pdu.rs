@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 pub const MAX_PDU_BYTES: usize = 65_536;
 
+/// The longest `type` and `state_key` the spec allows, in bytes.
+pub const MAX_TYPE_OR_STATE_KEY_BYTES: usize = 255;
+
 /// A stored or freshly built PDU.
 #[derive(Debug, Clone)]
 pub struct Pdu {
@@ -228,6 +231,12 @@ fn bad(e: impl std::fmt::Display) -> Error {
 /// Builds, hashes and signs a PDU. Returns it with its event ID (and for v12 create events the
 /// room ID derived from it).
 pub fn build(event: &NewEvent, ctx: &PduContext<'_>) -> Result<Pdu> {
+    let type_len = event.kind.to_string().len();
+    if type_len > MAX_TYPE_OR_STATE_KEY_BYTES
+        || event.state_key.as_ref().is_some_and(|k| k.len() > MAX_TYPE_OR_STATE_KEY_BYTES)
+    {
+        return Err(Error::TooLarge);
+    }
     let mut content = event.content.clone();
     // From v11 on, `redacts` lives in the content (and survives redaction there).
     let redacts_in_content = ctx.rules.redaction.keep_room_redaction_redacts;

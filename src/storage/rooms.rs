@@ -34,10 +34,11 @@ pub struct EventRecord {
     pub pos: u64,
     /// State group of the room's state *after* this event.
     pub state_group: u64,
-    /// The signed PDU, byte for byte.
+    /// The signed PDU, byte for byte; once redacted, its redacted form (the room version's
+    /// redaction algorithm applied: hashes and signatures kept, so federation can still
+    /// serve and verify it; the original content is gone).
     pub pdu: Box<RawValue>,
-    /// Set when a redaction removed the event's content (the PDU keeps the original for
-    /// federation until the redaction is applied there too).
+    /// The redaction that redacted this event (the first one, if several did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacted_by: Option<String>,
     /// `(device_id, txn_id)` the sender used, echoed to that device as
@@ -101,12 +102,58 @@ pub struct StateChangeWrite {
     pub change: StateChange,
 }
 
-/// A client's transaction ID: (user localpart, device, txn_id).
+/// A client's transaction ID, scoped as the spec scopes it: to the device and the request
+/// path (room and `send/<event type>` or `redact/<event ID>`). The same ID in another room,
+/// for another event type or on another endpoint is another transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TxnKey {
     pub localpart: String,
     pub device_id: String,
+    pub room_id: String,
+    /// `send/<event type>` or `redact/<event ID>`.
+    pub request: String,
     pub txn_id: String,
+}
+
+impl TxnKey {
+    /// `PUT /rooms/{room_id}/send/{event_type}/{txn_id}`.
+    pub fn send(
+        localpart: &str,
+        device_id: &str,
+        room_id: &str,
+        event_type: &str,
+        txn_id: &str,
+    ) -> Self {
+        Self::new(localpart, device_id, room_id, format!("send/{event_type}"), txn_id)
+    }
+
+    /// `PUT /rooms/{room_id}/redact/{event_id}/{txn_id}`.
+    pub fn redact(
+        localpart: &str,
+        device_id: &str,
+        room_id: &str,
+        event_id: &str,
+        txn_id: &str,
+    ) -> Self {
+        Self::new(localpart, device_id, room_id, format!("redact/{event_id}"), txn_id)
+    }
+
+    fn new(localpart: &str, device_id: &str, room_id: &str, request: String, txn_id: &str) -> Self {
+        Self {
+            localpart: localpart.to_owned(),
+            device_id: device_id.to_owned(),
+            room_id: room_id.to_owned(),
+            request,
+            txn_id: txn_id.to_owned(),
+        }
+    }
+}
+
+/// What a redaction does to its target: the stored PDU is replaced by its redacted form.
+#[derive(Debug, Clone)]
+pub struct RedactionWrite {
+    pub target: String,
+    pub redacted_pdu: Box<RawValue>,
 }
 
 /// Everything one new event changes, written atomically with the event.
@@ -125,8 +172,8 @@ pub struct EventWrite {
     /// `(user_id, membership)` for `m.room.member` events.
     pub membership: Option<(String, String)>,
     pub txn: Option<TxnKey>,
-    /// An event this one redacts (content removed in the stored copy).
-    pub redacts: Option<String>,
+    /// Set on a redaction: its target, already checked to be an event of the same room.
+    pub redaction: Option<RedactionWrite>,
     /// The state event this one replaces.
     pub replaces_state: Option<String>,
     /// For state events: the entry in the room's per-key state history.
