@@ -47,7 +47,6 @@ pub async fn create(
     Authed(who): Authed,
     Ruma(req): Ruma<create_room::v3::Request>,
 ) -> Result<RumaResponse<create_room::v3::Response>> {
-    s.event_limiter.check(who.user_id.as_str())?;
     use ruma::api::client::room::Visibility;
     use ruma::api::client::room::create_room::v3::RoomPreset;
     let preset = match req.preset {
