@@ -98,8 +98,22 @@ pub struct LimitsConfig {
     pub failed_login_per_account: RateLimit,
     /// Registration requests per client IP address.
     pub register: RateLimit,
-    /// Events (messages, state, redactions, room creations) sent per user.
+    /// Events sent per user: messages, state, redactions, room creations, membership changes
+    /// (join, invite, leave, kick, ban, unban) and profile changes (one per room updated).
     pub events: RateLimit,
+    /// Most `initial_state` entries one `createRoom` may carry (400 `M_TOO_LARGE` above).
+    pub create_room_max_initial_state: usize,
+    /// Most users one `createRoom` may invite (400 `M_TOO_LARGE` above).
+    pub create_room_max_invites: usize,
+    /// Password hashes waiting per hashing thread (one thread per core); when the queue is
+    /// full, login, registration and password changes get 429 `M_LIMIT_EXCEEDED`.
+    pub password_queue_per_core: usize,
+    /// Distinct filters stored per user (identical filters share one ID); 400 `M_TOO_LARGE`
+    /// above.
+    pub max_filters_per_user: usize,
+    /// Distinct account-data types per user in each scope (global, and each room); 400
+    /// `M_TOO_LARGE` above. Replacing an existing type is always allowed.
+    pub max_account_data_types: usize,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -189,6 +203,11 @@ impl Default for LimitsConfig {
             failed_login_per_account: RateLimit { per_second: 0.1, burst: 5 },
             register: RateLimit { per_second: 0.2, burst: 5 },
             events: RateLimit { per_second: 10.0, burst: 50 },
+            create_room_max_initial_state: 200,
+            create_room_max_invites: 100,
+            password_queue_per_core: 64,
+            max_filters_per_user: 100,
+            max_account_data_types: 1000,
         }
     }
 }
@@ -258,6 +277,15 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "limits.{name}: per_second and burst must be positive"
                 )));
+            }
+        }
+        for (name, value) in [
+            ("password_queue_per_core", self.limits.password_queue_per_core),
+            ("max_filters_per_user", self.limits.max_filters_per_user),
+            ("max_account_data_types", self.limits.max_account_data_types),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("limits.{name} must be at least 1")));
             }
         }
         if !self.metrics.path.starts_with('/') {

@@ -26,6 +26,12 @@ pub enum Error {
     TooLarge,
     #[error("Too many requests")]
     LimitExceeded { retry_after_ms: u64 },
+    /// More items than a cap of the server allows (invites in one `createRoom`, filters
+    /// stored by a user, …). Unlike [`Error::LimitExceeded`], waiting does not help, so it
+    /// is 400 `M_TOO_LARGE` ("the request or entity was too large"), not 429: clients retry
+    /// 429 on their own.
+    #[error("{0}")]
+    TooMany(String),
     #[error("Unrecognized request")]
     Unrecognized { method_not_allowed: bool },
     #[error("{0}")]

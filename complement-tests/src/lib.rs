@@ -45,6 +45,8 @@ pub struct ServerOptions {
     /// Rate limits generous enough for tests unless a test wants them tight.
     pub login_rate: (f64, u32),
     pub event_rate: (f64, u32),
+    /// Extra TOML lines inside the `[limits]` section (`key = value`, one per line).
+    pub extra_limits: String,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +56,7 @@ impl Default for ServerOptions {
             extra_toml: String::new(),
             login_rate: (1000.0, 1000),
             event_rate: (100_000.0, 100_000),
+            extra_limits: String::new(),
         }
     }
 }
@@ -93,6 +96,7 @@ login = {{ per_second = {lps}, burst = {lb} }}
 failed_login_per_account = {{ per_second = {lps}, burst = {lb} }}
 register = {{ per_second = 1000.0, burst = 1000 }}
 events = {{ per_second = {eps}, burst = {eb} }}
+{extra_limits}
 [logging]
 level = "warn"
 {extra}
@@ -103,6 +107,7 @@ level = "warn"
             lb = options.login_rate.1,
             eps = options.event_rate.0,
             eb = options.event_rate.1,
+            extra_limits = options.extra_limits,
             extra = options.extra_toml,
         );
         std::fs::write(&config_path, config).expect("write config");

@@ -84,6 +84,9 @@ pub async fn set_visibility(
     Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }
 
+/// The most rooms one page of the public room directory lists.
+const MAX_PUBLIC_ROOMS_PAGE: usize = 500;
+
 /// One page of the directory; `since` is an offset token `o<n>`.
 async fn page(
     s: &Services,
@@ -102,12 +105,14 @@ async fn page(
             .ok_or_else(|| Error::InvalidParam("Invalid since token".into()))?,
         None => 0,
     };
-    let all = s.rooms.public_rooms(search).await?;
-    let total = all.len();
-    let limit = limit.map_or(total.max(1), |l| usize::try_from(l).unwrap_or(usize::MAX)).max(1);
-    let chunk: Vec<Value> = all.into_iter().skip(offset).take(limit).collect();
+    // A page is at most MAX_PUBLIC_ROOMS_PAGE rooms, whatever the client asks (and when it
+    // asks for no limit): `next_batch` leads on.
+    let limit = limit
+        .map_or(MAX_PUBLIC_ROOMS_PAGE, |l| usize::try_from(l).unwrap_or(usize::MAX))
+        .clamp(1, MAX_PUBLIC_ROOMS_PAGE);
+    let (chunk, total) = s.rooms.public_rooms(search, offset, limit).await?;
     let mut body = json!({"chunk": chunk, "total_room_count_estimate": total});
-    if offset + limit < total {
+    if offset.saturating_add(limit) < total {
         body["next_batch"] = json!(format!("o{}", offset + limit));
     }
     if offset > 0 {

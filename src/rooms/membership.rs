@@ -2,6 +2,11 @@
 //!
 //! Each becomes an `m.room.member` event that the room version's auth rules accept or refuse;
 //! the checks here only give clearer errors for the common mistakes before that.
+//!
+//! Every change a user asks for takes a token from the per-user event rate limiter
+//! (`limits.events`, 429 `M_LIMIT_EXCEEDED`), like a message does; no-ops and refused
+//! requests cost nothing. Leaving every room on deactivation is the server's doing and is not
+//! limited.
 
 use ruma::events::TimelineEventType;
 use ruma::{OwnedEventId, RoomId, UserId};
@@ -22,6 +27,11 @@ impl Rooms {
         Ok(NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content))
     }
 
+    /// Takes one token from `user`'s event rate limit, or fails with `M_LIMIT_EXCEEDED`.
+    pub fn charge_event(&self, user: &UserId) -> Result<()> {
+        self.limits.events.check(user.as_str())
+    }
+
     fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
         let room = self.get(room_id).ok_or_else(|| Error::NotFound("Unknown room".into()))?;
         Ok(room.membership_of(user))
@@ -40,6 +50,7 @@ impl Rooms {
         if room.membership_of(user).as_deref() == Some("ban") {
             return Err(Error::Forbidden("You are banned from this room".into()));
         }
+        self.charge_event(user)?;
         self.append(room_id, user, self.member_event(user, "join", None).await?, None).await?;
         Ok(())
     }
@@ -58,6 +69,7 @@ impl Rooms {
             Some("ban") => return Err(Error::Forbidden("The user is banned from the room".into())),
             _ => {}
         }
+        self.charge_event(sender)?;
         self.append(room_id, sender, self.member_event(target, "invite", reason).await?, None).await
     }
 
@@ -77,10 +89,24 @@ impl Rooms {
 
     /// Leaves a room, or rejects an invite.
     pub async fn leave(&self, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+        self.leave_room(room_id, user, reason, true).await
+    }
+
+    /// `leave`, charged to the user's event rate limit when `charged`.
+    async fn leave_room(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+        charged: bool,
+    ) -> Result<()> {
         match self.membership(room_id, user)?.as_deref() {
             Some("join" | "invite" | "knock") => {}
             Some("leave" | "ban") => return Ok(()),
             _ => return Err(Error::Forbidden("You are not in this room".into())),
+        }
+        if charged {
+            self.charge_event(user)?;
         }
         self.append(room_id, user, self.member_event(user, "leave", reason).await?, None).await?;
         Ok(())
@@ -100,6 +126,7 @@ impl Rooms {
         ) {
             return Err(Error::Forbidden("The target user is not in the room".into()));
         }
+        self.charge_event(sender)?;
         self.append(room_id, sender, self.member_event(target, "leave", reason).await?, None).await
     }
 
@@ -111,6 +138,7 @@ impl Rooms {
         reason: Option<&str>,
     ) -> Result<OwnedEventId> {
         self.require_joined(room_id, sender)?;
+        self.charge_event(sender)?;
         self.append(room_id, sender, self.member_event(target, "ban", reason).await?, None).await
     }
 
@@ -125,6 +153,7 @@ impl Rooms {
         if self.membership(room_id, target)?.as_deref() != Some("ban") {
             return Err(Error::Forbidden("The user is not banned".into()));
         }
+        self.charge_event(sender)?;
         self.append(room_id, sender, self.member_event(target, "leave", reason).await?, None).await
     }
 
@@ -134,7 +163,7 @@ impl Rooms {
         let mut left = 0;
         for room in self.rooms_of(user) {
             if matches!(room.membership_of(user).as_deref(), Some("join" | "invite" | "knock")) {
-                match self.leave(&room.id, user, Some("Account deactivated")).await {
+                match self.leave_room(&room.id, user, Some("Account deactivated"), false).await {
                     Ok(()) => left += 1,
                     Err(e) => tracing::warn!(room_id = %room.id, error = %e, "could not leave"),
                 }

@@ -36,6 +36,7 @@ use ruma::{
 use serde_json::value::to_raw_value;
 
 use crate::error::{Error, Result};
+use crate::services::ratelimit::RateLimiter;
 use crate::storage::Store;
 use crate::storage::rooms::{
     EventWrite, RedactionWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite, TxnKey,
@@ -134,11 +135,25 @@ fn state_change(pdu: &Pdu) -> Option<StateChangeWrite> {
     })
 }
 
+/// The bounds the rooms service puts on one user's work (from `[limits]`).
+pub struct RoomLimits {
+    /// `limits.events`: every event a user causes takes a token, whichever endpoint it
+    /// comes from (membership changes, profile updates, room creation, messages).
+    pub events: Arc<RateLimiter>,
+    /// `limits.create_room_max_initial_state`.
+    pub max_initial_state: usize,
+    /// `limits.create_room_max_invites`.
+    pub max_invites: usize,
+}
+
 /// The rooms service.
 pub struct Rooms {
     server_name: String,
     key: Arc<SigningKey>,
     store: Arc<dyn Store>,
+    pub limits: RoomLimits,
+    /// Profile changes still being written into member events in the background.
+    pub profile_fanout: profile::ProfileFanout,
     pub committer: Committer,
     pub notifier: Arc<Notifier>,
     rooms: RwLock<HashMap<OwnedRoomId, Arc<Room>>>,
@@ -163,6 +178,7 @@ impl Rooms {
         server_name: String,
         key: Arc<SigningKey>,
         store: Arc<dyn Store>,
+        limits: RoomLimits,
     ) -> Result<Self> {
         let mut rooms = HashMap::new();
         let mut user_rooms: HashMap<OwnedUserId, HashSet<OwnedRoomId>> = HashMap::new();
@@ -212,6 +228,8 @@ impl Rooms {
             key,
             committer: Committer::start(store.clone(), last_pos),
             store,
+            limits,
+            profile_fanout: profile::ProfileFanout::default(),
             notifier: Arc::new(Notifier::default()),
             rooms: RwLock::new(rooms),
             user_rooms: Arc::new(RwLock::new(user_rooms)),
@@ -351,6 +369,7 @@ impl Rooms {
             event_id: pdu.event_id.to_string(),
             room_id: room_id.to_string(),
             pdu: pdu.json.clone(),
+            origin_server_ts: origin_server_ts.get().into(),
             state_group: group_id,
             new_state_group: Some((group_id, group)),
             head: head.clone(),
@@ -388,7 +407,13 @@ impl Rooms {
         let mut applies: Vec<commit::Apply> =
             vec![Box::new(move |pos| applied.inner.write().head.last_pos = pos)];
         let mut wake: Vec<OwnedUserId> = Vec::new();
-        for event in events {
+        for (i, event) in events.into_iter().enumerate() {
+            // Building, signing and auth-checking is CPU work (about a millisecond per event
+            // in a debug build): a room at the createRoom caps hands the worker back to other
+            // tasks between slices. Nobody else can hold this lock: the room is not listed yet.
+            if i % 32 == 31 {
+                tokio::task::yield_now().await;
+            }
             let prepared = self.prepare(&room, &mut builder, creator, event, None, None)?;
             writes.push(prepared.write);
             applies.push(prepared.apply);
@@ -666,6 +691,7 @@ impl Rooms {
             event_id: event_id.to_string(),
             room_id: room.id.to_string(),
             pdu: pdu.json.clone(),
+            origin_server_ts: pdu.origin_server_ts.get().into(),
             state_group,
             new_state_group: new_group,
             head: head.clone(),

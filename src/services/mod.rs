@@ -19,7 +19,7 @@ use axon_federation::keys::SigningKey;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::rooms::Rooms;
+use crate::rooms::{RoomLimits, Rooms};
 use crate::storage::Store;
 
 /// Every service, built once at start-up and shared by all requests.
@@ -29,8 +29,8 @@ pub struct Services {
     pub accounts: accounts::Accounts,
     pub rooms: Rooms,
     pub user_data: user_data::UserData,
-    /// Events sent per user (`limits.events`).
-    pub event_limiter: ratelimit::RateLimiter,
+    /// Events sent per user (`limits.events`), shared with the rooms service.
+    pub event_limiter: Arc<ratelimit::RateLimiter>,
     pub unread: unread::Unread,
     /// Member events each device was sent (lazy-loading in `/sync`).
     pub lazy_members: lazy_members::LazyMembers,
@@ -42,12 +42,19 @@ impl Services {
         store: Arc<dyn Store>,
         key: Arc<SigningKey>,
     ) -> Result<Arc<Self>> {
-        let passwords = passwords::Passwords::new()?;
+        let passwords = passwords::Passwords::new(config.limits.password_queue_per_core)?;
         let accounts = accounts::Accounts::new(config.clone(), store.clone(), passwords);
-        let rooms = Rooms::load(config.server_name.clone(), key, store.clone()).await?;
-        let user_data = user_data::UserData::load(store.clone(), rooms.notifier.clone()).await?;
-        let event_limiter = ratelimit::RateLimiter::new(config.limits.events);
-        Ok(Arc::new(Self {
+        let event_limiter = Arc::new(ratelimit::RateLimiter::new(config.limits.events));
+        let limits = RoomLimits {
+            events: event_limiter.clone(),
+            max_initial_state: config.limits.create_room_max_initial_state,
+            max_invites: config.limits.create_room_max_invites,
+        };
+        let rooms = Rooms::load(config.server_name.clone(), key, store.clone(), limits).await?;
+        let user_data =
+            user_data::UserData::load(store.clone(), rooms.notifier.clone(), &config.limits)
+                .await?;
+        let services = Arc::new(Self {
             config,
             store,
             accounts,
@@ -56,6 +63,18 @@ impl Services {
             event_limiter,
             unread: unread::Unread::default(),
             lazy_members: lazy_members::LazyMembers::default(),
-        }))
+        });
+        // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
+        // which need the services (weakly held: they end with the server).
+        let weak = Arc::downgrade(&services);
+        services.rooms.profile_fanout.set_spawner(Box::new(move |user| {
+            let weak = weak.clone();
+            tokio::spawn(async move {
+                if let Some(s) = weak.upgrade() {
+                    s.rooms.finish_profile_update(&user).await;
+                }
+            });
+        }));
+        Ok(services)
     }
 }

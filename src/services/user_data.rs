@@ -10,10 +10,11 @@ use ruma::{RoomId, UserId};
 use serde_json::Value;
 use serde_json::value::to_raw_value;
 
+use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
 use crate::rooms::notify::Notifier;
-use crate::storage::Store;
 use crate::storage::users::{AccountDataRecord, ReadPosition};
+use crate::storage::{StorageError, Store};
 
 /// Largest account-data content accepted, in bytes of JSON.
 const MAX_ACCOUNT_DATA_BYTES: usize = 65_536;
@@ -23,16 +24,26 @@ pub struct UserData {
     notifier: Arc<Notifier>,
     position: AtomicU64,
     write: tokio::sync::Mutex<()>,
+    /// `limits.max_filters_per_user`.
+    max_filters: usize,
+    /// `limits.max_account_data_types`.
+    max_account_data_types: usize,
 }
 
 impl UserData {
-    pub async fn load(store: Arc<dyn Store>, notifier: Arc<Notifier>) -> Result<Self> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        notifier: Arc<Notifier>,
+        limits: &LimitsConfig,
+    ) -> Result<Self> {
         let pos = store.max_account_data_pos().await?;
         Ok(Self {
             store,
             notifier,
             position: AtomicU64::new(pos),
             write: tokio::sync::Mutex::new(()),
+            max_filters: limits.max_filters_per_user,
+            max_account_data_types: limits.max_account_data_types,
         })
     }
 
@@ -63,7 +74,21 @@ impl UserData {
             content,
             pos,
         };
-        self.store.set_account_data(user.as_str(), record).await?;
+        // Each type is kept (and sent in full to new syncs) until replaced: a cap on the
+        // number of types per scope bounds a user's account data. 400 M_TOO_LARGE: the
+        // user's account data would be too large, and waiting would not change that.
+        match self.store.set_account_data(user.as_str(), record, self.max_account_data_types).await
+        {
+            Ok(()) => {}
+            Err(StorageError::TooMany) => {
+                return Err(Error::TooMany(format!(
+                    "At most {} account data types are stored {}",
+                    self.max_account_data_types,
+                    if room.is_some() { "per room" } else { "globally" }
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.position.store(pos, Ordering::Release);
         self.notifier.wake([user], pos);
         Ok(())
@@ -75,13 +100,10 @@ impl UserData {
         room: Option<&RoomId>,
         kind: &str,
     ) -> Result<Option<Value>> {
-        let room = room.map(|r| r.as_str());
         Ok(self
             .store
-            .account_data(user.as_str())
+            .account_data_entry(user.as_str(), room.map(|r| r.as_str()), kind)
             .await?
-            .into_iter()
-            .find(|r| r.room_id.as_deref() == room && r.kind == kind)
             .and_then(|r| serde_json::from_str(r.content.get()).ok()))
     }
 
@@ -132,7 +154,16 @@ impl UserData {
         if json.len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge);
         }
-        Ok(self.store.create_filter(user.as_str(), json).await?.to_string())
+        // Identical filters share one ID (as in Synapse), so a client that creates its filter
+        // at every start does not accumulate them; distinct ones are capped per user.
+        match self.store.create_filter(user.as_str(), json, self.max_filters).await {
+            Ok(id) => Ok(id.to_string()),
+            Err(StorageError::TooMany) => Err(Error::TooMany(format!(
+                "At most {} distinct filters are stored per user",
+                self.max_filters
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn filter(&self, user: &UserId, id: &str) -> Result<Option<Value>> {

@@ -33,6 +33,9 @@ pub enum StorageError {
     /// A registration token that is unknown, expired or used up.
     #[error("registration token not usable")]
     TokenNotUsable,
+    /// Writing would take an owner over its cap of records (filters, account-data types).
+    #[error("too many records")]
+    TooMany,
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;

@@ -162,6 +162,8 @@ pub struct EventWrite {
     pub event_id: String,
     pub room_id: String,
     pub pdu: Box<RawValue>,
+    /// The PDU's `origin_server_ts`, for the timestamp index (`/timestamp_to_event`).
+    pub origin_server_ts: u64,
     pub state_group: u64,
     /// A state group this event created.
     pub new_state_group: Option<(u64, StateGroupRecord)>,
@@ -204,6 +206,17 @@ pub trait RoomStore: Send + Sync {
         backwards: bool,
         limit: usize,
     ) -> StorageResult<Vec<(u64, String)>>;
+
+    /// A room's events by `origin_server_ts` (ties by stream position), as
+    /// `(origin_server_ts, pos, event_id)`: those at or after `ts`, oldest first, or with
+    /// `backwards` those at or before `ts`, newest first; at most `limit`. One index seek.
+    async fn room_events_by_ts(
+        &self,
+        room_id: &str,
+        ts: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, u64, String)>>;
 
     async fn state_group(&self, id: u64) -> StorageResult<Option<StateGroupRecord>>;
 

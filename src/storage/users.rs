@@ -39,17 +39,37 @@ pub trait UserDataStore: Send + Sync {
     /// `room_id → position` for every room the user has read in.
     async fn read_positions(&self, user_id: &str) -> StorageResult<Vec<(String, ReadPosition)>>;
 
-    /// Stores a filter definition (JSON) and returns its ID, unique per user.
-    async fn create_filter(&self, user_id: &str, definition: String) -> StorageResult<u64>;
+    /// Stores a filter definition (JSON) and returns its ID, unique per user. An identical
+    /// definition already stored is not stored again: its ID is returned. A new one beyond
+    /// `max_filters` stored filters fails with [`super::StorageError::TooMany`].
+    async fn create_filter(
+        &self,
+        user_id: &str,
+        definition: String,
+        max_filters: usize,
+    ) -> StorageResult<u64>;
 
     async fn filter(&self, user_id: &str, id: u64) -> StorageResult<Option<String>>;
 
-    /// Sets (replaces) one account-data entry.
-    async fn set_account_data(&self, user_id: &str, record: AccountDataRecord)
-    -> StorageResult<()>;
+    /// Sets (replaces) one account-data entry. A new type beyond `max_types` types in the
+    /// entry's scope (global, or its room) fails with [`super::StorageError::TooMany`].
+    async fn set_account_data(
+        &self,
+        user_id: &str,
+        record: AccountDataRecord,
+        max_types: usize,
+    ) -> StorageResult<()>;
 
     /// Every account-data entry of a user.
     async fn account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataRecord>>;
+
+    /// One account-data entry (`room_id` `None`: global).
+    async fn account_data_entry(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+    ) -> StorageResult<Option<AccountDataRecord>>;
 
     /// The highest account-data position stored (read positions included).
     async fn max_account_data_pos(&self) -> StorageResult<u64>;

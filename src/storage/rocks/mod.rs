@@ -39,6 +39,9 @@ mod cf {
     pub const EVENTS: &str = "events";
     /// `room_id 0xFF pos(be64)` → `event_id`: each room's timeline in stream order.
     pub const ROOM_EVENTS: &str = "room_events";
+    /// `room_id 0xFF origin_server_ts(be64) pos(be64)` → `event_id`: each room's events in
+    /// timestamp order (`/timestamp_to_event`).
+    pub const ROOM_EVENTS_BY_TS: &str = "room_events_by_ts";
     /// `group(be64)` → [`StateGroupRecord`](crate::storage::rooms::StateGroupRecord).
     pub const STATE_GROUPS: &str = "state_groups";
     /// `room_id` → [`RoomRecord`](crate::storage::rooms::RoomRecord).
@@ -77,6 +80,7 @@ mod cf {
         REGISTRATION_TOKENS,
         EVENTS,
         ROOM_EVENTS,
+        ROOM_EVENTS_BY_TS,
         STATE_GROUPS,
         ROOMS,
         ROOM_HEADS,
@@ -178,6 +182,7 @@ impl RocksStore {
                 StorageError::Backend(msg)
             }
         })?;
+        rooms::migrate(&db)?;
         Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
     }
 

@@ -56,6 +56,51 @@ fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
         .map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
 }
 
+/// Key of the timestamp index: `room 0xFF ts(be64) pos(be64)`.
+fn ts_key(room_id: &str, ts: u64, pos: u64) -> Vec<u8> {
+    let mut suffix = [0u8; 16];
+    suffix[..8].copy_from_slice(&be(ts));
+    suffix[8..].copy_from_slice(&be(pos));
+    key(&[room_id.as_bytes(), &suffix])
+}
+
+/// `meta` key marking that the timestamp index covers every stored event.
+const TS_INDEX_BUILT: &str = "room_events_by_ts_built";
+
+/// One-time migrations at open. Databases written before the timestamp index existed get
+/// it built from the `events` column family: one pass over the events, in batches; the
+/// marker is written last, so an interrupted build is redone (it writes the same keys).
+pub(super) fn migrate(db: &rocksdb::DB) -> StorageResult<()> {
+    #[derive(Deserialize)]
+    struct Ts {
+        origin_server_ts: u64,
+    }
+    let meta = handle(db, cf::META)?;
+    if db.get_pinned_cf(meta, TS_INDEX_BUILT)?.is_some() {
+        return Ok(());
+    }
+    let index = handle(db, cf::ROOM_EVENTS_BY_TS)?;
+    let mut batch = WriteBatch::default();
+    let mut indexed = 0u64;
+    for item in db.iterator_cf(handle(db, cf::EVENTS)?, IteratorMode::Start) {
+        let (k, v) = item?;
+        let record: EventRecord = decode(cf::EVENTS, &v)?;
+        let ts: Ts = serde_json::from_str(record.pdu.get())
+            .map_err(|e| StorageError::Corrupt { what: cf::EVENTS, detail: e.to_string() })?;
+        batch.put_cf(index, ts_key(&record.room_id, ts.origin_server_ts, record.pos), &k);
+        indexed += 1;
+        if batch.len() >= 4096 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    batch.put_cf(meta, TS_INDEX_BUILT, b"1");
+    db.write_opt(batch, &synced())?;
+    if indexed > 0 {
+        tracing::info!(events = indexed, "built the timestamp index");
+    }
+    Ok(())
+}
+
 /// The last key of a column family, if any.
 fn last_key(db: &rocksdb::DB, cf_name: &'static str) -> StorageResult<Option<Box<[u8]>>> {
     match db.iterator_cf(handle(db, cf_name)?, IteratorMode::End).next() {
@@ -90,6 +135,11 @@ impl RoomStore for RocksStore {
                 batch.put_cf(
                     handle(db, cf::ROOM_EVENTS)?,
                     key(&[w.room_id.as_bytes(), &be(pos)]),
+                    w.event_id.as_bytes(),
+                );
+                batch.put_cf(
+                    handle(db, cf::ROOM_EVENTS_BY_TS)?,
+                    ts_key(&w.room_id, w.origin_server_ts, pos),
                     w.event_id.as_bytes(),
                 );
                 if let Some((id, group)) = &w.new_state_group {
@@ -218,6 +268,50 @@ impl RoomStore for RocksStore {
                 break;
             }
             out.push((from_be(&k[p_len..])?, utf8(cf::ROOM_EVENTS, &v)?));
+        }
+        Ok(out)
+    }
+
+    async fn room_events_by_ts(
+        &self,
+        room_id: &str,
+        ts: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, u64, String)>> {
+        let room_start = ts_key(room_id, 0, 0);
+        // Above every key of the room: its prefix, then 17 bytes of 0xFF.
+        let mut room_end = prefix(&[room_id.as_bytes()]);
+        room_end.extend_from_slice(&[0xFF; 17]);
+        let (lower, upper) = if backwards {
+            let upper = match ts.checked_add(1) {
+                Some(next) => ts_key(room_id, next, 0),
+                None => room_end,
+            };
+            (room_start, upper)
+        } else {
+            (ts_key(room_id, ts, 0), room_end)
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(lower);
+        opts.set_iterate_upper_bound(upper);
+        let mode = if backwards { IteratorMode::End } else { IteratorMode::Start };
+        let p_len = room_id.len() + 1;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(handle(&self.db, cf::ROOM_EVENTS_BY_TS)?, opts, mode) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let suffix = k.get(p_len..).unwrap_or_default();
+            if suffix.len() != 16 {
+                return Err(StorageError::Corrupt {
+                    what: cf::ROOM_EVENTS_BY_TS,
+                    detail: format!("key suffix of {} bytes", suffix.len()),
+                });
+            }
+            let (ts, pos) = (from_be(&suffix[..8])?, from_be(&suffix[8..])?);
+            out.push((ts, pos, utf8(cf::ROOM_EVENTS_BY_TS, &v)?));
         }
         Ok(out)
     }
@@ -406,6 +500,7 @@ mod tests {
             event_id: event_id.into(),
             room_id: "!r:x".into(),
             pdu: to_raw_value(&pdu).unwrap(),
+            origin_server_ts: 0,
             state_group: 1,
             new_state_group: None,
             head: RoomHead {
@@ -472,5 +567,72 @@ mod tests {
         ] {
             assert!(store.txn_event(&other).await.unwrap().is_none(), "{other:?}");
         }
+    }
+
+    fn ts_write(room: &str, id: &str, ts: u64) -> EventWrite {
+        let pdu =
+            format!(r#"{{"room_id":"{room}","origin_server_ts":{ts},"type":"m.room.message"}}"#);
+        EventWrite {
+            event_id: id.to_owned(),
+            room_id: room.to_owned(),
+            pdu: serde_json::value::RawValue::from_string(pdu).unwrap(),
+            origin_server_ts: ts,
+            state_group: 1,
+            new_state_group: None,
+            head: RoomHead { forward_extremities: vec![], depth: 1, state_group: 1, last_pos: 0 },
+            room: None,
+            membership: None,
+            txn: None,
+            redaction: None,
+            replaces_state: None,
+            state_change: None,
+        }
+    }
+
+    async fn seek(store: &RocksStore, ts: u64, backwards: bool) -> Vec<String> {
+        store
+            .room_events_by_ts("!r:x", ts, backwards, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, id)| id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_timestamp_index_seeks_both_ways_and_is_rebuilt_for_old_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path(), 1).unwrap();
+            let writes = vec![
+                ts_write("!r:x", "$a", 100),
+                ts_write("!r:x", "$b", 200),
+                ts_write("!r:xy", "$other", 150),
+                ts_write("!r:x", "$c", 200),
+                ts_write("!r:x", "$d", 300),
+            ];
+            store.append_events(writes, 1).await.unwrap();
+            assert_eq!(seek(&store, 150, false).await, ["$b", "$c", "$d"]);
+            assert_eq!(seek(&store, 250, true).await, ["$c", "$b", "$a"]);
+            assert_eq!(seek(&store, 200, true).await, ["$c", "$b", "$a"]);
+            assert_eq!(seek(&store, 200, false).await, ["$b", "$c", "$d"]);
+            assert!(seek(&store, 301, false).await.is_empty());
+            assert!(seek(&store, 99, true).await.is_empty());
+            assert_eq!(seek(&store, u64::MAX, true).await[0], "$d");
+            // A database from before the index: no index rows, no marker.
+            let db = &store.db;
+            let index = handle(db, cf::ROOM_EVENTS_BY_TS).unwrap();
+            let keys: Vec<_> =
+                db.iterator_cf(index, IteratorMode::Start).map(|i| i.unwrap().0).collect();
+            assert_eq!(keys.len(), 5);
+            for k in keys {
+                db.delete_cf(index, k).unwrap();
+            }
+            db.delete_cf(handle(db, cf::META).unwrap(), TS_INDEX_BUILT).unwrap();
+            assert!(seek(&store, 0, false).await.is_empty());
+        }
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        assert_eq!(seek(&store, 150, false).await, ["$b", "$c", "$d"]);
+        assert_eq!(seek(&store, 250, true).await, ["$c", "$b", "$a"]);
     }
 }

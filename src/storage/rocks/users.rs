@@ -48,16 +48,31 @@ impl UserDataStore for RocksStore {
             .collect()
     }
 
-    async fn create_filter(&self, user_id: &str, definition: String) -> StorageResult<u64> {
+    async fn create_filter(
+        &self,
+        user_id: &str,
+        definition: String,
+        max_filters: usize,
+    ) -> StorageResult<u64> {
         let user_id = user_id.to_owned();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let p = prefix(&[user_id.as_bytes()]);
-            let next = keys_with_prefix(db, cf::FILTERS, &p)?
-                .iter()
-                .filter_map(|k| std::str::from_utf8(&k[p.len()..]).ok()?.parse::<u64>().ok())
-                .max()
-                .map_or(0, |m| m + 1);
+            let mut next = 0;
+            let rows = scan(db, cf::FILTERS, &p)?;
+            for (id, stored) in &rows {
+                let Some(id) = std::str::from_utf8(id).ok().and_then(|i| i.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if stored.as_ref() == definition.as_bytes() {
+                    return Ok(id);
+                }
+                next = next.max(id + 1);
+            }
+            if rows.len() >= max_filters {
+                return Err(StorageError::TooMany);
+            }
             db.put_cf_opt(
                 handle(db, cf::FILTERS)?,
                 key(&[user_id.as_bytes(), next.to_string().as_bytes()]),
@@ -83,17 +98,37 @@ impl UserDataStore for RocksStore {
         &self,
         user_id: &str,
         record: AccountDataRecord,
+        max_types: usize,
     ) -> StorageResult<()> {
         let user_id = user_id.to_owned();
+        // No store lock: `UserData` serialises account-data writes, which makes the count
+        // and the write one step.
         self.blocking(move |db, _| {
+            let room = record.room_id.as_deref().unwrap_or("");
             let k = account_data_key(&user_id, record.room_id.as_deref(), &record.kind);
+            let cf = handle(db, cf::ACCOUNT_DATA)?;
+            if db.get_pinned_cf(cf, &k)?.is_none() {
+                let scope = prefix(&[user_id.as_bytes(), room.as_bytes()]);
+                if keys_with_prefix(db, cf::ACCOUNT_DATA, &scope)?.len() >= max_types {
+                    return Err(StorageError::TooMany);
+                }
+            }
             let mut batch = WriteBatch::default();
-            batch.put_cf(handle(db, cf::ACCOUNT_DATA)?, k, encode(&record));
+            batch.put_cf(cf, k, encode(&record));
             batch.put_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, record.pos.to_be_bytes());
             db.write_opt(batch, &synced())?;
             Ok(())
         })
         .await
+    }
+
+    async fn account_data_entry(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+    ) -> StorageResult<Option<AccountDataRecord>> {
+        get_json(&self.db, cf::ACCOUNT_DATA, &account_data_key(user_id, room_id, kind))
     }
 
     async fn account_data(&self, user_id: &str) -> StorageResult<Vec<AccountDataRecord>> {
