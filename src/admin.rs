@@ -66,6 +66,21 @@ pub async fn execute(services: &Services, command: AdminCommand) -> AdminReply {
 pub async fn serve(path: PathBuf, services: Arc<Services>) -> std::io::Result<()> {
     // A socket left by a killed server would make bind fail.
     let _ = std::fs::remove_file(&path);
+    // The socket is created inside a private directory, so no other user can reach it at
+    // any moment, even before its own mode is set.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} is open to other users (mode {:o}); not creating the admin socket there",
+                dir.display(),
+                mode & 0o777
+            )));
+        }
+    }
     let listener = UnixListener::bind(&path)?;
     #[cfg(unix)]
     {
