@@ -45,6 +45,12 @@ pub struct ServerOptions {
     /// Rate limits generous enough for tests unless a test wants them tight.
     pub login_rate: (f64, u32),
     pub event_rate: (f64, u32),
+    /// Keys added to the `[metrics]` section (e.g. `path = "/m"`). The harness sets
+    /// `listen` to a free port ([`TestServer::metrics_port`]).
+    pub metrics_toml: String,
+    /// Leave `metrics.listen` at the server's default (127.0.0.1:9108) instead. Only for
+    /// the test of that default: two such servers cannot run at once.
+    pub metrics_default_listen: bool,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +60,8 @@ impl Default for ServerOptions {
             extra_toml: String::new(),
             login_rate: (1000.0, 1000),
             event_rate: (100_000.0, 100_000),
+            metrics_toml: String::new(),
+            metrics_default_listen: false,
         }
     }
 }
@@ -61,6 +69,8 @@ impl Default for ServerOptions {
 /// A running `axon` process. Killed (SIGKILL) when dropped.
 pub struct TestServer {
     pub port: u16,
+    /// Port of the metrics listener on 127.0.0.1 (unless the test chose its own).
+    pub metrics_port: u16,
     pub base: String,
     pub data: tempfile::TempDir,
     config_path: PathBuf,
@@ -76,6 +86,12 @@ impl TestServer {
     pub async fn start_with(options: ServerOptions) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let metrics_port = free_port();
+        let metrics_listen = if options.metrics_default_listen {
+            String::new()
+        } else {
+            format!("listen = \"127.0.0.1:{metrics_port}\"")
+        };
         let config_path = data.path().join("axon.toml");
         let db = data.path().join("db");
         let config = format!(
@@ -95,6 +111,9 @@ register = {{ per_second = 1000.0, burst = 1000 }}
 events = {{ per_second = {eps}, burst = {eb} }}
 [logging]
 level = "warn"
+[metrics]
+{metrics_listen}
+{metrics}
 {extra}
 "#,
             db = db.display(),
@@ -103,11 +122,13 @@ level = "warn"
             lb = options.login_rate.1,
             eps = options.event_rate.0,
             eb = options.event_rate.1,
+            metrics = options.metrics_toml,
             extra = options.extra_toml,
         );
         std::fs::write(&config_path, config).expect("write config");
         let mut server = Self {
             port,
+            metrics_port,
             base: format!("http://127.0.0.1:{port}"),
             data,
             config_path,

@@ -1,6 +1,6 @@
 //! Discovery endpoints, CORS, unknown endpoints and the metrics endpoint.
 
-use complement_tests::{TestServer, assert_error};
+use complement_tests::{ServerOptions, TestServer, assert_error};
 
 #[tokio::test]
 async fn versions_lists_stable_spec_versions() {
@@ -96,30 +96,43 @@ async fn options_is_answered_without_running_the_endpoint() {
 }
 
 #[tokio::test]
-async fn metrics_are_exposed_in_prometheus_format() {
+async fn metrics_are_exposed_in_prometheus_format_on_their_own_listener() {
     let s = TestServer::start().await;
     s.get("/_matrix/client/versions", None).await;
-    let res = s.client.get(format!("{}/metrics", s.base)).send().await.unwrap();
+    let url = format!("http://127.0.0.1:{}/metrics", s.metrics_port);
+    let res = s.client.get(url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(text.contains("axon_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/_matrix/client/versions\""), "{text}");
 }
 
+/// Metrics tell who is active when: by default they are served on loopback only
+/// (127.0.0.1:9108), never on the client listener. This test binds that port, so it fails
+/// if another process holds it.
 #[tokio::test]
-async fn metrics_can_have_a_listener_of_their_own() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let s = TestServer::start_with(complement_tests::ServerOptions {
-        extra_toml: format!(
-            "[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npath = \"/m\"\n"
-        ),
+async fn metrics_are_not_served_on_the_client_listener_by_default() {
+    let s = TestServer::start_with(ServerOptions {
+        metrics_default_listen: true,
         ..Default::default()
     })
     .await;
-    let res = s.client.get(format!("http://127.0.0.1:{port}/m")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    // Not on the main listener any more.
     assert_error(&s.get("/metrics", None).await, 404, "M_UNRECOGNIZED");
+    let res = s.client.get("http://127.0.0.1:9108/metrics").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("axon_http_requests_total"));
+}
+
+#[tokio::test]
+async fn the_metrics_path_is_configurable() {
+    let s = TestServer::start_with(ServerOptions {
+        metrics_toml: "path = \"/m\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{}", s.metrics_port);
+    assert_eq!(s.client.get(format!("{base}/m")).send().await.unwrap().status(), 200);
+    assert_eq!(s.client.get(format!("{base}/metrics")).send().await.unwrap().status(), 404);
 }
 
 #[tokio::test]
