@@ -25,10 +25,11 @@ use tracing::Instrument;
 use crate::error::Error;
 use ruma::AppState;
 
-/// Builds the full application for the main listeners. Metrics are not part of it; they
-/// have a listener of their own ([`metrics_app`]).
+/// Builds the full application for the main listeners: the client API and the admin API.
+/// Metrics are not part of it; they have a listener of their own ([`metrics_app`]).
 pub fn app(state: AppState) -> Router {
     crate::api::client_routes()
+        .merge(crate::api::admin::routes())
         .fallback(|| async { Error::Unrecognized { method_not_allowed: false } })
         .method_not_allowed_fallback(|| async { Error::Unrecognized { method_not_allowed: true } })
         .with_state(state)

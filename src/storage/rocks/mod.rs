@@ -410,6 +410,19 @@ impl AccountStore for RocksStore {
         .await
     }
 
+    async fn set_admin(&self, localpart: &str, admin: bool) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut user: UserRecord =
+                get_json(db, cf::USERS, localpart.as_bytes())?.ok_or(StorageError::NotFound)?;
+            user.admin = admin;
+            db.put_cf_opt(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn has_users(&self) -> StorageResult<bool> {
         match self.db.iterator_cf(handle(&self.db, cf::USERS)?, IteratorMode::Start).next() {
             Some(item) => item.map(|_| true).map_err(Into::into),
