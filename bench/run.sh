@@ -20,7 +20,9 @@ command -v wrk >/dev/null || { sudo_apt=""; [[ $(id -u) -ne 0 ]] && sudo_apt=sud
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+metrics_port=$(free_port)
 cat > "$work/axon.toml" <<TOML
 server_name = "bench.local"
 [http]
@@ -36,6 +38,8 @@ register = { per_second = 1000000.0, burst = 1000000 }
 events = { per_second = 1000000.0, burst = 1000000 }
 [logging]
 level = "warn"
+[metrics]
+listen = "127.0.0.1:$metrics_port"
 TOML
 
 "$BIN" --config "$work/axon.toml" >/dev/null 2>"$work/stderr" &

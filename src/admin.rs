@@ -1,9 +1,11 @@
 //! Admin commands (`axon user create`, `axon token create` …).
 //!
 //! A running server owns the database (RocksDB takes an exclusive lock), so it listens on a
-//! Unix socket in its data directory, readable by its owner only, and the CLI sends the
-//! command there: one JSON line in, one JSON line out. When no server is running, the CLI
-//! opens the database itself and runs the same [`execute`].
+//! Unix socket in its database directory, which only the server's user may enter (mode 0700,
+//! see `RocksStore::open`), and the CLI sends the command there: one JSON line in, one JSON
+//! line out. When no server is running, the CLI opens the database itself and runs the same
+//! [`execute`]. Admins over HTTP use the Synapse-compatible admin API (`api::admin`), which
+//! calls the same services.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,7 +50,7 @@ pub async fn execute(services: &Services, command: AdminCommand) -> AdminReply {
             .map(|user_id| json!({"user_id": user_id})),
         AdminCommand::CreateToken { token, uses_allowed, expiry_ts } => services
             .accounts
-            .create_registration_token(token, uses_allowed, expiry_ts)
+            .create_registration_token(token, None, uses_allowed, expiry_ts)
             .await
             .map(|t| json!(t)),
         AdminCommand::ListTokens => services.accounts.registration_tokens().await.map(|t| json!(t)),
@@ -64,6 +66,21 @@ pub async fn execute(services: &Services, command: AdminCommand) -> AdminReply {
 
 /// Serves admin commands on the socket until the task is dropped.
 pub async fn serve(path: PathBuf, services: Arc<Services>) -> std::io::Result<()> {
+    // The socket is created inside a private directory, so no other user can reach it at
+    // any moment, even before its own mode is set.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} is open to other users (mode {:o}); not creating the admin socket there",
+                dir.display(),
+                mode & 0o777
+            )));
+        }
+    }
     // A socket left by a killed server would make bind fail.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;

@@ -146,10 +146,13 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Path of the Prometheus endpoint.
     pub path: String,
-    /// A listener of its own for the metrics endpoint; when unset, `path` is served on the
-    /// main listeners.
-    pub listen: Option<SocketAddr>,
+    /// The metrics endpoint's own listener, never one of the client listeners: metrics
+    /// reveal traffic patterns and are for the operator only. Loopback by default.
+    pub listen: SocketAddr,
 }
+
+/// Where metrics are served unless `metrics.listen` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9108);
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -220,7 +223,11 @@ impl Default for LoggingConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { enabled: true, path: "/metrics".to_owned(), listen: None }
+        Self {
+            enabled: true,
+            path: "/metrics".to_owned(),
+            listen: SocketAddr::from(DEFAULT_METRICS_LISTEN),
+        }
     }
 }
 

@@ -94,15 +94,16 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
         let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(*addr, e))?;
         listeners.push((*addr, listener));
     }
-    let metrics_listener = match (config.metrics.listen, metrics.clone()) {
-        (Some(addr), Some(handle)) => {
+    let metrics_listener = match metrics {
+        Some(handle) => {
+            let addr = config.metrics.listen;
             let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
             Some((addr, listener, handle))
         }
-        _ => None,
+        None => None,
     };
 
-    let app = http::app(services.clone(), metrics);
+    let app = http::app(services.clone());
     let mut servers = tokio::task::JoinSet::new();
     if let Some((addr, listener, handle)) = metrics_listener {
         tracing::info!(%addr, path = %config.metrics.path, "metrics listening");

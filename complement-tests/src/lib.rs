@@ -47,6 +47,12 @@ pub struct ServerOptions {
     pub event_rate: (f64, u32),
     /// Extra TOML lines inside the `[limits]` section (`key = value`, one per line).
     pub extra_limits: String,
+    /// Keys added to the `[metrics]` section (e.g. `path = "/m"`). The harness sets
+    /// `listen` to a free port ([`TestServer::metrics_port`]).
+    pub metrics_toml: String,
+    /// Leave `metrics.listen` at the server's default (127.0.0.1:9108) instead. Only for
+    /// the test of that default: two such servers cannot run at once.
+    pub metrics_default_listen: bool,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +63,8 @@ impl Default for ServerOptions {
             login_rate: (1000.0, 1000),
             event_rate: (100_000.0, 100_000),
             extra_limits: String::new(),
+            metrics_toml: String::new(),
+            metrics_default_listen: false,
         }
     }
 }
@@ -64,6 +72,8 @@ impl Default for ServerOptions {
 /// A running `axon` process. Killed (SIGKILL) when dropped.
 pub struct TestServer {
     pub port: u16,
+    /// Port of the metrics listener on 127.0.0.1 (unless the test chose its own).
+    pub metrics_port: u16,
     pub base: String,
     pub data: tempfile::TempDir,
     config_path: PathBuf,
@@ -79,6 +89,12 @@ impl TestServer {
     pub async fn start_with(options: ServerOptions) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let metrics_port = free_port();
+        let metrics_listen = if options.metrics_default_listen {
+            String::new()
+        } else {
+            format!("listen = \"127.0.0.1:{metrics_port}\"")
+        };
         let config_path = data.path().join("axon.toml");
         let db = data.path().join("db");
         let config = format!(
@@ -99,6 +115,9 @@ events = {{ per_second = {eps}, burst = {eb} }}
 {extra_limits}
 [logging]
 level = "warn"
+[metrics]
+{metrics_listen}
+{metrics}
 {extra}
 "#,
             db = db.display(),
@@ -108,11 +127,13 @@ level = "warn"
             eps = options.event_rate.0,
             eb = options.event_rate.1,
             extra_limits = options.extra_limits,
+            metrics = options.metrics_toml,
             extra = options.extra_toml,
         );
         std::fs::write(&config_path, config).expect("write config");
         let mut server = Self {
             port,
+            metrics_port,
             base: format!("http://127.0.0.1:{port}"),
             data,
             config_path,

@@ -1,15 +1,31 @@
 //! Discovery endpoints, CORS, unknown endpoints and the metrics endpoint.
 
-use complement_tests::{TestServer, assert_error};
+use complement_tests::{ServerOptions, TestServer, assert_error, enc, json};
 
+/// Clients choose what to call from `/versions`: v1.3 and v1.4 would send them to
+/// `/relations` and `/threads`, which do not exist yet. matrix-js-sdk needs one of v1.1–v1.9.
 #[tokio::test]
-async fn versions_lists_stable_spec_versions() {
+async fn versions_claim_only_what_is_implemented() {
     let s = TestServer::start().await;
     let (status, body) = s.get("/_matrix/client/versions", None).await;
     assert_eq!(status, 200);
     let versions = body["versions"].as_array().unwrap();
-    assert!(versions.iter().any(|v| v == "v1.1"));
-    assert!(body["unstable_features"].is_object());
+    assert!(versions.iter().any(|v| v == "v1.1"), "{body}");
+    for unimplemented in ["v1.3", "v1.4", "v1.11", "v1.12"] {
+        assert!(!versions.iter().any(|v| v == unimplemented), "{unimplemented}: {body}");
+    }
+    let claimed: Vec<_> = body["unstable_features"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, on)| **on == true)
+        .collect();
+    assert!(claimed.is_empty(), "{claimed:?}");
+    // The endpoints those versions would announce are indeed absent.
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let threads = format!("/_matrix/client/v1/rooms/{}/threads", enc(&room));
+    assert_error(&s.get(&threads, alice.token()).await, 404, "M_UNRECOGNIZED");
 }
 
 #[tokio::test]
@@ -22,12 +38,12 @@ async fn well_known_client_points_at_the_base_url() {
     assert!(base.contains(&s.port.to_string()), "{base}");
 }
 
+/// Without federation, no other server may be sent here (Synapse answers 404 likewise when
+/// federation is not set up).
 #[tokio::test]
-async fn well_known_server_names_a_host_and_port() {
+async fn well_known_server_is_not_found_without_federation() {
     let s = TestServer::start().await;
-    let (status, body) = s.get("/.well-known/matrix/server", None).await;
-    assert_eq!(status, 200);
-    assert!(body["m.server"].as_str().unwrap().contains(':'));
+    assert_error(&s.get("/.well-known/matrix/server", None).await, 404, "M_NOT_FOUND");
 }
 
 #[tokio::test]
@@ -96,30 +112,43 @@ async fn options_is_answered_without_running_the_endpoint() {
 }
 
 #[tokio::test]
-async fn metrics_are_exposed_in_prometheus_format() {
+async fn metrics_are_exposed_in_prometheus_format_on_their_own_listener() {
     let s = TestServer::start().await;
     s.get("/_matrix/client/versions", None).await;
-    let res = s.client.get(format!("{}/metrics", s.base)).send().await.unwrap();
+    let url = format!("http://127.0.0.1:{}/metrics", s.metrics_port);
+    let res = s.client.get(url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(text.contains("axon_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/_matrix/client/versions\""), "{text}");
 }
 
+/// Metrics tell who is active when: by default they are served on loopback only
+/// (127.0.0.1:9108), never on the client listener. This test binds that port, so it fails
+/// if another process holds it.
 #[tokio::test]
-async fn metrics_can_have_a_listener_of_their_own() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let s = TestServer::start_with(complement_tests::ServerOptions {
-        extra_toml: format!(
-            "[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npath = \"/m\"\n"
-        ),
+async fn metrics_are_not_served_on_the_client_listener_by_default() {
+    let s = TestServer::start_with(ServerOptions {
+        metrics_default_listen: true,
         ..Default::default()
     })
     .await;
-    let res = s.client.get(format!("http://127.0.0.1:{port}/m")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    // Not on the main listener any more.
     assert_error(&s.get("/metrics", None).await, 404, "M_UNRECOGNIZED");
+    let res = s.client.get("http://127.0.0.1:9108/metrics").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("axon_http_requests_total"));
+}
+
+#[tokio::test]
+async fn the_metrics_path_is_configurable() {
+    let s = TestServer::start_with(ServerOptions {
+        metrics_toml: "path = \"/m\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{}", s.metrics_port);
+    assert_eq!(s.client.get(format!("{base}/m")).send().await.unwrap().status(), 200);
+    assert_eq!(s.client.get(format!("{base}/metrics")).send().await.unwrap().status(), 404);
 }
 
 #[tokio::test]

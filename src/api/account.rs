@@ -158,10 +158,7 @@ pub async fn deactivate(
     Ruma(req): Ruma<deactivate::v3::Request>,
 ) -> Result<RumaResponse<deactivate::v3::Response>> {
     s.accounts.deactivate(&who, req.auth.as_ref()).await?;
-    s.rooms.leave_all(&who.user_id).await;
-    if req.erase {
-        s.rooms.set_profile(&who.user_id, Some(None), Some(None)).await?;
-    }
+    s.after_deactivation(&who.user_id, req.erase).await?;
     Ok(RumaResponse(deactivate::v3::Response::new(
         ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
     )))

@@ -4,21 +4,29 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::AppState;
 
-/// Spec versions Axon speaks. Endpoints of later milestones answer `M_UNRECOGNIZED` until
-/// they land, which clients treat as "not supported".
-pub const SPEC_VERSIONS: &[&str] = &[
-    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
-    "v1.11", "v1.12",
-];
+/// Spec versions Axon advertises. Clients decide from this list what to call, so it names
+/// only versions whose version-gated features are implemented (docs/ARCHITECTURE.md,
+/// "What /versions claims"). v1.3 brings `/relations` and v1.4 threads (`/threads`,
+/// threaded receipts, `m.read.private`): matrix-js-sdk and Element switch to them as soon
+/// as a server lists those versions. Add v1.3 and later when relations and threads land.
+/// matrix-js-sdk accepts servers listing any of v1.1–v1.9.
+pub const SPEC_VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2"];
+
+/// Whether this server federates. Until the Server-Server API exists,
+/// `/.well-known/matrix/server` answers 404 (as Synapse does when federation is not set
+/// up), so that no other server tries to reach us. Turn on when federation lands.
+pub const FEDERATION_ENABLED: bool = false;
 
 /// Room versions this server can create and join; 12 is the default for new rooms.
 pub const ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 pub const DEFAULT_ROOM_VERSION: &str = "12";
 
 pub async fn versions() -> Json<Value> {
+    // No unstable features (MSCs) are implemented, so none are claimed.
     Json(json!({
         "versions": SPEC_VERSIONS,
         "unstable_features": {},
@@ -29,8 +37,12 @@ pub async fn well_known_client(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"m.homeserver": {"base_url": s.config.client_base_url()}}))
 }
 
-pub async fn well_known_server(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"m.server": s.config.federation_server()}))
+/// `/.well-known/matrix/server`: where other servers reach this one's federation API.
+pub async fn well_known_server(State(s): State<AppState>) -> Result<Json<Value>> {
+    if !FEDERATION_ENABLED {
+        return Err(Error::NotFound("This server does not federate".into()));
+    }
+    Ok(Json(json!({"m.server": s.config.federation_server()})))
 }
 
 pub async fn capabilities(Authed(_): Authed) -> Json<Value> {

@@ -2,6 +2,7 @@
 //! serialize. No Matrix rule lives here; the services own behaviour.
 
 pub mod account;
+pub mod admin;
 pub mod devices;
 pub mod directory;
 pub mod discovery;

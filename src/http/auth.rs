@@ -37,6 +37,20 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// An authenticated server admin, for the admin API. Rejects like [`Authed`] without a
+/// valid token, and with `403 M_FORBIDDEN` for everyone but admins.
+pub struct ServerAdmin(pub Identity);
+
+impl FromRequestParts<AppState> for ServerAdmin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let Authed(identity) = Authed::from_request_parts(parts, state).await?;
+        state.accounts.require_admin(&identity).await?;
+        Ok(ServerAdmin(identity))
+    }
+}
+
 /// The peer address of the connection, as a string for rate-limit keys and device records.
 pub struct ClientIp(pub String);
 

@@ -25,13 +25,11 @@ use tracing::Instrument;
 use crate::error::Error;
 use ruma::AppState;
 
-/// Builds the full application for the main listeners.
-pub fn app(state: AppState, metrics: Option<PrometheusHandle>) -> Router {
-    let mut router = crate::api::client_routes();
-    if let Some(handle) = metrics.filter(|_| state.config.metrics.listen.is_none()) {
-        router = router.route(&state.config.metrics.path, get(move || render(handle.clone())));
-    }
-    router
+/// Builds the full application for the main listeners: the client API and the admin API.
+/// Metrics are not part of it; they have a listener of their own ([`metrics_app`]).
+pub fn app(state: AppState) -> Router {
+    crate::api::client_routes()
+        .merge(crate::api::admin::routes())
         .fallback(|| async { Error::Unrecognized { method_not_allowed: false } })
         .method_not_allowed_fallback(|| async { Error::Unrecognized { method_not_allowed: true } })
         .with_state(state)
@@ -42,7 +40,7 @@ pub fn app(state: AppState, metrics: Option<PrometheusHandle>) -> Router {
         .layer(middleware::from_fn(cors))
 }
 
-/// The application for a metrics-only listener.
+/// The application for the metrics listener (`metrics.listen`, loopback by default).
 pub fn metrics_app(path: &str, handle: PrometheusHandle) -> Router {
     Router::new().route(path, get(move || render(handle.clone())))
 }

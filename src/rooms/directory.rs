@@ -3,7 +3,11 @@
 use ruma::events::StateEventType;
 use std::sync::Arc;
 
-use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::events::room::power_levels::{
+    PowerLevelAction, RoomPowerLevels, RoomPowerLevelsEventContent, UserPowerLevel,
+};
+use ruma::state_res::events::RoomCreateEvent;
+use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::{Room, Rooms};
@@ -11,53 +15,40 @@ use crate::error::{Error, Result};
 use crate::storage::StorageError;
 
 impl Room {
+    /// The room's power levels as its version's authorization rules read them: integer or,
+    /// before room version 10, string levels (`"50"`); the spec's defaults without an
+    /// `m.room.power_levels` event (creators at 100); from version 12, the creators (the
+    /// create event's sender and `additional_creators`) above every level.
+    pub fn power_levels(&self) -> RoomPowerLevels {
+        let rules = &self.rules.authorization;
+        let creators: Vec<OwnedUserId> = self
+            .state_event(&StateEventType::RoomCreate, "")
+            .and_then(|create| RoomCreateEvent::new(create).creators(rules).ok())
+            .map(|creators| creators.into_iter().collect())
+            .unwrap_or_default();
+        let content = self
+            .state_event(&StateEventType::RoomPowerLevels, "")
+            .and_then(|pl| pl.content_as::<RoomPowerLevelsEventContent>());
+        RoomPowerLevels::new(content.into(), rules, creators)
+    }
+
     /// The user's power level; room creators of v12+ rooms rank above every level.
     pub fn power_level_of(&self, user: &UserId) -> i64 {
-        if self.rules.authorization.explicitly_privilege_room_creators
-            && let Some(create) = self.state_event(&StateEventType::RoomCreate, "")
-        {
-            let extra: Vec<String> = create
-                .content_as::<Value>()
-                .and_then(|c| c.get("additional_creators").cloned())
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default();
-            if create.sender == user || extra.iter().any(|u| u == user.as_str()) {
-                return i64::MAX;
-            }
-        }
-        match self.state_event(&StateEventType::RoomPowerLevels, "") {
-            Some(pl) => {
-                let c: Value = pl.content_as().unwrap_or_default();
-                c["users"][user.as_str()]
-                    .as_i64()
-                    .or_else(|| c["users_default"].as_i64())
-                    .unwrap_or(0)
-            }
-            // Without power levels, the creator has 100 and everyone else 0.
-            None => match self.state_event(&StateEventType::RoomCreate, "") {
-                Some(create) if create.sender == user => 100,
-                _ => 0,
-            },
+        match self.power_levels().for_user(user) {
+            UserPowerLevel::Int(level) => level.into(),
+            _ => i64::MAX,
         }
     }
 
     /// The power level needed to send a state event of `kind`.
     pub fn state_level(&self, kind: &str) -> i64 {
-        match self.state_event(&StateEventType::RoomPowerLevels, "") {
-            Some(pl) => {
-                let c: Value = pl.content_as().unwrap_or_default();
-                c["events"][kind].as_i64().or_else(|| c["state_default"].as_i64()).unwrap_or(50)
-            }
-            None => 0,
-        }
+        self.power_levels().for_state(kind.into()).into()
     }
 
-    /// The power level needed to redact other users' events (`redact`, default 50).
+    /// The power level needed to redact other users' events: `redact` (default 50), and at
+    /// least the level needed to send the redaction.
     pub fn redact_level(&self) -> i64 {
-        self.state_event(&StateEventType::RoomPowerLevels, "")
-            .and_then(|pl| pl.content_as::<Value>())
-            .and_then(|c| c["redact"].as_i64())
-            .unwrap_or(50)
+        self.power_levels().for_action(PowerLevelAction::RedactOther).into()
     }
 
     /// `m.room.history_visibility`, `shared` when unset (the spec's default).

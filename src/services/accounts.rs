@@ -538,17 +538,26 @@ impl Accounts {
         Ok(())
     }
 
-    /// `axon token create`.
+    /// `axon token create` and the admin API: `token`, or `length` (default 16) random
+    /// characters.
     pub async fn create_registration_token(
         &self,
         token: Option<String>,
+        length: Option<usize>,
         uses_allowed: Option<u32>,
         expiry_ts: Option<u64>,
     ) -> Result<RegistrationTokenRecord> {
+        let length = length.unwrap_or(16);
+        if !(1..=64).contains(&length) {
+            return Err(Error::InvalidParam("length must be between 1 and 64".into()));
+        }
+        if expiry_ts.is_some_and(|t| t < now_ms()) {
+            return Err(Error::InvalidParam("expiry_time must not be in the past".into()));
+        }
         let token = token.unwrap_or_else(|| {
             tokens::random_string(
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
-                16,
+                length,
             )
         });
         if token.is_empty()
@@ -577,10 +586,58 @@ impl Accounts {
         Ok(self.store.registration_tokens().await?)
     }
 
+    pub async fn registration_token(&self, token: &str) -> Result<RegistrationTokenRecord> {
+        self.store
+            .registration_token(token)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("No such registration token: {token}")))
+    }
+
     pub async fn delete_registration_token(&self, token: &str) -> Result<()> {
         self.store.delete_registration_token(token).await.map_err(|e| match e {
             StorageError::NotFound => Error::NotFound("No such token".into()),
             other => other.into(),
         })
+    }
+
+    /// Refuses anyone but a server admin: accounts made with `axon user create --admin` or
+    /// promoted through the admin API.
+    pub async fn require_admin(&self, who: &Identity) -> Result<()> {
+        match self.store.user(&who.localpart).await? {
+            Some(user) if user.admin && !user.deactivated => Ok(()),
+            _ => Err(Error::Forbidden("You are not a server admin".into())),
+        }
+    }
+
+    /// The account of one of this server's users, for the admin API.
+    pub async fn local_user(&self, user_id: &UserId) -> Result<UserRecord> {
+        if user_id.server_name() != self.config.server_name.as_str() {
+            return Err(Error::Unknown("Can only look up local users".into()));
+        }
+        self.store
+            .user(user_id.localpart())
+            .await?
+            .ok_or_else(|| Error::NotFound("User not found".into()))
+    }
+
+    /// Grants or revokes server admin rights. An admin cannot revoke their own, so that the
+    /// last admin cannot lock everyone out by mistake.
+    pub async fn set_admin(&self, by: &Identity, user_id: &UserId, admin: bool) -> Result<()> {
+        let user = self.local_user(user_id).await?;
+        if !admin && user_id == by.user_id {
+            return Err(Error::Unknown("You may not demote yourself".into()));
+        }
+        self.store.set_admin(&user.localpart, admin).await?;
+        tracing::info!(%user_id, admin, by = %by.user_id, "admin rights changed");
+        Ok(())
+    }
+
+    /// Deactivates an account without its password (the admin API). The caller then removes
+    /// it from its rooms, as for `/account/deactivate`.
+    pub async fn deactivate_by_admin(&self, by: &Identity, user_id: &UserId) -> Result<()> {
+        let user = self.local_user(user_id).await?;
+        self.store.deactivate_user(&user.localpart).await?;
+        tracing::info!(%user_id, by = %by.user_id, "account deactivated by an admin");
+        Ok(())
     }
 }

@@ -77,4 +77,15 @@ impl Services {
         }));
         Ok(services)
     }
+
+    /// What follows an account's deactivation, whether by its owner (`/account/deactivate`)
+    /// or an admin: the user leaves every room (declining invites), and with `erase` the
+    /// profile is cleared.
+    pub async fn after_deactivation(&self, user_id: &ruma::UserId, erase: bool) -> Result<()> {
+        self.rooms.leave_all(user_id).await;
+        if erase {
+            self.rooms.set_profile(user_id, Some(None), Some(None)).await?;
+        }
+        Ok(())
+    }
 }

@@ -86,6 +86,9 @@ pub trait AccountStore: Send + Sync {
     /// Marks the user deactivated and deletes every device and token.
     async fn deactivate_user(&self, localpart: &str) -> StorageResult<()>;
 
+    /// Grants or revokes server admin rights. [`StorageError::NotFound`] for unknown users.
+    async fn set_admin(&self, localpart: &str, admin: bool) -> StorageResult<()>;
+
     /// Whether any account exists (deactivated ones included).
     async fn has_users(&self) -> StorageResult<bool>;
 

@@ -144,9 +144,9 @@ fn synced() -> WriteOptions {
 }
 
 impl RocksStore {
-    /// Opens (or creates) the database under `path`.
+    /// Opens (or creates) the database under `path`, a directory private to its owner.
     pub fn open(path: &Path, cache_mib: usize) -> StorageResult<Self> {
-        std::fs::create_dir_all(path)
+        create_private_dir(path)
             .map_err(|e| StorageError::Backend(format!("creating {}: {e}", path.display())))?;
         let cache = Cache::new_lru_cache(cache_mib.max(1) * 1024 * 1024);
         let mut table = BlockBasedOptions::default();
@@ -198,6 +198,35 @@ impl RocksStore {
             .await
             .map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?
     }
+}
+
+/// Creates the database directory with mode 0700 from the start: it holds the server's
+/// signing key and the admin socket. Missing parents are created with the usual mode. An
+/// existing directory that others may enter is restricted to its owner, with a warning.
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the database directory was open to other users; restricting it to its owner"
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(path)
 }
 
 fn handle<'a>(db: &'a DB, name: &str) -> StorageResult<&'a rocksdb::ColumnFamily> {
@@ -387,6 +416,19 @@ impl AccountStore for RocksStore {
                 delete_device_in(db, &mut batch, &localpart, &device_id)?;
             }
             db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_admin(&self, localpart: &str, admin: bool) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut user: UserRecord =
+                get_json(db, cf::USERS, localpart.as_bytes())?.ok_or(StorageError::NotFound)?;
+            user.admin = admin;
+            db.put_cf_opt(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user), &synced())?;
             Ok(())
         })
         .await
