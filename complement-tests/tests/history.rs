@@ -31,6 +31,12 @@ async fn readable_bodies(s: &TestServer, who: &Session, room: &str) -> Vec<Strin
     out
 }
 
+async fn public_room_with_visibility(s: &TestServer, who: &Session, visibility: &str) -> String {
+    let state = json!([{"type": "m.room.history_visibility", "state_key": "",
+        "content": {"history_visibility": visibility}}]);
+    s.create_room(who, json!({"preset": "public_chat", "initial_state": state})).await
+}
+
 async fn set_visibility(s: &TestServer, who: &Session, room: &str, visibility: &str) {
     let (status, body) = s
         .put(
@@ -115,11 +121,7 @@ async fn a_former_member_of_a_joined_room_reads_only_while_they_were_in_it() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
-            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-        ]}))
-        .await;
+    let room = public_room_with_visibility(&s, &alice, "joined").await;
     for i in 0..3 {
         s.send_text(&alice, &room, &format!("b{i}"), &format!("before {i}")).await;
     }
@@ -190,11 +192,7 @@ async fn world_readable_history_is_readable_without_joining() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let carol = s.register("carol", "carol-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
-            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}
-        ]}))
-        .await;
+    let room = public_room_with_visibility(&s, &alice, "world_readable").await;
     let (_, open) = s.send_text(&alice, &room, "t1", "open").await;
     assert_eq!(readable_bodies(&s, &carol, &room).await, vec!["open"]);
     assert_eq!(event_status(&s, &carol, &room, open["event_id"].as_str().unwrap()).await, 200);
@@ -205,11 +203,7 @@ async fn a_user_sees_their_own_membership_changes() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
-            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-        ]}))
-        .await;
+    let room = public_room_with_visibility(&s, &alice, "joined").await;
     s.join(&bob, &room).await;
     leave(&s, &bob, &room).await;
     let (_, msgs) = s
@@ -233,11 +227,7 @@ async fn a_profile_change_does_not_restart_joined_history() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s
-        .create_room(&alice, json!({"preset": "public_chat", "initial_state": [
-            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-        ]}))
-        .await;
+    let room = public_room_with_visibility(&s, &alice, "joined").await;
     s.join(&bob, &room).await;
     s.send_text(&alice, &room, "t1", "after bob joined").await;
     let (status, _) = s
