@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/axon-target
 AXON_VENV ?= $(HOME)/.cache/axon-venv
 export CARGO_TARGET_DIR AXON_VENV
 
-.PHONY: run test deps test-deps bench lint user
+.PHONY: run test deps test-deps bench lint user fuzz
 
 ## Start a homeserver on 127.0.0.1:8008 with data under ./data.
 run: deps
@@ -28,6 +28,11 @@ test-deps:
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## Fuzz the server against the spec's OpenAPI with schemathesis (see docs/testing.md).
+fuzz: deps
+	cargo build --bin axon
+	scripts/fuzz.sh
 
 ## Benchmarks against the release binary (see bench/README.md).
 bench: deps

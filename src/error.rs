@@ -12,6 +12,9 @@ pub enum Error {
     MissingToken,
     #[error("Unknown access token")]
     UnknownToken { soft_logout: bool },
+    /// `POST /refresh` with a refresh token this server never issued (it issues none).
+    #[error("Unknown refresh token: this server does not issue refresh tokens")]
+    UnknownRefreshToken,
     #[error("{0}")]
     NotJson(String),
     #[error("{0}")]

@@ -62,3 +62,15 @@ async fn a_bad_request_does_not_register_anyone() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["available"], true);
 }
+
+#[tokio::test]
+async fn invalid_utf8_in_a_json_body_is_m_not_json() {
+    let s = TestServer::start().await;
+    let body = b"{\"username\": \"b\xffb\", \"password\": \"pw-bob-1234\"}".to_vec();
+    let res = s.post_raw("/_matrix/client/v3/register", None, body).await;
+    assert_error(&res, 400, "M_NOT_JSON");
+    // Also where the invalid bytes sit in a field no endpoint reads.
+    let body = b"{\"type\": \"m.login.password\", \"x\": \"\xc3\x28\"}".to_vec();
+    let res = s.post_raw("/_matrix/client/v3/login", None, body).await;
+    assert_error(&res, 400, "M_NOT_JSON");
+}

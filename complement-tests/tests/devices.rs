@@ -102,3 +102,21 @@ async fn delete_devices_removes_several_at_once() {
     let (_, body) = s.get("/_matrix/client/v3/devices", alice.token()).await;
     assert_eq!(body["devices"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn absent_device_fields_are_omitted_not_null() {
+    let s = TestServer::start().await;
+    // Registered without `initial_device_display_name`: the device has no display name.
+    let alice = s.register("alice", "alice-password").await;
+    let (status, body) = s.get("/_matrix/client/v3/devices", alice.token()).await;
+    assert_eq!(status, 200);
+    let device = &body["devices"][0];
+    assert_eq!(device["device_id"], alice.device_id);
+    assert!(device.get("display_name").is_none(), "display_name must be omitted: {device}");
+    assert!(device["last_seen_ip"].is_string(), "{device}");
+    let path = format!("/_matrix/client/v3/devices/{}", alice.device_id);
+    let (status, device) = s.get(&path, alice.token()).await;
+    assert_eq!(status, 200);
+    assert!(device.get("display_name").is_none(), "display_name must be omitted: {device}");
+    assert!(device.as_object().unwrap().values().all(|v| !v.is_null()), "{device}");
+}

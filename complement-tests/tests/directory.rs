@@ -150,3 +150,30 @@ async fn timestamp_to_event_finds_the_nearest_event() {
     );
     assert_error(&s.get(&path, alice.token()).await, 404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn setting_visibility_without_a_value_publishes_the_room() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"name": "Default"})).await;
+    let path = format!("/_matrix/client/v3/directory/list/room/{}", enc(&room));
+    let (status, body) = s.put(&path, alice.token(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, vis) = s.get(&path, None).await;
+    assert_eq!(vis["visibility"], "public");
+}
+
+#[tokio::test]
+async fn an_unknown_visibility_is_m_invalid_param() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"name": "Odd"})).await;
+    let path = format!("/_matrix/client/v3/directory/list/room/{}", enc(&room));
+    assert_error(
+        &s.put(&path, alice.token(), json!({"visibility": "secret"})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let (_, vis) = s.get(&path, None).await;
+    assert_eq!(vis["visibility"], "private");
+}

@@ -160,7 +160,13 @@ async fn absent_features_answer_empty_not_errors() {
     assert_eq!(body["threepids"], serde_json::json!([]));
     let (status, body) = s.get("/_matrix/client/v3/thirdparty/protocols", alice.token()).await;
     assert_eq!((status.as_u16(), body), (200, serde_json::json!({})));
-    let (status, _) = s.get("/_matrix/client/v3/voip/turnServer", alice.token()).await;
-    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn turn_server_is_not_found_without_a_turn_configuration() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let res = s.get("/_matrix/client/v3/voip/turnServer", alice.token()).await;
+    assert_error(&res, 404, "M_NOT_FOUND");
     assert_error(&s.get("/_matrix/client/v3/voip/turnServer", None).await, 401, "M_MISSING_TOKEN");
 }

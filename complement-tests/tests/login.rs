@@ -155,4 +155,23 @@ async fn refresh_with_an_unknown_refresh_token_is_m_unknown_token() {
     let s = TestServer::start().await;
     let res = s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": "nope"})).await;
     assert_error(&res, 401, "M_UNKNOWN_TOKEN");
+    let message = res.1["error"].as_str().unwrap();
+    assert!(
+        message.contains("refresh token"),
+        "the error should name the refresh token: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_login_without_a_type_is_m_bad_json() {
+    let s = TestServer::start().await;
+    s.register("alice", "alice-password").await;
+    for body in [
+        json!({}),
+        json!({"identifier": {"type": "m.id.user", "user": "alice"}, "password": "alice-password"}),
+        json!({"type": null, "password": "alice-password"}),
+    ] {
+        let res = s.post("/_matrix/client/v3/login", None, body.clone()).await;
+        assert_error(&res, 400, "M_BAD_JSON");
+    }
 }

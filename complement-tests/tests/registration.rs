@@ -266,3 +266,79 @@ async fn registering_without_a_username_picks_one() {
     assert_eq!(status, 200, "{body}");
     assert!(body["user_id"].as_str().unwrap().ends_with(":test.local"));
 }
+
+/// Completes a dummy-stage registration; returns the session ID and the final request body.
+async fn register_in_session(
+    s: &TestServer,
+    body: serde_json::Value,
+) -> (String, serde_json::Value) {
+    let (status, challenge) = s.post(REGISTER, None, body.clone()).await;
+    assert_eq!(status, 401, "{challenge}");
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let mut full = body;
+    full["auth"] = json!({"type": "m.login.dummy", "session": session});
+    (session, full)
+}
+
+#[tokio::test]
+async fn a_completed_registration_replayed_returns_the_same_account() {
+    let s = TestServer::start().await;
+    let (_, full) =
+        register_in_session(&s, json!({"username": "gina", "password": "pw-gina-1234"})).await;
+    let (status, first) = s.post(REGISTER, None, full.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    // The client lost the response and retries: same account, device and token.
+    let (status, again) = s.post(REGISTER, None, full).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["user_id"], "@gina:test.local");
+    assert_eq!(again["device_id"], first["device_id"]);
+    assert_eq!(again["access_token"], first["access_token"]);
+    let token = again["access_token"].as_str().unwrap();
+    let (status, who) = s.get("/_matrix/client/v3/account/whoami", Some(token)).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(who["device_id"], first["device_id"]);
+}
+
+#[tokio::test]
+async fn a_replayed_registration_without_username_creates_no_second_account() {
+    let s = TestServer::start().await;
+    let (_, full) = register_in_session(&s, json!({"password": "pw-anon-1234"})).await;
+    let (status, first) = s.post(REGISTER, None, full.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = s.post(REGISTER, None, full).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["user_id"], first["user_id"]);
+}
+
+#[tokio::test]
+async fn a_replayed_registration_after_logout_is_refused() {
+    let s = TestServer::start().await;
+    let (_, full) =
+        register_in_session(&s, json!({"username": "hank", "password": "pw-hank-1234"})).await;
+    let (status, first) = s.post(REGISTER, None, full.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let token = first["access_token"].as_str().unwrap();
+    assert_eq!(s.post("/_matrix/client/v3/logout", Some(token), json!({})).await.0, 200);
+    // The session must not log the account in again without its password.
+    let res = s.post(REGISTER, None, full).await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+    assert!(res.1.get("access_token").is_none());
+}
+
+#[tokio::test]
+async fn a_clients_oldest_uia_session_is_evicted_past_the_cap() {
+    // 64 live sessions per client IP (services::uia::MAX_SESSIONS_PER_OWNER).
+    let s = TestServer::start().await;
+    let (_, oldest) =
+        register_in_session(&s, json!({"username": "ivan", "password": "pw-ivan-1234"})).await;
+    let (_, newest) =
+        register_in_session(&s, json!({"username": "ivan", "password": "pw-ivan-1234"})).await;
+    for _ in 0..63 {
+        let (status, _) = s.post(REGISTER, None, json!({})).await;
+        assert_eq!(status, 401);
+    }
+    let res = s.post(REGISTER, None, oldest).await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+    let (status, body) = s.post(REGISTER, None, newest).await;
+    assert_eq!(status, 200, "a recent session still works: {body}");
+}

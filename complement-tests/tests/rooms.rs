@@ -308,6 +308,20 @@ async fn members_and_joined_members_list_the_room() {
 }
 
 #[tokio::test]
+async fn joined_members_omit_an_absent_avatar() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let (status, body) = s
+        .get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), alice.token())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let member = &body["joined"][&alice.user_id];
+    assert_eq!(member["display_name"], "alice");
+    assert!(member.get("avatar_url").is_none(), "avatar_url must be omitted, not null: {member}");
+}
+
+#[tokio::test]
 async fn rooms_and_events_survive_kill_9() {
     let mut s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;

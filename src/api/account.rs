@@ -125,11 +125,12 @@ pub async fn logout_all(
 }
 
 /// `POST /refresh`: Axon issues non-expiring access tokens and no refresh tokens (the spec
-/// allows this), so no refresh token is ever valid.
+/// allows this), so no refresh token is ever valid: 401 `M_UNKNOWN_TOKEN`, as Synapse answers
+/// a refresh token it does not know.
 pub async fn refresh(
     Ruma(_): Ruma<refresh_token::v3::Request>,
 ) -> Result<RumaResponse<refresh_token::v3::Response>> {
-    Err(Error::UnknownToken { soft_logout: false })
+    Err(Error::UnknownRefreshToken)
 }
 
 pub async fn whoami(

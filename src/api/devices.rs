@@ -1,40 +1,59 @@
 //! `/devices` and `/delete_devices`.
 
+use axum::Json;
 use axum::extract::State;
 use ruma::api::client::device::{
-    Device, delete_device, delete_devices, get_device, get_devices, update_device,
+    delete_device, delete_devices, get_device, get_devices, update_device,
 };
-use ruma::{MilliSecondsSinceUnixEpoch, UInt};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma, RumaResponse};
 use crate::storage::DeviceRecord;
 
-fn to_ruma(d: DeviceRecord) -> Device {
-    let mut device = Device::new(d.device_id.into());
-    device.display_name = d.display_name;
-    device.last_seen_ip = d.last_seen_ip;
-    device.last_seen_ts = d.last_seen_ts.and_then(UInt::new).map(MilliSecondsSinceUnixEpoch);
-    device
+/// A device as the spec shows it. ruma's `Device` serializes an absent display name or IP as
+/// `null`; the spec wants absent fields omitted.
+#[derive(Serialize)]
+pub struct DeviceJson {
+    device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen_ts: Option<u64>,
+}
+
+impl From<DeviceRecord> for DeviceJson {
+    fn from(d: DeviceRecord) -> Self {
+        Self {
+            device_id: d.device_id,
+            display_name: d.display_name,
+            last_seen_ip: d.last_seen_ip,
+            last_seen_ts: d.last_seen_ts,
+        }
+    }
 }
 
 pub async fn list(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(_): Ruma<get_devices::v3::Request>,
-) -> Result<RumaResponse<get_devices::v3::Response>> {
-    let devices = s.accounts.devices(&who).await?.into_iter().map(to_ruma).collect();
-    Ok(RumaResponse(get_devices::v3::Response::new(devices)))
+) -> Result<Json<Value>> {
+    let devices: Vec<DeviceJson> =
+        s.accounts.devices(&who).await?.into_iter().map(DeviceJson::from).collect();
+    Ok(Json(json!({ "devices": devices })))
 }
 
 pub async fn get(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<get_device::v3::Request>,
-) -> Result<RumaResponse<get_device::v3::Response>> {
+) -> Result<Json<DeviceJson>> {
     let device = s.accounts.device(&who, req.device_id.as_str()).await?;
-    Ok(RumaResponse(get_device::v3::Response::new(to_ruma(device))))
+    Ok(Json(device.into()))
 }
 
 pub async fn update(

@@ -7,12 +7,13 @@ use ruma::api::client::directory::{
     get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
 };
 use ruma::api::client::room::{Visibility, aliases};
-use ruma::{OwnedRoomAliasId, OwnedServerName};
+use ruma::{OwnedRoomAliasId, OwnedServerName, RoomId};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::http::auth::Authed;
-use crate::http::ruma::{AppState, Ruma, RumaResponse};
+use crate::http::ruma::{AppState, JsonBody, PathArgs, Ruma, RumaResponse};
 use crate::services::Services;
 
 pub async fn get_alias(
@@ -74,13 +75,38 @@ pub async fn get_visibility(
     Ok(RumaResponse(get_room_visibility::v3::Response::new(visibility)))
 }
 
+/// The body of `PUT /directory/list/room/{roomId}`. ruma's request type requires
+/// `visibility`, but the spec makes it optional, defaulting to public, hence our own type.
+#[derive(Deserialize)]
+pub struct VisibilityBody {
+    #[serde(default = "public")]
+    visibility: Visibility,
+}
+
+fn public() -> Visibility {
+    Visibility::Public
+}
+
 pub async fn set_visibility(
     State(s): State<AppState>,
     Authed(who): Authed,
-    Ruma(req): Ruma<set_room_visibility::v3::Request>,
+    PathArgs(args): PathArgs,
+    JsonBody(body): JsonBody<VisibilityBody>,
 ) -> Result<RumaResponse<set_room_visibility::v3::Response>> {
-    let published = req.visibility == Visibility::Public;
-    s.rooms.set_published(&req.room_id, &who.user_id, published).await?;
+    let room_id = args.first().map(String::as_str).unwrap_or_default();
+    let room_id =
+        RoomId::parse(room_id).map_err(|e| Error::InvalidParam(format!("Invalid room ID: {e}")))?;
+    let published = match body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
+        other => {
+            return Err(Error::InvalidParam(format!(
+                "Unknown visibility {:?}: expected \"public\" or \"private\"",
+                other.as_str()
+            )));
+        }
+    };
+    s.rooms.set_published(&room_id, &who.user_id, published).await?;
     Ok(RumaResponse(set_room_visibility::v3::Response::new()))
 }
 

@@ -70,8 +70,10 @@ pub async fn thirdparty_protocols(Authed(_): Authed) -> Json<Value> {
     Json(json!({}))
 }
 
-/// `GET /voip/turnServer`: no TURN server is configured; clients then call peer-to-peer or
-/// through their own fallback, as with other homeservers lacking TURN.
-pub async fn turn_server(Authed(_): Authed) -> Json<Value> {
-    Json(json!({}))
+/// `GET /voip/turnServer`: Axon has no TURN configuration, so there are no credentials to
+/// hand out. The spec's 200 body requires `username`, `password`, `uris` and `ttl`, so an empty
+/// object would be a malformed answer; 404 `M_NOT_FOUND` says plainly that there is no TURN
+/// server (clients then call peer-to-peer or through their own fallback).
+pub async fn turn_server(Authed(_): Authed) -> crate::error::Result<Json<Value>> {
+    Err(crate::error::Error::NotFound("No TURN server is configured".into()))
 }

@@ -376,10 +376,14 @@ pub async fn joined_members(
             .state_event(&StateEventType::RoomMember, user.as_str())
             .and_then(|p| p.content_as())
             .unwrap_or_else(|| json!({}));
-        joined.insert(
-            user.to_string(),
-            json!({"display_name": content.get("displayname"), "avatar_url": content.get("avatar_url")}),
-        );
+        // The spec's `RoomMember`: absent (or null) fields are omitted, not null.
+        let mut member = serde_json::Map::new();
+        for (from, to) in [("displayname", "display_name"), ("avatar_url", "avatar_url")] {
+            if let Some(v) = content.get(from).and_then(Value::as_str) {
+                member.insert(to.to_owned(), json!(v));
+            }
+        }
+        joined.insert(user.to_string(), Value::Object(member));
     }
     Ok(Json(json!({"joined": joined})))
 }

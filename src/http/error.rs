@@ -14,7 +14,9 @@ impl Error {
         match self {
             Error::Forbidden(_) => (S::FORBIDDEN, "M_FORBIDDEN"),
             Error::MissingToken => (S::UNAUTHORIZED, "M_MISSING_TOKEN"),
-            Error::UnknownToken { .. } => (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            Error::UnknownToken { .. } | Error::UnknownRefreshToken => {
+                (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN")
+            }
             Error::NotJson(_) => (S::BAD_REQUEST, "M_NOT_JSON"),
             Error::BadJson(_) => (S::BAD_REQUEST, "M_BAD_JSON"),
             Error::NotFound(_) => (S::NOT_FOUND, "M_NOT_FOUND"),

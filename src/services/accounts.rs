@@ -188,6 +188,14 @@ impl Accounts {
         }
         self.register_per_ip.check(&req.client_ip)?;
 
+        // A retry of a registration that succeeded (the client lost the response) gets the
+        // same answer, not M_USER_IN_USE.
+        if let Some(session_id) = req.auth.as_ref().and_then(AuthData::session)
+            && let Some(done) = self.uia.registration(session_id)?
+        {
+            return self.replay_registration(session_id, done).await;
+        }
+
         // Check what the client sent before UIA, so it learns of a taken name or a weak
         // password before completing any stage. An empty body is how clients ask for the
         // flows (Element does), so nothing here may be required yet.
@@ -203,8 +211,58 @@ impl Accounts {
         self.validate_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
 
         let flows = self.registration_flows();
-        let completed = self.run_uia(req.auth.as_ref(), Purpose::Register, None, flows).await?;
+        let owner = req.client_ip.clone();
+        let completed =
+            self.run_uia(req.auth.as_ref(), Purpose::Register, None, &owner, flows).await?;
+        let session_id = completed.session_id.clone();
+        match self.create_account(req, completed).await {
+            Ok(registered) => {
+                let login = match &registered {
+                    Registered::WithSession(s) => {
+                        Some((s.device_id.clone(), s.access_token.clone()))
+                    }
+                    Registered::AccountOnly(_) => None,
+                };
+                let user_id = match &registered {
+                    Registered::WithSession(s) => s.user_id.clone(),
+                    Registered::AccountOnly(user_id) => user_id.clone(),
+                };
+                self.uia.registered(&session_id, uia::Registration { user_id, login });
+                Ok(registered)
+            }
+            Err(e) => {
+                self.uia.registration_failed(&session_id);
+                Err(e)
+            }
+        }
+    }
 
+    /// The answer to a replayed registration: the same user, device and access token, as
+    /// long as that token is still valid (after a logout, the session cannot log in again).
+    async fn replay_registration(
+        &self,
+        session_id: &str,
+        done: uia::Registration,
+    ) -> Result<Registered> {
+        let Some((device_id, access_token)) = done.login else {
+            return Ok(Registered::AccountOnly(done.user_id));
+        };
+        let owner = self.store.access_token(&TokenHash::of(&access_token)).await?;
+        if owner.is_none_or(|t| t.device_id != device_id.as_str()) {
+            self.uia.forget(session_id);
+            return Err(Error::Forbidden(
+                "This registration's session has ended; log in instead".into(),
+            ));
+        }
+        Ok(Registered::WithSession(Session { user_id: done.user_id, device_id, access_token }))
+    }
+
+    /// Creates the account once UIA is complete.
+    async fn create_account(
+        &self,
+        req: RegisterRequest,
+        completed: Completed,
+    ) -> Result<Registered> {
         let password = req
             .password
             .as_deref()
@@ -381,17 +439,20 @@ impl Accounts {
 
     /// Runs one step of user-interactive authentication.
     /// `user` is the authenticated user for endpoints that need a password re-check.
+    /// `owner` is whom the session counts against: the user, or the client's IP address when
+    /// there is no user yet (registration).
     async fn run_uia(
         &self,
         auth: Option<&AuthData>,
         purpose: Purpose,
         user: Option<&str>,
+        owner: &str,
         flows: &[&[&str]],
     ) -> Result<Completed> {
         let Some(auth) = auth else {
-            return Err(self.uia.challenge(purpose, user, flows));
+            return Err(self.uia.challenge(purpose, user, owner, flows));
         };
-        let resumed = self.uia.resume(auth.session(), purpose, user)?;
+        let resumed = self.uia.resume(auth.session(), purpose, user, owner)?;
         let stage = auth.auth_type().map(|t| t.to_string()).unwrap_or_default();
         if !flows.iter().any(|f| f.contains(&stage.as_str())) {
             return Err(self.uia.failed(
@@ -479,7 +540,14 @@ impl Accounts {
         logout_devices: bool,
     ) -> Result<()> {
         self.validate_password(new_password)?;
-        self.run_uia(auth, Purpose::ChangePassword, Some(&who.localpart), PASSWORD_FLOWS).await?;
+        self.run_uia(
+            auth,
+            Purpose::ChangePassword,
+            Some(&who.localpart),
+            &who.localpart,
+            PASSWORD_FLOWS,
+        )
+        .await?;
         let hash = self.passwords.hash(new_password).await?;
         let logout = if logout_devices {
             DeviceLogout::AllExcept(Some(who.device_id.to_string()))
@@ -493,7 +561,14 @@ impl Accounts {
 
     /// `POST /account/deactivate`.
     pub async fn deactivate(&self, who: &Identity, auth: Option<&AuthData>) -> Result<()> {
-        self.run_uia(auth, Purpose::Deactivate, Some(&who.localpart), PASSWORD_FLOWS).await?;
+        self.run_uia(
+            auth,
+            Purpose::Deactivate,
+            Some(&who.localpart),
+            &who.localpart,
+            PASSWORD_FLOWS,
+        )
+        .await?;
         self.store.deactivate_user(&who.localpart).await?;
         tracing::info!(user_id = %who.user_id, "account deactivated");
         Ok(())
@@ -533,7 +608,14 @@ impl Accounts {
         auth: Option<&AuthData>,
         device_ids: Vec<String>,
     ) -> Result<()> {
-        self.run_uia(auth, Purpose::DeleteDevices, Some(&who.localpart), PASSWORD_FLOWS).await?;
+        self.run_uia(
+            auth,
+            Purpose::DeleteDevices,
+            Some(&who.localpart),
+            &who.localpart,
+            PASSWORD_FLOWS,
+        )
+        .await?;
         self.store.delete_devices(&who.localpart, device_ids).await?;
         Ok(())
     }
