@@ -303,3 +303,206 @@ async fn a_filter_that_matches_nothing_pages_through_a_long_history_in_bounded_s
     }
     assert!(pages >= 2, "1 200 events are more than one request scans");
 }
+
+async fn invite(s: &TestServer, by: &Session, room: &str, user: &str) {
+    let (status, body) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
+            by.token(),
+            json!({"user_id": user}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn an_invitee_cannot_read_the_room_state() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat", "name": "plans"})).await;
+    invite(&s, &alice, &room, &bob.user_id).await;
+    let res = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), bob.token()).await;
+    complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
+    let res = s
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)), bob.token())
+        .await;
+    complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
+    let res = s.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), bob.token()).await;
+    complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn a_user_banned_before_joining_cannot_read_the_room_state() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat", "name": "plans"})).await;
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            alice.token(),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let res = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), bob.token()).await;
+    complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn a_former_member_reads_the_member_list_as_they_left_it() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    leave(&s, &bob, &room).await;
+    s.join(&carol, &room).await;
+    let (status, body) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), bob.token()).await;
+    assert_eq!(status, 200, "{body}");
+    let members: Vec<&str> =
+        body["chunk"].as_array().unwrap().iter().filter_map(|e| e["state_key"].as_str()).collect();
+    assert!(members.contains(&alice.user_id.as_str()), "{body}");
+    assert!(!members.contains(&carol.user_id.as_str()), "carol joined after bob left: {body}");
+}
+
+#[tokio::test]
+async fn lazy_loaded_members_of_a_former_member_stop_at_their_departure() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    s.join(&bob, &room).await;
+    s.send_text(&alice, &room, "t1", "hello").await;
+    leave(&s, &bob, &room).await;
+    let (status, _) = s
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&alice.user_id)
+            ),
+            alice.token(),
+            json!({"membership": "join", "displayname": "renamed after bob left"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let filter = enc(&json!({"lazy_load_members": true}).to_string());
+    let (status, body) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
+                enc(&room)
+            ),
+            bob.token(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let state = body["state"].as_array().expect("lazy members");
+    assert!(state.iter().any(|e| e["state_key"] == alice.user_id.as_str()), "{body}");
+    assert!(!body.to_string().contains("renamed after bob left"), "{body}");
+}
+
+#[tokio::test]
+async fn members_at_a_point_before_the_join_of_a_joined_room_are_forbidden() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = public_room_with_visibility(&s, &alice, "joined").await;
+    s.send_text(&alice, &room, "t1", "before bob").await;
+    let early = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.join(&bob, &room).await;
+    let res = s
+        .get(&format!("/_matrix/client/v3/rooms/{}/members?at={early}", enc(&room)), bob.token())
+        .await;
+    complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
+    let (status, _) = s
+        .get(&format!("/_matrix/client/v3/rooms/{}/members?at={early}", enc(&room)), alice.token())
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn messages_from_the_largest_token_read_the_newest_events() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({})).await;
+    s.send_text(&alice, &room, "t1", "newest").await;
+    let (status, body) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1&from=s{}",
+                enc(&room),
+                u64::MAX
+            ),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(bodies(&body["chunk"]), vec!["newest"]);
+}
+
+#[tokio::test]
+async fn a_rejected_invite_shows_its_own_leave() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    invite(&s, &alice, &room, &bob.user_id).await;
+    let since = s.sync(&bob, Some(&since), 0).await["next_batch"].as_str().unwrap().to_owned();
+    leave(&s, &bob, &room).await;
+    let sync = s.sync(&bob, Some(&since), 0).await;
+    let timeline = sync["rooms"]["leave"][&room]["timeline"]["events"].as_array().unwrap();
+    let last = timeline.last().expect("the leave event");
+    assert_eq!(last["content"]["membership"], "leave", "{sync}");
+    assert_eq!(last["state_key"], bob.user_id.as_str());
+}
+
+#[tokio::test]
+async fn timestamp_to_event_starts_at_the_edge_of_what_the_user_may_read() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = public_room_with_visibility(&s, &alice, "joined").await;
+    let (_, first) = s.send_text(&alice, &room, "t", "before bob").await;
+    for i in 0..100 {
+        s.send_text(&alice, &room, &format!("t{i}"), "before bob").await;
+    }
+    s.join(&bob, &room).await;
+    let (_, after) = s.send_text(&alice, &room, "a", "after bob").await;
+    let (_, first) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(first["event_id"].as_str().unwrap())
+            ),
+            alice.token(),
+        )
+        .await;
+    // From the first message bob may not read, 100 more he may not read follow.
+    let ts = first["origin_server_ts"].as_u64().unwrap();
+    let (status, body) = s
+        .get(
+            &format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={ts}&dir=f", enc(&room)),
+            bob.token(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, event) = s
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(body["event_id"].as_str().unwrap())
+            ),
+            bob.token(),
+        )
+        .await;
+    let own_join = event["type"] == "m.room.member" && event["state_key"] == bob.user_id.as_str();
+    assert!(own_join || body["event_id"] == after["event_id"], "{event}");
+}

@@ -650,3 +650,37 @@ async fn thirty_new_rooms_then_one_message_each_sync_one_event_per_room() {
         assert_eq!(events[0]["content"]["body"], format!("hello {i}"));
     }
 }
+
+#[tokio::test]
+async fn a_state_change_hidden_by_the_timeline_filter_comes_in_state() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let filter = json!({"room": {"timeline": {"types": ["m.room.message"]}}});
+    let since = next_batch(&sync_with(&s, &alice, None, filter.clone(), "").await);
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+        alice.token(),
+        json!({"name": "renamed"}),
+    )
+    .await;
+    let body = sync_with(&s, &alice, Some(&since), filter.clone(), "").await;
+    let state = &body["rooms"]["join"][&room]["state"]["events"];
+    assert!(
+        state.as_array().is_some_and(|a| a.iter().any(|e| e["content"]["name"] == "renamed")),
+        "a rename alone: {body}"
+    );
+    let since = next_batch(&body);
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+        alice.token(),
+        json!({"topic": "new topic"}),
+    )
+    .await;
+    s.send_text(&alice, &room, "t1", "after the topic").await;
+    let body = sync_with(&s, &alice, Some(&since), filter, "").await;
+    let r = &body["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(r), vec!["after the topic"]);
+    let state = r["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["content"]["topic"] == "new topic"), "{r}");
+}

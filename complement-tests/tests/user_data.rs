@@ -132,3 +132,26 @@ async fn push_rules_are_the_spec_defaults() {
     );
     assert_error(&s.get("/_matrix/client/v3/pushrules/", None).await, 401, "M_MISSING_TOKEN");
 }
+
+#[tokio::test]
+async fn room_account_data_needs_a_membership_in_the_room() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let path = format!(
+        "/_matrix/client/v3/user/{}/rooms/{}/account_data/org.example.tag",
+        enc(&bob.user_id),
+        enc(&room)
+    );
+    let res = s.put(&path, bob.token(), json!({"x": 1})).await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+        alice.token(),
+        json!({"user_id": bob.user_id}),
+    )
+    .await;
+    let (status, body) = s.put(&path, bob.token(), json!({"x": 1})).await;
+    assert_eq!(status, 200, "{body}");
+}

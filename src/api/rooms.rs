@@ -286,27 +286,13 @@ pub async fn redact(
     Ok(RumaResponse(redact_event::v3::Response::new(event_id)))
 }
 
-/// The room state `user` may see: the current state for members (and anyone, in a
-/// world-readable room), the state when they left for former members.
-async fn visible_state(
-    s: &Services,
-    room: &Room,
-    user: &UserId,
-) -> Result<Arc<crate::rooms::state::StateMap>> {
-    let access = s.rooms.readable(room, user).await?;
-    if access.until == u64::MAX {
-        return Ok(room.state());
-    }
-    s.rooms.state_at(room, access.until).await
-}
-
 pub async fn state(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<get_state_events::v3::Request>,
 ) -> Result<Json<Value>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
-    let state = visible_state(&s, &room, &who.user_id).await?;
+    let state = s.rooms.visible_state(&room, &who.user_id, None).await?;
     let mut events = Vec::with_capacity(state.len());
     for pdu in state.values() {
         events.push(state_view(&s, &room, pdu, &who).await?);
@@ -321,7 +307,9 @@ pub async fn state_for_key(
 ) -> Result<Json<Value>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
     let kind: StateEventType = req.event_type.to_string().into();
-    let pdu = visible_state(&s, &room, &who.user_id)
+    let pdu = s
+        .rooms
+        .visible_state(&room, &who.user_id, None)
         .await?
         .get(&(kind, req.state_key.clone()))
         .cloned()
@@ -339,11 +327,9 @@ pub async fn members(
     Authed(who): Authed,
     Ruma(req): Ruma<get_member_events::v3::Request>,
 ) -> Result<Json<Value>> {
-    let room = s.rooms.require_joined(&req.room_id, &who.user_id)?;
-    let state = match &req.at {
-        Some(at) => s.rooms.state_at(&room, parse_token(at)?).await?,
-        None => room.state(),
-    };
+    let room = room_or_forbidden(&s, &req.room_id)?;
+    let at = req.at.as_deref().map(parse_token).transpose()?;
+    let state = s.rooms.visible_state(&room, &who.user_id, at).await?;
     let membership = req.membership.as_ref().map(|m| m.as_str().to_owned());
     let not_membership = req.not_membership.as_ref().map(|m| m.as_str().to_owned());
     let mut chunk = Vec::new();
@@ -485,37 +471,22 @@ pub async fn context(
     })))
 }
 
-/// Events the timestamp seek looks past (ones the user may not read) before giving up.
-const TIMESTAMP_SEEK_STEPS: usize = 64;
-
-/// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` in direction `dir`.
-/// One seek in the room's timestamp index (`room_events_by_ts`); events outside what the
-/// user may read are skipped, at most [`TIMESTAMP_SEEK_STEPS`] of them, then 404.
+/// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` in direction `dir`
+/// that the user may see (`Rooms::event_near`).
 pub async fn timestamp_to_event(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<get_event_by_timestamp::v1::Request>,
 ) -> Result<RumaResponse<get_event_by_timestamp::v1::Response>> {
     let room = room_or_forbidden(&s, &req.room_id)?;
-    let readable = s.rooms.readable(&room, &who.user_id).await?;
-    let target: u64 = req.ts.get().into();
+    let access = s.rooms.readable(&room, &who.user_id).await?;
     let backwards = req.dir == ruma::api::Direction::Backward;
-    let candidates = s
+    let pdu = s
         .rooms
-        .store()
-        .room_events_by_ts(room.id.as_str(), target, backwards, TIMESTAMP_SEEK_STEPS)
-        .await?;
-    for (_, pos, id) in candidates {
-        let Some((_, pdu)) = s.rooms.event(&id).await? else { continue };
-        if !readable.can_see(pos, &pdu) {
-            continue;
-        }
-        return Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(
-            pdu.event_id,
-            pdu.origin_server_ts,
-        )));
-    }
-    Err(Error::NotFound("No event found in that direction".into()))
+        .event_near(&room, &access, req.ts.get().into(), backwards)
+        .await?
+        .ok_or_else(|| Error::NotFound("No event found in that direction".into()))?;
+    Ok(RumaResponse(get_event_by_timestamp::v1::Response::new(pdu.event_id, pdu.origin_server_ts)))
 }
 
 /// `GET /rooms/{roomId}/messages`: a page of the events the user may see, newest or
@@ -552,18 +523,22 @@ pub async fn messages(
     }
     // With lazy-loaded members, the chunk's senders' member events come along, so clients
     // can show names without loading the whole member list.
-    if !req.filter.lazy_load_options.is_disabled() {
+    if !req.filter.lazy_load_options.is_disabled()
+        && let Some(newest) = page.events.iter().map(|e| e.pos).max()
+    {
+        // As of the page's newest event: a former member sees no later member events.
+        let state = s.rooms.state_ids_at(&room, newest).await?;
         let senders: std::collections::BTreeSet<&ruma::UserId> =
             page.events.iter().map(|e| e.pdu.sender.as_ref()).collect();
-        let mut state = Vec::with_capacity(senders.len());
+        let mut members = Vec::with_capacity(senders.len());
         for sender in senders {
-            if let Some(pdu) = room.state_event(&StateEventType::RoomMember, sender.as_str())
-                && let Some((r, p)) = s.rooms.event(pdu.event_id.as_str()).await?
+            if let Some(id) = state.get(&(StateEventType::RoomMember, sender.to_string()))
+                && let Some((r, p)) = s.rooms.event(id).await?
             {
-                state.push(client_view(&s, &room, &r, &p, &who).await?);
+                members.push(client_view(&s, &room, &r, &p, &who).await?);
             }
         }
-        body["state"] = json!(state);
+        body["state"] = json!(members);
     }
     Ok(Json(body))
 }

@@ -23,6 +23,7 @@ use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::filter;
 use crate::rooms::history::Direction;
+use crate::rooms::state::StateKey;
 use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::services::Services;
 use crate::services::accounts::Identity;
@@ -427,19 +428,34 @@ async fn room_entry(
         timeline.push(s.rooms.client_event(room, &e.record, &e.pdu, viewer, false).await?);
     }
 
+    // State: what the client lacks to know the state at the timeline's start. In full for
+    // rooms new to it; otherwise the changes since `since`, when the timeline does not show
+    // them all (it skipped events, or the filter hid some). A change the filter hid inside
+    // the timeline's span comes too (the state at its end), as Synapse sends it.
     let mut state_ids: Vec<String> = Vec::new();
-    if span.full || limited {
+    if span.full || limited || scanned.filtered_out {
         let at_start = s.rooms.state_ids_at(room, timeline_start).await?;
-        match (span.full, span.after) {
-            (false, Some(after)) => {
-                let at_after = s.rooms.state_ids_at(room, after).await?;
-                for (k, id) in &at_start {
-                    if at_after.get(k) != Some(id) {
-                        state_ids.push(id.clone());
-                    }
-                }
+        let at_end = if scanned.filtered_out {
+            s.rooms.state_ids_at(room, span.upper).await?
+        } else {
+            HashMap::new()
+        };
+        let known = match (span.full, span.after) {
+            (false, Some(after)) => s.rooms.state_ids_at(room, after).await?,
+            _ => HashMap::new(),
+        };
+        let keys: HashSet<_> = at_start.keys().chain(at_end.keys()).collect();
+        for key in keys {
+            let id = match at_end.get(key) {
+                Some(end) if !in_timeline.contains(end.as_str()) => Some(end),
+                _ => at_start.get(key),
+            };
+            if let Some(id) = id
+                && known.get(key) != Some(id)
+                && !in_timeline.contains(id.as_str())
+            {
+                state_ids.push(id.clone());
             }
-            _ => state_ids.extend(at_start.into_values()),
         }
     }
 
@@ -473,11 +489,26 @@ async fn room_entry(
         state_events.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
     }
     if lazy && !span.full {
-        // The timeline's senders' member events that the device may not have yet.
+        // The timeline's senders' member events as of the timeline's start, which the device
+        // may not have yet: the current one unless it is newer than that.
+        let mut at_start: Option<HashMap<StateKey, String>> = None;
         for sender in &wanted_members {
-            let Some(pdu) = room.state_event(&StateEventType::RoomMember, sender) else {
+            let Some(current) = room.state_event(&StateEventType::RoomMember, sender) else {
                 continue;
             };
+            let Some((mut record, mut pdu)) = s.rooms.event(current.event_id.as_str()).await?
+            else {
+                continue;
+            };
+            if record.pos > timeline_start {
+                if at_start.is_none() {
+                    at_start = Some(s.rooms.state_ids_at(room, timeline_start).await?);
+                }
+                let key = (StateEventType::RoomMember, (*sender).to_owned());
+                let Some(id) = at_start.as_ref().and_then(|m| m.get(&key)) else { continue };
+                let Some(earlier) = s.rooms.event(id).await? else { continue };
+                (record, pdu) = earlier;
+            }
             let id = pdu.event_id.as_str();
             let already = in_timeline.contains(id)
                 || sent_members.iter().any(|m| m == id)
@@ -486,10 +517,8 @@ async fn room_entry(
             if already || !filter::allows(state_filter, &pdu) {
                 continue;
             }
-            if let Some((record, pdu)) = s.rooms.event(id).await? {
-                sent_members.push(id.to_owned());
-                state_events.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
-            }
+            sent_members.push(id.to_owned());
+            state_events.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
         }
     }
     if lazy {

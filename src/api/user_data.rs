@@ -89,8 +89,11 @@ pub async fn set_room_account_data(
     Ruma(req): Ruma<set_room_account_data::v3::Request>,
 ) -> Result<RumaResponse<set_room_account_data::v3::Response>> {
     require_self(&who, &req.user_id, "account data")?;
-    if s.rooms.get(&req.room_id).is_none() {
-        return Err(Error::NotFound("Unknown room".into()));
+    // Only rooms the user has (or had) a membership in: the per-room caps then bound a
+    // user's account data by the rooms they joined, which the event rate limit paces.
+    let room = s.rooms.get(&req.room_id).ok_or_else(|| Error::NotFound("Unknown room".into()))?;
+    if room.membership_of(&who.user_id).is_none() {
+        return Err(Error::Forbidden("You have never been in this room".into()));
     }
     let content = raw(&req.data)?;
     s.user_data

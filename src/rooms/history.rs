@@ -17,6 +17,9 @@ use crate::storage::rooms::EventRecord;
 /// Most events one request examines in a room's timeline.
 pub const MAX_SCANNED: usize = 1000;
 
+/// Events the timestamp seek looks past (ones the user may not read) before giving up.
+const TIMESTAMP_SEEK_STEPS: usize = 64;
+
 /// Events read from storage per round trip.
 const BATCH: usize = 128;
 
@@ -44,6 +47,8 @@ pub struct Scanned {
     pub cursor: u64,
     /// Nothing is left in the scanned range.
     pub exhausted: bool,
+    /// The filter left out some of the events examined.
+    pub filtered_out: bool,
 }
 
 impl Rooms {
@@ -61,6 +66,7 @@ impl Rooms {
         let room_id = room.id.as_str();
         let mut events = Vec::new();
         let mut scanned = 0;
+        let mut filtered_out = false;
         // Clamp the range to what the user can possibly read.
         let (mut cursor, mut exhausted) = match direction {
             Direction::Backward { from, .. } => {
@@ -82,7 +88,9 @@ impl Rooms {
                         (Some(a), Some(b)) => Some(a.max(b)),
                         (a, b) => a.or(b),
                     };
-                    store.room_events(room_id, lower, Some(cursor + 1), true, want).await?
+                    store
+                        .room_events(room_id, lower, Some(cursor.saturating_add(1)), true, want)
+                        .await?
                 }
                 Direction::Forward { until, .. } => {
                     let top = until.unwrap_or(u64::MAX).min(access.until);
@@ -107,6 +115,7 @@ impl Rooms {
                 };
                 let Some((record, pdu)) = self.event(&event_id).await? else { continue };
                 let wanted = filter.is_none_or(|f| super::filter::allows(f, &pdu));
+                filtered_out |= !wanted;
                 if wanted && access.can_see(pos, &pdu) {
                     events.push(StoredEvent { pos, record, pdu });
                     if events.len() >= limit {
@@ -118,6 +127,63 @@ impl Rooms {
             let bottom = matches!(direction, Direction::Backward { .. }) && cursor == 0;
             exhausted = bottom || (short && !stopped_early);
         }
-        Ok(Scanned { events, cursor, exhausted })
+        Ok(Scanned { events, cursor, exhausted, filtered_out })
+    }
+
+    /// The event nearest to `ts` (milliseconds) at or after it (`backwards`: at or before)
+    /// that `access` lets the user see: one seek in the room's timestamp index, started at
+    /// the edge of what the user can read, looking past at most 64 events they may not, then
+    /// one bounded [`Rooms::scan`] of the timeline from there.
+    pub async fn event_near(
+        &self,
+        room: &Room,
+        access: &HistoryAccess,
+        ts: u64,
+        backwards: bool,
+    ) -> Result<Option<Pdu>> {
+        let store = self.store();
+        let room_id = room.id.as_str();
+        // Start within the readable window, so that what precedes (or follows) it costs
+        // nothing.
+        let edge = if backwards {
+            match access.until {
+                u64::MAX => None,
+                until => store
+                    .room_events(room_id, None, Some(until.saturating_add(1)), true, 1)
+                    .await?
+                    .pop(),
+            }
+        } else {
+            match access.from {
+                0 => None,
+                from => store.room_events(room_id, Some(from - 1), None, false, 1).await?.pop(),
+            }
+        };
+        let mut ts = ts;
+        if let Some((_, event_id)) = edge
+            && let Some((_, pdu)) = self.event(&event_id).await?
+        {
+            let edge_ts: u64 = pdu.origin_server_ts.get().into();
+            ts = if backwards { ts.min(edge_ts) } else { ts.max(edge_ts) };
+        }
+        let candidates =
+            store.room_events_by_ts(room_id, ts, backwards, TIMESTAMP_SEEK_STEPS).await?;
+        let mut last = None;
+        for (_, pos, event_id) in candidates {
+            let Some((_, pdu)) = self.event(&event_id).await? else { continue };
+            if access.can_see(pos, &pdu) {
+                return Ok(Some(pdu));
+            }
+            last = Some(pos);
+        }
+        // Past a run the user may not read (history before their join, say), the timeline
+        // itself is scanned on from there, within the bound of one scan.
+        let Some(last) = last else { return Ok(None) };
+        let direction = if backwards {
+            Direction::Backward { from: last.saturating_sub(1), until: None }
+        } else {
+            Direction::Forward { from: last, until: None }
+        };
+        Ok(self.scan(room, access, direction, 1, None).await?.events.pop().map(|e| e.pdu))
     }
 }

@@ -681,6 +681,12 @@ impl Rooms {
         } else {
             None
         };
+        // A member event that keeps the membership (a profile change) changes nothing the
+        // state-change index is read for: it gets no row, so the index grows with real
+        // membership changes only.
+        let same_membership = membership.as_ref().is_some_and(|(user, m)| {
+            UserId::parse(user.as_str()).is_ok_and(|u| inner.members.get(&u) == Some(m))
+        });
         let head = RoomHead {
             forward_extremities: vec![event_id.to_string()],
             depth: inner.head.depth + 1,
@@ -703,7 +709,7 @@ impl Rooms {
                 redacted_pdu: t.redacted.json.clone(),
             }),
             replaces_state,
-            state_change: state_change(&pdu),
+            state_change: if same_membership { None } else { state_change(&pdu) },
         };
         let visibility_change = match (&pdu.kind, pdu.state_key.as_deref()) {
             (TimelineEventType::RoomHistoryVisibility, Some("")) => {
@@ -826,6 +832,7 @@ async fn load_visibility(store: &dyn Store, room_id: &RoomId) -> Result<Visibili
 async fn index_state_changes(store: &dyn Store, room_id: &RoomId) -> Result<()> {
     let mut after = None;
     let mut entries = Vec::new();
+    let mut last_value: HashMap<(String, String), Option<String>> = HashMap::new();
     loop {
         let batch = store.room_events(room_id.as_str(), after, None, false, 1024).await?;
         let Some((last, _)) = batch.last() else { break };
@@ -833,6 +840,15 @@ async fn index_state_changes(store: &dyn Store, room_id: &RoomId) -> Result<()> 
         for (pos, event_id) in batch {
             let pdu = state::load_pdu(store, &event_id).await?;
             if let Some(change) = state_change(&pdu) {
+                // As when events are written: a member event keeping the membership adds
+                // no row.
+                let key = (change.kind.clone(), change.state_key.clone());
+                let value = change.change.value.clone();
+                let is_member = change.kind == "m.room.member";
+                if is_member && last_value.get(&key) == Some(&value) {
+                    continue;
+                }
+                last_value.insert(key, value);
                 entries.push((pos, change));
             }
         }

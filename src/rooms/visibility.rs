@@ -15,6 +15,7 @@ use ruma::UserId;
 use ruma::events::TimelineEventType;
 
 use super::pdu::Pdu;
+use super::state::StateMap;
 use super::{Room, Rooms};
 use crate::error::{Error, Result};
 
@@ -50,6 +51,8 @@ pub struct HistoryAccess {
     memberships: Vec<(u64, String)>,
     /// Every event is readable (joined now, and the room's history was never restricted).
     everything: bool,
+    /// The room's history is world-readable now.
+    world_readable_now: bool,
     user: String,
     /// The earliest position that can be readable.
     pub from: u64,
@@ -58,6 +61,21 @@ pub struct HistoryAccess {
 }
 
 impl HistoryAccess {
+    /// The stream position whose room state the user may read (`/state`, `/members`): the
+    /// current state for members and in rooms world-readable now; the state when they left
+    /// for former members. Invitees and users banned before they ever joined get 403 (an
+    /// invitee sees the stripped state of their invite, nothing more).
+    pub fn state_until(&self) -> Result<u64> {
+        if self.everything || self.world_readable_now {
+            return Ok(u64::MAX);
+        }
+        match self.memberships.last() {
+            Some((_, m)) if m == "join" => Ok(u64::MAX),
+            Some((left, _)) if self.ever_joined() => Ok(*left),
+            _ => Err(Error::Forbidden("You are not in this room".into())),
+        }
+    }
+
     /// Whether a coarse position window allows `pos` (a cheap pre-check; `can_see` decides).
     pub fn contains(&self, pos: u64) -> bool {
         self.from <= pos && pos <= self.until
@@ -84,8 +102,10 @@ impl HistoryAccess {
                 self.allows(after, membership, pos)
             }
             (TimelineEventType::RoomMember, Some(key)) if key == self.user => {
+                // As Synapse does, one always sees one's own departure from an invite or
+                // a join (else a rejected invite would never leave the client's list).
                 let after = self.membership_at(pos).or(membership);
-                self.allows(visibility, after, pos)
+                matches!(membership, Some("invite" | "join")) || self.allows(visibility, after, pos)
             }
             _ => false,
         }
@@ -138,7 +158,8 @@ pub struct MembershipAt {
     pub membership: String,
     /// Where this membership began (later member events that kept it do not count).
     pub since: u64,
-    /// The user's latest member event at or before the position asked about.
+    /// The latest index row at or before the position asked about: the event that last
+    /// changed the membership (a departure, for `leave` and `ban`).
     pub pos: u64,
 }
 
@@ -168,6 +189,37 @@ impl Rooms {
         Ok(Some(MembershipAt { membership, since, pos: last_pos }))
     }
 
+    /// The room state `user` may read, now or (`at`) as of a stream position: members read
+    /// the current state, former members the state when they left, anyone the state of a
+    /// room world-readable now ([`HistoryAccess::state_until`]). The state as of a past
+    /// position is readable only where the event it follows is (per-event visibility).
+    pub async fn visible_state(
+        &self,
+        room: &Room,
+        user: &UserId,
+        at: Option<u64>,
+    ) -> Result<Arc<StateMap>> {
+        let access = self.readable(room, user).await?;
+        let until = access.state_until()?;
+        let pos = at.map_or(until, |at| at.min(until));
+        if at.is_some() {
+            let before = self
+                .store()
+                .room_events(room.id.as_str(), None, Some(pos.saturating_add(1)), true, 1)
+                .await?;
+            if let Some((p, event_id)) = before.first() {
+                let visible =
+                    self.event(event_id).await?.is_some_and(|(_, pdu)| access.can_see(*p, &pdu));
+                if !visible {
+                    return Err(Error::Forbidden(
+                        "You may not see the room's state at that point".into(),
+                    ));
+                }
+            }
+        }
+        self.state_at(room, pos).await
+    }
+
     /// What `user` may read of `room`'s history. Refused (403) for users who never had a
     /// membership in the room unless its history is world-readable now, as Synapse does.
     pub async fn readable(&self, room: &Room, user: &UserId) -> Result<HistoryAccess> {
@@ -181,6 +233,7 @@ impl Rooms {
                 visibility,
                 memberships: Vec::new(),
                 everything: true,
+                world_readable_now: world_now,
                 user: user_id,
                 from: 0,
                 until: u64::MAX,
@@ -197,7 +250,15 @@ impl Rooms {
             return Err(Error::Forbidden("You are not in this room".into()));
         }
         let (from, until) = window(&visibility, &memberships);
-        Ok(HistoryAccess { visibility, memberships, everything: false, user: user_id, from, until })
+        Ok(HistoryAccess {
+            visibility,
+            memberships,
+            everything: false,
+            world_readable_now: world_now,
+            user: user_id,
+            from,
+            until,
+        })
     }
 }
 
@@ -250,6 +311,7 @@ mod tests {
             visibility,
             memberships,
             everything: false,
+            world_readable_now: false,
             user: "@bob:x".into(),
             from,
             until,
