@@ -4,14 +4,14 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/axon-target
 AXON_VENV ?= $(HOME)/.cache/axon-venv
 export CARGO_TARGET_DIR AXON_VENV
 
-.PHONY: run test deps test-deps bench lint user fuzz
+.PHONY: run test deps release-deps test-deps bench lint user fuzz
 
 ## Start a homeserver on 127.0.0.1:8008 with data under ./data.
-run: deps
+run: release-deps
 	cargo run --release
 
 ## Create an admin account on the server of `make run` (it may be running): make user NAME=alice
-user: deps
+user: release-deps
 	@test -n "$(NAME)" || { echo "usage: make user NAME=alice" >&2; exit 2; }
 	cargo run --release -q -- user create $(NAME) --admin
 
@@ -21,6 +21,9 @@ test: test-deps
 
 deps:
 	@scripts/bootstrap.sh
+
+release-deps:
+	@scripts/bootstrap.sh --release
 
 test-deps:
 	@scripts/bootstrap.sh --test
@@ -35,6 +38,6 @@ fuzz: deps
 	scripts/fuzz.sh
 
 ## Benchmarks against the release binary (see bench/README.md).
-bench: deps
+bench: release-deps
 	cargo build --release -p axon -p axon-bench
 	bench/run.sh

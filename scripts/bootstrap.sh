@@ -3,14 +3,21 @@
 # Idempotent and quiet when everything is there. Used by `make run`, `make test` and .ci/run.
 #
 #   scripts/bootstrap.sh          build prerequisites (libclang for the rocksdb crate's bindgen)
+#   scripts/bootstrap.sh --release
+#                                 the same, before a release build (`make run`): says so when
+#                                 that build will compile RocksDB for the first time
 #   scripts/bootstrap.sh --test   also the real-client test dependencies: a Python venv with
-#                                 matrix-nio, and matrix-js-sdk from npm
+#                                 matrix-nio, and matrix-js-sdk from npm (before a debug build)
 #   scripts/bootstrap.sh --check-libclang
 #                                 only say whether bindgen would find libclang (exit 0/1)
 set -euo pipefail
 
 want_test=0
-[[ "${1:-}" == "--test" ]] && want_test=1
+profile=""
+case "${1:-}" in
+    --test) want_test=1 profile=debug ;;
+    --release) profile=release ;;
+esac
 
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
@@ -74,9 +81,7 @@ have_libclang || apt_install libclang-dev
 command -v c++ >/dev/null || apt_install g++
 
 # The first build compiles RocksDB's C++ sources; say so rather than leave a long silence.
-profile=release
-[[ $want_test -eq 1 ]] && profile=debug
-if ! compgen -G "${CARGO_TARGET_DIR:-target}/$profile/build/librocksdb-sys-*/output" >/dev/null; then
+if [[ -n $profile ]] && ! compgen -G "${CARGO_TARGET_DIR:-target}/$profile/build/librocksdb-sys-*/output" >/dev/null; then
     echo "bootstrap: first $profile build: cargo compiles RocksDB (C++) once, about 10-15 minutes" \
         "on 2 cores; cargo shows its progress below. Later builds take seconds." >&2
 fi
