@@ -114,6 +114,9 @@ pub struct LimitsConfig {
     /// Distinct account-data types per user in each scope (global, and each room); 400
     /// `M_TOO_LARGE` above. Replacing an existing type is always allowed.
     pub max_account_data_types: usize,
+    /// Most messages one `sendToDevice` request may carry, counted as given and again after
+    /// `*` is expanded to the users' devices; 400 `M_TOO_LARGE` above.
+    pub to_device_max_messages: usize,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -211,6 +214,7 @@ impl Default for LimitsConfig {
             password_queue_per_core: 64,
             max_filters_per_user: 100,
             max_account_data_types: 1000,
+            to_device_max_messages: 10_000,
         }
     }
 }
@@ -290,6 +294,7 @@ impl Config {
             ("password_queue_per_core", self.limits.password_queue_per_core),
             ("max_filters_per_user", self.limits.max_filters_per_user),
             ("max_account_data_types", self.limits.max_account_data_types),
+            ("to_device_max_messages", self.limits.to_device_max_messages),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("limits.{name} must be at least 1")));

@@ -10,6 +10,7 @@ pub mod push;
 pub mod receipts;
 pub mod rooms;
 pub mod sync;
+pub mod to_device;
 pub mod user_data;
 
 use axum::Router;
@@ -141,7 +142,11 @@ pub fn client_routes() -> Router<AppState> {
         r,
         push::global,
     );
-    let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let mut r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
+        r,
+        to_device::send,
+    );
     for version in ["r0", "v3"] {
         r = r
             .route(&format!("/_matrix/client/{version}/account/3pid"), get(discovery::threepids))

@@ -43,11 +43,14 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
-/// `s<events>_<account data>`: the positions of the two streams the client has seen.
+/// `s<events>_<account data>_<to_device>`: the positions of the streams the client has
+/// seen. Missing parts read as 0, so older tokens stay valid; a fourth part (device lists)
+/// is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncToken {
     pub events: u64,
     pub account_data: u64,
+    pub to_device: u64,
 }
 
 impl SyncToken {
@@ -56,17 +59,23 @@ impl SyncToken {
         let rest = token.strip_prefix('s').ok_or_else(bad)?;
         let mut parts = rest.split('_');
         let events = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        let account_data = match parts.next() {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None => 0,
+        let mut next = || -> Result<u64> {
+            match parts.next() {
+                Some(p) => p.parse().map_err(|_| bad()),
+                None => Ok(0),
+            }
         };
-        Ok(Self { events, account_data })
+        let account_data = next()?;
+        let to_device = next()?;
+        // The fourth part (device lists) is checked but has no stream here yet.
+        next()?;
+        Ok(Self { events, account_data, to_device })
     }
 }
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}", self.events, self.account_data)
+        write!(f, "s{}_{}_{}", self.events, self.account_data, self.to_device)
     }
 }
 
@@ -144,11 +153,21 @@ pub async fn sync(
     let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
 
+    // Presenting a token acknowledges the to-device messages it covers.
+    let since_to_device = since_token.map_or(0, |t| t.to_device);
+    s.to_device.acknowledge(&who, since_to_device).await?;
+
     // Subscribe before looking, so that an event committed meanwhile still wakes us.
     let mut wake = s.rooms.notifier.subscribe(&who.user_id);
     loop {
-        let current =
-            SyncToken { events: s.rooms.committer.current(), account_data: s.user_data.current() };
+        let current = SyncToken {
+            events: s.rooms.committer.current(),
+            account_data: s.user_data.current(),
+            to_device: s.to_device.current(),
+        };
+        let (to_device, to_device_seen) =
+            s.to_device.pending(&who, since_to_device, current.to_device).await?;
+        let next_batch = SyncToken { to_device: to_device_seen, ..current };
         let account_data = s
             .user_data
             .changed(&who.user_id, opts.since_account_data, current.account_data)
@@ -156,13 +175,19 @@ pub async fn sync(
         let (global, by_room) = split_account_data(account_data, &opts.filter);
         let (rooms, empty) = build_rooms(&s, &who, &opts, current.events, &by_room).await?;
         let waited_enough = tokio::time::Instant::now() >= deadline;
-        if !empty || !global.is_empty() || since.is_none() || opts.full_state || waited_enough {
+        if !empty
+            || !global.is_empty()
+            || !to_device.is_empty()
+            || since.is_none()
+            || opts.full_state
+            || waited_enough
+        {
             return Ok(Json(json!({
-                "next_batch": current.to_string(),
+                "next_batch": next_batch.to_string(),
                 "rooms": rooms,
                 "presence": {"events": []},
                 "account_data": {"events": global},
-                "to_device": {"events": []},
+                "to_device": {"events": to_device},
                 "device_lists": {"changed": [], "left": []},
                 "device_one_time_keys_count": {},
             })));
@@ -542,4 +567,20 @@ async fn room_entry(
         },
         "state": {"events": state_events},
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncToken;
+
+    #[test]
+    fn older_and_longer_tokens_parse_with_missing_parts_as_zero() {
+        let t = |events, account_data, to_device| SyncToken { events, account_data, to_device };
+        assert_eq!(SyncToken::parse("s5").unwrap(), t(5, 0, 0));
+        assert_eq!(SyncToken::parse("s5_3").unwrap(), t(5, 3, 0));
+        assert_eq!(SyncToken::parse("s5_3_7").unwrap(), t(5, 3, 7));
+        assert_eq!(SyncToken::parse("s5_3_7_9").unwrap(), t(5, 3, 7));
+        assert!(SyncToken::parse("s5_3_x").is_err());
+        assert_eq!(t(5, 3, 7).to_string(), "s5_3_7");
+    }
 }

@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod lazy_members;
 pub mod passwords;
 pub mod ratelimit;
+pub mod to_device;
 pub mod tokens;
 pub mod uia;
 pub mod unread;
@@ -34,6 +35,8 @@ pub struct Services {
     pub unread: unread::Unread,
     /// Member events each device was sent (lazy-loading in `/sync`).
     pub lazy_members: lazy_members::LazyMembers,
+    /// Send-to-device messages and their stream.
+    pub to_device: to_device::ToDevice,
 }
 
 impl Services {
@@ -54,6 +57,13 @@ impl Services {
         let user_data =
             user_data::UserData::load(store.clone(), rooms.notifier.clone(), &config.limits)
                 .await?;
+        let to_device = to_device::ToDevice::load(
+            store.clone(),
+            rooms.notifier.clone(),
+            config.server_name.clone(),
+            config.limits.to_device_max_messages,
+        )
+        .await?;
         let services = Arc::new(Self {
             config,
             store,
@@ -63,6 +73,7 @@ impl Services {
             event_limiter,
             unread: unread::Unread::default(),
             lazy_members: lazy_members::LazyMembers::default(),
+            to_device,
         });
         // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
         // which need the services (weakly held: they end with the server).

@@ -12,6 +12,7 @@
 mod records;
 pub mod rocks;
 pub mod rooms;
+pub mod to_device;
 pub mod users;
 
 use async_trait::async_trait;
@@ -137,11 +138,21 @@ pub trait MetaStore: Send + Sync {
 
 /// Everything the services need from a database.
 pub trait Store:
-    AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore + users::UserDataStore
+    AccountStore
+    + RegistrationTokenStore
+    + MetaStore
+    + rooms::RoomStore
+    + users::UserDataStore
+    + to_device::ToDeviceStore
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore + users::UserDataStore
+    T: AccountStore
+        + RegistrationTokenStore
+        + MetaStore
+        + rooms::RoomStore
+        + users::UserDataStore
+        + to_device::ToDeviceStore
 {
 }

@@ -103,14 +103,15 @@ pub struct StateChangeWrite {
 }
 
 /// A client's transaction ID, scoped as the spec scopes it: to the device and the request
-/// path (room and `send/<event type>` or `redact/<event ID>`). The same ID in another room,
+/// path (room and `send/<event type>` or `redact/<event ID>`; no room and
+/// `sendToDevice/<event type>`). The same ID in another room,
 /// for another event type or on another endpoint is another transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TxnKey {
     pub localpart: String,
     pub device_id: String,
     pub room_id: String,
-    /// `send/<event type>` or `redact/<event ID>`.
+    /// `send/<event type>`, `redact/<event ID>` or `sendToDevice/<event type>`.
     pub request: String,
     pub txn_id: String,
 }
@@ -136,6 +137,17 @@ impl TxnKey {
         txn_id: &str,
     ) -> Self {
         Self::new(localpart, device_id, room_id, format!("redact/{event_id}"), txn_id)
+    }
+
+    /// `PUT /sendToDevice/{event_type}/{txn_id}`: no room (an empty room ID, which no room
+    /// has).
+    pub fn send_to_device(
+        localpart: &str,
+        device_id: &str,
+        event_type: &str,
+        txn_id: &str,
+    ) -> Self {
+        Self::new(localpart, device_id, "", format!("sendToDevice/{event_type}"), txn_id)
     }
 
     fn new(localpart: &str, device_id: &str, room_id: &str, request: String, txn_id: &str) -> Self {

@@ -71,6 +71,8 @@ mod cf {
     /// key, so "a user's memberships over time" and "the history visibility over time" are
     /// one prefix scan.
     pub const STATE_CHANGES: &str = "state_changes";
+    /// `localpart 0xFF device 0xFF pos(be64)` → a to-device message waiting for its device.
+    pub const TO_DEVICE: &str = "to_device";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -94,10 +96,12 @@ mod cf {
         PUBLIC_ROOMS,
         READ_POSITIONS,
         STATE_CHANGES,
+        TO_DEVICE,
     ];
 }
 
 mod rooms;
+mod to_device;
 mod users;
 
 pub struct RocksStore {
@@ -274,7 +278,8 @@ pub(super) fn scan(db: &DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Ve
     Ok(out)
 }
 
-/// Adds to `batch` the deletion of one device and every token issued to it.
+/// Adds to `batch` the deletion of one device, every token issued to it and the to-device
+/// messages waiting for it.
 fn delete_device_in(
     db: &DB,
     batch: &mut WriteBatch,
@@ -282,6 +287,7 @@ fn delete_device_in(
     device_id: &str,
 ) -> StorageResult<()> {
     batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
+    to_device::delete_device_messages_in(db, batch, localpart, device_id)?;
     revoke_device_tokens_in(db, batch, localpart, device_id)
 }
 

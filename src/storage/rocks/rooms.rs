@@ -25,7 +25,7 @@ struct AliasRecord {
 /// `localpart 0xFF device 0xFF room 0xFF request 0xFF txn_id`. Rows of the earlier
 /// `localpart 0xFF device 0xFF txn_id` layout are never matched (a txn ID holds no 0xFF),
 /// so they are harmless; see docs/ARCHITECTURE.md on why rows are kept.
-fn txn_key(t: &TxnKey) -> Vec<u8> {
+pub(super) fn txn_key(t: &TxnKey) -> Vec<u8> {
     key(&[
         t.localpart.as_bytes(),
         t.device_id.as_bytes(),
@@ -39,11 +39,11 @@ fn state_change_key(room_id: &str, kind: &str, state_key: &str, pos: u64) -> Vec
     key(&[room_id.as_bytes(), kind.as_bytes(), state_key.as_bytes(), &be(pos)])
 }
 
-fn be(pos: u64) -> [u8; 8] {
+pub(super) fn be(pos: u64) -> [u8; 8] {
     pos.to_be_bytes()
 }
 
-fn from_be(bytes: &[u8]) -> StorageResult<u64> {
+pub(super) fn from_be(bytes: &[u8]) -> StorageResult<u64> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
         what: "stream position",
         detail: format!("{} bytes", bytes.len()),

@@ -1,0 +1,174 @@
+//! Send-to-device messaging: per-device queues on one global to-device stream (the third
+//! part of sync tokens).
+//!
+//! A message waits for its device until a sync acknowledges it, by presenting a `since`
+//! token whose to-device part covers it; a response that is never read loses nothing, since
+//! the next sync from the old token delivers the same messages again. Writes are serialised
+//! so positions become visible in order; each wakes the recipients' pending syncs once
+//! durable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ruma::OwnedUserId;
+use ruma::events::AnyToDeviceEventContent;
+use ruma::serde::Raw;
+use ruma::to_device::DeviceIdOrAllDevices;
+
+use crate::error::{Error, Result};
+use crate::rooms::notify::Notifier;
+use crate::services::accounts::Identity;
+use crate::storage::rooms::TxnKey;
+use crate::storage::to_device::{ToDeviceMessage, ToDeviceSend, ToDeviceSent, ToDeviceTarget};
+use crate::storage::{StorageError, Store};
+
+/// Most messages one sync delivers; the next sync continues.
+pub const MAX_PER_SYNC: usize = 100;
+
+/// The messages of a `sendToDevice` request, as ruma parses them.
+pub type Messages =
+    BTreeMap<OwnedUserId, BTreeMap<DeviceIdOrAllDevices, Raw<AnyToDeviceEventContent>>>;
+
+pub struct ToDevice {
+    store: Arc<dyn Store>,
+    notifier: Arc<Notifier>,
+    server_name: String,
+    /// `limits.to_device_max_messages`: per request, counted as given (`*` is one) and
+    /// again after `*` is expanded to the users' devices.
+    max_messages: usize,
+    position: AtomicU64,
+    write: tokio::sync::Mutex<()>,
+}
+
+impl ToDevice {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        notifier: Arc<Notifier>,
+        server_name: String,
+        max_messages: usize,
+    ) -> Result<Self> {
+        let pos = store.max_to_device_pos().await?;
+        Ok(Self {
+            store,
+            notifier,
+            server_name,
+            max_messages,
+            position: AtomicU64::new(pos),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The to-device stream position everything up to which is stored and visible.
+    pub fn current(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// `PUT /sendToDevice/{event_type}/{txn_id}`. Messages for unknown users or devices are
+    /// dropped; remote users are ignored until federation exists. A retried transaction
+    /// stores nothing again.
+    pub async fn send(
+        &self,
+        who: &Identity,
+        event_type: &str,
+        txn_id: &str,
+        messages: Messages,
+    ) -> Result<()> {
+        let requested: usize = messages.values().map(BTreeMap::len).sum();
+        if requested > self.max_messages {
+            return Err(self.too_many());
+        }
+        let mut batch = Vec::with_capacity(requested);
+        let mut users = Vec::new();
+        for (user, devices) in messages {
+            let local = user.server_name().as_str() == self.server_name;
+            for (target, content) in devices {
+                let content = content.into_json();
+                // Valid JSON by now; an object is what the spec asks for.
+                if !content.get().starts_with('{') {
+                    return Err(Error::BadJson("A to-device message must be a JSON object".into()));
+                }
+                if !local {
+                    continue;
+                }
+                let target = match target {
+                    DeviceIdOrAllDevices::DeviceId(id) => ToDeviceTarget::Device(id.to_string()),
+                    DeviceIdOrAllDevices::AllDevices => ToDeviceTarget::AllDevices,
+                };
+                let message = ToDeviceMessage {
+                    sender: who.user_id.to_string(),
+                    kind: event_type.to_owned(),
+                    content,
+                };
+                batch.push((user.localpart().to_owned(), target, message));
+            }
+            if local {
+                users.push(user);
+            }
+        }
+
+        let _guard = self.write.lock().await;
+        let first_pos = self.current() + 1;
+        let send = ToDeviceSend {
+            txn: TxnKey::send_to_device(&who.localpart, who.device_id.as_str(), event_type, txn_id),
+            messages: batch,
+            first_pos,
+            max_messages: self.max_messages,
+        };
+        match self.store.send_to_device(send).await {
+            Ok(ToDeviceSent::Retry) => Ok(()),
+            Ok(ToDeviceSent::Stored { last_pos, recipients }) => {
+                if last_pos >= first_pos {
+                    self.position.store(last_pos, Ordering::Release);
+                    let woken = users
+                        .iter()
+                        .filter(|u| recipients.iter().any(|r| r == u.localpart()))
+                        .map(|u| &**u);
+                    self.notifier.wake(woken, last_pos);
+                }
+                Ok(())
+            }
+            Err(StorageError::TooMany) => Err(self.too_many()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The device's messages after position `after` up to `until`, at most
+    /// [`MAX_PER_SYNC`], and the position the client has seen once it has them: `until`,
+    /// or the last one delivered when more are waiting.
+    pub async fn pending(
+        &self,
+        who: &Identity,
+        after: u64,
+        until: u64,
+    ) -> Result<(Vec<ToDeviceMessage>, u64)> {
+        let rows = self
+            .store
+            .to_device_messages(&who.localpart, who.device_id.as_str(), after, until, MAX_PER_SYNC)
+            .await?;
+        let seen = match rows.last() {
+            Some((pos, _)) if rows.len() == MAX_PER_SYNC => *pos,
+            _ => until,
+        };
+        Ok((rows.into_iter().map(|(_, m)| m).collect(), seen))
+    }
+
+    /// The device's client has seen every message up to `upto` (its sync's `since`):
+    /// they are deleted. A position beyond the stream's (a forged token) deletes nothing
+    /// that is not there yet.
+    pub async fn acknowledge(&self, who: &Identity, upto: u64) -> Result<()> {
+        let upto = upto.min(self.current());
+        if upto == 0 {
+            return Ok(());
+        }
+        self.store.delete_to_device_messages(&who.localpart, who.device_id.as_str(), upto).await?;
+        Ok(())
+    }
+
+    fn too_many(&self) -> Error {
+        Error::TooMany(format!(
+            "At most {} to-device messages are accepted per request",
+            self.max_messages
+        ))
+    }
+}
