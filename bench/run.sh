@@ -5,6 +5,7 @@
 #   - idle RSS of the server process, after start-up and after the load
 #   - send -> sync latency at 100 and 1 000 events/s (axon-bench latency)
 #   - sustained events/s into one room and spread over 1 000 rooms (axon-bench throughput)
+#   - to-device messages/s delivered to 100 long-polling receivers (axon-bench to_device)
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -80,6 +81,7 @@ echo "== events"
 "$LOADGEN" "$base" latency 1000 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" throughput 1 64 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" throughput 1000 64 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" to_device 100 16 10 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 

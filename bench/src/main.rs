@@ -7,6 +7,11 @@
 //! axon-bench BASE_URL throughput ROOMS CONCURRENCY SECONDS
 //!                                                send as fast as CONCURRENCY senders can, spread
 //!                                                over ROOMS rooms; report events/s
+//! axon-bench BASE_URL to_device RECEIVERS SENDERS SECONDS
+//!                                                SENDERS senders send to-device messages as
+//!                                                fast as they can, each to one of RECEIVERS
+//!                                                users whose /sync long-poll is always pending;
+//!                                                report messages/s delivered
 //! ```
 //! The server must have open registration and generous rate limits (run.sh configures it).
 
@@ -26,6 +31,7 @@ struct Server {
 
 struct User {
     token: String,
+    user_id: String,
 }
 
 fn enc(s: &str) -> String {
@@ -62,7 +68,8 @@ impl Server {
             )
             .await?;
         let token = done["access_token"].as_str().ok_or_else(|| format!("register: {done}"))?;
-        Ok(User { token: token.to_owned() })
+        let user_id = done["user_id"].as_str().ok_or_else(|| format!("register: {done}"))?;
+        Ok(User { token: token.to_owned(), user_id: user_id.to_owned() })
     }
 
     async fn create_room(&self, user: &User) -> Result<String, Error> {
@@ -85,6 +92,17 @@ impl Server {
         let res = self.http.put(url).bearer_auth(&user.token).json(&body).send().await?;
         if !res.status().is_success() {
             return Err(format!("send: {}", res.status()).into());
+        }
+        Ok(())
+    }
+
+    /// One to-device message to every device of `to`.
+    async fn send_to_device(&self, user: &User, to: &User, txn: &str) -> Result<(), Error> {
+        let url = format!("{}/_matrix/client/v3/sendToDevice/m.bench/{txn}", self.base);
+        let body = json!({"messages": {&to.user_id: {"*": {"txn": txn}}}});
+        let res = self.http.put(url).bearer_auth(&user.token).json(&body).send().await?;
+        if !res.status().is_success() {
+            return Err(format!("sendToDevice: {}", res.status()).into());
         }
         Ok(())
     }
@@ -264,11 +282,95 @@ async fn throughput(
     Ok(())
 }
 
+async fn to_device(
+    server: Arc<Server>,
+    receivers: usize,
+    senders: usize,
+    secs: u64,
+) -> Result<(), Error> {
+    let mut recv = Vec::with_capacity(receivers);
+    for i in 0..receivers {
+        recv.push(Arc::new(server.register(&unique(&format!("tdr{i}x"))).await?));
+    }
+    let sender = Arc::new(server.register(&unique("tds")).await?);
+    let recv = Arc::new(recv);
+    let sent = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    // Receivers keep polling until everything sent has arrived (or 10 s after the end).
+    let give_up = deadline + Duration::from_secs(10);
+    let last_delivery = Arc::new(Mutex::new(started));
+
+    let mut pollers = Vec::new();
+    for r in recv.iter() {
+        let (server, r, delivered, last) =
+            (server.clone(), r.clone(), delivered.clone(), last_delivery.clone());
+        let (sent, errors) = (sent.clone(), errors.clone());
+        let since = server.sync(&r, None, 0).await?["next_batch"]
+            .as_str()
+            .ok_or("no next_batch")?
+            .to_owned();
+        pollers.push(tokio::spawn(async move {
+            let mut since = since;
+            loop {
+                let done = Instant::now() >= deadline
+                    && delivered.load(Ordering::Relaxed) >= sent.load(Ordering::Relaxed);
+                if done || Instant::now() >= give_up {
+                    break;
+                }
+                match server.sync(&r, Some(&since), 1000).await {
+                    Ok(body) => {
+                        let n = body["to_device"]["events"].as_array().map_or(0, Vec::len);
+                        if n > 0 {
+                            delivered.fetch_add(n as u64, Ordering::Relaxed);
+                            *last.lock().await = Instant::now();
+                        }
+                        if let Some(next) = body["next_batch"].as_str() {
+                            since = next.to_owned();
+                        }
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut workers = Vec::new();
+    for w in 0..senders {
+        let (server, sender, recv, sent, errors) =
+            (server.clone(), sender.clone(), recv.clone(), sent.clone(), errors.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < deadline {
+                let to = &recv[i % recv.len()];
+                match server.send_to_device(&sender, to, &format!("d{w}-{i}")).await {
+                    Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+                i += senders;
+            }
+        }));
+    }
+    for w in workers.into_iter().chain(pollers) {
+        let _ = w.await;
+    }
+    let (n_sent, n_delivered) = (sent.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed));
+    let elapsed = last_delivery.lock().await.duration_since(started).as_secs_f64().max(1e-9);
+    println!(
+        "to-device to {receivers} long-polling receivers, {senders} concurrent senders, {secs}s: {n_sent} sent, {n_delivered} delivered, {:.0} messages/s delivered, errors {}",
+        n_delivered as f64 / elapsed,
+        errors.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage =
-        "usage: axon-bench BASE_URL (latency RATE SECONDS | throughput ROOMS CONCURRENCY SECONDS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -276,6 +378,7 @@ async fn main() -> Result<(), Error> {
     match args.get(2).map(String::as_str) {
         Some("latency") => latency(server, num(3)?, num(4)?).await,
         Some("throughput") => throughput(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
+        Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
         _ => Err(usage.into()),
     }
 }
