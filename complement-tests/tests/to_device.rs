@@ -99,6 +99,26 @@ async fn at_most_100_messages_come_per_sync_and_the_next_sync_continues() {
 }
 
 #[tokio::test]
+async fn messages_and_the_stream_position_survive_a_restart() {
+    let mut s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    send(&s, &alice, "m.test", "t1", json!({ &bob.user_id: { &bob.device_id: {"n": 1} } })).await;
+    send(&s, &alice, "m.test", "t2", json!({ &bob.user_id: { &bob.device_id: {"n": 2} } })).await;
+    let first = s.sync(&bob, None, 0).await;
+    assert_eq!(to_device(&first).len(), 2);
+
+    s.crash_and_restart().await;
+    // Unacknowledged messages are still there.
+    assert_eq!(to_device(&s.sync(&bob, None, 0).await), to_device(&first));
+    // New messages get positions after the client's token, so they are delivered.
+    send(&s, &alice, "m.test", "t3", json!({ &bob.user_id: { &bob.device_id: {"n": 3} } })).await;
+    let next = s.sync(&bob, Some(&next_batch(&first)), 0).await;
+    let got: Vec<Value> = to_device(&next).iter().map(|e| e["content"]["n"].clone()).collect();
+    assert_eq!(got, vec![json!(3)]);
+}
+
+#[tokio::test]
 async fn a_retried_transaction_is_delivered_once() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;

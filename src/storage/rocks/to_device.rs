@@ -124,20 +124,26 @@ impl ToDeviceStore for RocksStore {
         upto: u64,
     ) -> StorageResult<()> {
         let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+        let queue = handle(&self.db, cf::TO_DEVICE)?;
+        let mut acknowledged = Vec::new();
+        for item in self.db.iterator_cf(queue, IteratorMode::From(&p, Direction::Forward)) {
+            let (k, _) = item?;
+            if !k.starts_with(&p) || from_be(&k[p.len()..])? > upto {
+                break;
+            }
+            acknowledged.push(k);
+        }
+        // Most syncs acknowledge nothing new: then no write and no fsync.
+        if acknowledged.is_empty() {
+            return Ok(());
+        }
         self.blocking(move |db, _| {
             let queue = handle(db, cf::TO_DEVICE)?;
             let mut batch = WriteBatch::default();
-            for item in db.iterator_cf(queue, IteratorMode::From(&p, Direction::Forward)) {
-                let (k, _) = item?;
-                if !k.starts_with(&p) || from_be(&k[p.len()..])? > upto {
-                    break;
-                }
+            for k in acknowledged {
                 batch.delete_cf(queue, k);
             }
-            // Most syncs acknowledge nothing new: no write, no fsync.
-            if !batch.is_empty() {
-                db.write_opt(batch, &synced())?;
-            }
+            db.write_opt(batch, &synced())?;
             Ok(())
         })
         .await
