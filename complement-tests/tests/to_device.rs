@@ -287,3 +287,34 @@ async fn a_deleted_devices_messages_are_gone() {
     let third = Session::from_json(&body);
     assert!(to_device(&s.sync(&third, None, 0).await).is_empty());
 }
+
+#[tokio::test]
+async fn a_new_device_with_a_deleted_devices_id_starts_its_transactions_afresh() {
+    let s = TestServer::start().await;
+    s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let alice2 = second_device(&s, "alice", "alice-password").await;
+    let messages = json!({ &bob.user_id: { &bob.device_id: {"n": 1} } });
+    send(&s, &alice2, "m.test", "t1", messages).await;
+
+    let (status, _) = s.post("/_matrix/client/v3/logout", alice2.token(), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "alice"},
+                "password": "alice-password",
+                "device_id": alice2.device_id,
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let again = Session::from_json(&body);
+    send(&s, &again, "m.test", "t1", json!({ &bob.user_id: { &bob.device_id: {"n": 2} } })).await;
+    let got: Vec<Value> =
+        to_device(&s.sync(&bob, None, 0).await).iter().map(|e| e["content"]["n"].clone()).collect();
+    assert_eq!(got, vec![json!(1), json!(2)]);
+}

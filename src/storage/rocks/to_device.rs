@@ -21,7 +21,8 @@ fn message_key(localpart: &str, device_id: &str, pos: u64) -> Vec<u8> {
     key(&[localpart.as_bytes(), device_id.as_bytes(), &be(pos)])
 }
 
-/// Adds to `batch` the deletion of every message waiting for a device.
+/// Adds to `batch` the deletion of every message waiting for a device, and of the
+/// transaction IDs of its `sendToDevice` requests (a later device of that ID starts afresh).
 pub(super) fn delete_device_messages_in(
     db: &DB,
     batch: &mut WriteBatch,
@@ -33,6 +34,12 @@ pub(super) fn delete_device_messages_in(
     let mut to = from.clone();
     to.extend_from_slice(&[0xFF; 9]);
     batch.delete_range_cf(handle(db, cf::TO_DEVICE)?, from, to);
+    // `localpart 0xFF device 0xFF (no room) 0xFF request 0xFF txn`: the request is UTF-8,
+    // never 0xFF, so every such key sorts before the prefix followed by 0xFF.
+    let from = prefix(&[localpart.as_bytes(), device_id.as_bytes(), b""]);
+    let mut to = from.clone();
+    to.push(0xFF);
+    batch.delete_range_cf(handle(db, cf::TXN_IDS)?, from, to);
     Ok(())
 }
 
