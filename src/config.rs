@@ -114,6 +114,9 @@ pub struct LimitsConfig {
     /// Distinct account-data types per user in each scope (global, and each room); 400
     /// `M_TOO_LARGE` above. Replacing an existing type is always allowed.
     pub max_account_data_types: usize,
+    /// Room keys stored in one version of a user's key backup; an upload that would store
+    /// more is refused whole with 400 `M_TOO_LARGE`. Replacing a stored key is always allowed.
+    pub max_backup_keys_per_version: usize,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -211,6 +214,7 @@ impl Default for LimitsConfig {
             password_queue_per_core: 64,
             max_filters_per_user: 100,
             max_account_data_types: 1000,
+            max_backup_keys_per_version: 1_000_000,
         }
     }
 }
@@ -290,6 +294,7 @@ impl Config {
             ("password_queue_per_core", self.limits.password_queue_per_core),
             ("max_filters_per_user", self.limits.max_filters_per_user),
             ("max_account_data_types", self.limits.max_account_data_types),
+            ("max_backup_keys_per_version", self.limits.max_backup_keys_per_version),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("limits.{name} must be at least 1")));

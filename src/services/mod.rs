@@ -5,6 +5,7 @@
 //! [`crate::error::Error`] values that `http::error` maps to Matrix errors.
 
 pub mod accounts;
+pub mod key_backup;
 pub mod lazy_members;
 pub mod passwords;
 pub mod ratelimit;
@@ -34,6 +35,8 @@ pub struct Services {
     pub unread: unread::Unread,
     /// Member events each device was sent (lazy-loading in `/sync`).
     pub lazy_members: lazy_members::LazyMembers,
+    /// Server-side key backups (`/room_keys`).
+    pub key_backup: key_backup::KeyBackup,
 }
 
 impl Services {
@@ -54,6 +57,8 @@ impl Services {
         let user_data =
             user_data::UserData::load(store.clone(), rooms.notifier.clone(), &config.limits)
                 .await?;
+        let key_backup =
+            key_backup::KeyBackup::new(store.clone(), config.limits.max_backup_keys_per_version);
         let services = Arc::new(Self {
             config,
             store,
@@ -63,6 +68,7 @@ impl Services {
             event_limiter,
             unread: unread::Unread::default(),
             lazy_members: lazy_members::LazyMembers::default(),
+            key_backup,
         });
         // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
         // which need the services (weakly held: they end with the server).

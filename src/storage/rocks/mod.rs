@@ -71,6 +71,11 @@ mod cf {
     /// key, so "a user's memberships over time" and "the history visibility over time" are
     /// one prefix scan.
     pub const STATE_CHANGES: &str = "state_changes";
+    /// `user_id 0xFF version(be64)` → [`BackupVersionRecord`](crate::storage::key_backup::BackupVersionRecord)
+    /// (empty: the tombstone of a deleted newest version).
+    pub const BACKUP_VERSIONS: &str = "backup_versions";
+    /// `user_id 0xFF version(be64) 0xFF room_id 0xFF session_id` → `KeyBackupData` JSON.
+    pub const BACKUP_KEYS: &str = "backup_keys";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -94,9 +99,12 @@ mod cf {
         PUBLIC_ROOMS,
         READ_POSITIONS,
         STATE_CHANGES,
+        BACKUP_VERSIONS,
+        BACKUP_KEYS,
     ];
 }
 
+mod key_backup;
 mod rooms;
 mod users;
 
