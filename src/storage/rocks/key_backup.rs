@@ -27,14 +27,18 @@ fn corrupt(detail: &str) -> StorageError {
     StorageError::Corrupt { what: cf::BACKUP_KEYS, detail: detail.to_owned() }
 }
 
-/// The newest version row of a user, tombstone included: (version, record or `None`).
-fn newest(db: &DB, user_id: &str) -> StorageResult<Option<(u64, Option<BackupVersionRecord>)>> {
+/// The newest version row of a user numbered `max` or lower, tombstone included: (version,
+/// record or `None` for the tombstone).
+fn newest_up_to(
+    db: &DB,
+    user_id: &str,
+    max: u64,
+) -> StorageResult<Option<(u64, Option<BackupVersionRecord>)>> {
     let p = prefix(&[user_id.as_bytes()]);
-    let mut upper = p.clone();
-    upper.extend_from_slice(&[0xFF; 9]);
+    let from = version_key(user_id, max);
     let iter = db.iterator_cf(
         handle(db, cf::BACKUP_VERSIONS)?,
-        IteratorMode::From(&upper, Direction::Reverse),
+        IteratorMode::From(&from, Direction::Reverse),
     );
     for item in iter {
         let (k, v) = item?;
@@ -46,6 +50,10 @@ fn newest(db: &DB, user_id: &str) -> StorageResult<Option<(u64, Option<BackupVer
         return Ok(Some((u64::from_be_bytes(be), record)));
     }
     Ok(None)
+}
+
+fn newest(db: &DB, user_id: &str) -> StorageResult<Option<(u64, Option<BackupVersionRecord>)>> {
+    newest_up_to(db, user_id, u64::MAX)
 }
 
 fn live_version(db: &DB, user_id: &str, version: u64) -> StorageResult<BackupVersionRecord> {
@@ -111,11 +119,12 @@ impl KeyBackupStore for RocksStore {
             let versions = handle(db, cf::BACKUP_VERSIONS)?;
             let mut batch = WriteBatch::default();
             let next = match newest(db, &user_id)? {
-                Some((v, None)) => {
-                    batch.delete_cf(versions, version_key(&user_id, v));
-                    v + 1
+                Some((v, record)) => {
+                    if record.is_none() {
+                        batch.delete_cf(versions, version_key(&user_id, v));
+                    }
+                    v.checked_add(1).ok_or(StorageError::TooMany)?
                 }
-                Some((v, Some(_))) => v + 1,
                 None => 1,
             };
             let record = BackupVersionRecord { algorithm, count: 0, etag: 0 };
@@ -142,26 +151,14 @@ impl KeyBackupStore for RocksStore {
         &self,
         user_id: &str,
     ) -> StorageResult<Option<(u64, BackupVersionRecord)>> {
-        let p = prefix(&[user_id.as_bytes()]);
-        let mut upper = p.clone();
-        upper.extend_from_slice(&[0xFF; 9]);
-        let db = &self.db;
-        let iter = db.iterator_cf(
-            handle(db, cf::BACKUP_VERSIONS)?,
-            IteratorMode::From(&upper, Direction::Reverse),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(&p) {
-                break;
+        let mut max = u64::MAX;
+        loop {
+            match newest_up_to(&self.db, user_id, max)? {
+                Some((v, Some(record))) => return Ok(Some((v, record))),
+                Some((v, None)) if v > 0 => max = v - 1,
+                _ => return Ok(None),
             }
-            let Ok(be) = <[u8; 8]>::try_from(&k[p.len()..]) else { continue };
-            if v.is_empty() {
-                continue;
-            }
-            return Ok(Some((u64::from_be_bytes(be), decode(cf::BACKUP_VERSIONS, &v)?)));
         }
-        Ok(None)
     }
 
     async fn update_backup_version(
