@@ -200,6 +200,12 @@ impl KeyBackup {
         }
     }
 
+    /// Deletes a user's whole backup, every version (account deactivation, as Synapse does).
+    pub async fn delete_all(&self, user: &UserId) -> Result<()> {
+        let _guard = self.lock(user).await;
+        Ok(self.store.delete_all_backups(user.as_str()).await?)
+    }
+
     /// Stores keys in the current version, keeping a stored key where the spec prefers it.
     pub async fn put_keys(
         &self,

@@ -85,9 +85,10 @@ impl Services {
     }
 
     /// What follows an account's deactivation, whether by its owner (`/account/deactivate`)
-    /// or an admin: the user leaves every room (declining invites), and with `erase` the
-    /// profile is cleared.
+    /// or an admin: the user's key backup is deleted, the user leaves every room (declining
+    /// invites), and with `erase` the profile is cleared.
     pub async fn after_deactivation(&self, user_id: &ruma::UserId, erase: bool) -> Result<()> {
+        self.key_backup.delete_all(user_id).await?;
         self.rooms.leave_all(user_id).await;
         if erase {
             self.rooms.set_profile(user_id, Some(None), Some(None)).await?;

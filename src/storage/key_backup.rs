@@ -77,6 +77,9 @@ pub trait KeyBackupStore: Send + Sync {
     /// exist.
     async fn delete_backup_version(&self, user_id: &str, version: u64) -> StorageResult<()>;
 
+    /// Deletes every version of a user's backup and their keys (account deactivation).
+    async fn delete_all_backups(&self, user_id: &str) -> StorageResult<()>;
+
     /// Stores keys in a version: a key for a session that has one already replaces it unless
     /// `keep` says the stored one stays. Count and etag (bumped when a key was written) are
     /// updated in the same write, and the version's record afterwards is returned.

@@ -201,6 +201,24 @@ impl KeyBackupStore for RocksStore {
         .await
     }
 
+    async fn delete_all_backups(&self, user_id: &str) -> StorageResult<()> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |db, _| {
+            let p = prefix(&[user_id.as_bytes()]);
+            let versions = handle(db, cf::BACKUP_VERSIONS)?;
+            let mut batch = WriteBatch::default();
+            for (suffix, _) in scan(db, cf::BACKUP_VERSIONS, &p)? {
+                let Ok(be) = <[u8; 8]>::try_from(&suffix[..]) else { continue };
+                let version = u64::from_be_bytes(be);
+                delete_all_keys_in(db, &mut batch, &user_id, version)?;
+                batch.delete_cf(versions, version_key(&user_id, version));
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn put_backup_keys(
         &self,
         user_id: &str,
@@ -332,4 +350,77 @@ fn delete_all_keys_in(
     };
     batch.delete_range_cf(handle(db, cf::BACKUP_KEYS)?, from, to);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn json(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    fn bk(room: &str, session: &str) -> BackupKey {
+        BackupKey { room_id: room.into(), session_id: session.into(), data: json("{}") }
+    }
+
+    async fn with_key(store: &RocksStore, user: &str, room: &str) -> u64 {
+        let v = store.create_backup_version(user, json(r#"{"algorithm":"a"}"#)).await.unwrap();
+        let keep: KeepExisting = Box::new(|_, _| false);
+        store.put_backup_keys(user, v, vec![bk(room, "s")], keep, 10).await.unwrap();
+        v
+    }
+
+    #[tokio::test]
+    async fn deleting_a_version_leaves_the_neighbouring_versions_and_users_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        // "@a:x" is a prefix of "@a:x.y": the separator keeps their rows apart.
+        let first = with_key(&store, "@a:x", "!r:x").await;
+        let second = with_key(&store, "@a:x", "!r:x").await;
+        let other = with_key(&store, "@a:x.y", "!r:x").await;
+        store.delete_backup_version("@a:x", first).await.unwrap();
+        assert!(store.backup_version("@a:x", first).await.unwrap().is_none());
+        let keys = store.backup_keys("@a:x", second, BackupKeyScope::All).await.unwrap();
+        assert_eq!(keys.len(), 1);
+        let keys = store.backup_keys("@a:x.y", other, BackupKeyScope::All).await.unwrap();
+        assert_eq!(keys.len(), 1);
+        let (latest, _) = store.latest_backup_version("@a:x").await.unwrap().unwrap();
+        assert_eq!(latest, second);
+    }
+
+    #[tokio::test]
+    async fn a_room_scope_does_not_reach_a_room_whose_id_it_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        let v = store.create_backup_version("@a:x", json("{}")).await.unwrap();
+        let keep: KeepExisting = Box::new(|_, _| false);
+        let keys = vec![bk("!r:x", "s1"), bk("!r:x.y", "s2")];
+        store.put_backup_keys("@a:x", v, keys, keep, 10).await.unwrap();
+        let record =
+            store.delete_backup_keys("@a:x", v, BackupKeyScope::Room("!r:x")).await.unwrap();
+        assert_eq!(record.count, 1);
+        let left = store.backup_keys("@a:x", v, BackupKeyScope::All).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].room_id.as_str(), left[0].session_id.as_str()), ("!r:x.y", "s2"));
+    }
+
+    #[tokio::test]
+    async fn deleting_all_backups_removes_every_version_and_key_of_that_user_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        let first = with_key(&store, "@a:x", "!r:x").await;
+        let second = with_key(&store, "@a:x", "!r:x").await;
+        store.delete_backup_version("@a:x", second).await.unwrap(); // leaves a tombstone
+        let other = with_key(&store, "@b:x", "!r:x").await;
+        store.delete_all_backups("@a:x").await.unwrap();
+        assert!(store.latest_backup_version("@a:x").await.unwrap().is_none());
+        assert!(store.backup_keys("@a:x", first, BackupKeyScope::All).await.unwrap().is_empty());
+        assert!(scan(&store.db, cf::BACKUP_VERSIONS, &prefix(&[b"@a:x"])).unwrap().is_empty());
+        assert!(scan(&store.db, cf::BACKUP_KEYS, &prefix(&[b"@a:x"])).unwrap().is_empty());
+        let keys = store.backup_keys("@b:x", other, BackupKeyScope::All).await.unwrap();
+        assert_eq!(keys.len(), 1);
+    }
 }
