@@ -117,6 +117,9 @@ pub struct LimitsConfig {
     /// Most messages one `sendToDevice` request may carry, counted as given and again after
     /// `*` is expanded to the users' devices; 400 `M_TOO_LARGE` above.
     pub to_device_max_messages: usize,
+    /// Room keys stored in one version of a user's key backup; an upload that would store
+    /// more is refused whole with 400 `M_TOO_LARGE`. Replacing a stored key is always allowed.
+    pub max_backup_keys_per_version: usize,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -215,6 +218,7 @@ impl Default for LimitsConfig {
             max_filters_per_user: 100,
             max_account_data_types: 1000,
             to_device_max_messages: 10_000,
+            max_backup_keys_per_version: 1_000_000,
         }
     }
 }
@@ -295,6 +299,7 @@ impl Config {
             ("max_filters_per_user", self.limits.max_filters_per_user),
             ("max_account_data_types", self.limits.max_account_data_types),
             ("to_device_max_messages", self.limits.to_device_max_messages),
+            ("max_backup_keys_per_version", self.limits.max_backup_keys_per_version),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("limits.{name} must be at least 1")));

@@ -60,6 +60,9 @@ pub enum Error {
     /// A well-formed request the server will not serve (an unsupported login type, say).
     #[error("{0}")]
     Unknown(String),
+    /// A key-backup write to a version that is not the current one.
+    #[error("Wrong backup version")]
+    WrongRoomKeysVersion { current_version: String },
     /// User-interactive authentication is required or a stage failed.
     #[error("User-interactive authentication required")]
     Uia(Box<UiaInfo>),

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
+pub mod key_backup;
 pub mod push;
 pub mod receipts;
 pub mod rooms;
@@ -142,6 +143,7 @@ pub fn client_routes() -> Router<AppState> {
         r,
         push::global,
     );
+    let r = key_backup_routes(r);
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     let mut r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
         r,
@@ -169,4 +171,26 @@ pub fn client_routes() -> Router<AppState> {
             );
     }
     r
+}
+
+/// `/room_keys`: server-side key backups.
+fn key_backup_routes(r: Router<AppState>) -> Router<AppState> {
+    use ruma::api::client::backup as b;
+    let r = route::<b::create_backup_version::v3::Request, _, _>(r, key_backup::create_version);
+    let r = route::<b::get_latest_backup_info::v3::Request, _, _>(r, key_backup::latest_version);
+    let r = route::<b::get_backup_info::v3::Request, _, _>(r, key_backup::get_version);
+    let r = route::<b::update_backup_version::v3::Request, _, _>(r, key_backup::update_version);
+    let r = route::<b::delete_backup_version::v3::Request, _, _>(r, key_backup::delete_version);
+    let r = route::<b::add_backup_keys::v3::Request, _, _>(r, key_backup::put_keys);
+    let r = route::<b::add_backup_keys_for_room::v3::Request, _, _>(r, key_backup::put_room_keys);
+    let r =
+        route::<b::add_backup_keys_for_session::v3::Request, _, _>(r, key_backup::put_session_key);
+    let r = route::<b::get_backup_keys::v3::Request, _, _>(r, key_backup::get_keys);
+    let r = route::<b::get_backup_keys_for_room::v3::Request, _, _>(r, key_backup::get_room_keys);
+    let r =
+        route::<b::get_backup_keys_for_session::v3::Request, _, _>(r, key_backup::get_session_key);
+    let r = route::<b::delete_backup_keys::v3::Request, _, _>(r, key_backup::delete_keys);
+    let r =
+        route::<b::delete_backup_keys_for_room::v3::Request, _, _>(r, key_backup::delete_room_keys);
+    route::<b::delete_backup_keys_for_session::v3::Request, _, _>(r, key_backup::delete_session_key)
 }

@@ -39,6 +39,7 @@ impl Error {
             Error::Conflict(_) => (S::CONFLICT, "M_UNKNOWN"),
             Error::BadState(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
+            Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::Storage(_) | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
@@ -62,6 +63,9 @@ impl IntoResponse for Error {
             }
             Error::LimitExceeded { retry_after_ms } => {
                 json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms})
+            }
+            Error::WrongRoomKeysVersion { current_version } => {
+                json!({"errcode": errcode, "error": self.to_string(), "current_version": current_version})
             }
             Error::Storage(_) | Error::Internal(_) => {
                 // The detail goes to the log, not to the client.

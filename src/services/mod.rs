@@ -5,6 +5,7 @@
 //! [`crate::error::Error`] values that `http::error` maps to Matrix errors.
 
 pub mod accounts;
+pub mod key_backup;
 pub mod lazy_members;
 pub mod passwords;
 pub mod ratelimit;
@@ -37,6 +38,8 @@ pub struct Services {
     pub lazy_members: lazy_members::LazyMembers,
     /// Send-to-device messages and their stream.
     pub to_device: to_device::ToDevice,
+    /// Server-side key backups (`/room_keys`).
+    pub key_backup: key_backup::KeyBackup,
 }
 
 impl Services {
@@ -64,6 +67,8 @@ impl Services {
             config.limits.to_device_max_messages,
         )
         .await?;
+        let key_backup =
+            key_backup::KeyBackup::new(store.clone(), config.limits.max_backup_keys_per_version);
         let services = Arc::new(Self {
             config,
             store,
@@ -74,6 +79,7 @@ impl Services {
             unread: unread::Unread::default(),
             lazy_members: lazy_members::LazyMembers::default(),
             to_device,
+            key_backup,
         });
         // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
         // which need the services (weakly held: they end with the server).
@@ -90,9 +96,10 @@ impl Services {
     }
 
     /// What follows an account's deactivation, whether by its owner (`/account/deactivate`)
-    /// or an admin: the user leaves every room (declining invites), and with `erase` the
-    /// profile is cleared.
+    /// or an admin: the user's key backup is deleted, the user leaves every room (declining
+    /// invites), and with `erase` the profile is cleared.
     pub async fn after_deactivation(&self, user_id: &ruma::UserId, erase: bool) -> Result<()> {
+        self.key_backup.delete_all(user_id).await?;
         self.rooms.leave_all(user_id).await;
         if erase {
             self.rooms.set_profile(user_id, Some(None), Some(None)).await?;

@@ -9,6 +9,7 @@
 //! whole or not at all, and once it returns `Ok` it survives kill -9 (see docs/ARCHITECTURE.md
 //! for which writes are fsynced).
 
+pub mod key_backup;
 mod records;
 pub mod rocks;
 pub mod rooms;
@@ -144,6 +145,7 @@ pub trait Store:
     + rooms::RoomStore
     + users::UserDataStore
     + to_device::ToDeviceStore
+    + key_backup::KeyBackupStore
 {
 }
 
@@ -154,5 +156,6 @@ impl<T> Store for T where
         + rooms::RoomStore
         + users::UserDataStore
         + to_device::ToDeviceStore
+        + key_backup::KeyBackupStore
 {
 }

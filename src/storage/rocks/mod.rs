@@ -73,6 +73,11 @@ mod cf {
     pub const STATE_CHANGES: &str = "state_changes";
     /// `localpart 0xFF device 0xFF pos(be64)` → a to-device message waiting for its device.
     pub const TO_DEVICE: &str = "to_device";
+    /// `user_id 0xFF version(be64)` → [`BackupVersionRecord`](crate::storage::key_backup::BackupVersionRecord)
+    /// (empty: the tombstone of a deleted newest version).
+    pub const BACKUP_VERSIONS: &str = "backup_versions";
+    /// `user_id 0xFF version(be64) 0xFF room_id 0xFF session_id` → `KeyBackupData` JSON.
+    pub const BACKUP_KEYS: &str = "backup_keys";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -97,9 +102,12 @@ mod cf {
         READ_POSITIONS,
         STATE_CHANGES,
         TO_DEVICE,
+        BACKUP_VERSIONS,
+        BACKUP_KEYS,
     ];
 }
 
+mod key_backup;
 mod rooms;
 mod to_device;
 mod users;
