@@ -6,6 +6,7 @@ pub mod admin;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
+pub mod e2ee_keys;
 pub mod push;
 pub mod receipts;
 pub mod rooms;
@@ -141,6 +142,9 @@ pub fn client_routes() -> Router<AppState> {
         r,
         push::global,
     );
+    let r = route::<ruma::api::client::keys::upload_keys::v3::Request, _, _>(r, e2ee_keys::upload);
+    let r = route::<ruma::api::client::keys::get_keys::v3::Request, _, _>(r, e2ee_keys::query);
+    let r = route::<ruma::api::client::keys::claim_keys::v3::Request, _, _>(r, e2ee_keys::claim);
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
         r = r

@@ -157,6 +157,8 @@ pub async fn sync(
         let (rooms, empty) = build_rooms(&s, &who, &opts, current.events, &by_room).await?;
         let waited_enough = tokio::time::Instant::now() >= deadline;
         if !empty || !global.is_empty() || since.is_none() || opts.full_state || waited_enough {
+            let one_time_keys_count = s.e2ee_keys.one_time_key_counts(&who).await?;
+            let unused_fallback_key_types = s.e2ee_keys.unused_fallback_key_types(&who).await?;
             return Ok(Json(json!({
                 "next_batch": current.to_string(),
                 "rooms": rooms,
@@ -164,7 +166,8 @@ pub async fn sync(
                 "account_data": {"events": global},
                 "to_device": {"events": []},
                 "device_lists": {"changed": [], "left": []},
-                "device_one_time_keys_count": {},
+                "device_one_time_keys_count": one_time_keys_count,
+                "device_unused_fallback_key_types": unused_fallback_key_types,
             })));
         }
         match tokio::time::timeout_at(deadline, wake.changed()).await {

@@ -5,6 +5,7 @@
 //! [`crate::error::Error`] values that `http::error` maps to Matrix errors.
 
 pub mod accounts;
+pub mod e2ee_keys;
 pub mod lazy_members;
 pub mod passwords;
 pub mod ratelimit;
@@ -27,6 +28,8 @@ pub struct Services {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub accounts: accounts::Accounts,
+    /// Device, one-time and fallback keys for end-to-end encryption.
+    pub e2ee_keys: e2ee_keys::E2eeKeys,
     pub rooms: Rooms,
     pub user_data: user_data::UserData,
     /// Events sent per user (`limits.events`), shared with the rooms service.
@@ -54,10 +57,12 @@ impl Services {
         let user_data =
             user_data::UserData::load(store.clone(), rooms.notifier.clone(), &config.limits)
                 .await?;
+        let e2ee_keys = e2ee_keys::E2eeKeys::new(config.server_name.clone(), store.clone());
         let services = Arc::new(Self {
             config,
             store,
             accounts,
+            e2ee_keys,
             rooms,
             user_data,
             event_limiter,

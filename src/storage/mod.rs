@@ -9,6 +9,7 @@
 //! whole or not at all, and once it returns `Ok` it survives kill -9 (see docs/ARCHITECTURE.md
 //! for which writes are fsynced).
 
+pub mod e2ee_keys;
 mod records;
 pub mod rocks;
 pub mod rooms;
@@ -137,11 +138,21 @@ pub trait MetaStore: Send + Sync {
 
 /// Everything the services need from a database.
 pub trait Store:
-    AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore + users::UserDataStore
+    AccountStore
+    + RegistrationTokenStore
+    + MetaStore
+    + rooms::RoomStore
+    + users::UserDataStore
+    + e2ee_keys::E2eeKeyStore
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + RegistrationTokenStore + MetaStore + rooms::RoomStore + users::UserDataStore
+    T: AccountStore
+        + RegistrationTokenStore
+        + MetaStore
+        + rooms::RoomStore
+        + users::UserDataStore
+        + e2ee_keys::E2eeKeyStore
 {
 }

@@ -71,6 +71,13 @@ mod cf {
     /// key, so "a user's memberships over time" and "the history visibility over time" are
     /// one prefix scan.
     pub const STATE_CHANGES: &str = "state_changes";
+    /// `localpart 0xFF device_id` → the device's keys JSON (`/keys/upload`).
+    pub const DEVICE_KEYS: &str = "device_keys";
+    /// `localpart 0xFF device_id 0xFF algorithm:key_id` → one-time key JSON.
+    pub const ONE_TIME_KEYS: &str = "one_time_keys";
+    /// `localpart 0xFF device_id 0xFF algorithm` →
+    /// [`FallbackKeyRecord`](crate::storage::e2ee_keys::FallbackKeyRecord).
+    pub const FALLBACK_KEYS: &str = "fallback_keys";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -94,9 +101,13 @@ mod cf {
         PUBLIC_ROOMS,
         READ_POSITIONS,
         STATE_CHANGES,
+        DEVICE_KEYS,
+        ONE_TIME_KEYS,
+        FALLBACK_KEYS,
     ];
 }
 
+mod e2ee_keys;
 mod rooms;
 mod users;
 
@@ -274,7 +285,8 @@ pub(super) fn scan(db: &DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Ve
     Ok(out)
 }
 
-/// Adds to `batch` the deletion of one device and every token issued to it.
+/// Adds to `batch` the deletion of one device, its end-to-end keys and every token issued
+/// to it.
 fn delete_device_in(
     db: &DB,
     batch: &mut WriteBatch,
@@ -282,6 +294,7 @@ fn delete_device_in(
     device_id: &str,
 ) -> StorageResult<()> {
     batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
+    e2ee_keys::delete_device_keys_in(db, batch, localpart, device_id)?;
     revoke_device_tokens_in(db, batch, localpart, device_id)
 }
 

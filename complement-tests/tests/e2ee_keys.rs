@@ -1,0 +1,402 @@
+//! End-to-end encryption keys: `/keys/upload`, `/keys/query`, `/keys/claim`, and the key
+//! counts in `/sync`. Test devices sign their keys with an ed25519 key of their own, in
+//! canonical JSON, as clients (vodozemac) do.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use complement_tests::{Session, TestServer, Value, assert_error, json};
+use ed25519_dalek::{Signer, SigningKey};
+
+const UPLOAD: &str = "/_matrix/client/v3/keys/upload";
+const QUERY: &str = "/_matrix/client/v3/keys/query";
+const CLAIM: &str = "/_matrix/client/v3/keys/claim";
+
+fn b64(bytes: &[u8]) -> String {
+    STANDARD_NO_PAD.encode(bytes)
+}
+
+/// A client device with its ed25519 identity key.
+struct Device {
+    session: Session,
+    key: SigningKey,
+}
+
+impl Device {
+    fn new(session: Session, seed: u8) -> Self {
+        Self { session, key: SigningKey::from_bytes(&[seed; 32]) }
+    }
+
+    fn key_id(&self) -> String {
+        format!("ed25519:{}", self.session.device_id)
+    }
+
+    /// Signs `object` (without `signatures` and `unsigned`, in canonical JSON: serde_json
+    /// sorts keys and writes no spaces) with this device's key.
+    fn sign(&self, mut object: Value) -> Value {
+        let mut unsigned = object.clone();
+        let map = unsigned.as_object_mut().unwrap();
+        map.remove("signatures");
+        map.remove("unsigned");
+        let signature = self.key.sign(serde_json::to_string(&unsigned).unwrap().as_bytes());
+        object["signatures"][&self.session.user_id][self.key_id()] =
+            json!(b64(&signature.to_bytes()));
+        object
+    }
+
+    /// Device keys for this device, signed by it. `curve` varies the curve25519 key.
+    fn device_keys(&self, curve: u8) -> Value {
+        let d = &self.session.device_id;
+        self.sign(json!({
+            "user_id": self.session.user_id,
+            "device_id": d,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{d}"): b64(&[curve; 32]),
+                format!("ed25519:{d}"): b64(self.key.verifying_key().as_bytes()),
+            },
+        }))
+    }
+
+    /// A signed curve25519 one-time key (`fallback` marks a fallback key).
+    fn one_time_key(&self, seed: u8, fallback: bool) -> Value {
+        let mut key = json!({"key": b64(&[seed; 32])});
+        if fallback {
+            key["fallback"] = json!(true);
+        }
+        self.sign(key)
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.session.token()
+    }
+}
+
+async fn device(s: &TestServer, name: &str, seed: u8) -> Device {
+    Device::new(s.register(name, &format!("{name}-password")).await, seed)
+}
+
+async fn query(s: &TestServer, asker: &Device, user: &str) -> Value {
+    let (status, body) = s.post(QUERY, asker.token(), json!({"device_keys": {user: []}})).await;
+    assert_eq!(status, 200, "query: {body}");
+    body
+}
+
+async fn claim(s: &TestServer, asker: &Device, owner: &Device) -> Value {
+    let (status, body) = s
+        .post(
+            CLAIM,
+            asker.token(),
+            json!({"one_time_keys": {&owner.session.user_id: {&owner.session.device_id: "signed_curve25519"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "claim: {body}");
+    body
+}
+
+#[tokio::test]
+async fn keys_query_for_oneself_right_after_registration_succeeds() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let body = query(&s, &alice, &alice.session.user_id).await;
+    assert_eq!(body["device_keys"][&alice.session.user_id], json!({}), "{body}");
+}
+
+#[tokio::test]
+async fn uploaded_device_keys_are_returned_by_query_with_the_display_name() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let path = format!("/_matrix/client/v3/devices/{}", alice.session.device_id);
+    assert_eq!(s.put(&path, alice.token(), json!({"display_name": "Laptop"})).await.0, 200);
+    let keys = alice.device_keys(7);
+    let (status, body) = s.post(UPLOAD, alice.token(), json!({"device_keys": keys})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 0, "{body}");
+
+    let body = query(&s, &bob, &alice.session.user_id).await;
+    let got = &body["device_keys"][&alice.session.user_id][&alice.session.device_id];
+    assert_eq!(got["unsigned"]["device_display_name"], "Laptop", "{body}");
+    let mut without_unsigned = got.clone();
+    without_unsigned.as_object_mut().unwrap().remove("unsigned");
+    assert_eq!(without_unsigned, keys);
+}
+
+#[tokio::test]
+async fn query_lists_only_the_requested_devices() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    s.post(UPLOAD, alice.token(), json!({"device_keys": alice.device_keys(7)})).await;
+    let (status, body) = s
+        .post(QUERY, alice.token(), json!({"device_keys": {&alice.session.user_id: ["OTHER"]}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["device_keys"][&alice.session.user_id], json!({}), "{body}");
+}
+
+#[tokio::test]
+async fn query_reports_other_servers_as_failures_and_unknown_users_as_empty() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let (status, body) = s
+        .post(
+            QUERY,
+            alice.token(),
+            json!({"device_keys": {"@bob:elsewhere.example": [], "@nobody:localhost": []}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["failures"]["elsewhere.example"].is_object(), "{body}");
+    assert!(body["device_keys"].get("@bob:elsewhere.example").is_none(), "{body}");
+    let nobody = &body["device_keys"]["@nobody:localhost"];
+    assert!(nobody.is_null() || *nobody == json!({}), "{body}");
+}
+
+#[tokio::test]
+async fn device_keys_with_a_bad_signature_are_refused() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let mut keys = alice.device_keys(7);
+    keys["algorithms"] = json!(["m.megolm.v1.aes-sha2"]); // changed after signing
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"device_keys": keys})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let mut unsigned = alice.device_keys(7);
+    unsigned["signatures"] = json!({});
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"device_keys": unsigned})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    // Signed by a key other than the device's ed25519 key it lists.
+    let impostor = Device::new(alice.session.clone(), 9);
+    let mut keys = alice.device_keys(7);
+    keys.as_object_mut().unwrap().remove("signatures");
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"device_keys": impostor.sign(keys)})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let body = query(&s, &alice, &alice.session.user_id).await;
+    assert_eq!(body["device_keys"][&alice.session.user_id], json!({}), "stored anyway: {body}");
+}
+
+#[tokio::test]
+async fn device_keys_of_another_device_are_refused() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    // Bob's correctly signed keys, uploaded with Alice's token.
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"device_keys": bob.device_keys(7)})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // Keys naming another device of Alice's, signed by that device's key.
+    let mut other = Device::new(alice.session.clone(), 3);
+    other.session.device_id = "OTHERDEVICE".into();
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"device_keys": other.device_keys(7)})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let body = query(&s, &bob, &bob.session.user_id).await;
+    assert_eq!(body["device_keys"][&bob.session.user_id], json!({}), "{body}");
+}
+
+#[tokio::test]
+async fn device_keys_cannot_be_replaced_once_uploaded() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let first = alice.device_keys(7);
+    assert_eq!(s.post(UPLOAD, alice.token(), json!({"device_keys": first})).await.0, 200);
+    // The same keys again (a retry) are fine.
+    assert_eq!(s.post(UPLOAD, alice.token(), json!({"device_keys": first})).await.0, 200);
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"device_keys": alice.device_keys(8)})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let body = query(&s, &alice, &alice.session.user_id).await;
+    let got = &body["device_keys"][&alice.session.user_id][&alice.session.device_id];
+    assert_eq!(got["keys"], first["keys"], "{body}");
+}
+
+#[tokio::test]
+async fn malformed_key_json_is_refused() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"device_keys": {"user_id": 5}})).await,
+        400,
+        "M_BAD_JSON",
+    );
+    s.post(UPLOAD, alice.token(), json!({"device_keys": alice.device_keys(7)})).await;
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"one_time_keys": {"signed_curve25519:A": 5}})).await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &s.post(UPLOAD, alice.token(), json!({"one_time_keys": {"signed_curve25519:A": {}}})).await,
+        400,
+        "M_BAD_JSON",
+    );
+}
+
+#[tokio::test]
+async fn a_one_time_key_with_a_bad_signature_is_refused() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let mut otk = alice.one_time_key(10, false);
+    otk["key"] = json!(b64(&[11; 32]));
+    let (status, body) = s
+        .post(
+            UPLOAD,
+            alice.token(),
+            json!({"device_keys": alice.device_keys(7), "one_time_keys": {"signed_curve25519:A": otk}}),
+        )
+        .await;
+    assert_error(&(status, body), 400, "M_INVALID_PARAM");
+    // Nothing of the refused upload was stored, the device keys included.
+    let body = query(&s, &alice, &alice.session.user_id).await;
+    assert_eq!(body["device_keys"][&alice.session.user_id], json!({}), "{body}");
+}
+
+#[tokio::test]
+async fn a_reused_one_time_key_id_with_other_content_is_refused() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let otk = alice.one_time_key(10, false);
+    let (status, body) = s
+        .post(
+            UPLOAD,
+            alice.token(),
+            json!({"device_keys": alice.device_keys(7), "one_time_keys": {"signed_curve25519:A": otk}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 1, "{body}");
+    // The same key again is a harmless retry.
+    let (status, body) =
+        s.post(UPLOAD, alice.token(), json!({"one_time_keys": {"signed_curve25519:A": otk}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 1, "{body}");
+    let other = alice.one_time_key(12, false);
+    assert_error(
+        &s.post(
+            UPLOAD,
+            alice.token(),
+            json!({"one_time_keys": {"signed_curve25519:B": otk, "signed_curve25519:A": other}}),
+        )
+        .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    // Nothing of the refused upload was stored (not even key B).
+    let (_, body) = s.post(UPLOAD, alice.token(), json!({})).await;
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 1, "{body}");
+}
+
+#[tokio::test]
+async fn a_claimed_one_time_key_is_handed_out_once() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let otk = alice.one_time_key(10, false);
+    s.post(
+        UPLOAD,
+        alice.token(),
+        json!({"device_keys": alice.device_keys(7), "one_time_keys": {"signed_curve25519:A": otk}}),
+    )
+    .await;
+    let body = claim(&s, &bob, &alice).await;
+    let got = &body["one_time_keys"][&alice.session.user_id][&alice.session.device_id];
+    assert_eq!(got["signed_curve25519:A"], otk, "{body}");
+    let body = claim(&s, &bob, &alice).await;
+    assert_eq!(body["one_time_keys"], json!({}), "claimed twice: {body}");
+    let (_, body) = s.post(UPLOAD, alice.token(), json!({})).await;
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 0, "{body}");
+}
+
+#[tokio::test]
+async fn a_claim_for_an_unknown_user_or_device_is_empty() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let (status, body) = s
+        .post(
+            CLAIM,
+            alice.token(),
+            json!({"one_time_keys": {
+                "@nobody:localhost": {"DEV": "signed_curve25519"},
+                &alice.session.user_id: {"NODEVICE": "signed_curve25519"},
+            }}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_keys"], json!({}), "{body}");
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_the_last_key_get_it_once_and_then_the_fallback_key() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let carol = device(&s, "carol", 3).await;
+    let otk = alice.one_time_key(10, false);
+    let fallback = alice.one_time_key(20, true);
+    let (status, body) = s
+        .post(
+            UPLOAD,
+            alice.token(),
+            json!({
+                "device_keys": alice.device_keys(7),
+                "one_time_keys": {"signed_curve25519:A": otk},
+                "fallback_keys": {"signed_curve25519:F": fallback},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sync = s.sync(&alice.session, None, 0).await;
+    assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "{sync}");
+    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 1, "{sync}");
+
+    let (b, c) = tokio::join!(claim(&s, &bob, &alice), claim(&s, &carol, &alice));
+    let mut got: Vec<Value> = [b, c]
+        .iter()
+        .map(|body| body["one_time_keys"][&alice.session.user_id][&alice.session.device_id].clone())
+        .collect();
+    got.sort_by_key(|k| k.to_string());
+    assert_eq!(
+        got,
+        vec![json!({"signed_curve25519:A": otk}), json!({"signed_curve25519:F": fallback})]
+    );
+
+    // The fallback key stays available, now reported as used.
+    let body = claim(&s, &bob, &alice).await;
+    let again = &body["one_time_keys"][&alice.session.user_id][&alice.session.device_id];
+    assert_eq!(again["signed_curve25519:F"], fallback, "{body}");
+    let sync = s.sync(&alice.session, None, 0).await;
+    assert_eq!(sync["device_unused_fallback_key_types"], json!([]), "{sync}");
+    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 0, "{sync}");
+}
+
+#[tokio::test]
+async fn a_logged_out_device_loses_its_keys() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    s.post(
+        UPLOAD,
+        alice.token(),
+        json!({"device_keys": alice.device_keys(7), "one_time_keys": {"signed_curve25519:A": alice.one_time_key(10, false)}}),
+    )
+    .await;
+    let body = query(&s, &bob, &alice.session.user_id).await;
+    assert!(body["device_keys"][&alice.session.user_id][&alice.session.device_id].is_object());
+    assert_eq!(s.post("/_matrix/client/v3/logout", alice.token(), json!({})).await.0, 200);
+    let body = query(&s, &bob, &alice.session.user_id).await;
+    assert_eq!(body["device_keys"][&alice.session.user_id], json!({}), "{body}");
+    assert_eq!(claim(&s, &bob, &alice).await["one_time_keys"], json!({}));
+}

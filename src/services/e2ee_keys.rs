@@ -1,0 +1,290 @@
+//! End-to-end encryption keys (`/keys/upload`, `/keys/query`, `/keys/claim`): device
+//! identity keys, one-time keys and fallback keys.
+//!
+//! The server never sees private keys; it checks what it can (device keys belong to the
+//! uploading device and are signed by its own ed25519 key; signed one-time keys are signed by
+//! it too), keeps device keys immutable, and hands each one-time key out once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
+use ruma::encryption::DeviceKeys;
+use ruma::serde::{Base64, Raw};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, DeviceKeyAlgorithm, OneTimeKeyAlgorithm,
+    OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, ServerName, UInt, UserId,
+};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::services::accounts::Identity;
+use crate::storage::e2ee_keys::{FallbackKeyRecord, KeyUpload};
+use crate::storage::{StorageError, Store};
+
+pub struct E2eeKeys {
+    server_name: String,
+    store: Arc<dyn Store>,
+}
+
+/// The algorithm clients count one-time keys of; always reported, zero included, because
+/// clients (vodozemac's) read a missing count as "unknown" rather than zero.
+const SIGNED_CURVE25519: &str = "signed_curve25519";
+
+impl E2eeKeys {
+    pub fn new(server_name: String, store: Arc<dyn Store>) -> Self {
+        Self { server_name, store }
+    }
+
+    fn is_local(&self, server: &ServerName) -> bool {
+        server.as_str() == self.server_name
+    }
+
+    /// `POST /keys/upload` for the caller's own device. Nothing is stored unless the whole
+    /// upload is valid.
+    pub async fn upload(
+        &self,
+        who: &Identity,
+        req: upload_keys::v3::Request,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        let mut upload = KeyUpload::default();
+        let signing_key = match &req.device_keys {
+            Some(raw) => {
+                let (json, key) = self.check_device_keys(who, raw)?;
+                upload.device_keys = Some(json);
+                Some(key)
+            }
+            None => match self.store.device_keys(&who.localpart, who.device_id.as_str()).await? {
+                Some(stored) => Some(device_ed25519_key(who, &canonical(&stored)?)?),
+                None => None,
+            },
+        };
+        for (id, raw) in &req.one_time_keys {
+            let json = check_one_time_key(who, signing_key.as_deref(), id, raw.json().get())?;
+            upload.one_time_keys.push((id.to_string(), json));
+        }
+        for (id, raw) in &req.fallback_keys {
+            let json = check_one_time_key(who, signing_key.as_deref(), id, raw.json().get())?;
+            let algorithm = id.algorithm().to_string();
+            if upload.fallback_keys.iter().any(|(a, _)| *a == algorithm) {
+                return Err(Error::InvalidParam(format!(
+                    "At most one fallback key per algorithm; several {algorithm} keys given"
+                )));
+            }
+            upload.fallback_keys.push((
+                algorithm,
+                FallbackKeyRecord { key_id: id.to_string(), key: json, used: false },
+            ));
+        }
+        match self.store.upload_keys(&who.localpart, who.device_id.as_str(), upload).await {
+            Err(StorageError::AlreadyExists) => {
+                return Err(Error::InvalidParam(
+                    "Keys with these IDs were already uploaded with different content".into(),
+                ));
+            }
+            other => other?,
+        }
+        self.one_time_key_counts(who).await
+    }
+
+    /// Checks uploaded device keys; returns their canonical JSON (without `unsigned`) and
+    /// the device's ed25519 key.
+    fn check_device_keys(&self, who: &Identity, raw: &Raw<DeviceKeys>) -> Result<(String, String)> {
+        let keys: DeviceKeys =
+            raw.deserialize().map_err(|e| Error::BadJson(format!("Invalid device_keys: {e}")))?;
+        if keys.user_id != who.user_id || keys.device_id != who.device_id {
+            return Err(Error::Forbidden(
+                "device_keys may only be uploaded for the requesting device".into(),
+            ));
+        }
+        let mut object = canonical(raw.json().get())?;
+        object.remove("unsigned");
+        let ed25519 = device_ed25519_key(who, &object)?;
+        verify_signature(who, &ed25519, &object)?;
+        Ok((canonical_string(&object)?, ed25519))
+    }
+
+    /// The unclaimed one-time keys of the caller's device, per algorithm
+    /// (`signed_curve25519` always present).
+    pub async fn one_time_key_counts(
+        &self,
+        who: &Identity,
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        let mut counts: BTreeMap<OneTimeKeyAlgorithm, UInt> = self
+            .store
+            .one_time_key_counts(&who.localpart, who.device_id.as_str())
+            .await?
+            .into_iter()
+            .map(|(algorithm, n)| {
+                (OneTimeKeyAlgorithm::from(algorithm), UInt::try_from(n).unwrap_or(UInt::MAX))
+            })
+            .collect();
+        counts.entry(OneTimeKeyAlgorithm::from(SIGNED_CURVE25519)).or_insert(UInt::MIN);
+        Ok(counts)
+    }
+
+    /// The algorithms of the caller's device's fallback keys that were not used yet.
+    pub async fn unused_fallback_key_types(&self, who: &Identity) -> Result<Vec<String>> {
+        Ok(self.store.unused_fallback_key_types(&who.localpart, who.device_id.as_str()).await?)
+    }
+
+    /// `POST /keys/query`: the device keys of local users (each with its display name in
+    /// `unsigned`); users of other servers are reported in `failures` until federation
+    /// exists; unknown users and devices are left out.
+    pub async fn query(
+        &self,
+        request: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<get_keys::v3::Response> {
+        let mut response = get_keys::v3::Response::new();
+        for (user_id, wanted) in request {
+            if !self.is_local(user_id.server_name()) {
+                response.failures.insert(user_id.server_name().to_string(), serde_json::json!({}));
+                continue;
+            }
+            let devices = self.user_devices(&user_id, &wanted).await?;
+            response.device_keys.insert(user_id, devices);
+        }
+        Ok(response)
+    }
+
+    async fn user_devices(
+        &self,
+        user_id: &UserId,
+        wanted: &[OwnedDeviceId],
+    ) -> Result<BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>> {
+        let localpart = user_id.localpart();
+        let names: BTreeMap<String, Option<String>> = self
+            .store
+            .devices(localpart)
+            .await?
+            .into_iter()
+            .map(|d| (d.device_id, d.display_name))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (device_id, json) in self.store.user_device_keys(localpart).await? {
+            let Some(name) = names.get(&device_id) else { continue };
+            if !wanted.is_empty() && !wanted.iter().any(|d| d.as_str() == device_id) {
+                continue;
+            }
+            let mut object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&json)
+                    .map_err(|e| Error::Internal(format!("stored device keys: {e}")))?;
+            if let Some(name) = name {
+                object
+                    .insert("unsigned".into(), serde_json::json!({ "device_display_name": name }));
+            }
+            let raw = serde_json::value::to_raw_value(&object)
+                .map_err(|e| Error::Internal(format!("device keys: {e}")))?;
+            out.insert(OwnedDeviceId::from(device_id), Raw::from_json(raw));
+        }
+        Ok(out)
+    }
+
+    /// `POST /keys/claim`: one key per requested device, a one-time key while any is left,
+    /// else the device's fallback key. Unknown users and devices get nothing, not an error.
+    pub async fn claim(
+        &self,
+        request: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+    ) -> Result<claim_keys::v3::Response> {
+        let mut response = claim_keys::v3::Response::new(BTreeMap::new());
+        for (user_id, devices) in request {
+            if !self.is_local(user_id.server_name()) {
+                response.failures.insert(user_id.server_name().to_string(), serde_json::json!({}));
+                continue;
+            }
+            let mut claimed = BTreeMap::new();
+            for (device_id, algorithm) in devices {
+                let found = self
+                    .store
+                    .claim_key(user_id.localpart(), device_id.as_str(), algorithm.as_str())
+                    .await?;
+                let Some((id, json)) = found else { continue };
+                let id = OwnedOneTimeKeyId::try_from(id)
+                    .map_err(|e| Error::Internal(format!("stored key ID: {e}")))?;
+                let raw = RawValue::from_string(json)
+                    .map_err(|e| Error::Internal(format!("stored key: {e}")))?;
+                claimed.insert(device_id, BTreeMap::from([(id, Raw::from_json(raw))]));
+            }
+            if !claimed.is_empty() {
+                response.one_time_keys.insert(user_id, claimed);
+            }
+        }
+        Ok(response)
+    }
+}
+
+fn canonical(json: &str) -> Result<CanonicalJsonObject> {
+    serde_json::from_str(json).map_err(|e| Error::BadJson(format!("Invalid key JSON: {e}")))
+}
+
+fn canonical_string(object: &CanonicalJsonObject) -> Result<String> {
+    serde_json::to_string(object).map_err(|e| Error::Internal(format!("canonical JSON: {e}")))
+}
+
+/// The device's own ed25519 key from its device keys.
+fn device_ed25519_key(who: &Identity, object: &CanonicalJsonObject) -> Result<String> {
+    let id = format!("{}:{}", DeviceKeyAlgorithm::Ed25519, who.device_id);
+    match object.get("keys") {
+        Some(CanonicalJsonValue::Object(keys)) => match keys.get(&id) {
+            Some(CanonicalJsonValue::String(key)) => Ok(key.clone()),
+            _ => Err(Error::InvalidParam(format!("device_keys has no key {id}"))),
+        },
+        _ => Err(Error::InvalidParam("device_keys has no keys".into())),
+    }
+}
+
+/// Checks the signature of the device (`signatures.<user>.ed25519:<device>`) on `object`.
+fn verify_signature(who: &Identity, ed25519: &str, object: &CanonicalJsonObject) -> Result<()> {
+    let key_id = format!("{}:{}", DeviceKeyAlgorithm::Ed25519, who.device_id);
+    let signature = match object.get("signatures") {
+        Some(CanonicalJsonValue::Object(by_user)) => match by_user.get(who.user_id.as_str()) {
+            Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(&key_id) {
+                Some(CanonicalJsonValue::String(sig)) => Some(sig),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    let bad = |why: &str| Error::InvalidParam(format!("Invalid signature by {key_id}: {why}"));
+    let signature = signature.ok_or_else(|| bad("missing"))?;
+    let signature: Base64 = Base64::parse(signature).map_err(|_| bad("not base64"))?;
+    let public_key: Base64 = Base64::parse(ed25519).map_err(|_| bad("key not base64"))?;
+    let signed = ruma::signatures::to_canonical_json_string_for_signing(object)
+        .map_err(|e| bad(&e.to_string()))?;
+    ruma::signatures::verify_canonical_json_bytes(
+        &ruma::SigningKeyAlgorithm::Ed25519,
+        public_key.as_bytes(),
+        signature.as_bytes(),
+        signed.as_bytes(),
+    )
+    .map_err(|_| bad("does not verify"))
+}
+
+/// Checks one uploaded one-time or fallback key; returns its canonical JSON. A signed key
+/// (an object) must carry a valid signature of the device, so the device keys must be known.
+fn check_one_time_key(
+    who: &Identity,
+    signing_key: Option<&str>,
+    id: &OwnedOneTimeKeyId,
+    json: &str,
+) -> Result<String> {
+    let value: CanonicalJsonValue = serde_json::from_str(json)
+        .map_err(|e| Error::BadJson(format!("Invalid one-time key {id}: {e}")))?;
+    match &value {
+        CanonicalJsonValue::String(_) => {}
+        CanonicalJsonValue::Object(object) => {
+            if !matches!(object.get("key"), Some(CanonicalJsonValue::String(_))) {
+                return Err(Error::BadJson(format!("One-time key {id} has no key")));
+            }
+            let signing_key = signing_key.ok_or_else(|| {
+                Error::InvalidParam(format!(
+                    "Signed key {id} uploaded before the device's keys; upload device_keys first"
+                ))
+            })?;
+            verify_signature(who, signing_key, object)?;
+        }
+        _ => return Err(Error::BadJson(format!("Invalid one-time key {id}"))),
+    }
+    serde_json::to_string(&value).map_err(|e| Error::Internal(format!("canonical JSON: {e}")))
+}

@@ -1,0 +1,77 @@
+//! End-to-end encryption keys: device identity keys, one-time keys and fallback keys.
+//!
+//! Rows are keyed by localpart (keys of local users only; remote users' keys come with
+//! federation). Keys are stored as the JSON the client uploaded (already checked by the service), so
+//! that signatures stay verifiable byte for byte after canonicalization.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::StorageResult;
+
+/// A fallback key: kept after use, but reported as used until replaced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FallbackKeyRecord {
+    /// `<algorithm>:<key id>`.
+    pub key_id: String,
+    /// The key as uploaded (a JSON value).
+    pub key: String,
+    pub used: bool,
+}
+
+/// One `/keys/upload` request's keys, checked by the service.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpload {
+    /// The device keys JSON, if uploaded.
+    pub device_keys: Option<String>,
+    /// `(<algorithm>:<key id>, key JSON)`.
+    pub one_time_keys: Vec<(String, String)>,
+    /// `(<algorithm>, record)`: at most one per algorithm.
+    pub fallback_keys: Vec<(String, FallbackKeyRecord)>,
+}
+
+#[async_trait]
+pub trait E2eeKeyStore: Send + Sync {
+    /// Stores one upload atomically. Fails with [`super::StorageError::AlreadyExists`],
+    /// writing nothing, when the device already has different device keys or a one-time
+    /// key ID of the upload is already stored with different content. Identical
+    /// re-uploads are accepted (clients retry).
+    async fn upload_keys(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        upload: KeyUpload,
+    ) -> StorageResult<()>;
+
+    /// A device's keys JSON.
+    async fn device_keys(&self, localpart: &str, device_id: &str) -> StorageResult<Option<String>>;
+
+    /// `device_id → keys JSON` for every device of a user that uploaded keys.
+    async fn user_device_keys(&self, localpart: &str) -> StorageResult<BTreeMap<String, String>>;
+
+    /// The number of unclaimed one-time keys of a device, per algorithm.
+    async fn one_time_key_counts(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<BTreeMap<String, u64>>;
+
+    /// The algorithms of a device's fallback keys that were not used yet.
+    async fn unused_fallback_key_types(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<Vec<String>>;
+
+    /// Takes one one-time key of `algorithm` (removing it), or else the device's fallback
+    /// key of that algorithm (marking it used). Atomic: two claims never get the same
+    /// one-time key. Returns `(<algorithm>:<key id>, key JSON)`.
+    async fn claim_key(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> StorageResult<Option<(String, String)>>;
+}

@@ -1,0 +1,176 @@
+//! [`E2eeKeyStore`] on RocksDB.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use rocksdb::{DB, WriteBatch};
+
+use super::{
+    RocksStore, cf, decode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
+};
+use crate::storage::e2ee_keys::{E2eeKeyStore, FallbackKeyRecord, KeyUpload};
+use crate::storage::{StorageError, StorageResult};
+
+fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
+}
+
+/// Adds to `batch` the deletion of a device's keys, one-time keys and fallback keys.
+pub(super) fn delete_device_keys_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    localpart: &str,
+    device_id: &str,
+) -> StorageResult<()> {
+    batch.delete_cf(
+        handle(db, cf::DEVICE_KEYS)?,
+        key(&[localpart.as_bytes(), device_id.as_bytes()]),
+    );
+    let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+    for name in [cf::ONE_TIME_KEYS, cf::FALLBACK_KEYS] {
+        let h = handle(db, name)?;
+        for k in keys_with_prefix(db, name, &p)? {
+            batch.delete_cf(h, &k);
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl E2eeKeyStore for RocksStore {
+    async fn upload_keys(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        upload: KeyUpload,
+    ) -> StorageResult<()> {
+        let (localpart, device_id) = (localpart.to_owned(), device_id.to_owned());
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
+            let mut batch = WriteBatch::default();
+            if let Some(keys) = &upload.device_keys {
+                let k = key(&[lp, dev]);
+                let h = handle(db, cf::DEVICE_KEYS)?;
+                match db.get_pinned_cf(h, &k)? {
+                    Some(old) if old.as_ref() != keys.as_bytes() => {
+                        return Err(StorageError::AlreadyExists);
+                    }
+                    Some(_) => {}
+                    None => batch.put_cf(h, &k, keys.as_bytes()),
+                }
+            }
+            let h = handle(db, cf::ONE_TIME_KEYS)?;
+            for (id, otk) in &upload.one_time_keys {
+                let k = key(&[lp, dev, id.as_bytes()]);
+                match db.get_pinned_cf(h, &k)? {
+                    Some(old) if old.as_ref() != otk.as_bytes() => {
+                        return Err(StorageError::AlreadyExists);
+                    }
+                    Some(_) => {}
+                    None => batch.put_cf(h, &k, otk.as_bytes()),
+                }
+            }
+            let h = handle(db, cf::FALLBACK_KEYS)?;
+            for (algorithm, record) in &upload.fallback_keys {
+                let k = key(&[lp, dev, algorithm.as_bytes()]);
+                let old: Option<FallbackKeyRecord> = get_json(db, cf::FALLBACK_KEYS, &k)?;
+                // Re-uploading the same key keeps its used flag; a new key replaces it.
+                if old.is_none_or(|o| o.key_id != record.key_id || o.key != record.key) {
+                    batch.put_cf(h, &k, super::encode(record));
+                }
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_keys(&self, localpart: &str, device_id: &str) -> StorageResult<Option<String>> {
+        let k = key(&[localpart.as_bytes(), device_id.as_bytes()]);
+        match self.db.get_pinned_cf(handle(&self.db, cf::DEVICE_KEYS)?, k)? {
+            Some(v) => utf8(cf::DEVICE_KEYS, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn user_device_keys(&self, localpart: &str) -> StorageResult<BTreeMap<String, String>> {
+        scan(&self.db, cf::DEVICE_KEYS, &prefix(&[localpart.as_bytes()]))?
+            .into_iter()
+            .map(|(device, v)| Ok((utf8(cf::DEVICE_KEYS, &device)?, utf8(cf::DEVICE_KEYS, &v)?)))
+            .collect()
+    }
+
+    async fn one_time_key_counts(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<BTreeMap<String, u64>> {
+        let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+        let mut counts = BTreeMap::new();
+        for k in keys_with_prefix(&self.db, cf::ONE_TIME_KEYS, &p)? {
+            let id = utf8(cf::ONE_TIME_KEYS, &k[p.len()..])?;
+            let algorithm = id.split_once(':').map_or(id.as_str(), |(a, _)| a);
+            *counts.entry(algorithm.to_owned()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    async fn unused_fallback_key_types(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<Vec<String>> {
+        let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+        let mut out = Vec::new();
+        for (algorithm, v) in scan(&self.db, cf::FALLBACK_KEYS, &p)? {
+            let record: FallbackKeyRecord = decode(cf::FALLBACK_KEYS, &v)?;
+            if !record.used {
+                out.push(utf8(cf::FALLBACK_KEYS, &algorithm)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_key(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> StorageResult<Option<(String, String)>> {
+        let (localpart, device_id, algorithm) =
+            (localpart.to_owned(), device_id.to_owned(), algorithm.to_owned());
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
+            let mut p = prefix(&[lp, dev]);
+            p.extend_from_slice(algorithm.as_bytes());
+            p.push(b':');
+            if let Some((suffix, v)) = scan(db, cf::ONE_TIME_KEYS, &p)?.into_iter().next() {
+                let mut k = p.clone();
+                k.extend_from_slice(&suffix);
+                let id = utf8(cf::ONE_TIME_KEYS, &k[p.len() - algorithm.len() - 1..])?;
+                let value = utf8(cf::ONE_TIME_KEYS, &v)?;
+                db.delete_cf_opt(handle(db, cf::ONE_TIME_KEYS)?, &k, &synced())?;
+                return Ok(Some((id, value)));
+            }
+            let k = key(&[lp, dev, algorithm.as_bytes()]);
+            let Some(mut record): Option<FallbackKeyRecord> = get_json(db, cf::FALLBACK_KEYS, &k)?
+            else {
+                return Ok(None);
+            };
+            if !record.used {
+                record.used = true;
+                db.put_cf_opt(
+                    handle(db, cf::FALLBACK_KEYS)?,
+                    &k,
+                    super::encode(&record),
+                    &synced(),
+                )?;
+            }
+            Ok(Some((record.key_id, record.key)))
+        })
+        .await
+    }
+}
