@@ -400,3 +400,120 @@ async fn a_logged_out_device_loses_its_keys() {
     assert_eq!(body["device_keys"][&alice.session.user_id], json!({}), "{body}");
     assert_eq!(claim(&s, &bob, &alice).await["one_time_keys"], json!({}));
 }
+
+/// The `device_lists` of a sync since `since` (waiting up to 10 s for news).
+async fn lists_since(s: &TestServer, who: &Device, since: &str) -> (Value, String) {
+    let body = s.sync(&who.session, Some(since), 10_000).await;
+    let next = body["next_batch"].as_str().unwrap().to_owned();
+    (body["device_lists"].clone(), next)
+}
+
+fn has(list: &Value, user: &Session) -> bool {
+    list.as_array().is_some_and(|a| a.iter().any(|u| u == user.user_id.as_str()))
+}
+
+async fn next_batch(s: &TestServer, who: &Device) -> String {
+    s.sync(&who.session, None, 0).await["next_batch"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn new_device_keys_wake_room_members_with_device_lists_changed() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let carol = device(&s, "carol", 3).await;
+    let room = s.create_room(&alice.session, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob.session, &room).await.0, 200);
+    let bob_since = next_batch(&s, &bob).await;
+    let alice_since = next_batch(&s, &alice).await;
+    let carol_since = next_batch(&s, &carol).await;
+
+    // Bob is already long-polling when Alice uploads her keys.
+    let pending = {
+        let s = &s;
+        let bob = &bob;
+        let since = bob_since.clone();
+        async move { lists_since(s, bob, &since).await }
+    };
+    let upload = async {
+        tokio::task::yield_now().await;
+        let (status, body) =
+            s.post(UPLOAD, alice.token(), json!({"device_keys": alice.device_keys(7)})).await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let ((lists, _), ()) = tokio::join!(pending, upload);
+    assert!(has(&lists["changed"], &alice.session), "{lists}");
+
+    let body = s.sync(&alice.session, Some(&alice_since), 0).await;
+    assert!(has(&body["device_lists"]["changed"], &alice.session), "own change: {body}");
+    let body = s.sync(&carol.session, Some(&carol_since), 0).await;
+    assert!(!has(&body["device_lists"]["changed"], &alice.session), "no shared room: {body}");
+}
+
+#[tokio::test]
+async fn joining_and_leaving_a_room_report_device_lists_changed_and_left() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let room = s.create_room(&alice.session, json!({"preset": "public_chat"})).await;
+    let alice_since = next_batch(&s, &alice).await;
+    let bob_since = next_batch(&s, &bob).await;
+    assert_eq!(s.join(&bob.session, &room).await.0, 200);
+    let (lists, alice_since) = lists_since(&s, &alice, &alice_since).await;
+    assert!(has(&lists["changed"], &bob.session), "joiner: {lists}");
+    let (lists, _) = lists_since(&s, &bob, &bob_since).await;
+    assert!(has(&lists["changed"], &alice.session), "members of a joined room: {lists}");
+
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", complement_tests::enc(&room)),
+            bob.token(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (lists, _) = lists_since(&s, &alice, &alice_since).await;
+    assert!(has(&lists["left"], &bob.session), "leaver: {lists}");
+    assert!(!has(&lists["changed"], &bob.session), "{lists}");
+}
+
+#[tokio::test]
+async fn deleting_a_device_reports_the_device_list_changed() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let room = s.create_room(&alice.session, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob.session, &room).await.0, 200);
+    let (status, body) = s.login("alice", "alice-password").await;
+    assert_eq!(status, 200, "{body}");
+    let second = Session::from_json(&body);
+    let bob_since = next_batch(&s, &bob).await;
+    assert_eq!(s.post("/_matrix/client/v3/logout", second.token(), json!({})).await.0, 200);
+    let (lists, _) = lists_since(&s, &bob, &bob_since).await;
+    assert!(has(&lists["changed"], &alice.session), "{lists}");
+}
+
+#[tokio::test]
+async fn keys_changes_reports_changes_between_two_sync_tokens() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let room = s.create_room(&alice.session, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob.session, &room).await.0, 200);
+    let from = next_batch(&s, &bob).await;
+    s.post(UPLOAD, alice.token(), json!({"device_keys": alice.device_keys(7)})).await;
+    let to = next_batch(&s, &bob).await;
+    let (status, body) =
+        s.get(&format!("/_matrix/client/v3/keys/changes?from={from}&to={to}"), bob.token()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(has(&body["changed"], &alice.session), "{body}");
+    // Nothing changed after `to`.
+    let (status, body) =
+        s.get(&format!("/_matrix/client/v3/keys/changes?from={to}&to={to}"), bob.token()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], json!([]), "{body}");
+    // Tokens of the older two-part form stay valid.
+    let (status, body) =
+        s.get("/_matrix/client/v3/keys/changes?from=s0_0&to=s0_0", bob.token()).await;
+    assert_eq!(status, 200, "{body}");
+}

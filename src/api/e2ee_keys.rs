@@ -1,7 +1,9 @@
-//! `/keys/upload`, `/keys/query`, `/keys/claim`.
+//! `/keys/upload`, `/keys/query`, `/keys/claim`, `/keys/changes`.
 
 use axum::extract::State;
-use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
+use ruma::api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys};
+
+use crate::api::sync::SyncToken;
 
 use crate::error::Result;
 use crate::http::auth::Authed;
@@ -30,4 +32,19 @@ pub async fn claim(
     Ruma(req): Ruma<claim_keys::v3::Request>,
 ) -> Result<RumaResponse<claim_keys::v3::Response>> {
     Ok(RumaResponse(s.e2ee_keys.claim(req.one_time_keys).await?))
+}
+
+/// `GET /keys/changes?from&to`: the device-list news between two sync tokens.
+pub async fn changes(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<get_key_changes::v3::Request>,
+) -> Result<RumaResponse<get_key_changes::v3::Response>> {
+    let from = SyncToken::parse(&req.from)?;
+    let to = SyncToken::parse(&req.to)?;
+    let lists = s.device_list_changes(&who.user_id, from.lists_pos(), to.lists_pos()).await?;
+    Ok(RumaResponse(get_key_changes::v3::Response::new(
+        lists.changed.into_iter().collect(),
+        lists.left.into_iter().collect(),
+    )))
 }

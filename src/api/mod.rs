@@ -145,6 +145,8 @@ pub fn client_routes() -> Router<AppState> {
     let r = route::<ruma::api::client::keys::upload_keys::v3::Request, _, _>(r, e2ee_keys::upload);
     let r = route::<ruma::api::client::keys::get_keys::v3::Request, _, _>(r, e2ee_keys::query);
     let r = route::<ruma::api::client::keys::claim_keys::v3::Request, _, _>(r, e2ee_keys::claim);
+    let r =
+        route::<ruma::api::client::keys::get_key_changes::v3::Request, _, _>(r, e2ee_keys::changes);
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
         r = r

@@ -27,6 +27,7 @@ use crate::rooms::state::StateKey;
 use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::services::Services;
 use crate::services::accounts::Identity;
+use crate::services::device_lists::{ListChanges, ListsPos};
 
 /// Longest a client may make us hold a request.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -43,11 +44,14 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
-/// `s<events>_<account data>`: the positions of the two streams the client has seen.
+/// `s<events>_<account data>_<to-device>_<device lists>`: the positions of the streams the
+/// client has seen. Missing parts read as 0, so older tokens stay valid. The to-device part
+/// belongs to the to-device stream (carried through as 0 here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncToken {
     pub events: u64,
     pub account_data: u64,
+    pub device_lists: u64,
 }
 
 impl SyncToken {
@@ -56,17 +60,26 @@ impl SyncToken {
         let rest = token.strip_prefix('s').ok_or_else(bad)?;
         let mut parts = rest.split('_');
         let events = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        let account_data = match parts.next() {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None => 0,
+        let mut next = || -> Result<u64> {
+            match parts.next() {
+                Some(p) => p.parse().map_err(|_| bad()),
+                None => Ok(0),
+            }
         };
-        Ok(Self { events, account_data })
+        let account_data = next()?;
+        let _to_device: u64 = next()?;
+        let device_lists = next()?;
+        Ok(Self { events, account_data, device_lists })
+    }
+
+    pub fn lists_pos(&self) -> ListsPos {
+        ListsPos { events: self.events, device_lists: self.device_lists }
     }
 }
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}", self.events, self.account_data)
+        write!(f, "s{}_{}_{}_{}", self.events, self.account_data, 0, self.device_lists)
     }
 }
 
@@ -147,16 +160,32 @@ pub async fn sync(
     // Subscribe before looking, so that an event committed meanwhile still wakes us.
     let mut wake = s.rooms.notifier.subscribe(&who.user_id);
     loop {
-        let current =
-            SyncToken { events: s.rooms.committer.current(), account_data: s.user_data.current() };
+        let current = SyncToken {
+            events: s.rooms.committer.current(),
+            account_data: s.user_data.current(),
+            device_lists: s.device_lists.current(),
+        };
         let account_data = s
             .user_data
             .changed(&who.user_id, opts.since_account_data, current.account_data)
             .await?;
         let (global, by_room) = split_account_data(account_data, &opts.filter);
         let (rooms, empty) = build_rooms(&s, &who, &opts, current.events, &by_room).await?;
+        let lists = match since_token {
+            Some(t) => {
+                s.device_list_changes(&who.user_id, t.lists_pos(), current.lists_pos()).await?
+            }
+            None => ListChanges::default(),
+        };
+        let lists_empty = lists.changed.is_empty() && lists.left.is_empty();
         let waited_enough = tokio::time::Instant::now() >= deadline;
-        if !empty || !global.is_empty() || since.is_none() || opts.full_state || waited_enough {
+        if !empty
+            || !global.is_empty()
+            || !lists_empty
+            || since.is_none()
+            || opts.full_state
+            || waited_enough
+        {
             let one_time_keys_count = s.e2ee_keys.one_time_key_counts(&who).await?;
             let unused_fallback_key_types = s.e2ee_keys.unused_fallback_key_types(&who).await?;
             return Ok(Json(json!({
@@ -165,7 +194,7 @@ pub async fn sync(
                 "presence": {"events": []},
                 "account_data": {"events": global},
                 "to_device": {"events": []},
-                "device_lists": {"changed": [], "left": []},
+                "device_lists": {"changed": lists.changed, "left": lists.left},
                 "device_one_time_keys_count": one_time_keys_count,
                 "device_unused_fallback_key_types": unused_fallback_key_types,
             })));
@@ -545,4 +574,19 @@ async fn room_entry(
         },
         "state": {"events": state_events},
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncToken;
+
+    #[test]
+    fn sync_tokens_have_four_parts_and_older_ones_stay_valid() {
+        let t = SyncToken::parse("s5_6_7_8").unwrap();
+        assert_eq!((t.events, t.account_data, t.device_lists), (5, 6, 8));
+        assert_eq!(t.to_string(), "s5_6_0_8");
+        let old = SyncToken::parse("s5_6").unwrap();
+        assert_eq!((old.events, old.account_data, old.device_lists), (5, 6, 0));
+        assert!(SyncToken::parse("s5_6_x_8").is_err());
+    }
 }

@@ -19,12 +19,15 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::services::accounts::Identity;
+use crate::services::device_lists::DeviceLists;
 use crate::storage::e2ee_keys::{FallbackKeyRecord, KeyUpload};
 use crate::storage::{StorageError, Store};
 
 pub struct E2eeKeys {
     server_name: String,
     store: Arc<dyn Store>,
+    /// New device keys change the user's device list.
+    device_lists: Arc<DeviceLists>,
 }
 
 /// The algorithm clients count one-time keys of; always reported, zero included, because
@@ -32,8 +35,8 @@ pub struct E2eeKeys {
 const SIGNED_CURVE25519: &str = "signed_curve25519";
 
 impl E2eeKeys {
-    pub fn new(server_name: String, store: Arc<dyn Store>) -> Self {
-        Self { server_name, store }
+    pub fn new(server_name: String, store: Arc<dyn Store>, device_lists: Arc<DeviceLists>) -> Self {
+        Self { server_name, store, device_lists }
     }
 
     fn is_local(&self, server: &ServerName) -> bool {
@@ -76,13 +79,17 @@ impl E2eeKeys {
                 FallbackKeyRecord { key_id: id.to_string(), key: json, used: false },
             ));
         }
-        match self.store.upload_keys(&who.localpart, who.device_id.as_str(), upload).await {
-            Err(StorageError::AlreadyExists) => {
-                return Err(Error::InvalidParam(
-                    "Keys with these IDs were already uploaded with different content".into(),
-                ));
-            }
-            other => other?,
+        let new_device_keys =
+            match self.store.upload_keys(&who.localpart, who.device_id.as_str(), upload).await {
+                Err(StorageError::AlreadyExists) => {
+                    return Err(Error::InvalidParam(
+                        "Keys with these IDs were already uploaded with different content".into(),
+                    ));
+                }
+                other => other?,
+            };
+        if new_device_keys {
+            self.device_lists.changed(&who.user_id).await?;
         }
         self.one_time_key_counts(who).await
     }

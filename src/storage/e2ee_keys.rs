@@ -34,7 +34,7 @@ pub struct KeyUpload {
 
 #[async_trait]
 pub trait E2eeKeyStore: Send + Sync {
-    /// Stores one upload atomically. Fails with [`super::StorageError::AlreadyExists`],
+    /// Stores one upload atomically; returns whether it stored new device keys. Fails with [`super::StorageError::AlreadyExists`],
     /// writing nothing, when the device already has different device keys or a one-time
     /// key ID of the upload is already stored with different content. Identical
     /// re-uploads are accepted (clients retry).
@@ -43,7 +43,7 @@ pub trait E2eeKeyStore: Send + Sync {
         localpart: &str,
         device_id: &str,
         upload: KeyUpload,
-    ) -> StorageResult<()>;
+    ) -> StorageResult<bool>;
 
     /// A device's keys JSON.
     async fn device_keys(&self, localpart: &str, device_id: &str) -> StorageResult<Option<String>>;
@@ -74,4 +74,10 @@ pub trait E2eeKeyStore: Send + Sync {
         device_id: &str,
         algorithm: &str,
     ) -> StorageResult<Option<(String, String)>>;
+
+    /// Records that a user's device list changed at device-list stream position `pos`.
+    async fn set_device_list_changed(&self, user_id: &str, pos: u64) -> StorageResult<()>;
+
+    /// `(user_id, position of the latest change)` for every user whose device list changed.
+    async fn device_list_changes(&self) -> StorageResult<Vec<(String, u64)>>;
 }

@@ -44,12 +44,13 @@ impl E2eeKeyStore for RocksStore {
         localpart: &str,
         device_id: &str,
         upload: KeyUpload,
-    ) -> StorageResult<()> {
+    ) -> StorageResult<bool> {
         let (localpart, device_id) = (localpart.to_owned(), device_id.to_owned());
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
             let mut batch = WriteBatch::default();
+            let mut new_device_keys = false;
             if let Some(keys) = &upload.device_keys {
                 let k = key(&[lp, dev]);
                 let h = handle(db, cf::DEVICE_KEYS)?;
@@ -58,7 +59,10 @@ impl E2eeKeyStore for RocksStore {
                         return Err(StorageError::AlreadyExists);
                     }
                     Some(_) => {}
-                    None => batch.put_cf(h, &k, keys.as_bytes()),
+                    None => {
+                        batch.put_cf(h, &k, keys.as_bytes());
+                        new_device_keys = true;
+                    }
                 }
             }
             let h = handle(db, cf::ONE_TIME_KEYS)?;
@@ -82,7 +86,7 @@ impl E2eeKeyStore for RocksStore {
                 }
             }
             db.write_opt(batch, &synced())?;
-            Ok(())
+            Ok(new_device_keys)
         })
         .await
     }
@@ -172,5 +176,28 @@ impl E2eeKeyStore for RocksStore {
             Ok(Some((record.key_id, record.key)))
         })
         .await
+    }
+
+    async fn set_device_list_changed(&self, user_id: &str, pos: u64) -> StorageResult<()> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |db, _| {
+            let h = handle(db, cf::DEVICE_LIST_CHANGES)?;
+            db.put_cf_opt(h, user_id.as_bytes(), pos.to_be_bytes(), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_list_changes(&self) -> StorageResult<Vec<(String, u64)>> {
+        scan(&self.db, cf::DEVICE_LIST_CHANGES, &[])?
+            .into_iter()
+            .map(|(user, v)| {
+                let pos = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| StorageError::Corrupt {
+                    what: cf::DEVICE_LIST_CHANGES,
+                    detail: "position is not 8 bytes".into(),
+                })?;
+                Ok((utf8(cf::DEVICE_LIST_CHANGES, &user)?, u64::from_be_bytes(pos)))
+            })
+            .collect()
     }
 }

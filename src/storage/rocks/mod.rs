@@ -78,6 +78,8 @@ mod cf {
     /// `localpart 0xFF device_id 0xFF algorithm` →
     /// [`FallbackKeyRecord`](crate::storage::e2ee_keys::FallbackKeyRecord).
     pub const FALLBACK_KEYS: &str = "fallback_keys";
+    /// `user_id` → position (be64) of the latest change of the user's device list.
+    pub const DEVICE_LIST_CHANGES: &str = "device_list_changes";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -104,6 +106,7 @@ mod cf {
         DEVICE_KEYS,
         ONE_TIME_KEYS,
         FALLBACK_KEYS,
+        DEVICE_LIST_CHANGES,
     ];
 }
 
