@@ -15,6 +15,18 @@ fn b64(bytes: &[u8]) -> String {
     STANDARD_NO_PAD.encode(bytes)
 }
 
+/// Signs `object` (without `signatures` and `unsigned`, in canonical JSON: serde_json sorts
+/// keys and writes no spaces) with `key`, as `signatures.<user>.<key_id>`.
+fn sign_with(key: &SigningKey, user: &str, key_id: &str, mut object: Value) -> Value {
+    let mut unsigned = object.clone();
+    let map = unsigned.as_object_mut().unwrap();
+    map.remove("signatures");
+    map.remove("unsigned");
+    let signature = key.sign(serde_json::to_string(&unsigned).unwrap().as_bytes());
+    object["signatures"][user][key_id] = json!(b64(&signature.to_bytes()));
+    object
+}
+
 /// A client device with its ed25519 identity key.
 struct Device {
     session: Session,
@@ -30,17 +42,9 @@ impl Device {
         format!("ed25519:{}", self.session.device_id)
     }
 
-    /// Signs `object` (without `signatures` and `unsigned`, in canonical JSON: serde_json
-    /// sorts keys and writes no spaces) with this device's key.
-    fn sign(&self, mut object: Value) -> Value {
-        let mut unsigned = object.clone();
-        let map = unsigned.as_object_mut().unwrap();
-        map.remove("signatures");
-        map.remove("unsigned");
-        let signature = self.key.sign(serde_json::to_string(&unsigned).unwrap().as_bytes());
-        object["signatures"][&self.session.user_id][self.key_id()] =
-            json!(b64(&signature.to_bytes()));
-        object
+    /// Signs `object` with this device's key.
+    fn sign(&self, object: Value) -> Value {
+        sign_with(&self.key, &self.session.user_id, &self.key_id(), object)
     }
 
     /// Device keys for this device, signed by it. `curve` varies the curve25519 key.
@@ -516,4 +520,126 @@ async fn keys_changes_reports_changes_between_two_sync_tokens() {
     let (status, body) =
         s.get("/_matrix/client/v3/keys/changes?from=s0_0&to=s0_0", bob.token()).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// A cross-signing key of `user` with usage `kind`.
+struct CrossKey {
+    key: SigningKey,
+    user: String,
+    kind: &'static str,
+}
+
+impl CrossKey {
+    fn new(user: &Session, kind: &'static str, seed: u8) -> Self {
+        Self { key: SigningKey::from_bytes(&[seed; 32]), user: user.user_id.clone(), kind }
+    }
+
+    fn public(&self) -> String {
+        b64(self.key.verifying_key().as_bytes())
+    }
+
+    fn id(&self) -> String {
+        format!("ed25519:{}", self.public())
+    }
+
+    /// The public key object, signed by `signer` (the master key) if given.
+    fn json(&self, signer: Option<&CrossKey>) -> Value {
+        let object = json!({
+            "user_id": self.user,
+            "usage": [self.kind],
+            "keys": {self.id(): self.public()},
+        });
+        match signer {
+            Some(m) => sign_with(&m.key, &m.user, &m.id(), object),
+            None => object,
+        }
+    }
+}
+
+const SIGNING_UPLOAD: &str = "/_matrix/client/v3/keys/device_signing/upload";
+
+/// Master, self-signing and user-signing keys of `user`, the last two signed by the first.
+fn cross_signing(user: &Session, seed: u8) -> (CrossKey, Value) {
+    let master = CrossKey::new(user, "master", seed);
+    let ssk = CrossKey::new(user, "self_signing", seed + 1);
+    let usk = CrossKey::new(user, "user_signing", seed + 2);
+    let body = json!({
+        "master_key": master.json(None),
+        "self_signing_key": ssk.json(Some(&master)),
+        "user_signing_key": usk.json(Some(&master)),
+    });
+    (master, body)
+}
+
+#[tokio::test]
+async fn cross_signing_keys_are_shown_in_query_the_user_signing_key_only_to_its_owner() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let (_, body) = cross_signing(&alice.session, 40);
+    let (status, res) = s.post(SIGNING_UPLOAD, alice.token(), body.clone()).await;
+    assert_eq!(status, 200, "{res}");
+    let user = &alice.session.user_id;
+
+    let own = query(&s, &alice, user).await;
+    assert_eq!(own["master_keys"][user], body["master_key"], "{own}");
+    assert_eq!(own["self_signing_keys"][user], body["self_signing_key"], "{own}");
+    assert_eq!(own["user_signing_keys"][user], body["user_signing_key"], "{own}");
+
+    let other = query(&s, &bob, user).await;
+    assert_eq!(other["master_keys"][user], body["master_key"], "{other}");
+    assert_eq!(other["self_signing_keys"][user], body["self_signing_key"], "{other}");
+    assert!(other["user_signing_keys"].get(user).is_none(), "{other}");
+}
+
+#[tokio::test]
+async fn replacing_cross_signing_keys_requires_user_interactive_auth() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let (_, first) = cross_signing(&alice.session, 40);
+    assert_eq!(s.post(SIGNING_UPLOAD, alice.token(), first.clone()).await.0, 200);
+    // The same keys again need no authentication.
+    assert_eq!(s.post(SIGNING_UPLOAD, alice.token(), first.clone()).await.0, 200);
+
+    let (_, second) = cross_signing(&alice.session, 50);
+    let (status, res) = s.post(SIGNING_UPLOAD, alice.token(), second.clone()).await;
+    assert_eq!(status, 401, "{res}");
+    let session = res["session"].as_str().expect("UIA session").to_owned();
+    let user = &alice.session.user_id;
+    let own = query(&s, &alice, user).await;
+    assert_eq!(own["master_keys"][user], first["master_key"], "replaced without auth: {own}");
+
+    let mut authed = second.clone();
+    authed["auth"] = json!({
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "alice"},
+        "password": "alice-password",
+        "session": session,
+    });
+    let (status, res) = s.post(SIGNING_UPLOAD, alice.token(), authed).await;
+    assert_eq!(status, 200, "{res}");
+    let own = query(&s, &alice, user).await;
+    assert_eq!(own["master_keys"][user], second["master_key"], "{own}");
+}
+
+#[tokio::test]
+async fn a_self_signing_key_not_signed_by_the_master_key_is_refused() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let master = CrossKey::new(&alice.session, "master", 40);
+    let other = CrossKey::new(&alice.session, "master", 60);
+    let ssk = CrossKey::new(&alice.session, "self_signing", 41);
+    let body = json!({"master_key": master.json(None), "self_signing_key": ssk.json(Some(&other))});
+    assert_error(&s.post(SIGNING_UPLOAD, alice.token(), body).await, 400, "M_INVALID_PARAM");
+    let own = query(&s, &alice, &alice.session.user_id).await;
+    assert!(own["master_keys"].get(&alice.session.user_id).is_none(), "stored anyway: {own}");
+}
+
+#[tokio::test]
+async fn cross_signing_keys_of_another_user_are_refused() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let (_, body) = cross_signing(&bob.session, 40);
+    assert_error(&s.post(SIGNING_UPLOAD, alice.token(), body).await, 403, "M_FORBIDDEN");
 }

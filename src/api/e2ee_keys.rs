@@ -1,7 +1,10 @@
-//! `/keys/upload`, `/keys/query`, `/keys/claim`, `/keys/changes`.
+//! `/keys/upload`, `/keys/query`, `/keys/claim`, `/keys/changes`,
+//! `/keys/device_signing/upload`.
 
 use axum::extract::State;
-use ruma::api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys};
+use ruma::api::client::keys::{
+    claim_keys, get_key_changes, get_keys, upload_keys, upload_signing_keys,
+};
 
 use crate::api::sync::SyncToken;
 
@@ -20,10 +23,10 @@ pub async fn upload(
 
 pub async fn query(
     State(s): State<AppState>,
-    Authed(_): Authed,
+    Authed(who): Authed,
     Ruma(req): Ruma<get_keys::v3::Request>,
 ) -> Result<RumaResponse<get_keys::v3::Response>> {
-    Ok(RumaResponse(s.e2ee_keys.query(req.device_keys).await?))
+    Ok(RumaResponse(s.e2ee_keys.query(&who.user_id, req.device_keys).await?))
 }
 
 pub async fn claim(
@@ -47,4 +50,13 @@ pub async fn changes(
         lists.changed.into_iter().collect(),
         lists.left.into_iter().collect(),
     )))
+}
+
+pub async fn upload_signing(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<upload_signing_keys::v3::Request>,
+) -> Result<RumaResponse<upload_signing_keys::v3::Response>> {
+    s.upload_signing_keys(&who, req).await?;
+    Ok(RumaResponse(upload_signing_keys::v3::Response::new()))
 }

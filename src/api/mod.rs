@@ -147,6 +147,10 @@ pub fn client_routes() -> Router<AppState> {
     let r = route::<ruma::api::client::keys::claim_keys::v3::Request, _, _>(r, e2ee_keys::claim);
     let r =
         route::<ruma::api::client::keys::get_key_changes::v3::Request, _, _>(r, e2ee_keys::changes);
+    let r = route::<ruma::api::client::keys::upload_signing_keys::v3::Request, _, _>(
+        r,
+        e2ee_keys::upload_signing,
+    );
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
         r = r

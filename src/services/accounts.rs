@@ -614,6 +614,23 @@ impl Accounts {
         })
     }
 
+    /// The password UIA that replacing cross-signing keys needs.
+    pub async fn authorize_cross_signing(
+        &self,
+        who: &Identity,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        self.run_uia(
+            auth,
+            Purpose::CrossSigning,
+            Some(&who.localpart),
+            &who.localpart,
+            PASSWORD_FLOWS,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `DELETE /devices/{deviceId}` and `POST /delete_devices`, behind a password UIA.
     pub async fn delete_devices(
         &self,

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
-use ruma::encryption::DeviceKeys;
+use ruma::api::client::keys::{claim_keys, get_keys, upload_keys, upload_signing_keys};
+use ruma::encryption::{CrossSigningKey, DeviceKeys};
 use ruma::serde::{Base64, Raw};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, DeviceKeyAlgorithm, OneTimeKeyAlgorithm,
@@ -18,6 +18,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
+use crate::services::Services;
 use crate::services::accounts::Identity;
 use crate::services::device_lists::DeviceLists;
 use crate::storage::e2ee_keys::{FallbackKeyRecord, KeyUpload};
@@ -140,6 +141,7 @@ impl E2eeKeys {
     /// exists; unknown users and devices are left out.
     pub async fn query(
         &self,
+        requester: &UserId,
         request: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
     ) -> Result<get_keys::v3::Response> {
         let mut response = get_keys::v3::Response::new();
@@ -149,6 +151,21 @@ impl E2eeKeys {
                 continue;
             }
             let devices = self.user_devices(&user_id, &wanted).await?;
+            for (kind, json) in self.store.cross_signing_keys(user_id.localpart()).await? {
+                let raw: Raw<CrossSigningKey> = Raw::from_json(
+                    RawValue::from_string(json)
+                        .map_err(|e| Error::Internal(format!("stored cross-signing key: {e}")))?,
+                );
+                match kind.as_str() {
+                    "master" => response.master_keys.insert(user_id.clone(), raw),
+                    "self_signing" => response.self_signing_keys.insert(user_id.clone(), raw),
+                    // A user-signing key is the owner's business only.
+                    "user_signing" if *user_id == *requester => {
+                        response.user_signing_keys.insert(user_id.clone(), raw)
+                    }
+                    _ => None,
+                };
+            }
             response.device_keys.insert(user_id, devices);
         }
         Ok(response)
@@ -220,6 +237,112 @@ impl E2eeKeys {
     }
 }
 
+/// Checked cross-signing keys, ready to store.
+pub struct SigningKeysUpload {
+    /// `(kind, canonical JSON)` of the keys that differ from the stored ones.
+    keys: Vec<(String, String)>,
+    /// Whether a stored key would be replaced by a different one (then UIA is required).
+    pub replaces: bool,
+}
+
+impl E2eeKeys {
+    /// Checks `/keys/device_signing/upload`: each key belongs to the caller, has its usage
+    /// and one ed25519 key; the self-signing and user-signing keys are signed by the master
+    /// key (the uploaded one, else the stored one).
+    pub async fn check_signing_keys(
+        &self,
+        who: &Identity,
+        req: &upload_signing_keys::v3::Request,
+    ) -> Result<SigningKeysUpload> {
+        let stored = self.store.cross_signing_keys(&who.localpart).await?;
+        let mut keys = Vec::new();
+        let master = match &req.master_key {
+            Some(raw) => Some(check_cross_signing_key(who, raw, "master")?),
+            None => stored.get("master").cloned(),
+        };
+        let master_key = master.as_deref().map(|j| single_key(&canonical(j)?)).transpose()?;
+        if let (Some(_), Some(json)) = (&req.master_key, master) {
+            keys.push(("master".to_owned(), json));
+        }
+        for (kind, raw) in
+            [("self_signing", &req.self_signing_key), ("user_signing", &req.user_signing_key)]
+        {
+            let Some(raw) = raw else { continue };
+            let json = check_cross_signing_key(who, raw, kind)?;
+            let (id, public) = master_key.as_ref().ok_or_else(|| {
+                Error::InvalidParam(format!("A {kind} key needs a master key to sign it"))
+            })?;
+            verify_signature_by(who.user_id.as_str(), id, public, &canonical(&json)?)?;
+            keys.push((kind.to_owned(), json));
+        }
+        let replaces = keys.iter().any(|(k, j)| stored.get(k).is_some_and(|old| old != j));
+        keys.retain(|(k, j)| stored.get(k) != Some(j));
+        Ok(SigningKeysUpload { keys, replaces })
+    }
+
+    /// Stores checked cross-signing keys; a change re-keys the user's device list.
+    pub async fn store_signing_keys(
+        &self,
+        who: &Identity,
+        upload: SigningKeysUpload,
+    ) -> Result<()> {
+        if upload.keys.is_empty() {
+            return Ok(());
+        }
+        self.store.set_cross_signing_keys(&who.localpart, upload.keys).await?;
+        self.device_lists.changed(&who.user_id).await
+    }
+}
+
+impl Services {
+    /// `POST /keys/device_signing/upload`: replacing existing keys needs user-interactive
+    /// auth (a password); the first upload and identical re-uploads do not.
+    pub async fn upload_signing_keys(
+        &self,
+        who: &Identity,
+        req: upload_signing_keys::v3::Request,
+    ) -> Result<()> {
+        let upload = self.e2ee_keys.check_signing_keys(who, &req).await?;
+        if upload.replaces {
+            self.accounts.authorize_cross_signing(who, req.auth.as_ref()).await?;
+        }
+        self.e2ee_keys.store_signing_keys(who, upload).await
+    }
+}
+
+/// Checks one cross-signing key of the caller; returns its canonical JSON.
+fn check_cross_signing_key(
+    who: &Identity,
+    raw: &Raw<CrossSigningKey>,
+    usage: &str,
+) -> Result<String> {
+    let key: CrossSigningKey =
+        raw.deserialize().map_err(|e| Error::BadJson(format!("Invalid {usage} key: {e}")))?;
+    if key.user_id != who.user_id {
+        return Err(Error::Forbidden("Cross-signing keys may only be uploaded for oneself".into()));
+    }
+    if !key.usage.iter().any(|u| u.as_str() == usage) {
+        return Err(Error::InvalidParam(format!("The {usage} key lacks the usage {usage:?}")));
+    }
+    if key.keys.len() != 1 {
+        return Err(Error::InvalidParam(format!("The {usage} key must hold exactly one key")));
+    }
+    let mut object = canonical(raw.json().get())?;
+    object.remove("unsigned");
+    canonical_string(&object)
+}
+
+/// The one `(key ID, public key)` of a cross-signing key.
+fn single_key(object: &CanonicalJsonObject) -> Result<(String, String)> {
+    match object.get("keys") {
+        Some(CanonicalJsonValue::Object(keys)) => match keys.iter().next() {
+            Some((id, CanonicalJsonValue::String(public))) => Ok((id.clone(), public.clone())),
+            _ => Err(Error::InvalidParam("Cross-signing key without a key".into())),
+        },
+        _ => Err(Error::InvalidParam("Cross-signing key without keys".into())),
+    }
+}
+
 fn canonical(json: &str) -> Result<CanonicalJsonObject> {
     serde_json::from_str(json).map_err(|e| Error::BadJson(format!("Invalid key JSON: {e}")))
 }
@@ -243,9 +366,20 @@ fn device_ed25519_key(who: &Identity, object: &CanonicalJsonObject) -> Result<St
 /// Checks the signature of the device (`signatures.<user>.ed25519:<device>`) on `object`.
 fn verify_signature(who: &Identity, ed25519: &str, object: &CanonicalJsonObject) -> Result<()> {
     let key_id = format!("{}:{}", DeviceKeyAlgorithm::Ed25519, who.device_id);
+    verify_signature_by(who.user_id.as_str(), &key_id, ed25519, object)
+}
+
+/// Checks the signature `signatures.<user_id>.<key_id>` on `object` with the ed25519
+/// `public_key` (unpadded base64).
+fn verify_signature_by(
+    user_id: &str,
+    key_id: &str,
+    public_key: &str,
+    object: &CanonicalJsonObject,
+) -> Result<()> {
     let signature = match object.get("signatures") {
-        Some(CanonicalJsonValue::Object(by_user)) => match by_user.get(who.user_id.as_str()) {
-            Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(&key_id) {
+        Some(CanonicalJsonValue::Object(by_user)) => match by_user.get(user_id) {
+            Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(key_id) {
                 Some(CanonicalJsonValue::String(sig)) => Some(sig),
                 _ => None,
             },
@@ -256,7 +390,7 @@ fn verify_signature(who: &Identity, ed25519: &str, object: &CanonicalJsonObject)
     let bad = |why: &str| Error::InvalidParam(format!("Invalid signature by {key_id}: {why}"));
     let signature = signature.ok_or_else(|| bad("missing"))?;
     let signature: Base64 = Base64::parse(signature).map_err(|_| bad("not base64"))?;
-    let public_key: Base64 = Base64::parse(ed25519).map_err(|_| bad("key not base64"))?;
+    let public_key: Base64 = Base64::parse(public_key).map_err(|_| bad("key not base64"))?;
     let signed = ruma::signatures::to_canonical_json_string_for_signing(object)
         .map_err(|e| bad(&e.to_string()))?;
     ruma::signatures::verify_canonical_json_bytes(

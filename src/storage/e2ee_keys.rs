@@ -80,4 +80,15 @@ pub trait E2eeKeyStore: Send + Sync {
 
     /// `(user_id, position of the latest change)` for every user whose device list changed.
     async fn device_list_changes(&self) -> StorageResult<Vec<(String, u64)>>;
+
+    /// Stores cross-signing keys (`(kind, JSON)`, kind `master`, `self_signing` or
+    /// `user_signing`), replacing those of the same kinds, in one write.
+    async fn set_cross_signing_keys(
+        &self,
+        localpart: &str,
+        keys: Vec<(String, String)>,
+    ) -> StorageResult<()>;
+
+    /// `kind → JSON` of a user's cross-signing keys.
+    async fn cross_signing_keys(&self, localpart: &str) -> StorageResult<BTreeMap<String, String>>;
 }

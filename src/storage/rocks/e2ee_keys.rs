@@ -200,4 +200,31 @@ impl E2eeKeyStore for RocksStore {
             })
             .collect()
     }
+
+    async fn set_cross_signing_keys(
+        &self,
+        localpart: &str,
+        keys: Vec<(String, String)>,
+    ) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, _| {
+            let h = handle(db, cf::CROSS_SIGNING_KEYS)?;
+            let mut batch = WriteBatch::default();
+            for (kind, json) in &keys {
+                batch.put_cf(h, key(&[localpart.as_bytes(), kind.as_bytes()]), json.as_bytes());
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cross_signing_keys(&self, localpart: &str) -> StorageResult<BTreeMap<String, String>> {
+        scan(&self.db, cf::CROSS_SIGNING_KEYS, &prefix(&[localpart.as_bytes()]))?
+            .into_iter()
+            .map(|(kind, v)| {
+                Ok((utf8(cf::CROSS_SIGNING_KEYS, &kind)?, utf8(cf::CROSS_SIGNING_KEYS, &v)?))
+            })
+            .collect()
+    }
 }

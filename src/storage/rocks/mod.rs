@@ -80,6 +80,8 @@ mod cf {
     pub const FALLBACK_KEYS: &str = "fallback_keys";
     /// `user_id` → position (be64) of the latest change of the user's device list.
     pub const DEVICE_LIST_CHANGES: &str = "device_list_changes";
+    /// `localpart 0xFF kind` (`master`, `self_signing`, `user_signing`) → key JSON.
+    pub const CROSS_SIGNING_KEYS: &str = "cross_signing_keys";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -107,6 +109,7 @@ mod cf {
         ONE_TIME_KEYS,
         FALLBACK_KEYS,
         DEVICE_LIST_CHANGES,
+        CROSS_SIGNING_KEYS,
     ];
 }
 
