@@ -643,3 +643,77 @@ async fn cross_signing_keys_of_another_user_are_refused() {
     let (_, body) = cross_signing(&bob.session, 40);
     assert_error(&s.post(SIGNING_UPLOAD, alice.token(), body).await, 403, "M_FORBIDDEN");
 }
+
+const SIGNATURES_UPLOAD: &str = "/_matrix/client/v3/keys/signatures/upload";
+
+#[tokio::test]
+async fn a_device_signed_by_the_self_signing_key_carries_the_signature_in_query() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let keys = alice.device_keys(7);
+    assert_eq!(s.post(UPLOAD, alice.token(), json!({"device_keys": keys})).await.0, 200);
+    let (master, body) = cross_signing(&alice.session, 40);
+    assert_eq!(s.post(SIGNING_UPLOAD, alice.token(), body).await.0, 200);
+    let ssk = CrossKey::new(&alice.session, "self_signing", 41);
+    let user = &alice.session.user_id;
+    let dev = &alice.session.device_id;
+
+    let signed = sign_with(&ssk.key, user, &ssk.id(), keys.clone());
+    // Alice's device signing her master key, with a signature that does not verify.
+    let mut tampered = alice.sign(master.json(None));
+    tampered["signatures"][user][alice.key_id()] = json!(b64(&[0; 64]));
+    let (status, res) = s
+        .post(
+            SIGNATURES_UPLOAD,
+            alice.token(),
+            json!({user: {dev: signed, master.public(): tampered}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["failures"][user][master.public()]["errcode"], "M_INVALID_SIGNATURE", "{res}");
+    assert!(res["failures"][user].get(dev).is_none(), "{res}");
+
+    let other = query(&s, &bob, user).await;
+    let got = &other["device_keys"][user][dev];
+    assert_eq!(got["signatures"][user][ssk.id()], signed["signatures"][user][ssk.id()], "{other}");
+    assert_eq!(
+        got["signatures"][user][alice.key_id()],
+        keys["signatures"][user][alice.key_id()],
+        "{other}"
+    );
+}
+
+#[tokio::test]
+async fn a_signature_of_another_users_master_key_is_shown_only_to_the_signer() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    let (_, body) = cross_signing(&alice.session, 40);
+    assert_eq!(s.post(SIGNING_UPLOAD, alice.token(), body).await.0, 200);
+    let (bob_master, body) = cross_signing(&bob.session, 50);
+    assert_eq!(s.post(SIGNING_UPLOAD, bob.token(), body).await.0, 200);
+    let usk = CrossKey::new(&alice.session, "user_signing", 42);
+
+    let signed = sign_with(&usk.key, &alice.session.user_id, &usk.id(), bob_master.json(None));
+    let (status, res) = s
+        .post(
+            SIGNATURES_UPLOAD,
+            alice.token(),
+            json!({&bob.session.user_id: {bob_master.public(): signed}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{res}");
+    assert!(res["failures"].as_object().is_none_or(|f| f.is_empty()), "{res}");
+
+    let bob_id = &bob.session.user_id;
+    let alice_id = &alice.session.user_id;
+    let seen_by_alice = query(&s, &alice, bob_id).await;
+    let sig = &seen_by_alice["master_keys"][bob_id]["signatures"][alice_id][usk.id()];
+    assert_eq!(*sig, signed["signatures"][alice_id][usk.id()], "{seen_by_alice}");
+    let seen_by_bob = query(&s, &bob, bob_id).await;
+    assert!(
+        seen_by_bob["master_keys"][bob_id]["signatures"].get(alice_id).is_none(),
+        "{seen_by_bob}"
+    );
+}

@@ -1,9 +1,9 @@
 //! `/keys/upload`, `/keys/query`, `/keys/claim`, `/keys/changes`,
-//! `/keys/device_signing/upload`.
+//! `/keys/device_signing/upload`, `/keys/signatures/upload`.
 
 use axum::extract::State;
 use ruma::api::client::keys::{
-    claim_keys, get_key_changes, get_keys, upload_keys, upload_signing_keys,
+    claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
 };
 
 use crate::api::sync::SyncToken;
@@ -59,4 +59,12 @@ pub async fn upload_signing(
 ) -> Result<RumaResponse<upload_signing_keys::v3::Response>> {
     s.upload_signing_keys(&who, req).await?;
     Ok(RumaResponse(upload_signing_keys::v3::Response::new()))
+}
+
+pub async fn upload_signatures(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    Ruma(req): Ruma<upload_signatures::v3::Request>,
+) -> Result<RumaResponse<upload_signatures::v3::Response>> {
+    Ok(RumaResponse(s.e2ee_keys.upload_signatures(&who, req.signed_keys).await?))
 }

@@ -151,6 +151,10 @@ pub fn client_routes() -> Router<AppState> {
         r,
         e2ee_keys::upload_signing,
     );
+    let r = route::<ruma::api::client::keys::upload_signatures::v3::Request, _, _>(
+        r,
+        e2ee_keys::upload_signatures,
+    );
     let mut r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     for version in ["r0", "v3"] {
         r = r

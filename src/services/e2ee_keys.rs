@@ -5,10 +5,12 @@
 //! uploading device and are signed by its own ed25519 key; signed one-time keys are signed by
 //! it too), keeps device keys immutable, and hands each one-time key out once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ruma::api::client::keys::{claim_keys, get_keys, upload_keys, upload_signing_keys};
+use ruma::api::client::keys::{
+    claim_keys, get_keys, upload_keys, upload_signatures, upload_signing_keys,
+};
 use ruma::encryption::{CrossSigningKey, DeviceKeys};
 use ruma::serde::{Base64, Raw};
 use ruma::{
@@ -150,11 +152,16 @@ impl E2eeKeys {
                 response.failures.insert(user_id.server_name().to_string(), serde_json::json!({}));
                 continue;
             }
-            let devices = self.user_devices(&user_id, &wanted).await?;
+            let devices = self.user_devices(requester, &user_id, &wanted).await?;
             for (kind, json) in self.store.cross_signing_keys(user_id.localpart()).await? {
+                let mut object = json_object(&json)?;
+                if kind == "master" {
+                    let (_, public) = single_key(&canonical(&json)?)?;
+                    self.add_signatures(&mut object, &user_id, &public, requester).await?;
+                }
                 let raw: Raw<CrossSigningKey> = Raw::from_json(
-                    RawValue::from_string(json)
-                        .map_err(|e| Error::Internal(format!("stored cross-signing key: {e}")))?,
+                    serde_json::value::to_raw_value(&object)
+                        .map_err(|e| Error::Internal(format!("cross-signing key: {e}")))?,
                 );
                 match kind.as_str() {
                     "master" => response.master_keys.insert(user_id.clone(), raw),
@@ -171,8 +178,35 @@ impl E2eeKeys {
         Ok(response)
     }
 
+    /// Adds to a key of `owner` (`target`: a device ID or a master public key) the
+    /// signatures made on it since its upload: the owner's, and the requester's own.
+    async fn add_signatures(
+        &self,
+        object: &mut serde_json::Map<String, serde_json::Value>,
+        owner: &UserId,
+        target: &str,
+        requester: &UserId,
+    ) -> Result<()> {
+        for (signer, key_id, signature) in
+            self.store.key_signatures(owner.localpart(), target).await?
+        {
+            if signer != owner.as_str() && signer != requester.as_str() {
+                continue;
+            }
+            let signatures = object.entry("signatures").or_insert_with(|| serde_json::json!({}));
+            if let Some(by_user) = signatures.as_object_mut() {
+                let mine = by_user.entry(signer).or_insert_with(|| serde_json::json!({}));
+                if let Some(mine) = mine.as_object_mut() {
+                    mine.insert(key_id, serde_json::Value::String(signature));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn user_devices(
         &self,
+        requester: &UserId,
         user_id: &UserId,
         wanted: &[OwnedDeviceId],
     ) -> Result<BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>> {
@@ -190,9 +224,8 @@ impl E2eeKeys {
             if !wanted.is_empty() && !wanted.iter().any(|d| d.as_str() == device_id) {
                 continue;
             }
-            let mut object: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&json)
-                    .map_err(|e| Error::Internal(format!("stored device keys: {e}")))?;
+            let mut object = json_object(&json)?;
+            self.add_signatures(&mut object, user_id, &device_id, requester).await?;
             if let Some(name) = name {
                 object
                     .insert("unsigned".into(), serde_json::json!({ "device_display_name": name }));
@@ -294,6 +327,165 @@ impl E2eeKeys {
     }
 }
 
+/// A signature row: (target localpart, target key, signer user, signer key ID, signature).
+type SignatureRow = (String, String, String, String, String);
+
+impl E2eeKeys {
+    /// `POST /keys/signatures/upload`: signatures of the caller's self-signing key on their
+    /// devices, of their devices on their master key, and of their user-signing key on
+    /// other users' master keys. Each key is judged on its own; failures are reported per
+    /// key, and the valid signatures are stored.
+    pub async fn upload_signatures(
+        &self,
+        who: &Identity,
+        signed_keys: BTreeMap<OwnedUserId, upload_signatures::v3::SignedKeys>,
+    ) -> Result<upload_signatures::v3::Response> {
+        let mine = self.store.cross_signing_keys(&who.localpart).await?;
+        let my_key = |kind: &str| -> Result<Option<(String, String)>> {
+            mine.get(kind).map(|j| single_key(&canonical(j)?)).transpose()
+        };
+        let (self_signing, user_signing) = (my_key("self_signing")?, my_key("user_signing")?);
+        let mut rows = Vec::new();
+        let mut response = upload_signatures::v3::Response::new();
+        for (target, keys) in &signed_keys {
+            for (key_id, json) in keys.iter() {
+                let outcome = self
+                    .check_signed_key(who, target, key_id, json.get(), &self_signing, &user_signing)
+                    .await;
+                match outcome {
+                    Ok(mut new) => rows.append(&mut new),
+                    Err(e) => {
+                        let failure = serde_json::json!({
+                            "errcode": "M_INVALID_SIGNATURE",
+                            "error": e.to_string(),
+                        });
+                        if let Ok(failure) = serde_json::from_value(failure) {
+                            response
+                                .failures
+                                .entry(target.clone())
+                                .or_default()
+                                .insert(key_id.to_owned(), failure);
+                        }
+                    }
+                }
+            }
+        }
+        if !rows.is_empty() {
+            let changed: BTreeSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+            self.store.add_key_signatures(rows).await?;
+            for localpart in changed {
+                if let Ok(user) = UserId::parse(format!("@{localpart}:{}", self.server_name)) {
+                    self.device_lists.changed(&user).await?;
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    /// Checks the signatures on one key of `/keys/signatures/upload`; returns the rows to
+    /// store.
+    async fn check_signed_key(
+        &self,
+        who: &Identity,
+        target: &UserId,
+        key_id: &str,
+        json: &str,
+        self_signing: &Option<(String, String)>,
+        user_signing: &Option<(String, String)>,
+    ) -> Result<Vec<SignatureRow>> {
+        if !self.is_local(target.server_name()) {
+            return Err(Error::InvalidParam("Keys of other servers cannot be signed yet".into()));
+        }
+        let object = canonical(json)?;
+        let localpart = target.localpart();
+        let signer = who.user_id.as_str();
+        let row = |signer_key: &str, object: &CanonicalJsonObject| -> Option<SignatureRow> {
+            let sig = match object.get("signatures")? {
+                CanonicalJsonValue::Object(by) => match by.get(signer)? {
+                    CanonicalJsonValue::Object(sigs) => match sigs.get(signer_key)? {
+                        CanonicalJsonValue::String(sig) => sig.clone(),
+                        _ => return None,
+                    },
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            Some((
+                localpart.to_owned(),
+                key_id.to_owned(),
+                signer.to_owned(),
+                signer_key.to_owned(),
+                sig,
+            ))
+        };
+        // The signed object must be the stored key (signatures and `unsigned` aside).
+        let same = |stored: &str| -> Result<()> {
+            let stored =
+                ruma::signatures::to_canonical_json_string_for_signing(&canonical(stored)?);
+            let given = ruma::signatures::to_canonical_json_string_for_signing(&object);
+            match (stored, given) {
+                (Ok(a), Ok(b)) if a == b => Ok(()),
+                _ => Err(Error::InvalidParam(format!("{key_id} is not the stored key"))),
+            }
+        };
+        let targets_cross = self.store.cross_signing_keys(localpart).await?;
+        let target_master = match targets_cross.get("master") {
+            Some(j) => Some((single_key(&canonical(j)?)?, j.clone())),
+            None => None,
+        };
+        let is_master = target_master
+            .as_ref()
+            .is_some_and(|((id, public), _)| key_id == public || key_id == id);
+        if *target == *who.user_id && !is_master {
+            // One of the caller's devices, signed by their self-signing key.
+            let stored = self
+                .store
+                .device_keys(localpart, key_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("Unknown device {key_id}")))?;
+            same(&stored)?;
+            let (id, public) = self_signing
+                .as_ref()
+                .ok_or_else(|| Error::InvalidParam("No self-signing key uploaded".into()))?;
+            verify_signature_by(signer, id, public, &object)?;
+            return Ok(row(id, &object).into_iter().collect());
+        }
+        let Some(((_, public), stored)) = target_master else {
+            return Err(Error::NotFound(format!("Unknown key {key_id}")));
+        };
+        if !is_master {
+            return Err(Error::NotFound(format!("Unknown key {key_id}")));
+        }
+        same(&stored)?;
+        let key_id = public.as_str();
+        let mut rows = Vec::new();
+        if *target == *who.user_id {
+            // The caller's master key, signed by their devices.
+            let devices = self.store.user_device_keys(localpart).await?;
+            for (device_id, keys) in devices {
+                let signer_key = format!("{}:{device_id}", DeviceKeyAlgorithm::Ed25519);
+                let Some(r) = row(&signer_key, &object) else { continue };
+                let public = device_ed25519_key_of(&device_id, &canonical(&keys)?)?;
+                verify_signature_by(signer, &signer_key, &public, &object)?;
+                rows.push((r.0, key_id.to_owned(), r.2, r.3, r.4));
+            }
+        } else {
+            // Another user's master key, signed by the caller's user-signing key.
+            let (id, public) = user_signing
+                .as_ref()
+                .ok_or_else(|| Error::InvalidParam("No user-signing key uploaded".into()))?;
+            verify_signature_by(signer, id, public, &object)?;
+            if let Some(r) = row(id, &object) {
+                rows.push((r.0, key_id.to_owned(), r.2, r.3, r.4));
+            }
+        }
+        if rows.is_empty() {
+            return Err(Error::InvalidParam(format!("No signature of the caller on {key_id}")));
+        }
+        Ok(rows)
+    }
+}
+
 impl Services {
     /// `POST /keys/device_signing/upload`: replacing existing keys needs user-interactive
     /// auth (a password); the first upload and identical re-uploads do not.
@@ -343,6 +535,11 @@ fn single_key(object: &CanonicalJsonObject) -> Result<(String, String)> {
     }
 }
 
+/// A stored key as a JSON object.
+fn json_object(json: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored key: {e}")))
+}
+
 fn canonical(json: &str) -> Result<CanonicalJsonObject> {
     serde_json::from_str(json).map_err(|e| Error::BadJson(format!("Invalid key JSON: {e}")))
 }
@@ -353,7 +550,11 @@ fn canonical_string(object: &CanonicalJsonObject) -> Result<String> {
 
 /// The device's own ed25519 key from its device keys.
 fn device_ed25519_key(who: &Identity, object: &CanonicalJsonObject) -> Result<String> {
-    let id = format!("{}:{}", DeviceKeyAlgorithm::Ed25519, who.device_id);
+    device_ed25519_key_of(who.device_id.as_str(), object)
+}
+
+fn device_ed25519_key_of(device_id: &str, object: &CanonicalJsonObject) -> Result<String> {
+    let id = format!("{}:{device_id}", DeviceKeyAlgorithm::Ed25519);
     match object.get("keys") {
         Some(CanonicalJsonValue::Object(keys)) => match keys.get(&id) {
             Some(CanonicalJsonValue::String(key)) => Ok(key.clone()),

@@ -91,4 +91,19 @@ pub trait E2eeKeyStore: Send + Sync {
 
     /// `kind → JSON` of a user's cross-signing keys.
     async fn cross_signing_keys(&self, localpart: &str) -> StorageResult<BTreeMap<String, String>>;
+
+    /// Stores signatures made on keys after their upload (`/keys/signatures/upload`), in one
+    /// write: `(target localpart, target key, signer user ID, signer key ID, signature)`,
+    /// the target key being a device ID or a master key's public key.
+    async fn add_key_signatures(
+        &self,
+        signatures: Vec<(String, String, String, String, String)>,
+    ) -> StorageResult<()>;
+
+    /// `(signer user ID, signer key ID, signature)` of one key.
+    async fn key_signatures(
+        &self,
+        localpart: &str,
+        target_key: &str,
+    ) -> StorageResult<Vec<(String, String, String)>>;
 }

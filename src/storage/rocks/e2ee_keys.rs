@@ -16,7 +16,8 @@ fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
         .map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
 }
 
-/// Adds to `batch` the deletion of a device's keys, one-time keys and fallback keys.
+/// Adds to `batch` the deletion of a device's keys, one-time keys, fallback keys and the
+/// signatures made on its keys.
 pub(super) fn delete_device_keys_in(
     db: &DB,
     batch: &mut WriteBatch,
@@ -28,7 +29,7 @@ pub(super) fn delete_device_keys_in(
         key(&[localpart.as_bytes(), device_id.as_bytes()]),
     );
     let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
-    for name in [cf::ONE_TIME_KEYS, cf::FALLBACK_KEYS] {
+    for name in [cf::ONE_TIME_KEYS, cf::FALLBACK_KEYS, cf::KEY_SIGNATURES] {
         let h = handle(db, name)?;
         for k in keys_with_prefix(db, name, &p)? {
             batch.delete_cf(h, &k);
@@ -226,5 +227,40 @@ impl E2eeKeyStore for RocksStore {
                 Ok((utf8(cf::CROSS_SIGNING_KEYS, &kind)?, utf8(cf::CROSS_SIGNING_KEYS, &v)?))
             })
             .collect()
+    }
+
+    async fn add_key_signatures(
+        &self,
+        signatures: Vec<(String, String, String, String, String)>,
+    ) -> StorageResult<()> {
+        self.blocking(move |db, _| {
+            let h = handle(db, cf::KEY_SIGNATURES)?;
+            let mut batch = WriteBatch::default();
+            for (localpart, target, signer, key_id, signature) in &signatures {
+                let parts = [localpart, target, signer, key_id].map(|p| p.as_bytes());
+                batch.put_cf(h, key(&parts), signature.as_bytes());
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_signatures(
+        &self,
+        localpart: &str,
+        target_key: &str,
+    ) -> StorageResult<Vec<(String, String, String)>> {
+        let p = prefix(&[localpart.as_bytes(), target_key.as_bytes()]);
+        let mut out = Vec::new();
+        for (rest, v) in scan(&self.db, cf::KEY_SIGNATURES, &p)? {
+            let Some(at) = rest.iter().position(|&b| b == super::SEP) else { continue };
+            out.push((
+                utf8(cf::KEY_SIGNATURES, &rest[..at])?,
+                utf8(cf::KEY_SIGNATURES, &rest[at + 1..])?,
+                utf8(cf::KEY_SIGNATURES, &v)?,
+            ));
+        }
+        Ok(out)
     }
 }

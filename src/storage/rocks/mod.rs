@@ -82,6 +82,9 @@ mod cf {
     pub const DEVICE_LIST_CHANGES: &str = "device_list_changes";
     /// `localpart 0xFF kind` (`master`, `self_signing`, `user_signing`) → key JSON.
     pub const CROSS_SIGNING_KEYS: &str = "cross_signing_keys";
+    /// `localpart 0xFF target key (device ID or master public key) 0xFF signer user ID 0xFF
+    /// signer key ID` → signature (`/keys/signatures/upload`).
+    pub const KEY_SIGNATURES: &str = "key_signatures";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -110,6 +113,7 @@ mod cf {
         FALLBACK_KEYS,
         DEVICE_LIST_CHANGES,
         CROSS_SIGNING_KEYS,
+        KEY_SIGNATURES,
     ];
 }
 
