@@ -89,6 +89,9 @@ impl E2eeKeys {
                         "Keys with these IDs were already uploaded with different content".into(),
                     ));
                 }
+                Err(StorageError::NotFound) => {
+                    return Err(Error::UnknownToken { soft_logout: false });
+                }
                 other => other?,
             };
         if new_device_keys {

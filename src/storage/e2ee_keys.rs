@@ -37,7 +37,8 @@ pub trait E2eeKeyStore: Send + Sync {
     /// Stores one upload atomically; returns whether it stored new device keys. Fails with [`super::StorageError::AlreadyExists`],
     /// writing nothing, when the device already has different device keys or a one-time
     /// key ID of the upload is already stored with different content. Identical
-    /// re-uploads are accepted (clients retry).
+    /// re-uploads are accepted (clients retry). [`super::StorageError::NotFound`] if the
+    /// device no longer exists.
     async fn upload_keys(
         &self,
         localpart: &str,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use rocksdb::{DB, WriteBatch};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::{
     RocksStore, cf, decode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
@@ -50,6 +50,10 @@ impl E2eeKeyStore for RocksStore {
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
+            // Under the write lock, as device deletion: no keys outlive their device.
+            if db.get_pinned_cf(handle(db, cf::DEVICES)?, key(&[lp, dev]))?.is_none() {
+                return Err(StorageError::NotFound);
+            }
             let mut batch = WriteBatch::default();
             let mut new_device_keys = false;
             if let Some(keys) = &upload.device_keys {
@@ -152,12 +156,16 @@ impl E2eeKeyStore for RocksStore {
             let mut p = prefix(&[lp, dev]);
             p.extend_from_slice(algorithm.as_bytes());
             p.push(b':');
-            if let Some((suffix, v)) = scan(db, cf::ONE_TIME_KEYS, &p)?.into_iter().next() {
-                let mut k = p.clone();
-                k.extend_from_slice(&suffix);
+            let h = handle(db, cf::ONE_TIME_KEYS)?;
+            let first = db
+                .iterator_cf(h, IteratorMode::From(&p, Direction::Forward))
+                .next()
+                .transpose()?
+                .filter(|(k, _)| k.starts_with(&p));
+            if let Some((k, v)) = first {
                 let id = utf8(cf::ONE_TIME_KEYS, &k[p.len() - algorithm.len() - 1..])?;
                 let value = utf8(cf::ONE_TIME_KEYS, &v)?;
-                db.delete_cf_opt(handle(db, cf::ONE_TIME_KEYS)?, &k, &synced())?;
+                db.delete_cf_opt(h, &k, &synced())?;
                 return Ok(Some((id, value)));
             }
             let k = key(&[lp, dev, algorithm.as_bytes()]);
