@@ -8,7 +8,7 @@
 //! (fsynced), and only then published and the affected users woken (the user and everyone
 //! sharing a room with them), which keeps positions published in order.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,12 +24,27 @@ use crate::storage::rooms::MembershipRecord;
 /// Who shares a room with a user (set once the rooms service exists).
 pub type Audience = Box<dyn Fn(&UserId) -> Vec<OwnedUserId> + Send + Sync>;
 
+/// Each user's latest change, by user and by position.
+#[derive(Default)]
+struct Changes {
+    by_user: HashMap<OwnedUserId, u64>,
+    by_pos: BTreeMap<u64, OwnedUserId>,
+}
+
+impl Changes {
+    fn record(&mut self, user: OwnedUserId, pos: u64) {
+        if let Some(old) = self.by_user.insert(user.clone(), pos) {
+            self.by_pos.remove(&old);
+        }
+        self.by_pos.insert(pos, user);
+    }
+}
+
 pub struct DeviceLists {
     store: Arc<dyn Store>,
     notifier: Arc<Notifier>,
     current: AtomicU64,
-    /// `user → position of the latest change`.
-    changed: RwLock<HashMap<OwnedUserId, u64>>,
+    changes: RwLock<Changes>,
     /// One change at a time: positions are published in the order they are written.
     writer: tokio::sync::Mutex<()>,
     audience: std::sync::OnceLock<Audience>,
@@ -37,19 +52,19 @@ pub struct DeviceLists {
 
 impl DeviceLists {
     pub async fn load(store: Arc<dyn Store>, notifier: Arc<Notifier>) -> Result<Self> {
-        let mut changed = HashMap::new();
+        let mut changes = Changes::default();
         let mut current = 0;
         for (user, pos) in store.device_list_changes().await? {
             let user = OwnedUserId::try_from(user)
                 .map_err(|e| Error::Internal(format!("stored device-list change: {e}")))?;
             current = current.max(pos);
-            changed.insert(user, pos);
+            changes.record(user, pos);
         }
         Ok(Self {
             store,
             notifier,
             current: AtomicU64::new(current),
-            changed: RwLock::new(changed),
+            changes: RwLock::new(changes),
             writer: tokio::sync::Mutex::new(()),
             audience: std::sync::OnceLock::new(),
         })
@@ -70,7 +85,7 @@ impl DeviceLists {
         let _writer = self.writer.lock().await;
         let pos = self.current() + 1;
         self.store.set_device_list_changed(user.as_str(), pos).await?;
-        self.changed.write().insert(user.to_owned(), pos);
+        self.changes.write().record(user.to_owned(), pos);
         self.current.store(pos, Ordering::Release);
         let mut woken = self.audience.get().map(|a| a(user)).unwrap_or_default();
         woken.push(user.to_owned());
@@ -78,9 +93,12 @@ impl DeviceLists {
         Ok(())
     }
 
-    /// Whether `user`'s device list changed in `(from, to]`.
-    pub fn changed_between(&self, user: &UserId, from: u64, to: u64) -> bool {
-        self.changed.read().get(user).is_some_and(|&pos| pos > from && pos <= to)
+    /// The users whose latest device-list change is in `(from, to]`.
+    pub fn changed_between(&self, from: u64, to: u64) -> Vec<OwnedUserId> {
+        if from >= to {
+            return Vec::new();
+        }
+        self.changes.read().by_pos.range(from + 1..=to).map(|(_, u)| u.clone()).collect()
     }
 }
 
@@ -107,8 +125,10 @@ fn is_departure(membership: &str) -> bool {
 }
 
 impl Services {
-    /// Device-list news for `user` in `(from, to]`. Only rooms with events after
-    /// `from.events` are read from storage, for the memberships that began in the window.
+    /// Device-list news for `user` in `(from, to]`. The cost follows what changed: the users
+    /// whose lists changed in the window (a range of an in-memory index) and the
+    /// memberships of rooms with events in the window; rooms where nothing happened are not
+    /// read.
     pub async fn device_list_changes(
         &self,
         user: &UserId,
@@ -119,31 +139,32 @@ impl Services {
             let began = r.since.unwrap_or(r.pos);
             began > from.events && began <= to.events
         };
-        let mut shared = HashSet::new();
+        let mut my_rooms = HashSet::new();
         let mut started = HashSet::new();
         let mut gone = HashSet::new();
         for room in self.rooms.rooms_of(user) {
-            let members = room.members();
-            let joined =
-                || members.iter().filter(|(_, m)| m.as_str() == "join").map(|(u, _)| u.clone());
-            let me_joined = members.get(user).is_some_and(|m| m == "join");
+            let me_joined = room.membership_of(user).is_some_and(|m| m == "join");
             if me_joined {
-                shared.extend(joined());
+                my_rooms.insert(room.id.clone());
             }
+            // Memberships that began in the window: only rooms with events after `from`.
             if room.last_pos() <= from.events {
                 continue;
             }
             let records = self.store.room_memberships(room.id.as_str()).await?;
             let mine = records.iter().find(|(u, _)| u == user.as_str()).map(|(_, r)| r);
             let i_changed = mine.is_some_and(in_window);
+            let joined = || {
+                records
+                    .iter()
+                    .filter(|(_, r)| r.membership == "join")
+                    .filter_map(|(u, _)| OwnedUserId::try_from(u.as_str()).ok())
+            };
             if me_joined && i_changed {
                 started.extend(joined());
             } else if me_joined {
-                for (other, record) in &records {
+                for (other, record) in records.iter().filter(|(_, r)| in_window(r)) {
                     let Ok(other) = OwnedUserId::try_from(other.as_str()) else { continue };
-                    if !in_window(record) {
-                        continue;
-                    }
                     if record.membership == "join" {
                         started.insert(other);
                     } else if is_departure(&record.membership) {
@@ -154,19 +175,42 @@ impl Services {
                 gone.extend(joined());
             }
         }
-        shared.remove(user);
+        // Whether `other` is joined to a room `user` is joined to.
+        let shares = |other: &UserId| {
+            self.rooms.rooms_of(other).iter().any(|r| {
+                my_rooms.contains(&r.id) && r.membership_of(other).is_some_and(|m| m == "join")
+            })
+        };
         let mut out = ListChanges::default();
-        for other in &shared {
-            if started.contains(other)
-                || self.device_lists.changed_between(other, from.device_lists, to.device_lists)
-            {
-                out.changed.insert(other.clone());
+        for other in self.device_lists.changed_between(from.device_lists, to.device_lists) {
+            if other == *user || shares(&other) {
+                out.changed.insert(other);
             }
         }
-        if self.device_lists.changed_between(user, from.device_lists, to.device_lists) {
-            out.changed.insert(user.to_owned());
+        for other in started {
+            if other != *user && shares(&other) {
+                out.changed.insert(other);
+            }
         }
-        out.left = gone.into_iter().filter(|u| u != user && !shared.contains(u)).collect();
+        out.left = gone.into_iter().filter(|u| u != user && !shares(u)).collect();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_latest_change_of_a_user_is_indexed() {
+        let mut changes = Changes::default();
+        let alice = OwnedUserId::try_from("@alice:x").unwrap();
+        let bob = OwnedUserId::try_from("@bob:x").unwrap();
+        changes.record(alice.clone(), 1);
+        changes.record(bob.clone(), 2);
+        changes.record(alice.clone(), 3);
+        let by_pos: Vec<_> = changes.by_pos.iter().map(|(p, u)| (*p, u.clone())).collect();
+        assert_eq!(by_pos, vec![(2, bob), (3, alice.clone())]);
+        assert_eq!(changes.by_user[&alice], 3);
     }
 }
