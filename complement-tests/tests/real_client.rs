@@ -77,3 +77,31 @@ async fn matrix_js_sdk_clients_chat() {
     assert_eq!(result["history_reaches_create"], true, "{result}");
     assert_eq!(result["room_name"], "js chat", "{result}");
 }
+
+/// matrix-js-sdk with its Rust crypto (vodozemac): device and one-time keys uploaded and
+/// their signatures accepted, cross-signing bootstrapped (keys and the device's signature
+/// uploaded with UIA as Element does), and the other user sees the device signed by its
+/// owner's self-signing key.
+#[tokio::test]
+async fn matrix_js_sdk_crypto_uploads_keys_and_cross_signs() {
+    let modules = client_script("js/node_modules/matrix-js-sdk");
+    assert!(
+        modules.exists(),
+        "matrix-js-sdk is not installed in {}; run `make test` (scripts/bootstrap.sh --test)",
+        modules.display()
+    );
+    let s = TestServer::start().await;
+    for user in ["alice", "bob"] {
+        s.register(user, "js-password").await;
+    }
+    let node = std::env::var("AXON_NODE").unwrap_or_else(|_| "node".to_owned());
+    let result = run_client(&node, "js/crypto_keys.mjs", &[&s.base, "js-password"]);
+    assert_eq!(result["prepared"], true, "{result}");
+    assert_eq!(result["device_keys_uploaded"], true, "{result}");
+    assert_eq!(result["cross_signing_ready"], true, "{result}");
+    assert_eq!(result["own_device_cross_signed"], true, "{result}");
+    assert_eq!(result["bob_sees_alice_device"], true, "{result}");
+    assert_eq!(result["bob_sees_alice_ed25519"], true, "{result}");
+    assert_eq!(result["bob_sees_alice_device_signed_by_owner"], true, "{result}");
+    assert!(result["alice_one_time_keys"].as_u64().is_some_and(|n| n > 0), "{result}");
+}

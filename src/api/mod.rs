@@ -6,6 +6,7 @@ pub mod admin;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
+pub mod e2ee_keys;
 pub mod key_backup;
 pub mod push;
 pub mod receipts;
@@ -142,6 +143,19 @@ pub fn client_routes() -> Router<AppState> {
     let r = route::<ruma::api::client::push::get_pushrules_global_scope::v3::Request, _, _>(
         r,
         push::global,
+    );
+    let r = route::<ruma::api::client::keys::upload_keys::v3::Request, _, _>(r, e2ee_keys::upload);
+    let r = route::<ruma::api::client::keys::get_keys::v3::Request, _, _>(r, e2ee_keys::query);
+    let r = route::<ruma::api::client::keys::claim_keys::v3::Request, _, _>(r, e2ee_keys::claim);
+    let r =
+        route::<ruma::api::client::keys::get_key_changes::v3::Request, _, _>(r, e2ee_keys::changes);
+    let r = route::<ruma::api::client::keys::upload_signing_keys::v3::Request, _, _>(
+        r,
+        e2ee_keys::upload_signing,
+    );
+    let r = route::<ruma::api::client::keys::upload_signatures::v3::Request, _, _>(
+        r,
+        e2ee_keys::upload_signatures,
     );
     let r = key_backup_routes(r);
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);

@@ -27,6 +27,7 @@ use crate::rooms::state::StateKey;
 use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::services::Services;
 use crate::services::accounts::Identity;
+use crate::services::device_lists::{ListChanges, ListsPos};
 
 /// Longest a client may make us hold a request.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -43,14 +44,14 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
-/// `s<events>_<account data>_<to_device>`: the positions of the streams the client has
-/// seen. Missing parts read as 0, so older tokens stay valid; a fourth part (device lists)
-/// is accepted.
+/// `s<events>_<account data>_<to-device>_<device lists>`: the positions of the streams
+/// the client has seen. Missing parts read as 0, so older tokens stay valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncToken {
     pub events: u64,
     pub account_data: u64,
     pub to_device: u64,
+    pub device_lists: u64,
 }
 
 impl SyncToken {
@@ -67,15 +68,18 @@ impl SyncToken {
         };
         let account_data = next()?;
         let to_device = next()?;
-        // The fourth part (device lists) is checked but has no stream here yet.
-        next()?;
-        Ok(Self { events, account_data, to_device })
+        let device_lists = next()?;
+        Ok(Self { events, account_data, to_device, device_lists })
+    }
+
+    pub fn lists_pos(&self) -> ListsPos {
+        ListsPos { events: self.events, device_lists: self.device_lists }
     }
 }
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}_{}", self.events, self.account_data, self.to_device)
+        write!(f, "s{}_{}_{}_{}", self.events, self.account_data, self.to_device, self.device_lists)
     }
 }
 
@@ -164,6 +168,7 @@ pub async fn sync(
             events: s.rooms.committer.current(),
             account_data: s.user_data.current(),
             to_device: s.to_device.current(),
+            device_lists: s.device_lists.current(),
         };
         let (to_device, to_device_seen) =
             s.to_device.pending(&who, since_to_device, current.to_device).await?;
@@ -174,22 +179,33 @@ pub async fn sync(
             .await?;
         let (global, by_room) = split_account_data(account_data, &opts.filter);
         let (rooms, empty) = build_rooms(&s, &who, &opts, current.events, &by_room).await?;
+        let lists = match since_token {
+            Some(t) => {
+                s.device_list_changes(&who.user_id, t.lists_pos(), current.lists_pos()).await?
+            }
+            None => ListChanges::default(),
+        };
+        let lists_empty = lists.changed.is_empty() && lists.left.is_empty();
         let waited_enough = tokio::time::Instant::now() >= deadline;
         if !empty
             || !global.is_empty()
             || !to_device.is_empty()
+            || !lists_empty
             || since.is_none()
             || opts.full_state
             || waited_enough
         {
+            let one_time_keys_count = s.e2ee_keys.one_time_key_counts(&who).await?;
+            let unused_fallback_key_types = s.e2ee_keys.unused_fallback_key_types(&who).await?;
             return Ok(Json(json!({
                 "next_batch": next_batch.to_string(),
                 "rooms": rooms,
                 "presence": {"events": []},
                 "account_data": {"events": global},
                 "to_device": {"events": to_device},
-                "device_lists": {"changed": [], "left": []},
-                "device_one_time_keys_count": {},
+                "device_lists": {"changed": lists.changed, "left": lists.left},
+                "device_one_time_keys_count": one_time_keys_count,
+                "device_unused_fallback_key_types": unused_fallback_key_types,
             })));
         }
         match tokio::time::timeout_at(deadline, wake.changed()).await {
@@ -575,12 +591,18 @@ mod tests {
 
     #[test]
     fn older_and_longer_tokens_parse_with_missing_parts_as_zero() {
-        let t = |events, account_data, to_device| SyncToken { events, account_data, to_device };
-        assert_eq!(SyncToken::parse("s5").unwrap(), t(5, 0, 0));
-        assert_eq!(SyncToken::parse("s5_3").unwrap(), t(5, 3, 0));
-        assert_eq!(SyncToken::parse("s5_3_7").unwrap(), t(5, 3, 7));
-        assert_eq!(SyncToken::parse("s5_3_7_9").unwrap(), t(5, 3, 7));
+        let t = |events, account_data, to_device, device_lists| SyncToken {
+            events,
+            account_data,
+            to_device,
+            device_lists,
+        };
+        assert_eq!(SyncToken::parse("s5").unwrap(), t(5, 0, 0, 0));
+        assert_eq!(SyncToken::parse("s5_3").unwrap(), t(5, 3, 0, 0));
+        assert_eq!(SyncToken::parse("s5_3_7").unwrap(), t(5, 3, 7, 0));
+        assert_eq!(SyncToken::parse("s5_3_7_9").unwrap(), t(5, 3, 7, 9));
         assert!(SyncToken::parse("s5_3_x").is_err());
-        assert_eq!(t(5, 3, 7).to_string(), "s5_3_7");
+        assert!(SyncToken::parse("s5_6_7_x").is_err());
+        assert_eq!(t(5, 3, 7, 9).to_string(), "s5_3_7_9");
     }
 }

@@ -262,6 +262,21 @@ impl Rooms {
         ids.iter().filter_map(|id| rooms.get(id).cloned()).collect()
     }
 
+    /// Everyone joined to a room `user` is joined to (`user` excluded).
+    pub fn sharing_a_room_with(&self, user: &UserId) -> Vec<OwnedUserId> {
+        let mut users = HashSet::new();
+        for room in self.rooms_of(user) {
+            let members = room.members();
+            if members.get(user).is_some_and(|m| m == "join") {
+                users.extend(
+                    members.iter().filter(|(_, m)| m.as_str() == "join").map(|(u, _)| u.clone()),
+                );
+            }
+        }
+        users.remove(user);
+        users.into_iter().collect()
+    }
+
     /// Creates a room: the create event, then `events` in order, each auth-checked.
     /// Returns the room ID.
     pub async fn create(

@@ -8,6 +8,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
 use crate::config::{Config, RegistrationMode};
 use crate::error::{Error, Result};
+use crate::services::device_lists::DeviceLists;
 use crate::services::passwords::{MAX_PASSWORD_BYTES, Passwords};
 use crate::services::ratelimit::RateLimiter;
 use crate::services::tokens;
@@ -73,6 +74,8 @@ pub struct AdminCreateUser {
 
 pub struct Accounts {
     config: Arc<Config>,
+    /// Deleting devices changes the user's device list.
+    device_lists: Arc<DeviceLists>,
     store: Arc<dyn Store>,
     passwords: Passwords,
     uia: Uia,
@@ -92,9 +95,15 @@ fn map_storage_user_exists(e: StorageError) -> Error {
 }
 
 impl Accounts {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, passwords: Passwords) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        passwords: Passwords,
+        device_lists: Arc<DeviceLists>,
+    ) -> Self {
         let limits = &config.limits;
         Self {
+            device_lists,
             login_per_ip: RateLimiter::new(limits.login),
             failed_login_per_account: RateLimiter::new(limits.failed_login_per_account),
             register_per_ip: RateLimiter::new(limits.register),
@@ -427,14 +436,14 @@ impl Accounts {
     /// `POST /logout`: the token's device goes with it.
     pub async fn logout(&self, who: &Identity) -> Result<()> {
         self.store.delete_devices(&who.localpart, vec![who.device_id.to_string()]).await?;
-        Ok(())
+        self.device_lists.changed(&who.user_id).await
     }
 
     /// `POST /logout/all`.
     pub async fn logout_all(&self, who: &Identity) -> Result<()> {
         let ids = self.store.devices(&who.localpart).await?.into_iter().map(|d| d.device_id);
         self.store.delete_devices(&who.localpart, ids.collect()).await?;
-        Ok(())
+        self.device_lists.changed(&who.user_id).await
     }
 
     /// Runs one step of user-interactive authentication.
@@ -556,6 +565,9 @@ impl Accounts {
         };
         self.store.set_password(&who.localpart, hash, logout).await?;
         tracing::info!(user_id = %who.user_id, "password changed");
+        if logout_devices {
+            self.device_lists.changed(&who.user_id).await?;
+        }
         Ok(())
     }
 
@@ -570,6 +582,7 @@ impl Accounts {
         )
         .await?;
         self.store.deactivate_user(&who.localpart).await?;
+        self.device_lists.changed(&who.user_id).await?;
         tracing::info!(user_id = %who.user_id, "account deactivated");
         Ok(())
     }
@@ -601,6 +614,23 @@ impl Accounts {
         })
     }
 
+    /// The password UIA that replacing cross-signing keys needs.
+    pub async fn authorize_cross_signing(
+        &self,
+        who: &Identity,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        self.run_uia(
+            auth,
+            Purpose::CrossSigning,
+            Some(&who.localpart),
+            &who.localpart,
+            PASSWORD_FLOWS,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `DELETE /devices/{deviceId}` and `POST /delete_devices`, behind a password UIA.
     pub async fn delete_devices(
         &self,
@@ -617,7 +647,7 @@ impl Accounts {
         )
         .await?;
         self.store.delete_devices(&who.localpart, device_ids).await?;
-        Ok(())
+        self.device_lists.changed(&who.user_id).await
     }
 
     /// `axon token create` and the admin API: `token`, or `length` (default 16) random
@@ -719,6 +749,7 @@ impl Accounts {
     pub async fn deactivate_by_admin(&self, by: &Identity, user_id: &UserId) -> Result<()> {
         let user = self.local_user(user_id).await?;
         self.store.deactivate_user(&user.localpart).await?;
+        self.device_lists.changed(user_id).await?;
         tracing::info!(%user_id, by = %by.user_id, "account deactivated by an admin");
         Ok(())
     }

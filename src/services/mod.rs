@@ -5,6 +5,8 @@
 //! [`crate::error::Error`] values that `http::error` maps to Matrix errors.
 
 pub mod accounts;
+pub mod device_lists;
+pub mod e2ee_keys;
 pub mod key_backup;
 pub mod lazy_members;
 pub mod passwords;
@@ -29,6 +31,10 @@ pub struct Services {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub accounts: accounts::Accounts,
+    /// Whose device lists changed when (the device-list stream).
+    pub device_lists: Arc<device_lists::DeviceLists>,
+    /// Device, one-time and fallback keys for end-to-end encryption.
+    pub e2ee_keys: e2ee_keys::E2eeKeys,
     pub rooms: Rooms,
     pub user_data: user_data::UserData,
     /// Events sent per user (`limits.events`), shared with the rooms service.
@@ -49,7 +55,6 @@ impl Services {
         key: Arc<SigningKey>,
     ) -> Result<Arc<Self>> {
         let passwords = passwords::Passwords::new(config.limits.password_queue_per_core)?;
-        let accounts = accounts::Accounts::new(config.clone(), store.clone(), passwords);
         let event_limiter = Arc::new(ratelimit::RateLimiter::new(config.limits.events));
         let limits = RoomLimits {
             events: event_limiter.clone(),
@@ -57,6 +62,10 @@ impl Services {
             max_invites: config.limits.create_room_max_invites,
         };
         let rooms = Rooms::load(config.server_name.clone(), key, store.clone(), limits).await?;
+        let device_lists =
+            Arc::new(device_lists::DeviceLists::load(store.clone(), rooms.notifier.clone()).await?);
+        let accounts =
+            accounts::Accounts::new(config.clone(), store.clone(), passwords, device_lists.clone());
         let user_data =
             user_data::UserData::load(store.clone(), rooms.notifier.clone(), &config.limits)
                 .await?;
@@ -69,10 +78,17 @@ impl Services {
         .await?;
         let key_backup =
             key_backup::KeyBackup::new(store.clone(), config.limits.max_backup_keys_per_version);
+        let e2ee_keys = e2ee_keys::E2eeKeys::new(
+            config.server_name.clone(),
+            store.clone(),
+            device_lists.clone(),
+        );
         let services = Arc::new(Self {
             config,
             store,
             accounts,
+            device_lists,
+            e2ee_keys,
             rooms,
             user_data,
             event_limiter,
@@ -81,6 +97,11 @@ impl Services {
             to_device,
             key_backup,
         });
+        // A device-list change wakes everyone sharing a room with the user.
+        let weak = Arc::downgrade(&services);
+        services.device_lists.set_audience(Box::new(move |user| {
+            weak.upgrade().map(|s| s.rooms.sharing_a_room_with(user)).unwrap_or_default()
+        }));
         // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
         // which need the services (weakly held: they end with the server).
         let weak = Arc::downgrade(&services);

@@ -46,6 +46,8 @@ pub enum Purpose {
     DeleteDevices,
     ChangePassword,
     Deactivate,
+    /// Replacing cross-signing keys.
+    CrossSigning,
 }
 
 /// The body of a 401 UIA response.

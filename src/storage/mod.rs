@@ -9,6 +9,7 @@
 //! whole or not at all, and once it returns `Ok` it survives kill -9 (see docs/ARCHITECTURE.md
 //! for which writes are fsynced).
 
+pub mod e2ee_keys;
 pub mod key_backup;
 mod records;
 pub mod rocks;
@@ -146,6 +147,7 @@ pub trait Store:
     + users::UserDataStore
     + to_device::ToDeviceStore
     + key_backup::KeyBackupStore
+    + e2ee_keys::E2eeKeyStore
 {
 }
 
@@ -157,5 +159,6 @@ impl<T> Store for T where
         + users::UserDataStore
         + to_device::ToDeviceStore
         + key_backup::KeyBackupStore
+        + e2ee_keys::E2eeKeyStore
 {
 }

@@ -78,6 +78,20 @@ mod cf {
     pub const BACKUP_VERSIONS: &str = "backup_versions";
     /// `user_id 0xFF version(be64) 0xFF room_id 0xFF session_id` → `KeyBackupData` JSON.
     pub const BACKUP_KEYS: &str = "backup_keys";
+    /// `localpart 0xFF device_id` → the device's keys JSON (`/keys/upload`).
+    pub const DEVICE_KEYS: &str = "device_keys";
+    /// `localpart 0xFF device_id 0xFF algorithm:key_id` → one-time key JSON.
+    pub const ONE_TIME_KEYS: &str = "one_time_keys";
+    /// `localpart 0xFF device_id 0xFF algorithm` →
+    /// [`FallbackKeyRecord`](crate::storage::e2ee_keys::FallbackKeyRecord).
+    pub const FALLBACK_KEYS: &str = "fallback_keys";
+    /// `user_id` → position (be64) of the latest change of the user's device list.
+    pub const DEVICE_LIST_CHANGES: &str = "device_list_changes";
+    /// `localpart 0xFF kind` (`master`, `self_signing`, `user_signing`) → key JSON.
+    pub const CROSS_SIGNING_KEYS: &str = "cross_signing_keys";
+    /// `localpart 0xFF target key (device ID or master public key) 0xFF signer user ID 0xFF
+    /// signer key ID` → signature (`/keys/signatures/upload`).
+    pub const KEY_SIGNATURES: &str = "key_signatures";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -104,9 +118,16 @@ mod cf {
         TO_DEVICE,
         BACKUP_VERSIONS,
         BACKUP_KEYS,
+        DEVICE_KEYS,
+        ONE_TIME_KEYS,
+        FALLBACK_KEYS,
+        DEVICE_LIST_CHANGES,
+        CROSS_SIGNING_KEYS,
+        KEY_SIGNATURES,
     ];
 }
 
+mod e2ee_keys;
 mod key_backup;
 mod rooms;
 mod to_device;
@@ -286,8 +307,8 @@ pub(super) fn scan(db: &DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Ve
     Ok(out)
 }
 
-/// Adds to `batch` the deletion of one device, every token issued to it and the to-device
-/// messages waiting for it.
+/// Adds to `batch` the deletion of one device, its end-to-end keys, every token issued to
+/// it and the to-device messages waiting for it.
 fn delete_device_in(
     db: &DB,
     batch: &mut WriteBatch,
@@ -296,6 +317,7 @@ fn delete_device_in(
 ) -> StorageResult<()> {
     batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
     to_device::delete_device_messages_in(db, batch, localpart, device_id)?;
+    e2ee_keys::delete_device_keys_in(db, batch, localpart, device_id)?;
     revoke_device_tokens_in(db, batch, localpart, device_id)
 }
 

@@ -1,0 +1,274 @@
+//! [`E2eeKeyStore`] on RocksDB.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+
+use super::{
+    RocksStore, cf, decode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
+};
+use crate::storage::e2ee_keys::{E2eeKeyStore, FallbackKeyRecord, KeyUpload};
+use crate::storage::{StorageError, StorageResult};
+
+fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
+}
+
+/// Adds to `batch` the deletion of a device's keys, one-time keys, fallback keys and the
+/// signatures made on its keys.
+pub(super) fn delete_device_keys_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    localpart: &str,
+    device_id: &str,
+) -> StorageResult<()> {
+    batch.delete_cf(
+        handle(db, cf::DEVICE_KEYS)?,
+        key(&[localpart.as_bytes(), device_id.as_bytes()]),
+    );
+    let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+    for name in [cf::ONE_TIME_KEYS, cf::FALLBACK_KEYS, cf::KEY_SIGNATURES] {
+        let h = handle(db, name)?;
+        for k in keys_with_prefix(db, name, &p)? {
+            batch.delete_cf(h, &k);
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl E2eeKeyStore for RocksStore {
+    async fn upload_keys(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        upload: KeyUpload,
+    ) -> StorageResult<bool> {
+        let (localpart, device_id) = (localpart.to_owned(), device_id.to_owned());
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
+            // Under the write lock, as device deletion: no keys outlive their device.
+            if db.get_pinned_cf(handle(db, cf::DEVICES)?, key(&[lp, dev]))?.is_none() {
+                return Err(StorageError::NotFound);
+            }
+            let mut batch = WriteBatch::default();
+            let mut new_device_keys = false;
+            if let Some(keys) = &upload.device_keys {
+                let k = key(&[lp, dev]);
+                let h = handle(db, cf::DEVICE_KEYS)?;
+                match db.get_pinned_cf(h, &k)? {
+                    Some(old) if old.as_ref() != keys.as_bytes() => {
+                        return Err(StorageError::AlreadyExists);
+                    }
+                    Some(_) => {}
+                    None => {
+                        batch.put_cf(h, &k, keys.as_bytes());
+                        new_device_keys = true;
+                    }
+                }
+            }
+            let h = handle(db, cf::ONE_TIME_KEYS)?;
+            for (id, otk) in &upload.one_time_keys {
+                let k = key(&[lp, dev, id.as_bytes()]);
+                match db.get_pinned_cf(h, &k)? {
+                    Some(old) if old.as_ref() != otk.as_bytes() => {
+                        return Err(StorageError::AlreadyExists);
+                    }
+                    Some(_) => {}
+                    None => batch.put_cf(h, &k, otk.as_bytes()),
+                }
+            }
+            let h = handle(db, cf::FALLBACK_KEYS)?;
+            for (algorithm, record) in &upload.fallback_keys {
+                let k = key(&[lp, dev, algorithm.as_bytes()]);
+                let old: Option<FallbackKeyRecord> = get_json(db, cf::FALLBACK_KEYS, &k)?;
+                // Re-uploading the same key keeps its used flag; a new key replaces it.
+                if old.is_none_or(|o| o.key_id != record.key_id || o.key != record.key) {
+                    batch.put_cf(h, &k, super::encode(record));
+                }
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(new_device_keys)
+        })
+        .await
+    }
+
+    async fn device_keys(&self, localpart: &str, device_id: &str) -> StorageResult<Option<String>> {
+        let k = key(&[localpart.as_bytes(), device_id.as_bytes()]);
+        match self.db.get_pinned_cf(handle(&self.db, cf::DEVICE_KEYS)?, k)? {
+            Some(v) => utf8(cf::DEVICE_KEYS, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn user_device_keys(&self, localpart: &str) -> StorageResult<BTreeMap<String, String>> {
+        scan(&self.db, cf::DEVICE_KEYS, &prefix(&[localpart.as_bytes()]))?
+            .into_iter()
+            .map(|(device, v)| Ok((utf8(cf::DEVICE_KEYS, &device)?, utf8(cf::DEVICE_KEYS, &v)?)))
+            .collect()
+    }
+
+    async fn one_time_key_counts(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<BTreeMap<String, u64>> {
+        let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+        let mut counts = BTreeMap::new();
+        for k in keys_with_prefix(&self.db, cf::ONE_TIME_KEYS, &p)? {
+            let id = utf8(cf::ONE_TIME_KEYS, &k[p.len()..])?;
+            let algorithm = id.split_once(':').map_or(id.as_str(), |(a, _)| a);
+            *counts.entry(algorithm.to_owned()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    async fn unused_fallback_key_types(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<Vec<String>> {
+        let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+        let mut out = Vec::new();
+        for (algorithm, v) in scan(&self.db, cf::FALLBACK_KEYS, &p)? {
+            let record: FallbackKeyRecord = decode(cf::FALLBACK_KEYS, &v)?;
+            if !record.used {
+                out.push(utf8(cf::FALLBACK_KEYS, &algorithm)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_key(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> StorageResult<Option<(String, String)>> {
+        let (localpart, device_id, algorithm) =
+            (localpart.to_owned(), device_id.to_owned(), algorithm.to_owned());
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
+            let mut p = prefix(&[lp, dev]);
+            p.extend_from_slice(algorithm.as_bytes());
+            p.push(b':');
+            let h = handle(db, cf::ONE_TIME_KEYS)?;
+            let first = db
+                .iterator_cf(h, IteratorMode::From(&p, Direction::Forward))
+                .next()
+                .transpose()?
+                .filter(|(k, _)| k.starts_with(&p));
+            if let Some((k, v)) = first {
+                let id = utf8(cf::ONE_TIME_KEYS, &k[p.len() - algorithm.len() - 1..])?;
+                let value = utf8(cf::ONE_TIME_KEYS, &v)?;
+                db.delete_cf_opt(h, &k, &synced())?;
+                return Ok(Some((id, value)));
+            }
+            let k = key(&[lp, dev, algorithm.as_bytes()]);
+            let Some(mut record): Option<FallbackKeyRecord> = get_json(db, cf::FALLBACK_KEYS, &k)?
+            else {
+                return Ok(None);
+            };
+            if !record.used {
+                record.used = true;
+                db.put_cf_opt(
+                    handle(db, cf::FALLBACK_KEYS)?,
+                    &k,
+                    super::encode(&record),
+                    &synced(),
+                )?;
+            }
+            Ok(Some((record.key_id, record.key)))
+        })
+        .await
+    }
+
+    async fn set_device_list_changed(&self, user_id: &str, pos: u64) -> StorageResult<()> {
+        let user_id = user_id.to_owned();
+        self.blocking(move |db, _| {
+            let h = handle(db, cf::DEVICE_LIST_CHANGES)?;
+            db.put_cf_opt(h, user_id.as_bytes(), pos.to_be_bytes(), &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_list_changes(&self) -> StorageResult<Vec<(String, u64)>> {
+        scan(&self.db, cf::DEVICE_LIST_CHANGES, &[])?
+            .into_iter()
+            .map(|(user, v)| {
+                let pos = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| StorageError::Corrupt {
+                    what: cf::DEVICE_LIST_CHANGES,
+                    detail: "position is not 8 bytes".into(),
+                })?;
+                Ok((utf8(cf::DEVICE_LIST_CHANGES, &user)?, u64::from_be_bytes(pos)))
+            })
+            .collect()
+    }
+
+    async fn set_cross_signing_keys(
+        &self,
+        localpart: &str,
+        keys: Vec<(String, String)>,
+    ) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, _| {
+            let h = handle(db, cf::CROSS_SIGNING_KEYS)?;
+            let mut batch = WriteBatch::default();
+            for (kind, json) in &keys {
+                batch.put_cf(h, key(&[localpart.as_bytes(), kind.as_bytes()]), json.as_bytes());
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cross_signing_keys(&self, localpart: &str) -> StorageResult<BTreeMap<String, String>> {
+        scan(&self.db, cf::CROSS_SIGNING_KEYS, &prefix(&[localpart.as_bytes()]))?
+            .into_iter()
+            .map(|(kind, v)| {
+                Ok((utf8(cf::CROSS_SIGNING_KEYS, &kind)?, utf8(cf::CROSS_SIGNING_KEYS, &v)?))
+            })
+            .collect()
+    }
+
+    async fn add_key_signatures(
+        &self,
+        signatures: Vec<(String, String, String, String, String)>,
+    ) -> StorageResult<()> {
+        self.blocking(move |db, _| {
+            let h = handle(db, cf::KEY_SIGNATURES)?;
+            let mut batch = WriteBatch::default();
+            for (localpart, target, signer, key_id, signature) in &signatures {
+                let parts = [localpart, target, signer, key_id].map(|p| p.as_bytes());
+                batch.put_cf(h, key(&parts), signature.as_bytes());
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_signatures(
+        &self,
+        localpart: &str,
+        target_key: &str,
+    ) -> StorageResult<Vec<(String, String, String)>> {
+        let p = prefix(&[localpart.as_bytes(), target_key.as_bytes()]);
+        let mut out = Vec::new();
+        for (rest, v) in scan(&self.db, cf::KEY_SIGNATURES, &p)? {
+            let Some(at) = rest.iter().position(|&b| b == super::SEP) else { continue };
+            out.push((
+                utf8(cf::KEY_SIGNATURES, &rest[..at])?,
+                utf8(cf::KEY_SIGNATURES, &rest[at + 1..])?,
+                utf8(cf::KEY_SIGNATURES, &v)?,
+            ));
+        }
+        Ok(out)
+    }
+}
