@@ -404,8 +404,9 @@ async fn an_oversized_upload_is_refused() {
     let sessions: serde_json::Map<String, Value> =
         (0..1000).map(|i| (format!("session{i}"), key_data(true, 0, 0, "YQ"))).collect();
     let body = json!({"rooms": {ROOM: {"sessions": sessions}}});
-    let res = s
-        .client
+    // A client of its own: the server may close the connection after its 413, which must
+    // not poison the shared client's pool for the requests that follow.
+    let res = reqwest::Client::new()
         .put(format!("{}{KEYS}?version={v}", s.base))
         .bearer_auth(&alice.access_token)
         .json(&body)
