@@ -6,8 +6,17 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The script of this checkout: the directory is read at run time, because build outputs are
+/// shared between checkouts (a test binary built in another one would point there).
+fn script() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join("scripts/bootstrap.sh")
+}
+
 fn check_libclang(root: &Path) -> (bool, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bootstrap.sh");
+    let script = script();
     let out = Command::new("bash")
         .arg(script)
         .arg("--check-libclang")
@@ -65,7 +74,7 @@ fn debian_libclang_dev_is_found() {
 fn libclang_path_names_the_only_directory_searched() {
     let root = tempfile::tempdir().unwrap();
     touch(root.path(), "/opt/llvm/lib/libclang.so");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bootstrap.sh");
+    let script = script();
     let run = |dir: &Path| {
         Command::new("bash")
             .arg(&script)

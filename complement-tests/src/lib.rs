@@ -361,7 +361,17 @@ pub fn nio_python() -> PathBuf {
 
 /// Path of a client script in `complement-tests/clients/`.
 pub fn client_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients").join(name)
+    manifest_dir().join("clients").join(name)
+}
+
+/// This crate's directory. Read at run time (cargo sets it for the tests it runs) rather than
+/// baked in at compile time: build outputs are shared between checkouts (the CI clone and a
+/// developer's tree use one target directory), and a crate compiled in another checkout would
+/// otherwise point at that checkout's files.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Room helpers, in the words of the spec.
