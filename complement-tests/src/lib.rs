@@ -401,6 +401,11 @@ impl TestServer {
         .await
     }
 
+    /// `GET /_matrix/client/v3/rooms/{room}/{rest}` (`rest`: `messages?dir=b`, `state`, …).
+    pub async fn room_get(&self, who: &Session, room: &str, rest: &str) -> (StatusCode, Value) {
+        self.get(&format!("/_matrix/client/v3/rooms/{}/{rest}", enc(room)), who.token()).await
+    }
+
     pub async fn sync(&self, who: &Session, since: Option<&str>, timeout_ms: u64) -> Value {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
         if let Some(s) = since {

@@ -16,12 +16,7 @@ fn bodies(events: &Value) -> Vec<String> {
 
 /// Every message body `who` can page back to, oldest first (empty when refused).
 async fn readable_bodies(s: &TestServer, who: &Session, room: &str) -> Vec<String> {
-    let (status, body) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room)),
-            who.token(),
-        )
-        .await;
+    let (status, body) = s.room_get(who, room, "messages?dir=b&limit=100").await;
     if status == 403 {
         return Vec::new();
     }
@@ -56,10 +51,7 @@ async fn leave(s: &TestServer, who: &Session, room: &str) {
 }
 
 async fn event_status(s: &TestServer, who: &Session, room: &str, event_id: &str) -> u16 {
-    s.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(event_id)), who.token())
-        .await
-        .0
-        .as_u16()
+    s.room_get(who, room, &format!("event/{}", enc(event_id))).await.0.as_u16()
 }
 
 #[tokio::test]
@@ -84,12 +76,7 @@ async fn an_invitee_who_rejected_reads_no_history() {
     assert!(readable_bodies(&s, &bob, &room).await.is_empty());
     let secret = secret["event_id"].as_str().unwrap();
     assert!(matches!(event_status(&s, &bob, &room, secret).await, 403 | 404));
-    let (status, context) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/context/{}", enc(&room), enc(secret)),
-            bob.token(),
-        )
-        .await;
+    let (status, context) = s.room_get(&bob, &room, &format!("context/{}", enc(secret))).await;
     assert!(matches!(status.as_u16(), 403 | 404), "{context}");
     let filter = enc(&json!({"room": {"include_leave": true}}).to_string());
     let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), bob.token()).await;
@@ -134,13 +121,10 @@ async fn a_former_member_of_a_joined_room_reads_only_while_they_were_in_it() {
     assert_eq!(readable_bodies(&s, &bob, &room).await, vec!["during"]);
     // The context of the one readable event has nothing before the join.
     let (status, context) = s
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/context/{}?limit=20",
-                enc(&room),
-                enc(during["event_id"].as_str().unwrap())
-            ),
-            bob.token(),
+        .room_get(
+            &bob,
+            &room,
+            &format!("context/{}?limit=20", enc(during["event_id"].as_str().unwrap())),
         )
         .await;
     assert_eq!(status, 200, "{context}");
@@ -206,12 +190,7 @@ async fn a_user_sees_their_own_membership_changes() {
     let room = public_room_with_visibility(&s, &alice, "joined").await;
     s.join(&bob, &room).await;
     leave(&s, &bob, &room).await;
-    let (_, msgs) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room)),
-            bob.token(),
-        )
-        .await;
+    let (_, msgs) = s.room_get(&bob, &room, "messages?dir=b&limit=100").await;
     let own: Vec<&str> = msgs["chunk"]
         .as_array()
         .unwrap()
@@ -251,22 +230,13 @@ async fn messages_gives_an_end_token_whenever_it_returns_events() {
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;
     s.send_text(&alice, &room, "t1", "only").await;
-    let (status, body) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room)),
-            alice.token(),
-        )
-        .await;
+    let (status, body) = s.room_get(&alice, &room, "messages?dir=b&limit=100").await;
     assert_eq!(status, 200);
     assert!(!body["chunk"].as_array().unwrap().is_empty());
     let end = body["end"].as_str().expect("end comes with events");
     // Paging on from there reaches the start: no events, no end.
-    let (status, body) = s
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100&from={end}", enc(&room)),
-            alice.token(),
-        )
-        .await;
+    let (status, body) =
+        s.room_get(&alice, &room, &format!("messages?dir=b&limit=100&from={end}")).await;
     assert_eq!(status, 200);
     assert!(body["chunk"].as_array().unwrap().is_empty(), "{body}");
     assert!(body.get("end").is_none(), "{body}");
@@ -322,13 +292,11 @@ async fn an_invitee_cannot_read_the_room_state() {
     let bob = s.register("bob", "bob-password").await;
     let room = s.create_room(&alice, json!({"preset": "private_chat", "name": "plans"})).await;
     invite(&s, &alice, &room, &bob.user_id).await;
-    let res = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), bob.token()).await;
+    let res = s.room_get(&bob, &room, "state").await;
     complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
-    let res = s
-        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)), bob.token())
-        .await;
+    let res = s.room_get(&bob, &room, "state/m.room.name/").await;
     complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
-    let res = s.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), bob.token()).await;
+    let res = s.room_get(&bob, &room, "members").await;
     complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
 }
 
@@ -346,7 +314,7 @@ async fn a_user_banned_before_joining_cannot_read_the_room_state() {
         )
         .await;
     assert_eq!(status, 200);
-    let res = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), bob.token()).await;
+    let res = s.room_get(&bob, &room, "state").await;
     complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
 }
 
@@ -360,8 +328,7 @@ async fn a_former_member_reads_the_member_list_as_they_left_it() {
     s.join(&bob, &room).await;
     leave(&s, &bob, &room).await;
     s.join(&carol, &room).await;
-    let (status, body) =
-        s.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), bob.token()).await;
+    let (status, body) = s.room_get(&bob, &room, "members").await;
     assert_eq!(status, 200, "{body}");
     let members: Vec<&str> =
         body["chunk"].as_array().unwrap().iter().filter_map(|e| e["state_key"].as_str()).collect();
@@ -391,15 +358,8 @@ async fn lazy_loaded_members_of_a_former_member_stop_at_their_departure() {
         .await;
     assert_eq!(status, 200);
     let filter = enc(&json!({"lazy_load_members": true}).to_string());
-    let (status, body) = s
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
-                enc(&room)
-            ),
-            bob.token(),
-        )
-        .await;
+    let (status, body) =
+        s.room_get(&bob, &room, &format!("messages?dir=b&limit=10&filter={filter}")).await;
     assert_eq!(status, 200, "{body}");
     let state = body["state"].as_array().expect("lazy members");
     assert!(state.iter().any(|e| e["state_key"] == alice.user_id.as_str()), "{body}");
@@ -415,13 +375,9 @@ async fn members_at_a_point_before_the_join_of_a_joined_room_are_forbidden() {
     s.send_text(&alice, &room, "t1", "before bob").await;
     let early = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     s.join(&bob, &room).await;
-    let res = s
-        .get(&format!("/_matrix/client/v3/rooms/{}/members?at={early}", enc(&room)), bob.token())
-        .await;
+    let res = s.room_get(&bob, &room, &format!("members?at={early}")).await;
     complement_tests::assert_error(&res, 403, "M_FORBIDDEN");
-    let (status, _) = s
-        .get(&format!("/_matrix/client/v3/rooms/{}/members?at={early}", enc(&room)), alice.token())
-        .await;
+    let (status, _) = s.room_get(&alice, &room, &format!("members?at={early}")).await;
     assert_eq!(status, 200);
 }
 
@@ -431,16 +387,8 @@ async fn messages_from_the_largest_token_read_the_newest_events() {
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;
     s.send_text(&alice, &room, "t1", "newest").await;
-    let (status, body) = s
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1&from=s{}",
-                enc(&room),
-                u64::MAX
-            ),
-            alice.token(),
-        )
-        .await;
+    let (status, body) =
+        s.room_get(&alice, &room, &format!("messages?dir=b&limit=1&from=s{}", u64::MAX)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(bodies(&body["chunk"]), vec!["newest"]);
 }
@@ -475,14 +423,7 @@ async fn timestamp_to_event_starts_at_the_edge_of_what_the_user_may_read() {
     s.join(&bob, &room).await;
     let (_, after) = s.send_text(&alice, &room, "a", "after bob").await;
     let (_, first) = s
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/event/{}",
-                enc(&room),
-                enc(first["event_id"].as_str().unwrap())
-            ),
-            alice.token(),
-        )
+        .room_get(&alice, &room, &format!("event/{}", enc(first["event_id"].as_str().unwrap())))
         .await;
     // From the first message bob may not read, 100 more he may not read follow.
     let ts = first["origin_server_ts"].as_u64().unwrap();
@@ -494,14 +435,7 @@ async fn timestamp_to_event_starts_at_the_edge_of_what_the_user_may_read() {
         .await;
     assert_eq!(status, 200, "{body}");
     let (_, event) = s
-        .get(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/event/{}",
-                enc(&room),
-                enc(body["event_id"].as_str().unwrap())
-            ),
-            bob.token(),
-        )
+        .room_get(&bob, &room, &format!("event/{}", enc(body["event_id"].as_str().unwrap())))
         .await;
     let own_join = event["type"] == "m.room.member" && event["state_key"] == bob.user_id.as_str();
     assert!(own_join || body["event_id"] == after["event_id"], "{event}");

@@ -62,6 +62,9 @@ pub struct Room {
     pending_txns: parking_lot::Mutex<HashMap<TxnKey, OwnedEventId>>,
     /// Every `m.room.history_visibility` change with its position (published view).
     visibility: RwLock<VisibilityHistory>,
+    /// Position of the room's latest membership change (a profile change is none); at
+    /// start-up, conservatively, the room's last position.
+    membership_changed_at: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -109,6 +112,13 @@ impl Room {
     /// The room's history-visibility changes, oldest first.
     pub fn visibility_history(&self) -> VisibilityHistory {
         self.visibility.read().clone()
+    }
+
+    /// The position of the room's latest membership change (join, leave, invite, ban…;
+    /// not a profile change): whoever asks "did anyone's membership change since P" needs
+    /// to read the room's members only when this is after P.
+    pub fn membership_changed_at(&self) -> u64 {
+        self.membership_changed_at.load(Ordering::Acquire)
     }
 }
 
@@ -207,6 +217,7 @@ impl Rooms {
                 }
             }
             last_pos = last_pos.max(head.last_pos);
+            let view_last_pos = head.last_pos;
             let visibility = load_visibility(store.as_ref(), &id).await?;
             let view =
                 RoomInner { head, state: Arc::new(state), chain_len, members: Arc::new(members) };
@@ -218,6 +229,7 @@ impl Rooms {
                 inner: RwLock::new(view),
                 pending_txns: parking_lot::Mutex::new(HashMap::new()),
                 visibility: RwLock::new(visibility),
+                membership_changed_at: AtomicU64::new(view_last_pos),
             };
             rooms.insert(id, Arc::new(room));
         }
@@ -413,6 +425,7 @@ impl Rooms {
             inner: RwLock::new(view),
             pending_txns: parking_lot::Mutex::new(HashMap::new()),
             visibility: RwLock::new(Arc::new(Vec::new())),
+            membership_changed_at: AtomicU64::new(0),
         });
         // Build and check every initial event first: a refused one (a bad power-level
         // override, say) leaves no half-created room behind. Then one request writes all.
@@ -726,6 +739,7 @@ impl Rooms {
             replaces_state,
             state_change: if same_membership { None } else { state_change(&pdu) },
         };
+        let membership_changed = membership.is_some() && !same_membership;
         let visibility_change = match (&pdu.kind, pdu.state_key.as_deref()) {
             (TimelineEventType::RoomHistoryVisibility, Some("")) => {
                 Some(Visibility::parse(state_value(&pdu.kind, &pdu.content).as_deref()))
@@ -756,6 +770,9 @@ impl Rooms {
             if let Some(v) = visibility_change {
                 let mut history = applied.visibility.write();
                 Arc::make_mut(&mut history).push((pos, v));
+            }
+            if membership_changed {
+                applied.membership_changed_at.store(pos, Ordering::Release);
             }
             let mut published = applied.inner.write();
             *published = view;

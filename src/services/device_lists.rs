@@ -127,8 +127,8 @@ fn is_departure(membership: &str) -> bool {
 impl Services {
     /// Device-list news for `user` in `(from, to]`. The cost follows what changed: the users
     /// whose lists changed in the window (a range of an in-memory index) and the
-    /// memberships of rooms with events in the window; rooms where nothing happened are not
-    /// read.
+    /// memberships of rooms whose membership changed in the window (`Room::membership_changed_at`);
+    /// other rooms, however busy, are not read.
     pub async fn device_list_changes(
         &self,
         user: &UserId,
@@ -147,8 +147,10 @@ impl Services {
             if me_joined {
                 my_rooms.insert(room.id.clone());
             }
-            // Memberships that began in the window: only rooms with events after `from`.
-            if room.last_pos() <= from.events {
+            // Memberships that began in the window: only rooms whose memberships changed
+            // after `from` are read (not every room with a new message: a message in a big
+            // room must not make each member's sync read the whole member list).
+            if room.membership_changed_at() <= from.events {
                 continue;
             }
             let records = self.store.room_memberships(room.id.as_str()).await?;

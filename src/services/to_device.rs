@@ -142,6 +142,10 @@ impl ToDevice {
         after: u64,
         until: u64,
     ) -> Result<(Vec<ToDeviceMessage>, u64)> {
+        if after >= until {
+            // Nothing was sent to anyone since: no read (a sync woken by a room message).
+            return Ok((Vec::new(), until));
+        }
         let rows = self
             .store
             .to_device_messages(&who.localpart, who.device_id.as_str(), after, until, MAX_PER_SYNC)

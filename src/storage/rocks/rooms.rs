@@ -571,22 +571,8 @@ mod tests {
 
     fn ts_write(room: &str, id: &str, ts: u64) -> EventWrite {
         let pdu =
-            format!(r#"{{"room_id":"{room}","origin_server_ts":{ts},"type":"m.room.message"}}"#);
-        EventWrite {
-            event_id: id.to_owned(),
-            room_id: room.to_owned(),
-            pdu: serde_json::value::RawValue::from_string(pdu).unwrap(),
-            origin_server_ts: ts,
-            state_group: 1,
-            new_state_group: None,
-            head: RoomHead { forward_extremities: vec![], depth: 1, state_group: 1, last_pos: 0 },
-            room: None,
-            membership: None,
-            txn: None,
-            redaction: None,
-            replaces_state: None,
-            state_change: None,
-        }
+            serde_json::json!({"room_id": room, "origin_server_ts": ts, "type": "m.room.message"});
+        EventWrite { room_id: room.to_owned(), origin_server_ts: ts, ..write(id, pdu) }
     }
 
     async fn seek(store: &RocksStore, ts: u64, backwards: bool) -> Vec<String> {
