@@ -3,9 +3,10 @@
 #   - whoami requests per second (token lookup + auth on every request)
 #   - password logins per second (argon2id-bound)
 #   - idle RSS of the server process, after start-up and after the load
-#   - send -> sync latency at 100 and 1 000 events/s (axon-bench latency)
+#   - send -> sync latency at 100 and 1 000 events/s, and with the receiver in 1 000 quiet rooms (axon-bench latency)
 #   - sustained events/s into one room and spread over 1 000 rooms (axon-bench throughput)
 #   - to-device messages/s delivered to 100 long-polling receivers (axon-bench to_device)
+#   - group fan-out: 16 senders -> 16 receivers closed loop, 1 sender -> 1 000 receivers at 20/s (axon-bench fanout)
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -45,6 +46,7 @@ TOML
 
 "$BIN" --config "$work/axon.toml" >/dev/null 2>"$work/stderr" &
 pid=$!
+export AXON_PID=$pid # axon-bench reports the server's CPU time per delivery from /proc
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 base="http://127.0.0.1:$port"
@@ -79,9 +81,12 @@ sleep 3
 echo "== events"
 "$LOADGEN" "$base" latency 100 10 | tee "$work/events.txt"
 "$LOADGEN" "$base" latency 1000 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" latency 100 10 1000 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" throughput 1 64 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" throughput 1000 64 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" to_device 100 16 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" fanout 16 16 0 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" fanout 1000 1 20 10 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 

@@ -12,6 +12,14 @@
 //!                                                fast as they can, each to one of RECEIVERS
 //!                                                users whose /sync long-poll is always pending;
 //!                                                report messages/s delivered
+//! axon-bench BASE_URL fanout RECEIVERS SENDERS RATE SECONDS
+//!                                                SENDERS and RECEIVERS users in one room, every
+//!                                                receiver's /sync long-poll always pending;
+//!                                                senders send RATE events/s in all (open loop),
+//!                                                or as fast as they can for RATE 0 (closed
+//!                                                loop); report deliveries/s, send→delivery
+//!                                                latency, and with AXON_PID the server's CPU
+//!                                                time per delivery
 //! ```
 //! The server must have open registration and generous rate limits (run.sh configures it).
 
@@ -139,9 +147,19 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}", n % 1_000_000_000)
 }
 
-async fn latency(server: Arc<Server>, rate: u64, secs: u64) -> Result<(), Error> {
+/// Send → sync latency. With `quiet_rooms`, the receiver is also in that many rooms where
+/// nothing happens: a wake-up should cost what changed, not what the receiver has.
+async fn latency(
+    server: Arc<Server>,
+    rate: u64,
+    secs: u64,
+    quiet_rooms: usize,
+) -> Result<(), Error> {
     let sender = server.register(&unique("lsend")).await?;
     let receiver = Arc::new(server.register(&unique("lrecv")).await?);
+    for _ in 0..quiet_rooms {
+        server.create_room(&receiver).await?;
+    }
     let room = server.create_room(&sender).await?;
     let join = format!("/_matrix/client/v3/join/{}", enc(&room));
     server.post(&join, Some(&receiver.token), json!({})).await?;
@@ -212,7 +230,8 @@ async fn latency(server: Arc<Server>, rate: u64, secs: u64) -> Result<(), Error>
         .collect();
     lat.sort();
     println!(
-        "latency @ {rate} events/s for {secs}s: delivered {}/{total}, send errors {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "latency @ {rate} events/s for {secs}s, receiver in {} rooms: delivered {}/{total}, send errors {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        quiet_rooms + 1,
         lat.len(),
         errors.load(Ordering::Relaxed),
         percentile(&lat, 0.50).as_secs_f64() * 1e3,
@@ -367,17 +386,215 @@ async fn to_device(
     Ok(())
 }
 
+/// CPU time (user + system) the process `AXON_PID` has used so far, if known.
+fn server_cpu() -> Option<Duration> {
+    let pid = std::env::var("AXON_PID").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may contain spaces) start at the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = 100; // USER_HZ on Linux
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// Group fan-out: SENDERS send into one room that RECEIVERS long-poll.
+async fn fanout(
+    server: Arc<Server>,
+    receivers: usize,
+    senders: usize,
+    rate: u64,
+    secs: u64,
+) -> Result<(), Error> {
+    let setup = Instant::now();
+    let mut users = Vec::with_capacity(receivers + senders);
+    let mut pending = Vec::new();
+    for i in 0..receivers + senders {
+        let server = server.clone();
+        pending
+            .push(tokio::spawn(async move { server.register(&unique(&format!("f{i}_"))).await }));
+        if pending.len() >= 32 {
+            for p in pending.drain(..) {
+                users.push(Arc::new(p.await??));
+            }
+        }
+    }
+    for p in pending {
+        users.push(Arc::new(p.await??));
+    }
+    let (sender_users, receiver_users) = users.split_at(senders);
+    let room = server.create_room(&sender_users[0]).await?;
+    let join = format!("/_matrix/client/v3/join/{}", enc(&room));
+    let mut pending = Vec::new();
+    for u in users.iter().skip(1) {
+        let (server, u, join) = (server.clone(), u.clone(), join.clone());
+        pending
+            .push(tokio::spawn(async move { server.post(&join, Some(&u.token), json!({})).await }));
+        if pending.len() >= 32 {
+            for p in pending.drain(..) {
+                p.await??;
+            }
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    let setup = setup.elapsed();
+
+    const MAX_EVENTS: usize = 4_000_000;
+    let epoch = Instant::now();
+    let sent_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..MAX_EVENTS).map(|_| AtomicU64::new(0)).collect());
+    let next_seq = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deliveries = Arc::new(AtomicU64::new(0));
+    let stop_sending = epoch + Duration::from_secs(secs);
+    let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Receivers: an initial sync, then long-polls back to back.
+    let mut rx_tasks = Vec::new();
+    for r in receiver_users {
+        let (server, r, room, sent_at, deliveries, stop) = (
+            server.clone(),
+            r.clone(),
+            room.clone(),
+            sent_at.clone(),
+            deliveries.clone(),
+            stop_receiving.clone(),
+        );
+        rx_tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<Duration> = Vec::new();
+            let Ok(first) = server.sync(&r, None, 0).await else { return latencies };
+            let Some(mut since) = first["next_batch"].as_str().map(str::to_owned) else {
+                return latencies;
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(body) = server.sync(&r, Some(&since), 2000).await else { continue };
+                let now = epoch.elapsed();
+                if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array()
+                {
+                    for e in events {
+                        let Some(seq) = e["content"]["seq"].as_u64() else { continue };
+                        let Some(at) = sent_at.get(seq as usize) else { continue };
+                        let at = Duration::from_nanos(at.load(Ordering::Relaxed));
+                        latencies.push(now.saturating_sub(at));
+                        deliveries.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if let Some(next) = body["next_batch"].as_str() {
+                    since = next.to_owned();
+                }
+            }
+            latencies
+        }));
+    }
+    // Let every receiver reach its long-poll before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let cpu_before = server_cpu();
+    let started = Instant::now();
+    let mut tx_tasks = Vec::new();
+    for (w, u) in sender_users.iter().enumerate() {
+        let (server, u, room, sent_at, next_seq, sent, errors) = (
+            server.clone(),
+            u.clone(),
+            room.clone(),
+            sent_at.clone(),
+            next_seq.clone(),
+            sent.clone(),
+            errors.clone(),
+        );
+        tx_tasks.push(tokio::spawn(async move {
+            // Open loop: each sender sends RATE/SENDERS events/s on a fixed schedule.
+            let mut ticker = (rate > 0).then(|| {
+                let per_sender = (rate as f64 / senders as f64).max(0.001);
+                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sender));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut i = 0u64;
+            while Instant::now() < stop_sending {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let seq = next_seq.fetch_add(1, Ordering::Relaxed);
+                let Some(slot) = sent_at.get(seq as usize) else { break };
+                slot.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                let body = json!({"msgtype": "m.text", "body": "fan-out", "seq": seq});
+                match server.send(&u, &room, &format!("f{w}-{i}"), body).await {
+                    Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+            }
+        }));
+    }
+    for t in tx_tasks {
+        let _ = t.await;
+    }
+    let send_elapsed = started.elapsed().as_secs_f64();
+    // Wait (bounded) for the deliveries of what was sent, then stop the receivers.
+    let expected = sent.load(Ordering::Relaxed) * receivers as u64;
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    while deliveries.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = match (cpu_before, server_cpu()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    stop_receiving.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for t in rx_tasks {
+        if let Ok(l) = t.await {
+            latencies.extend(l);
+        }
+    }
+    latencies.sort();
+    let n = sent.load(Ordering::Relaxed);
+    let delivered = deliveries.load(Ordering::Relaxed);
+    let cpu_text = match cpu {
+        Some(cpu) if delivered > 0 => format!(
+            ", server CPU {:.2} s = {:.1} µs per delivery ({:.2} cores)",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / delivered as f64,
+            cpu.as_secs_f64() / elapsed
+        ),
+        _ => String::new(),
+    };
+    let mode = if rate > 0 { format!("{rate} events/s open loop") } else { "closed loop".into() };
+    println!(
+        "fanout {senders} senders → {receivers} receivers in one room, {mode}, {secs}s: {n} events ({:.0}/s), errors {}, {delivered}/{expected} deliveries ({:.0}/s), latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{cpu_text} (setup {:.1}s)",
+        n as f64 / send_elapsed,
+        errors.load(Ordering::Relaxed),
+        delivered as f64 / elapsed,
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        setup.as_secs_f64(),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | fanout RECEIVERS SENDERS RATE SECONDS)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
     let num = |i: usize| -> Result<u64, Error> { Ok(args.get(i).ok_or(usage)?.parse()?) };
     match args.get(2).map(String::as_str) {
-        Some("latency") => latency(server, num(3)?, num(4)?).await,
+        Some("latency") => {
+            let quiet_rooms = if args.len() > 5 { num(5)? as usize } else { 0 };
+            latency(server, num(3)?, num(4)?, quiet_rooms).await
+        }
         Some("throughput") => throughput(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
+        Some("fanout") => {
+            fanout(server, num(3)? as usize, num(4)? as usize, num(5)?, num(6)?).await
+        }
         Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
         _ => Err(usage.into()),
     }

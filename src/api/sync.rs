@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use ruma::RoomId;
 use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use ruma::api::client::sync::sync_events;
 use ruma::events::{StateEventType, TimelineEventType};
+use ruma::{OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 
 use crate::api::rooms::token;
@@ -23,6 +23,7 @@ use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::filter;
 use crate::rooms::history::Direction;
+use crate::rooms::notify::{Changes, Stream};
 use crate::rooms::state::StateKey;
 use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::services::Services;
@@ -44,32 +45,57 @@ const STRIPPED_STATE: &[&str] = &[
     "m.room.topic",
 ];
 
-/// `s<events>_<account data>_<to-device>_<device lists>`: the positions of the streams
-/// the client has seen. Missing parts read as 0, so older tokens stay valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `s<events>_<account data>_<to-device>_<device lists>_<receipts>_<typing>_<presence>`:
+/// the positions of the streams the client has seen. Missing parts read as 0, so older
+/// tokens stay valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SyncToken {
     pub events: u64,
     pub account_data: u64,
     pub to_device: u64,
     pub device_lists: u64,
+    pub receipts: u64,
+    pub typing: u64,
+    pub presence: u64,
 }
 
 impl SyncToken {
     pub fn parse(token: &str) -> Result<Self> {
         let bad = || Error::InvalidParam(format!("Invalid sync token {token:?}"));
         let rest = token.strip_prefix('s').ok_or_else(bad)?;
-        let mut parts = rest.split('_');
-        let events = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        let mut next = || -> Result<u64> {
-            match parts.next() {
-                Some(p) => p.parse().map_err(|_| bad()),
-                None => Ok(0),
-            }
-        };
-        let account_data = next()?;
-        let to_device = next()?;
-        let device_lists = next()?;
-        Ok(Self { events, account_data, to_device, device_lists })
+        let mut parts = [0u64; 7];
+        for (i, part) in rest.split('_').enumerate() {
+            let slot = parts.get_mut(i).ok_or_else(bad)?;
+            *slot = part.parse().map_err(|_| bad())?;
+        }
+        let [events, account_data, to_device, device_lists, receipts, typing, presence] = parts;
+        Ok(Self { events, account_data, to_device, device_lists, receipts, typing, presence })
+    }
+
+    /// The current position of every stream.
+    pub fn current(s: &Services) -> Self {
+        Self {
+            events: s.rooms.committer.current(),
+            account_data: s.user_data.current(),
+            to_device: s.to_device.current(),
+            device_lists: s.device_lists.current(),
+            receipts: s.receipts.current(),
+            typing: s.typing.current(),
+            presence: s.presence.current(),
+        }
+    }
+
+    /// The positions by stream, as `notify::Changes::covered_by` compares them.
+    pub fn positions(&self) -> [u64; Stream::COUNT] {
+        let mut p = [0; Stream::COUNT];
+        p[Stream::Events as usize] = self.events;
+        p[Stream::AccountData as usize] = self.account_data;
+        p[Stream::ToDevice as usize] = self.to_device;
+        p[Stream::DeviceLists as usize] = self.device_lists;
+        p[Stream::Receipts as usize] = self.receipts;
+        p[Stream::Typing as usize] = self.typing;
+        p[Stream::Presence as usize] = self.presence;
+        p
     }
 
     pub fn lists_pos(&self) -> ListsPos {
@@ -79,7 +105,17 @@ impl SyncToken {
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}_{}_{}", self.events, self.account_data, self.to_device, self.device_lists)
+        write!(
+            f,
+            "s{}_{}_{}_{}_{}_{}_{}",
+            self.events,
+            self.account_data,
+            self.to_device,
+            self.device_lists,
+            self.receipts,
+            self.typing,
+            self.presence
+        )
     }
 }
 
@@ -88,6 +124,8 @@ struct Options {
     read_positions: HashMap<String, (u64, u64)>,
     displayname: Option<String>,
     since: Option<u64>,
+    /// Every stream's `since` position (`None`: an initial sync).
+    since_token: Option<SyncToken>,
     since_account_data: Option<u64>,
     full_state: bool,
     timeline_limit: usize,
@@ -137,18 +175,12 @@ pub async fn sync(
         .limit
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
         .clamp(1, 1000);
-    let read_positions = s
-        .user_data
-        .read_positions(&who.user_id)
-        .await?
-        .into_iter()
-        .map(|(room, p)| (room, (p.event_pos, p.pos)))
-        .collect();
     let displayname = s.rooms.profile_of(&who.user_id).await?.and_then(|p| p.displayname);
-    let opts = Options {
-        read_positions,
+    let mut opts = Options {
+        read_positions: HashMap::new(),
         displayname,
         since,
+        since_token,
         since_account_data: since_token.map(|t| t.account_data),
         full_state: req.full_state,
         timeline_limit,
@@ -156,41 +188,81 @@ pub async fn sync(
     };
     let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
+    s.presence.syncing(&who.user_id, &req.set_presence);
 
     // Presenting a token acknowledges the to-device messages it covers.
     let since_to_device = since_token.map_or(0, |t| t.to_device);
     s.to_device.acknowledge(&who, since_to_device).await?;
 
-    // Subscribe before looking, so that an event committed meanwhile still wakes us.
-    let mut wake = s.rooms.notifier.subscribe(&who.user_id);
+    // Subscribe before looking, so that a change committed meanwhile still wakes us. The
+    // first pass looks at everything; a pass after a wake-up only at what the wake-ups
+    // announced (the earlier passes found nothing new, so the rest is still quiet). Writers
+    // announce a change before they publish its position, so every change at or below the
+    // positions a pass reads was announced to it, or to an earlier pass of this request.
+    let subscription = s.rooms.notifier.subscribe(&who.user_id);
+    let mut scope: Option<Changes> = None;
     loop {
-        let current = SyncToken {
-            events: s.rooms.committer.current(),
-            account_data: s.user_data.current(),
-            to_device: s.to_device.current(),
-            device_lists: s.device_lists.current(),
+        let current = SyncToken::current(&s);
+        let looks_at = |stream: Stream| scope.as_ref().is_none_or(|c| c.has(stream));
+        let looks_at_rooms = scope.as_ref().is_none_or(Changes::any_room);
+        let (to_device, to_device_seen) = if looks_at(Stream::ToDevice) {
+            s.to_device.pending(&who, since_to_device, current.to_device).await?
+        } else {
+            (Vec::new(), current.to_device)
         };
-        let (to_device, to_device_seen) =
-            s.to_device.pending(&who, since_to_device, current.to_device).await?;
         let next_batch = SyncToken { to_device: to_device_seen, ..current };
-        let account_data = s
-            .user_data
-            .changed(&who.user_id, opts.since_account_data, current.account_data)
-            .await?;
+        let account_data = if looks_at(Stream::AccountData) {
+            s.user_data.changed(&who.user_id, opts.since_account_data, current.account_data).await?
+        } else {
+            Vec::new()
+        };
         let (global, by_room) = split_account_data(account_data, &opts.filter);
-        let (rooms, empty) = build_rooms(&s, &who, &opts, current.events, &by_room).await?;
+        if looks_at_rooms || looks_at(Stream::AccountData) {
+            opts.read_positions = s
+                .user_data
+                .read_positions(&who.user_id)
+                .await?
+                .into_iter()
+                .map(|(room, p)| (room, (p.event_pos, p.pos)))
+                .collect();
+        }
+        let candidates = match &scope {
+            Some(changes) if !changes.all_rooms => {
+                let mut rooms: HashSet<OwnedRoomId> = changes.rooms.clone();
+                rooms.extend(by_room.keys().filter_map(|r| RoomId::parse(r).ok()));
+                Some(rooms)
+            }
+            _ => None,
+        };
+        let (rooms, empty) =
+            build_rooms(&s, &who, &opts, &current, candidates.as_ref(), &by_room).await?;
         let lists = match since_token {
-            Some(t) => {
+            Some(t) if looks_at(Stream::DeviceLists) || looks_at_rooms => {
                 s.device_list_changes(&who.user_id, t.lists_pos(), current.lists_pos()).await?
             }
-            None => ListChanges::default(),
+            _ => ListChanges::default(),
         };
         let lists_empty = lists.changed.is_empty() && lists.left.is_empty();
+        let presence = if looks_at(Stream::Presence) && !filter::excludes_all(&opts.filter.presence)
+        {
+            s.presence
+                .events(&who.user_id, since_token.map(|t| t.presence), current.presence)
+                .into_iter()
+                .filter(|e| {
+                    e["sender"]
+                        .as_str()
+                        .is_some_and(|u| filter::allows_presence(&opts.filter.presence, u))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let waited_enough = tokio::time::Instant::now() >= deadline;
         if !empty
             || !global.is_empty()
             || !to_device.is_empty()
             || !lists_empty
+            || !presence.is_empty()
             || since.is_none()
             || opts.full_state
             || waited_enough
@@ -200,7 +272,7 @@ pub async fn sync(
             return Ok(Json(json!({
                 "next_batch": next_batch.to_string(),
                 "rooms": rooms,
-                "presence": {"events": []},
+                "presence": {"events": presence},
                 "account_data": {"events": global},
                 "to_device": {"events": to_device},
                 "device_lists": {"changed": lists.changed, "left": lists.left},
@@ -208,10 +280,21 @@ pub async fn sync(
                 "device_unused_fallback_key_types": unused_fallback_key_types,
             })));
         }
-        match tokio::time::timeout_at(deadline, wake.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return Err(Error::Internal("wake-up channel closed".into())),
-            Err(_) => continue, // timed out: answer with whatever there is (nothing)
+        match scope.take() {
+            // A change was announced whose position is not published yet (its writer
+            // publishes right after announcing; a concurrent writer before it may still be
+            // writing): look again shortly at the same things, and at anything new.
+            Some(mut announced) if !announced.covered_by(&current.positions()) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                announced.merge(subscription.take());
+                scope = Some(announced);
+            }
+            // Woken or timed out: the next pass looks at what changed meanwhile (perhaps
+            // nothing, and then answers with an empty response at the deadline).
+            _ => {
+                let _ = tokio::time::timeout_at(deadline, subscription.changed()).await;
+                scope = Some(subscription.take());
+            }
         }
     }
 }
@@ -242,25 +325,58 @@ fn split_account_data(
     (global, by_room)
 }
 
-/// Builds `rooms`; the flag says whether nothing at all changed.
+/// Builds `rooms` from the rooms the user has a membership in (`only`: just these, after a
+/// wake-up); the flag says whether nothing at all changed.
 async fn build_rooms(
     s: &Services,
     who: &Identity,
     opts: &Options,
-    current: u64,
+    tokens: &SyncToken,
+    only: Option<&HashSet<OwnedRoomId>>,
     room_account_data: &HashMap<String, Vec<Value>>,
 ) -> Result<(Value, bool)> {
+    let current = tokens.events;
     let include_leave = opts.since.is_none() && opts.filter.room.include_leave;
-    let memberships = s.rooms.memberships_of(&who.user_id).await?;
+    // An initial or full-state sync reads every membership at once; an incremental one
+    // only those of the rooms where something moved (one point read each).
+    let everything = opts.since.is_none() || opts.full_state;
+    let memberships =
+        if everything { s.rooms.memberships_of(&who.user_id).await? } else { HashMap::new() };
+    let rooms = match only {
+        Some(ids) => ids.iter().filter_map(|id| s.rooms.get(id)).collect(),
+        None => s.rooms.rooms_of(&who.user_id),
+    };
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
 
-    for room in s.rooms.rooms_of(&who.user_id) {
+    for room in rooms {
         if !filter::includes_room(&opts.filter.room, &room.id) {
             continue;
         }
-        let Some(record) = memberships.get(room.id.as_str()) else {
+        let account_data = room_account_data.get(room.id.as_str());
+        let read_moved = opts
+            .read_positions
+            .get(room.id.as_str())
+            .is_some_and(|(_, pos)| opts.since_account_data.is_none_or(|since| *pos > since));
+        let ephemeral_moved = opts.since_token.is_some_and(|since| {
+            s.receipts.changed(&room.id, since.receipts) || s.typing.changed(&room.id, since.typing)
+        });
+        // Nothing of this room moved since `since` (in memory, no reads): a membership
+        // change is an event of the room, so it would have moved.
+        let moved = opts.changed_since(room.last_pos().min(current))
+            || account_data.is_some()
+            || read_moved
+            || ephemeral_moved;
+        if !everything && !moved {
+            continue;
+        }
+        let record = if everything {
+            memberships.get(room.id.as_str()).cloned()
+        } else {
+            s.rooms.store().membership(room.id.as_str(), who.user_id.as_str()).await?
+        };
+        let Some(record) = record else {
             continue;
         };
         // The membership as of `current`: a change committed after `current` was read is
@@ -280,17 +396,19 @@ async fn build_rooms(
         match m.membership.as_str() {
             "join" => {
                 let newly_joined = opts.changed_since(m.since);
-                let account_data = room_account_data.get(room.id.as_str());
-                let read_moved =
-                    opts.read_positions.get(room.id.as_str()).is_some_and(|(_, pos)| {
-                        opts.since_account_data.is_none_or(|since| *pos > since)
-                    });
                 let timeline_moved = opts.changed_since(room.last_pos().min(current));
+                // A room new to the client gets every ephemeral event; otherwise only
+                // what changed since `since`.
+                let ephemeral_since = if newly_joined { None } else { opts.since_token };
+                let ephemeral =
+                    ephemeral_events(s, &room.id, &who.user_id, ephemeral_since, tokens, opts)
+                        .await?;
                 if !newly_joined
                     && !opts.full_state
                     && !timeline_moved
                     && account_data.is_none()
                     && !read_moved
+                    && ephemeral.is_empty()
                 {
                     continue;
                 }
@@ -306,6 +424,7 @@ async fn build_rooms(
                     && !opts.full_state
                     && account_data.is_none()
                     && !read_moved
+                    && ephemeral.is_empty()
                     && obj["timeline"]["events"].as_array().is_some_and(Vec::is_empty)
                     && obj["state"]["events"].as_array().is_some_and(Vec::is_empty);
                 if quiet {
@@ -336,7 +455,7 @@ async fn build_rooms(
                         "highlight_count": unread.highlights,
                     }),
                 );
-                obj.insert("ephemeral".into(), json!({"events": []}));
+                obj.insert("ephemeral".into(), json!({"events": ephemeral}));
                 join.insert(room.id.to_string(), entry);
             }
             "invite" if opts.changed_since(m.since) => {
@@ -372,6 +491,32 @@ async fn build_rooms(
     }
     let empty = join.is_empty() && invite.is_empty() && leave.is_empty();
     Ok((json!({"join": join, "invite": invite, "leave": leave, "knock": {}}), empty))
+}
+
+/// A joined room's ephemeral events for a sync from `since` (`None`: all current ones):
+/// typing and receipts, as the room's ephemeral filter allows.
+async fn ephemeral_events(
+    s: &Services,
+    room: &RoomId,
+    user: &ruma::UserId,
+    since: Option<SyncToken>,
+    upto: &SyncToken,
+    opts: &Options,
+) -> Result<Vec<Value>> {
+    let wanted = &opts.filter.room.ephemeral;
+    let mut events = Vec::new();
+    if filter::allows_event_type(wanted, "m.typing")
+        && let Some(typing) = s.typing.event(room, user, since.map(|t| t.typing))
+    {
+        events.push(typing);
+    }
+    if filter::allows_event_type(wanted, "m.receipt")
+        && let Some(receipts) =
+            s.receipts.event(room, user, since.map(|t| t.receipts), upto.receipts).await?
+    {
+        events.push(receipts);
+    }
+    Ok(events)
 }
 
 /// The invite entry: the room's stripped state, the invite, and the inviter's member event.
@@ -596,13 +741,19 @@ mod tests {
             account_data,
             to_device,
             device_lists,
+            ..SyncToken::default()
         };
         assert_eq!(SyncToken::parse("s5").unwrap(), t(5, 0, 0, 0));
         assert_eq!(SyncToken::parse("s5_3").unwrap(), t(5, 3, 0, 0));
         assert_eq!(SyncToken::parse("s5_3_7").unwrap(), t(5, 3, 7, 0));
         assert_eq!(SyncToken::parse("s5_3_7_9").unwrap(), t(5, 3, 7, 9));
+        let full = SyncToken { receipts: 11, typing: 12, presence: 13, ..t(5, 3, 7, 9) };
+        assert_eq!(SyncToken::parse("s5_3_7_9_11_12_13").unwrap(), full);
+        assert_eq!(full.to_string(), "s5_3_7_9_11_12_13");
         assert!(SyncToken::parse("s5_3_x").is_err());
         assert!(SyncToken::parse("s5_6_7_x").is_err());
-        assert_eq!(t(5, 3, 7, 9).to_string(), "s5_3_7_9");
+        assert!(SyncToken::parse("s1_2_3_4_5_6_7_8").is_err(), "too many parts");
+        assert!(SyncToken::parse("s").is_err());
+        assert!(SyncToken::parse("x5").is_err());
     }
 }

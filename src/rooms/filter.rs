@@ -83,6 +83,19 @@ pub fn allows_type(filter: &Filter, kind: &str) -> bool {
     types_allow(filter.types.as_deref(), &filter.not_types, kind)
 }
 
+/// Does a `Filter` let nothing through (types `[]`, or `*` among the excluded types)? Then
+/// its section need not even be computed.
+pub fn excludes_all(filter: &Filter) -> bool {
+    filter.types.as_ref().is_some_and(Vec::is_empty) || filter.not_types.iter().any(|t| t == "*")
+}
+
+/// Does a presence event of `sender` pass a `Filter` (types and senders)?
+pub fn allows_presence(filter: &Filter, sender: &str) -> bool {
+    let sender_ok = filter.senders.as_ref().is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
+        && !filter.not_senders.iter().any(|u| u.as_str() == sender);
+    sender_ok && allows_type(filter, "m.presence")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

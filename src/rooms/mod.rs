@@ -179,7 +179,6 @@ struct Prepared {
     event_id: OwnedEventId,
     write: EventWrite,
     apply: commit::Apply,
-    wake: Vec<OwnedUserId>,
 }
 
 impl Rooms {
@@ -434,7 +433,6 @@ impl Rooms {
         let applied = room.clone();
         let mut applies: Vec<commit::Apply> =
             vec![Box::new(move |pos| applied.inner.write().head.last_pos = pos)];
-        let mut wake: Vec<OwnedUserId> = Vec::new();
         for (i, event) in events.into_iter().enumerate() {
             // Building, signing and auth-checking is CPU work (about a millisecond per event
             // in a debug build): a room at the createRoom caps hands the worker back to other
@@ -445,7 +443,6 @@ impl Rooms {
             let prepared = self.prepare(&room, &mut builder, creator, event, None, None)?;
             writes.push(prepared.write);
             applies.push(prepared.apply);
-            wake.extend(prepared.wake);
         }
         let n = applies.len() as u64;
         let apply_all: commit::Apply = Box::new(move |last| {
@@ -456,8 +453,7 @@ impl Rooms {
         let pending = self.committer.submit(writes, apply_all)?;
         self.rooms.write().insert(room_id.clone(), room.clone());
         drop(builder);
-        let pos = pending.wait().await?;
-        self.notifier.wake(wake.iter().map(|u| u.as_ref()), pos);
+        pending.wait().await?;
         Ok(room_id)
     }
 
@@ -553,8 +549,7 @@ impl Rooms {
         let pending = self.committer.submit(vec![prepared.write], prepared.apply)?;
         // The next event of this room can be built while this one is written.
         drop(builder);
-        let pos = pending.wait().await?;
-        self.notifier.wake(prepared.wake.iter().map(|u| u.as_ref()), pos);
+        pending.wait().await?;
         Ok(prepared.event_id)
     }
 
@@ -758,8 +753,22 @@ impl Rooms {
         let view = RoomInner { head, state, chain_len, members: members.clone() };
         *builder = view.clone();
 
-        // Once durable, and before the position is visible: update the published caches.
+        // Members with any membership: joined users see the event; invitees and leavers
+        // see their own membership change.
+        let wake: Vec<OwnedUserId> = members
+            .iter()
+            .filter(|(u, m)| {
+                m.as_str() == "join"
+                    || membership.as_ref().is_some_and(|(target, _)| target == u.as_str())
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+
+        // Once durable, and before the position is visible: update the published caches
+        // and announce the event to the members' pending syncs (announced before published,
+        // so a sync that sees the position has been told; see `notify`).
         let (applied, user_rooms) = (room.clone(), self.user_rooms.clone());
+        let notifier = self.notifier.clone();
         let apply: commit::Apply = Box::new(move |pos| {
             if let Some(user) = new_member {
                 user_rooms.write().entry(user).or_default().insert(applied.id.clone());
@@ -774,23 +783,17 @@ impl Rooms {
             if membership_changed {
                 applied.membership_changed_at.store(pos, Ordering::Release);
             }
-            let mut published = applied.inner.write();
-            *published = view;
-            published.head.last_pos = pos;
+            {
+                let mut published = applied.inner.write();
+                *published = view;
+                published.head.last_pos = pos;
+            }
+            let change = notify::Change::room(notify::Stream::Events, &applied.id, pos);
+            notifier.wake(wake.iter().map(|u| u.as_ref()), change);
         });
 
-        // Members with any membership: joined users see the event; invitees and leavers
-        // see their own membership change.
-        let wake: Vec<OwnedUserId> = members
-            .iter()
-            .filter(|(u, m)| {
-                m.as_str() == "join"
-                    || membership.as_ref().is_some_and(|(target, _)| target == u.as_str())
-            })
-            .map(|(u, _)| u.clone())
-            .collect();
         metrics::counter!("axon_events_created_total").increment(1);
-        Ok(Prepared { event_id, write, apply, wake })
+        Ok(Prepared { event_id, write, apply })
     }
 
     /// The room's state after its last event at or before stream position `pos`.

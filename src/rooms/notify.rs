@@ -1,38 +1,265 @@
-//! Per-user wake-ups for pending `/sync` long-polls.
+//! Per-user wake-ups for pending `/sync` long-polls, carrying *what* changed.
 //!
-//! A sync subscribes to its user's channel *before* it looks for news, so an event committed
-//! in between still wakes it. The writer pokes only the users with a subscriber: O(1) per
-//! member and nothing at all for users who are not syncing.
+//! A sync subscribes to its user's changes *before* it looks for news, so a change
+//! committed in between still wakes it. Every writer of a sync stream calls [`Notifier::wake`]
+//! with the users concerned and the [`Change`]: a room (an event, a receipt, typing), or one
+//! of the per-user streams (account data, to-device, device lists, presence). Each pending
+//! subscription accumulates the changes it was woken for, so a woken sync rebuilds only the
+//! rooms and streams that moved (`Subscription::take`), not everything the user has.
+//!
+//! Cost: O(1) per concerned user with a pending sync, nothing for users who are not
+//! syncing. A subscription holds at most [`MAX_PENDING_ROOMS`] rooms, past which it just
+//! says "everything" (the sync then looks at every room, as a first pass does).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use ruma::{OwnedUserId, UserId};
-use tokio::sync::watch;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use tokio::sync::Notify;
+
+/// Rooms a subscription lists before it gives up and says "everything changed".
+pub const MAX_PENDING_ROOMS: usize = 1_024;
+
+/// The sync streams, each with its own positions (the parts of a sync token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Events = 0,
+    AccountData = 1,
+    ToDevice = 2,
+    DeviceLists = 3,
+    Receipts = 4,
+    Typing = 5,
+    Presence = 6,
+}
+
+impl Stream {
+    pub const COUNT: usize = 7;
+}
+
+/// What a writer changed: the stream, the position it published, and for the streams of
+/// rooms (events, receipts, typing) the room.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub stream: Stream,
+    pub pos: u64,
+    pub room: Option<&'a RoomId>,
+}
+
+impl<'a> Change<'a> {
+    /// Something in a room: an event, receipts, typing.
+    pub fn room(stream: Stream, room: &'a RoomId, pos: u64) -> Self {
+        Self { stream, pos, room: Some(room) }
+    }
+
+    /// A change of one of the user's own streams (account data, to-device, device lists,
+    /// presence).
+    pub fn user(stream: Stream, pos: u64) -> Self {
+        Self { stream, pos, room: None }
+    }
+}
+
+/// What changed for a user since a subscription last looked.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    /// Rooms where something changed (events, receipts, typing).
+    pub rooms: HashSet<OwnedRoomId>,
+    /// Too many rooms to list: look at all of them.
+    pub all_rooms: bool,
+    /// Per stream, the highest position a change was announced at (0: none).
+    pub upto: [u64; Stream::COUNT],
+}
+
+impl Changes {
+    fn record(&mut self, change: Change<'_>) {
+        let slot = &mut self.upto[change.stream as usize];
+        *slot = (*slot).max(change.pos.max(1));
+        let Some(room) = change.room else { return };
+        if self.all_rooms {
+            return;
+        }
+        if self.rooms.len() >= MAX_PENDING_ROOMS {
+            self.all_rooms = true;
+            self.rooms = HashSet::new();
+        } else {
+            self.rooms.insert(room.to_owned());
+        }
+    }
+
+    /// Whether a change of `stream` was announced.
+    pub fn has(&self, stream: Stream) -> bool {
+        self.upto[stream as usize] > 0
+    }
+
+    /// Whether a change of any room was announced.
+    pub fn any_room(&self) -> bool {
+        self.all_rooms || !self.rooms.is_empty()
+    }
+
+    /// Adds what `other` announced.
+    pub fn merge(&mut self, other: Changes) {
+        for (mine, theirs) in self.upto.iter_mut().zip(other.upto) {
+            *mine = (*mine).max(theirs);
+        }
+        self.all_rooms |= other.all_rooms;
+        if self.all_rooms {
+            self.rooms = HashSet::new();
+        } else {
+            self.rooms.extend(other.rooms);
+            if self.rooms.len() > MAX_PENDING_ROOMS {
+                self.all_rooms = true;
+                self.rooms = HashSet::new();
+            }
+        }
+    }
+
+    /// Whether every announced change is at or below the given positions (one per stream):
+    /// a sync that read those positions has seen them all.
+    pub fn covered_by(&self, positions: &[u64; Stream::COUNT]) -> bool {
+        self.upto.iter().zip(positions).all(|(announced, seen)| announced <= seen)
+    }
+
+    /// Whether nothing changed at all.
+    pub fn is_empty(&self) -> bool {
+        self.upto.iter().all(|p| *p == 0) && !self.any_room()
+    }
+}
+
+struct Subscriber {
+    changes: Mutex<Changes>,
+    notify: Notify,
+}
+
+/// One pending sync's view of its user's changes; dropping it unsubscribes.
+pub struct Subscription {
+    subscriber: Arc<Subscriber>,
+}
+
+impl Subscription {
+    /// Waits until something changed since the last [`Subscription::take`] (or since the
+    /// subscription began). Returns at once when a change is already pending.
+    pub async fn changed(&self) {
+        loop {
+            if !self.subscriber.changes.lock().is_empty() {
+                return;
+            }
+            self.subscriber.notify.notified().await;
+        }
+    }
+
+    /// The changes accumulated so far; the subscription starts afresh.
+    pub fn take(&self) -> Changes {
+        std::mem::take(&mut *self.subscriber.changes.lock())
+    }
+}
 
 #[derive(Default)]
 pub struct Notifier {
-    users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    users: Mutex<HashMap<OwnedUserId, Vec<Weak<Subscriber>>>>,
 }
 
 impl Notifier {
-    /// A receiver that changes when something for `user` is committed.
-    pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
+    /// A subscription that collects what is committed for `user` from now on.
+    pub fn subscribe(&self, user: &UserId) -> Subscription {
+        let subscriber =
+            Arc::new(Subscriber { changes: Mutex::new(Changes::default()), notify: Notify::new() });
         let mut users = self.users.lock();
-        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+        let list = users.entry(user.to_owned()).or_default();
+        list.retain(|s| s.strong_count() > 0);
+        list.push(Arc::downgrade(&subscriber));
+        Subscription { subscriber }
     }
 
-    /// Wakes the given users' pending syncs.
-    pub fn wake<'a>(&self, users: impl IntoIterator<Item = &'a UserId>, pos: u64) {
+    /// Tells the given users' pending syncs what changed, and wakes them.
+    pub fn wake<'a>(&self, users: impl IntoIterator<Item = &'a UserId>, change: Change<'_>) {
         let mut map = self.users.lock();
         for user in users {
-            if let Some(tx) = map.get(user) {
-                if tx.receiver_count() == 0 {
-                    map.remove(user);
-                } else {
-                    tx.send_replace(pos);
+            let Some(list) = map.get_mut(user) else { continue };
+            list.retain(|weak| match weak.upgrade() {
+                Some(subscriber) => {
+                    subscriber.changes.lock().record(change);
+                    subscriber.notify.notify_one();
+                    true
                 }
+                None => false,
+            });
+            if list.is_empty() {
+                map.remove(user);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> OwnedUserId {
+        UserId::parse(format!("@{name}:example.org")).unwrap()
+    }
+
+    fn room(n: usize) -> OwnedRoomId {
+        RoomId::parse(format!("!r{n}:example.org")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_subscription_collects_what_changed_for_its_user_only() {
+        let notifier = Notifier::default();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let sub = notifier.subscribe(&alice);
+        let other = notifier.subscribe(&bob);
+        notifier.wake([&*alice], Change::room(Stream::Events, &room(1), 7));
+        notifier.wake([&*alice, &*bob], Change::user(Stream::AccountData, 3));
+        notifier.wake([&*bob], Change::user(Stream::ToDevice, 2));
+        sub.changed().await; // already pending: returns at once
+        let changes = sub.take();
+        assert_eq!(changes.rooms, HashSet::from([room(1)]));
+        assert!(changes.has(Stream::AccountData) && !changes.has(Stream::ToDevice));
+        assert!(changes.has(Stream::Events) && !changes.all_rooms);
+        let mut seen = [0; Stream::COUNT];
+        seen[Stream::Events as usize] = 7;
+        assert!(!changes.covered_by(&seen), "account data at 3 not seen yet");
+        seen[Stream::AccountData as usize] = 3;
+        assert!(changes.covered_by(&seen));
+        assert!(sub.take().is_empty(), "take starts afresh");
+        let theirs = other.take();
+        assert!(theirs.rooms.is_empty() && theirs.has(Stream::AccountData));
+        assert!(theirs.has(Stream::ToDevice));
+    }
+
+    #[tokio::test]
+    async fn a_wake_after_subscribing_is_never_lost() {
+        let notifier = Arc::new(Notifier::default());
+        let alice = user("alice");
+        let sub = notifier.subscribe(&alice);
+        let writer = {
+            let (notifier, alice) = (notifier.clone(), alice.clone());
+            tokio::spawn(async move { notifier.wake([&*alice], Change::user(Stream::Presence, 1)) })
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), sub.changed())
+            .await
+            .expect("woken");
+        writer.await.unwrap();
+        assert!(sub.take().has(Stream::Presence));
+    }
+
+    #[test]
+    fn too_many_rooms_become_all_rooms_and_dropped_subscriptions_are_forgotten() {
+        let notifier = Notifier::default();
+        let alice = user("alice");
+        let sub = notifier.subscribe(&alice);
+        for n in 0..=MAX_PENDING_ROOMS {
+            notifier.wake([&*alice], Change::room(Stream::Typing, &room(n), n as u64));
+        }
+        let changes = sub.take();
+        assert!(changes.all_rooms && changes.rooms.is_empty());
+        let mut merged = Changes::default();
+        merged.merge(changes);
+        assert!(
+            merged.all_rooms && merged.upto[Stream::Typing as usize] == MAX_PENDING_ROOMS as u64
+        );
+        drop(sub);
+        notifier.wake([&*alice], Change::user(Stream::AccountData, 1));
+        assert!(notifier.users.lock().is_empty());
     }
 }

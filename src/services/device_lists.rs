@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use ruma::{OwnedUserId, UserId};
 
 use crate::error::{Error, Result};
-use crate::rooms::notify::Notifier;
+use crate::rooms::notify::{Change, Notifier, Stream};
 use crate::services::Services;
 use crate::storage::Store;
 use crate::storage::rooms::MembershipRecord;
@@ -86,10 +86,12 @@ impl DeviceLists {
         let pos = self.current() + 1;
         self.store.set_device_list_changed(user.as_str(), pos).await?;
         self.changes.write().record(user.to_owned(), pos);
-        self.current.store(pos, Ordering::Release);
+        // Announced before published: a sync that sees the position has been told.
         let mut woken = self.audience.get().map(|a| a(user)).unwrap_or_default();
         woken.push(user.to_owned());
-        self.notifier.wake(woken.iter().map(|u| u.as_ref()), pos);
+        let change = Change::user(Stream::DeviceLists, pos);
+        self.notifier.wake(woken.iter().map(|u| u.as_ref()), change);
+        self.current.store(pos, Ordering::Release);
         Ok(())
     }
 

@@ -10,9 +10,13 @@ pub mod e2ee_keys;
 pub mod key_backup;
 pub mod lazy_members;
 pub mod passwords;
+pub mod presence;
 pub mod ratelimit;
+pub mod receipts;
+pub mod streams;
 pub mod to_device;
 pub mod tokens;
+pub mod typing;
 pub mod uia;
 pub mod unread;
 pub mod user_data;
@@ -46,6 +50,12 @@ pub struct Services {
     pub to_device: to_device::ToDevice,
     /// Server-side key backups (`/room_keys`).
     pub key_backup: key_backup::KeyBackup,
+    /// Who is typing in which room (in memory).
+    pub typing: typing::Typing,
+    /// Read receipts and their stream.
+    pub receipts: receipts::Receipts,
+    /// Online status and its stream.
+    pub presence: presence::Presence,
 }
 
 impl Services {
@@ -96,6 +106,9 @@ impl Services {
             lazy_members: lazy_members::LazyMembers::default(),
             to_device,
             key_backup,
+            typing: typing::Typing::default(),
+            receipts: receipts::Receipts::default(),
+            presence: presence::Presence::default(),
         });
         // A device-list change wakes everyone sharing a room with the user.
         let weak = Arc::downgrade(&services);

@@ -17,7 +17,7 @@ use ruma::serde::Raw;
 use ruma::to_device::DeviceIdOrAllDevices;
 
 use crate::error::{Error, Result};
-use crate::rooms::notify::Notifier;
+use crate::rooms::notify::{Change, Notifier, Stream};
 use crate::services::accounts::Identity;
 use crate::storage::rooms::TxnKey;
 use crate::storage::to_device::{ToDeviceMessage, ToDeviceSend, ToDeviceSent, ToDeviceTarget};
@@ -39,6 +39,28 @@ pub struct ToDevice {
     max_messages: usize,
     position: AtomicU64,
     write: tokio::sync::Mutex<()>,
+    /// What syncs need to know without reading storage: most syncs of most devices find
+    /// nothing to deliver and nothing to delete.
+    inboxes: parking_lot::Mutex<Inboxes>,
+}
+
+/// In memory, per user and device: where their queues may have messages.
+#[derive(Default)]
+struct Inboxes {
+    /// The stream position at start-up: a queue may hold messages up to it.
+    loaded_at: u64,
+    /// Per user (localpart): the newest message stored for any of their devices since
+    /// start-up.
+    newest: std::collections::HashMap<String, u64>,
+    /// Per (localpart, device): everything up to here is deleted.
+    deleted_upto: std::collections::HashMap<(String, String), u64>,
+}
+
+impl Inboxes {
+    /// The newest position a message for the user's devices may have.
+    fn newest(&self, localpart: &str) -> u64 {
+        self.newest.get(localpart).copied().unwrap_or(self.loaded_at)
+    }
 }
 
 impl ToDevice {
@@ -56,6 +78,7 @@ impl ToDevice {
             max_messages,
             position: AtomicU64::new(pos),
             write: tokio::sync::Mutex::new(()),
+            inboxes: parking_lot::Mutex::new(Inboxes { loaded_at: pos, ..Inboxes::default() }),
         })
     }
 
@@ -119,12 +142,19 @@ impl ToDevice {
             Ok(ToDeviceSent::Retry) => Ok(()),
             Ok(ToDeviceSent::Stored { last_pos, recipients }) => {
                 if last_pos >= first_pos {
-                    self.position.store(last_pos, Ordering::Release);
+                    {
+                        let mut inboxes = self.inboxes.lock();
+                        for r in &recipients {
+                            inboxes.newest.insert(r.clone(), last_pos);
+                        }
+                    }
+                    // Announced before published: a sync that sees the position was told.
                     let woken = users
                         .iter()
                         .filter(|u| recipients.iter().any(|r| r == u.localpart()))
                         .map(|u| &**u);
-                    self.notifier.wake(woken, last_pos);
+                    self.notifier.wake(woken, Change::user(Stream::ToDevice, last_pos));
+                    self.position.store(last_pos, Ordering::Release);
                 }
                 Ok(())
             }
@@ -142,8 +172,9 @@ impl ToDevice {
         after: u64,
         until: u64,
     ) -> Result<(Vec<ToDeviceMessage>, u64)> {
-        if after >= until {
-            // Nothing was sent to anyone since: no read (a sync woken by a room message).
+        if after >= until || self.inboxes.lock().newest(&who.localpart) <= after {
+            // Nothing was sent to this user's devices since: no read (a sync woken by a
+            // room message, say).
             return Ok((Vec::new(), until));
         }
         let rows = self
@@ -162,10 +193,19 @@ impl ToDevice {
     /// that is not there yet.
     pub async fn acknowledge(&self, who: &Identity, upto: u64) -> Result<()> {
         let upto = upto.min(self.current());
-        if upto == 0 {
-            return Ok(());
+        let device = (who.localpart.clone(), who.device_id.to_string());
+        {
+            // Nothing to delete (the common case): no write, no fsync.
+            let inboxes = self.inboxes.lock();
+            let deleted = inboxes.deleted_upto.get(&device).copied().unwrap_or(0);
+            if upto <= deleted || inboxes.newest(&who.localpart) <= deleted {
+                return Ok(());
+            }
         }
         self.store.delete_to_device_messages(&who.localpart, who.device_id.as_str(), upto).await?;
+        let mut inboxes = self.inboxes.lock();
+        let deleted = inboxes.deleted_upto.entry(device).or_insert(0);
+        *deleted = (*deleted).max(upto);
         Ok(())
     }
 

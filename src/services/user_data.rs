@@ -1,29 +1,41 @@
 //! Per-user data with its own stream: account data (global and per room) and filters.
 //!
-//! Account data has a stream position of its own (the second part of sync tokens). Writes
-//! are serialised so positions become visible in order, then the user's syncs are woken.
+//! Account data has a stream position of its own (the second part of sync tokens). Each
+//! user's writes are serialised (a striped lock: the read-check-write of a cap or a forward
+//! move is one step), writes of different users run concurrently and share fsyncs; positions
+//! become visible in order ([`Positions`]), then the user's syncs are woken. A change log by
+//! user lets a sync skip reading the account data of a user who changed nothing.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 use serde_json::value::to_raw_value;
 
 use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
-use crate::rooms::notify::Notifier;
+use crate::rooms::notify::{Change, Notifier, Stream};
+use crate::services::streams::{ChangeLog, Positions};
 use crate::storage::users::{AccountDataRecord, ReadPosition};
 use crate::storage::{StorageError, Store};
 
 /// Largest account-data content accepted, in bytes of JSON.
 const MAX_ACCOUNT_DATA_BYTES: usize = 65_536;
+/// Stripes of the per-user write lock.
+const WRITE_STRIPES: usize = 64;
+/// Users whose latest change the change log remembers.
+const CHANGE_LOG_USERS: usize = 100_000;
 
 pub struct UserData {
     store: Arc<dyn Store>,
     notifier: Arc<Notifier>,
-    position: AtomicU64,
-    write: tokio::sync::Mutex<()>,
+    positions: Positions,
+    /// Which user's account data (or read positions) changed when.
+    changes: ChangeLog<OwnedUserId>,
+    /// One writer per user at a time (by stripe).
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
     /// `limits.max_filters_per_user`.
     max_filters: usize,
     /// `limits.max_account_data_types`.
@@ -40,8 +52,10 @@ impl UserData {
         Ok(Self {
             store,
             notifier,
-            position: AtomicU64::new(pos),
-            write: tokio::sync::Mutex::new(()),
+            positions: Positions::new(pos),
+            changes: ChangeLog::new(pos, CHANGE_LOG_USERS),
+            stripes: (0..WRITE_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: Default::default(),
             max_filters: limits.max_filters_per_user,
             max_account_data_types: limits.max_account_data_types,
         })
@@ -49,7 +63,13 @@ impl UserData {
 
     /// The account-data stream position everything up to which is visible.
     pub fn current(&self) -> u64 {
-        self.position.load(Ordering::Acquire)
+        self.positions.current()
+    }
+
+    /// The user's write lock.
+    async fn lock_user(&self, user: &UserId) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = (self.hasher.hash_one(user) % WRITE_STRIPES as u64) as usize;
+        self.stripes[stripe].lock().await
     }
 
     pub async fn set_account_data(
@@ -66,8 +86,9 @@ impl UserData {
         if content.get().len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge);
         }
-        let _guard = self.write.lock().await;
-        let pos = self.current() + 1;
+        let _guard = self.lock_user(user).await;
+        let reserved = self.positions.reserve();
+        let pos = reserved.pos;
         let record = AccountDataRecord {
             room_id: room.map(|r| r.to_string()),
             kind: kind.to_owned(),
@@ -89,8 +110,10 @@ impl UserData {
             }
             Err(e) => return Err(e.into()),
         }
-        self.position.store(pos, Ordering::Release);
-        self.notifier.wake([user], pos);
+        // Announced before published: a sync that sees the position has been told.
+        self.changes.record(user.to_owned(), pos);
+        self.notifier.wake([user], Change::user(Stream::AccountData, pos));
+        reserved.publish();
         Ok(())
     }
 
@@ -114,6 +137,11 @@ impl UserData {
         since: Option<u64>,
         until: u64,
     ) -> Result<Vec<AccountDataRecord>> {
+        if let Some(since) = since
+            && !self.changes.changed(&user.to_owned(), since)
+        {
+            return Ok(Vec::new());
+        }
         Ok(self
             .store
             .account_data(user.as_str())
@@ -132,16 +160,18 @@ impl UserData {
         event_id: &str,
         event_pos: u64,
     ) -> Result<()> {
-        let _guard = self.write.lock().await;
+        let _guard = self.lock_user(user).await;
         let current = self.read_positions(user).await?;
         if current.iter().any(|(r, p)| r == room.as_str() && p.event_pos >= event_pos) {
             return Ok(());
         }
-        let pos = self.current() + 1;
+        let reserved = self.positions.reserve();
+        let pos = reserved.pos;
         let position = ReadPosition { event_id: event_id.to_owned(), event_pos, pos };
         self.store.set_read_position(user.as_str(), room.as_str(), position).await?;
-        self.position.store(pos, Ordering::Release);
-        self.notifier.wake([user], pos);
+        self.changes.record(user.to_owned(), pos);
+        self.notifier.wake([user], Change::room(Stream::AccountData, room, pos));
+        reserved.publish();
         Ok(())
     }
 

@@ -170,6 +170,18 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> StorageResul
     serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
 }
 
+/// The `meta` merge operator: the largest of big-endian u64 values (malformed operands are
+/// ignored, so a corrupt one cannot hide the others).
+fn merge_max_be_u64(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let value = |bytes: &[u8]| <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes);
+    let max = existing.and_then(value).into_iter().chain(operands.iter().filter_map(value)).max();
+    Some(max.unwrap_or(0).to_be_bytes().to_vec())
+}
+
 fn synced() -> WriteOptions {
     let mut o = WriteOptions::default();
     o.set_sync(true);
@@ -202,7 +214,15 @@ impl RocksStore {
 
         let descriptors = cf::ALL
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_opts.clone()))
+            .map(|name| {
+                let mut opts = cf_opts.clone();
+                if *name == cf::META {
+                    // Stream positions written by concurrent batches: merged as a maximum, so
+                    // a batch that lands later with a lower position never lowers it.
+                    opts.set_merge_operator_associative("max_be_u64", merge_max_be_u64);
+                }
+                ColumnFamilyDescriptor::new(*name, opts)
+            })
             .collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
             let msg = e.into_string();

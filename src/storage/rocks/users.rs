@@ -28,7 +28,7 @@ impl UserDataStore for RocksStore {
         self.blocking(move |db, _| {
             let mut batch = WriteBatch::default();
             batch.put_cf(handle(db, cf::READ_POSITIONS)?, k, encode(&position));
-            batch.put_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, position.pos.to_be_bytes());
+            batch.merge_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, position.pos.to_be_bytes());
             db.write_opt(batch, &synced())?;
             Ok(())
         })
@@ -101,8 +101,9 @@ impl UserDataStore for RocksStore {
         max_types: usize,
     ) -> StorageResult<()> {
         let user_id = user_id.to_owned();
-        // No store lock: `UserData` serialises account-data writes, which makes the count
-        // and the write one step.
+        // No store lock: `UserData` serialises each user's account-data writes, which makes
+        // the count and the write one step. Writers of different users run concurrently
+        // (RocksDB group-commits their fsyncs); the position is merged as a maximum.
         self.blocking(move |db, _| {
             let room = record.room_id.as_deref().unwrap_or("");
             let k = account_data_key(&user_id, record.room_id.as_deref(), &record.kind);
@@ -115,7 +116,7 @@ impl UserDataStore for RocksStore {
             }
             let mut batch = WriteBatch::default();
             batch.put_cf(cf, k, encode(&record));
-            batch.put_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, record.pos.to_be_bytes());
+            batch.merge_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, record.pos.to_be_bytes());
             db.write_opt(batch, &synced())?;
             Ok(())
         })
