@@ -122,7 +122,8 @@ impl std::fmt::Display for SyncToken {
 struct Options {
     /// How far the user has read in each room (event position, account-data position).
     read_positions: HashMap<String, (u64, u64)>,
-    displayname: Option<String>,
+    /// The user's display name (for highlights), read when a room's counts first need it.
+    displayname: tokio::sync::OnceCell<Option<String>>,
     since: Option<u64>,
     /// Every stream's `since` position (`None`: an initial sync).
     since_token: Option<SyncToken>,
@@ -175,10 +176,9 @@ pub async fn sync(
         .limit
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
         .clamp(1, 1000);
-    let displayname = s.rooms.profile_of(&who.user_id).await?.and_then(|p| p.displayname);
     let mut opts = Options {
         read_positions: HashMap::new(),
-        displayname,
+        displayname: tokio::sync::OnceCell::new(),
         since,
         since_token,
         since_account_data: since_token.map(|t| t.account_data),
@@ -458,13 +458,21 @@ async fn build_rooms(
                 }
                 let read_pos =
                     opts.read_positions.get(room.id.as_str()).map(|(event_pos, _)| *event_pos);
+                let displayname = opts
+                    .displayname
+                    .get_or_try_init(|| async {
+                        Ok::<_, Error>(
+                            s.rooms.profile_of(&who.user_id).await?.and_then(|p| p.displayname),
+                        )
+                    })
+                    .await?;
                 let unread = s
                     .unread
                     .counts(
                         &s.rooms,
                         &room.id,
                         &who.user_id,
-                        opts.displayname.as_deref(),
+                        displayname.as_deref(),
                         read_pos,
                         current,
                     )
