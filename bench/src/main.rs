@@ -121,7 +121,19 @@ impl Server {
         since: Option<&str>,
         timeout_ms: u64,
     ) -> Result<Value, Error> {
-        let filter = enc(&json!({"room": {"timeline": {"limit": 5000}}}).to_string());
+        self.sync_filtered(user, since, timeout_ms, json!({"room": {"timeline": {"limit": 5000}}}))
+            .await
+    }
+
+    /// `/sync` with a filter given inline.
+    async fn sync_filtered(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Value,
+    ) -> Result<Value, Error> {
+        let filter = enc(&filter.to_string());
         let mut url =
             format!("{}/_matrix/client/v3/sync?timeout={timeout_ms}&filter={filter}", self.base);
         if let Some(s) = since {
@@ -439,7 +451,6 @@ async fn fanout(
     for p in pending {
         p.await??;
     }
-    let setup = setup.elapsed();
 
     const MAX_EVENTS: usize = 4_000_000;
     let epoch = Instant::now();
@@ -452,25 +463,35 @@ async fn fanout(
     let stop_sending = epoch + Duration::from_secs(secs);
     let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
-    // Receivers: an initial sync, then long-polls back to back.
+    // Receivers: an initial sync, then long-polls back to back, with the filter Element
+    // uses in large rooms (lazy-loaded members).
+    let filter = json!({"room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": true}}});
+    let ready = Arc::new(AtomicU64::new(0));
     let mut rx_tasks = Vec::new();
     for r in receiver_users {
-        let (server, r, room, sent_at, deliveries, stop) = (
+        let (server, r, room, sent_at, deliveries, stop, ready, filter) = (
             server.clone(),
             r.clone(),
             room.clone(),
             sent_at.clone(),
             deliveries.clone(),
             stop_receiving.clone(),
+            ready.clone(),
+            filter.clone(),
         );
         rx_tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<Duration> = Vec::new();
-            let Ok(first) = server.sync(&r, None, 0).await else { return latencies };
+            let first = server.sync_filtered(&r, None, 0, filter.clone()).await;
+            ready.fetch_add(1, Ordering::Relaxed);
+            let Ok(first) = first else { return latencies };
             let Some(mut since) = first["next_batch"].as_str().map(str::to_owned) else {
                 return latencies;
             };
             while !stop.load(Ordering::Relaxed) {
-                let Ok(body) = server.sync(&r, Some(&since), 2000).await else { continue };
+                let Ok(body) = server.sync_filtered(&r, Some(&since), 2000, filter.clone()).await
+                else {
+                    continue;
+                };
                 let now = epoch.elapsed();
                 if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array()
                 {
@@ -489,8 +510,13 @@ async fn fanout(
             latencies
         }));
     }
-    // Let every receiver reach its long-poll before measuring.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let every receiver finish its initial sync and reach its long-poll before measuring.
+    let ready_deadline = Instant::now() + Duration::from_secs(300);
+    while (ready.load(Ordering::Relaxed) as usize) < receivers && Instant::now() < ready_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let setup = setup.elapsed();
 
     let cpu_before = server_cpu();
     let started = Instant::now();
