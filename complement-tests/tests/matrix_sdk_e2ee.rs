@@ -129,7 +129,9 @@ impl Drop for Device {
 /// The decrypted event as JSON, or `None` if it is not (yet) decrypted.
 fn decrypted_json(event: &TimelineEvent) -> Option<Value> {
     match &event.kind {
-        TimelineEventKind::Decrypted(decrypted) => serde_json::from_str(decrypted.event.json().get()).ok(),
+        TimelineEventKind::Decrypted(decrypted) => {
+            serde_json::from_str(decrypted.event.json().get()).ok()
+        }
         _ => None,
     }
 }
@@ -296,12 +298,24 @@ async fn matrix_sdk_clients_chat_encrypted_and_a_second_device_restores_history_
     // Messages and replies both ways, each decrypted by the other side.
     let mut history = Vec::new();
     history.extend(
-        message_and_reply(&mut alice, &mut bob, &room_id, "Hello Bob, this is secret", "Got it, Alice")
-            .await,
+        message_and_reply(
+            &mut alice,
+            &mut bob,
+            &room_id,
+            "Hello Bob, this is secret",
+            "Got it, Alice",
+        )
+        .await,
     );
     history.extend(
-        message_and_reply(&mut bob, &mut alice, &room_id, "Bob's turn to whisper", "Heard you, Bob")
-            .await,
+        message_and_reply(
+            &mut bob,
+            &mut alice,
+            &room_id,
+            "Bob's turn to whisper",
+            "Heard you, Bob",
+        )
+        .await,
     );
     // The server stores only ciphertext.
     let (status, page) = server
@@ -318,7 +332,8 @@ async fn matrix_sdk_clients_chat_encrypted_and_a_second_device_restores_history_
     assert_eq!(status, 200, "{page}");
     let stored = page["chunk"].as_array().expect("chunk");
     for (event_id, _, body, _) in &history {
-        let event = stored.iter().find(|e| e["event_id"] == event_id.as_str()).expect("stored event");
+        let event =
+            stored.iter().find(|e| e["event_id"] == event_id.as_str()).expect("stored event");
         assert_eq!(event["type"], "m.room.encrypted", "{event}");
         assert!(!event.to_string().contains(body.as_str()), "plaintext on the server: {event}");
     }
@@ -421,8 +436,9 @@ async fn matrix_sdk_clients_chat_encrypted_and_a_second_device_restores_history_
             .iter()
             .find(|e| e.event_id().as_ref() == Some(event_id))
             .unwrap_or_else(|| panic!("{event_id} is in the history"));
-        let decrypted = decrypted_json(event)
-            .unwrap_or_else(|| panic!("{event_id} not decrypted with the backup's keys: {event:?}"));
+        let decrypted = decrypted_json(event).unwrap_or_else(|| {
+            panic!("{event_id} not decrypted with the backup's keys: {event:?}")
+        });
         assert_message(&decrypted, sender, body, in_reply_to.as_deref());
     }
 }

@@ -105,7 +105,10 @@ impl E2eeKeys {
             }
             let retry = first_attempt && upload.device_keys.is_some();
             first_attempt = false;
-            match self.store.upload_keys(&who.localpart, who.device_id.as_str(), upload.clone()).await
+            match self
+                .store
+                .upload_keys(&who.localpart, who.device_id.as_str(), upload.clone())
+                .await
             {
                 Err(StorageError::AlreadyExists) if retry => continue,
                 Err(StorageError::AlreadyExists) => {
