@@ -227,6 +227,49 @@ async fn device_keys_cannot_be_replaced_once_uploaded() {
     assert_eq!(got["keys"], first["keys"], "{body}");
 }
 
+/// matrix-sdk uploads its device keys again, now also signed by its new self-signing key,
+/// once it has bootstrapped cross-signing, and that upload races its first plain one: the
+/// same keys with other signatures are a re-upload, in either order. The stored copy is kept
+/// (signatures by cross-signing keys are published only through `/keys/signatures/upload`,
+/// which checks them); the request's one-time keys are stored.
+#[tokio::test]
+async fn the_same_device_keys_with_other_signatures_are_accepted_and_the_stored_copy_kept() {
+    let s = TestServer::start().await;
+    for (name, seed, cross_signed_first) in [("alice", 1, false), ("bob", 2, true)] {
+        let who = device(&s, name, seed).await;
+        let user = &who.session.user_id;
+        let plain = who.device_keys(7);
+        let ssk = CrossKey::new(&who.session, "self_signing", 41);
+        let cross_signed = sign_with(&ssk.key, user, &ssk.id(), plain.clone());
+        let (first, second) = match cross_signed_first {
+            false => (&plain, &cross_signed),
+            true => (&cross_signed, &plain),
+        };
+        assert_eq!(s.post(UPLOAD, who.token(), json!({"device_keys": first})).await.0, 200);
+        let otk = who.one_time_key(9, false);
+        let body = json!({
+            "device_keys": second,
+            "one_time_keys": {"signed_curve25519:AAAAAQ": otk},
+        });
+        let (status, res) = s.post(UPLOAD, who.token(), body).await;
+        assert_eq!(status, 200, "{name}: re-upload with other signatures: {res}");
+        assert_eq!(res["one_time_key_counts"]["signed_curve25519"], 1, "{name}: {res}");
+
+        let body = query(&s, &who, user).await;
+        let got = &body["device_keys"][user][&who.session.device_id];
+        assert_eq!(got["keys"], plain["keys"], "{name}: {body}");
+        assert_eq!(got["signatures"], first["signatures"], "{name}: the stored copy: {body}");
+
+        // Other keys under the same device are still refused, whatever their signatures.
+        let changed = sign_with(&ssk.key, user, &ssk.id(), who.device_keys(8));
+        assert_error(
+            &s.post(UPLOAD, who.token(), json!({"device_keys": changed})).await,
+            400,
+            "M_INVALID_PARAM",
+        );
+    }
+}
+
 #[tokio::test]
 async fn malformed_key_json_is_refused() {
     let s = TestServer::start().await;

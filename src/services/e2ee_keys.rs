@@ -3,7 +3,8 @@
 //!
 //! The server never sees private keys; it checks what it can (device keys belong to the
 //! uploading device and are signed by its own ed25519 key; signed one-time keys are signed by
-//! it too), keeps device keys immutable, and hands each one-time key out once.
+//! it too), keeps device keys immutable (the same keys uploaded again with other signatures
+//! are accepted, the stored copy kept), and hands each one-time key out once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -82,8 +83,34 @@ impl E2eeKeys {
                 FallbackKeyRecord { key_id: id.to_string(), key: json, used: false },
             ));
         }
-        let new_device_keys =
-            match self.store.upload_keys(&who.localpart, who.device_id.as_str(), upload).await {
+        // Device keys are immutable, but clients upload the same keys again with more
+        // signatures: matrix-sdk-crypto adds its self-signing key's signature once it has
+        // bootstrapped cross-signing, racing its first plain upload. Such a re-upload is
+        // accepted and the stored copy kept; signatures by cross-signing keys arrive (and are
+        // checked) through `/keys/signatures/upload`. A second attempt covers a concurrent
+        // upload that stored the device's keys between the check and the write.
+        let mut first_attempt = true;
+        let new_device_keys = loop {
+            if let Some(json) = &upload.device_keys
+                && let Some(stored) =
+                    self.store.device_keys(&who.localpart, who.device_id.as_str()).await?
+            {
+                if !same_apart_from_signatures(&stored, json)? {
+                    return Err(Error::InvalidParam(
+                        "This device's keys were already uploaded; device keys cannot change"
+                            .into(),
+                    ));
+                }
+                upload.device_keys = None;
+            }
+            let retry = first_attempt && upload.device_keys.is_some();
+            first_attempt = false;
+            match self
+                .store
+                .upload_keys(&who.localpart, who.device_id.as_str(), upload.clone())
+                .await
+            {
+                Err(StorageError::AlreadyExists) if retry => continue,
                 Err(StorageError::AlreadyExists) => {
                     return Err(Error::InvalidParam(
                         "Keys with these IDs were already uploaded with different content".into(),
@@ -92,8 +119,9 @@ impl E2eeKeys {
                 Err(StorageError::NotFound) => {
                     return Err(Error::UnknownToken { soft_logout: false });
                 }
-                other => other?,
-            };
+                other => break other?,
+            }
+        };
         if new_device_keys {
             self.device_lists.changed(&who.user_id).await?;
         }
@@ -545,6 +573,15 @@ fn json_object(json: &str) -> Result<serde_json::Map<String, serde_json::Value>>
 
 fn canonical(json: &str) -> Result<CanonicalJsonObject> {
     serde_json::from_str(json).map_err(|e| Error::BadJson(format!("Invalid key JSON: {e}")))
+}
+
+/// Whether two device-keys JSON objects are the same keys, `signatures` and `unsigned` aside.
+fn same_apart_from_signatures(stored: &str, uploaded: &str) -> Result<bool> {
+    let unsigned = |json: &str| -> Result<String> {
+        ruma::signatures::to_canonical_json_string_for_signing(&canonical(json)?)
+            .map_err(|e| Error::BadJson(format!("Invalid device_keys: {e}")))
+    };
+    Ok(unsigned(stored)? == unsigned(uploaded)?)
 }
 
 fn canonical_string(object: &CanonicalJsonObject) -> Result<String> {
