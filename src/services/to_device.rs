@@ -6,6 +6,14 @@
 //! the next sync from the old token delivers the same messages again. Writes are serialised
 //! so positions become visible in order; each wakes the recipients' pending syncs once
 //! durable.
+//!
+//! A device's queue holds at most `limits.to_device_max_pending` messages: a message for a
+//! device whose queue is full is dropped, and the request succeeds for its other
+//! recipients. A queue fills only when its device does not sync for a long time (an active
+//! client empties it 100 messages per sync), which in practice is an abandoned device; if a
+//! full queue failed the request instead, every sender's room keys would stop reaching all
+//! the other devices too. Dropped messages are logged (a warning), not reported to the
+//! sender: the response has no place for them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +45,8 @@ pub struct ToDevice {
     /// `limits.to_device_max_messages`: per request, counted as given (`*` is one) and
     /// again after `*` is expanded to the users' devices.
     max_messages: usize,
+    /// `limits.to_device_max_pending`: messages waiting for one device.
+    max_pending: usize,
     position: AtomicU64,
     write: tokio::sync::Mutex<()>,
 }
@@ -47,6 +57,7 @@ impl ToDevice {
         notifier: Arc<Notifier>,
         server_name: String,
         max_messages: usize,
+        max_pending: usize,
     ) -> Result<Self> {
         let pos = store.max_to_device_pos().await?;
         Ok(Self {
@@ -54,6 +65,7 @@ impl ToDevice {
             notifier,
             server_name,
             max_messages,
+            max_pending,
             position: AtomicU64::new(pos),
             write: tokio::sync::Mutex::new(()),
         })
@@ -114,10 +126,22 @@ impl ToDevice {
             messages: batch,
             first_pos,
             max_messages: self.max_messages,
+            max_pending: self.max_pending,
         };
         match self.store.send_to_device(send).await {
             Ok(ToDeviceSent::Retry) => Ok(()),
-            Ok(ToDeviceSent::Stored { last_pos, recipients }) => {
+            Ok(ToDeviceSent::Stored { last_pos, recipients, full }) => {
+                if let Some((localpart, device_id)) = full.first() {
+                    tracing::warn!(
+                        sender = %who.user_id,
+                        event_type,
+                        full_devices = full.len(),
+                        %localpart,
+                        %device_id,
+                        max_pending = self.max_pending,
+                        "to-device messages dropped: the recipient device's queue is full"
+                    );
+                }
                 if last_pos >= first_pos {
                     self.position.store(last_pos, Ordering::Release);
                     let woken = users

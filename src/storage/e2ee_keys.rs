@@ -32,6 +32,15 @@ pub struct KeyUpload {
     pub fallback_keys: Vec<(String, FallbackKeyRecord)>,
 }
 
+/// A change of a user's device list at its position in the device-list stream. The write
+/// that causes the change (a device deletion, new keys) stores it in its own batch, so that
+/// no crash can keep the cause and lose the change: other users would never learn of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceListChange {
+    pub user_id: String,
+    pub pos: u64,
+}
+
 #[async_trait]
 pub trait E2eeKeyStore: Send + Sync {
     /// Stores one upload atomically; returns whether it stored new device keys. Fails with [`super::StorageError::AlreadyExists`],
@@ -76,8 +85,8 @@ pub trait E2eeKeyStore: Send + Sync {
         algorithm: &str,
     ) -> StorageResult<Option<(String, String)>>;
 
-    /// Records that a user's device list changed at device-list stream position `pos`.
-    async fn set_device_list_changed(&self, user_id: &str, pos: u64) -> StorageResult<()>;
+    /// Records a change of a user's device list that no other write carries (new keys).
+    async fn set_device_list_changed(&self, change: DeviceListChange) -> StorageResult<()>;
 
     /// `(user_id, position of the latest change)` for every user whose device list changed.
     async fn device_list_changes(&self) -> StorageResult<Vec<(String, u64)>>;

@@ -8,7 +8,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use super::{
     RocksStore, cf, decode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
 };
-use crate::storage::e2ee_keys::{E2eeKeyStore, FallbackKeyRecord, KeyUpload};
+use crate::storage::e2ee_keys::{DeviceListChange, E2eeKeyStore, FallbackKeyRecord, KeyUpload};
 use crate::storage::{StorageError, StorageResult};
 
 fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
@@ -35,6 +35,17 @@ pub(super) fn delete_device_keys_in(
             batch.delete_cf(h, &k);
         }
     }
+    Ok(())
+}
+
+/// Adds to `batch` the record of a device-list change.
+pub(super) fn put_device_list_change_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    change: &DeviceListChange,
+) -> StorageResult<()> {
+    let h = handle(db, cf::DEVICE_LIST_CHANGES)?;
+    batch.put_cf(h, change.user_id.as_bytes(), change.pos.to_be_bytes());
     Ok(())
 }
 
@@ -187,11 +198,11 @@ impl E2eeKeyStore for RocksStore {
         .await
     }
 
-    async fn set_device_list_changed(&self, user_id: &str, pos: u64) -> StorageResult<()> {
-        let user_id = user_id.to_owned();
+    async fn set_device_list_changed(&self, change: DeviceListChange) -> StorageResult<()> {
         self.blocking(move |db, _| {
-            let h = handle(db, cf::DEVICE_LIST_CHANGES)?;
-            db.put_cf_opt(h, user_id.as_bytes(), pos.to_be_bytes(), &synced())?;
+            let mut batch = WriteBatch::default();
+            put_device_list_change_in(db, &mut batch, &change)?;
+            db.write_opt(batch, &synced())?;
             Ok(())
         })
         .await
