@@ -6,6 +6,7 @@
 #   - send -> sync latency at 100 and 1 000 events/s (axon-bench latency)
 #   - sustained events/s into one room and spread over 1 000 rooms (axon-bench throughput)
 #   - to-device messages/s delivered to 100 long-polling receivers (axon-bench to_device)
+#   - /keys/query and /keys/claim requests/s over 1 000 devices with keys (axon-bench keys)
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -82,6 +83,7 @@ echo "== events"
 "$LOADGEN" "$base" throughput 1 64 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" throughput 1000 64 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" to_device 100 16 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" keys 100 10 16 10 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 
