@@ -12,8 +12,9 @@
 //! recipients. A queue fills only when its device does not sync for a long time (an active
 //! client empties it 100 messages per sync), which in practice is an abandoned device; if a
 //! full queue failed the request instead, every sender's room keys would stop reaching all
-//! the other devices too. Dropped messages are logged (a warning), not reported to the
-//! sender: the response has no place for them.
+//! the other devices too. Dropped messages are logged (a warning) and counted
+//! (`axon_to_device_dropped_total`), not reported to the sender: the response has no place
+//! for them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,11 +131,13 @@ impl ToDevice {
         };
         match self.store.send_to_device(send).await {
             Ok(ToDeviceSent::Retry) => Ok(()),
-            Ok(ToDeviceSent::Stored { last_pos, recipients, full }) => {
+            Ok(ToDeviceSent::Stored { last_pos, recipients, dropped, full }) => {
                 if let Some((localpart, device_id)) = full.first() {
+                    metrics::counter!("axon_to_device_dropped_total").increment(dropped as u64);
                     tracing::warn!(
                         sender = %who.user_id,
                         event_type,
+                        dropped,
                         full_devices = full.len(),
                         %localpart,
                         %device_id,

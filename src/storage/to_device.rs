@@ -45,9 +45,9 @@ pub enum ToDeviceSent {
     /// The transaction was already stored: nothing was stored again.
     Retry,
     /// The highest position used (`first_pos - 1` if nothing was stored: every recipient
-    /// device unknown or full), the recipients' localparts, and the `(localpart, device)`
-    /// whose queue was full, whose messages were dropped.
-    Stored { last_pos: u64, recipients: Vec<String>, full: Vec<(String, String)> },
+    /// device unknown or full), the recipients' localparts, the number of messages dropped
+    /// because their device's queue was full, and those devices (`(localpart, device)`).
+    Stored { last_pos: u64, recipients: Vec<String>, dropped: usize, full: Vec<(String, String)> },
 }
 
 #[async_trait]

@@ -142,6 +142,7 @@ impl ToDeviceStore for RocksStore {
             // Queue lengths of the devices written to, as read and then as grown.
             let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
             let mut full: Vec<(String, String)> = Vec::new();
+            let mut dropped = 0;
             for (localpart, device_id, message) in rows {
                 let device_key = key(&[localpart.as_bytes(), device_id.as_bytes()]);
                 let count = match counts.entry(device_key) {
@@ -152,6 +153,7 @@ impl ToDeviceStore for RocksStore {
                     }
                 };
                 if *count >= send.max_pending as u64 {
+                    dropped += 1;
                     if !full.iter().any(|(l, d)| l == localpart && *d == device_id) {
                         full.push((localpart.to_owned(), device_id));
                     }
@@ -173,7 +175,7 @@ impl ToDeviceStore for RocksStore {
             }
             batch.put_cf(handle(db, cf::TXN_IDS)?, txn, []);
             db.write_opt(batch, &synced())?;
-            Ok(ToDeviceSent::Stored { last_pos, recipients, full })
+            Ok(ToDeviceSent::Stored { last_pos, recipients, dropped, full })
         })
         .await
     }
@@ -301,7 +303,9 @@ mod tests {
 
         assert!(full_devices(&send(&store, "1", 1, &["A", "B"]).await).is_empty());
         // `*` and A by name: A gets two messages in one request, which fills its queue.
-        assert_eq!(full_devices(&send(&store, "2", 3, &["*", "A"]).await), vec!["A"]);
+        let sent = send(&store, "2", 3, &["*", "A"]).await;
+        assert_eq!(full_devices(&sent), vec!["A"]);
+        assert!(matches!(sent, ToDeviceSent::Stored { dropped: 1, last_pos: 4, .. }), "{sent:?}");
         assert_eq!(queue(&store, "A").await, vec![1, 3]);
         assert_eq!(queue(&store, "B").await, vec![2, 4]);
         let sent = send(&store, "3", 5, &["A"]).await;
