@@ -75,15 +75,14 @@ pub trait E2eeKeyStore: Send + Sync {
         device_id: &str,
     ) -> StorageResult<Vec<String>>;
 
-    /// Takes one one-time key of `algorithm` (removing it), or else the device's fallback
-    /// key of that algorithm (marking it used). Atomic: two claims never get the same
-    /// one-time key. Returns `(<algorithm>:<key id>, key JSON)`.
-    async fn claim_key(
+    /// For each `(localpart, device_id, algorithm)`, takes one one-time key of `algorithm`
+    /// (removing it), or else the device's fallback key of that algorithm (marking it used),
+    /// all in one write. Atomic: two claims never get the same one-time key. Returns, in
+    /// order, `(<algorithm>:<key id>, key JSON)` or `None` when the device has neither.
+    async fn claim_keys(
         &self,
-        localpart: &str,
-        device_id: &str,
-        algorithm: &str,
-    ) -> StorageResult<Option<(String, String)>>;
+        claims: Vec<(String, String, String)>,
+    ) -> StorageResult<Vec<Option<(String, String)>>>;
 
     /// Records a change of a user's device list that no other write carries (new keys).
     async fn set_device_list_changed(&self, change: DeviceListChange) -> StorageResult<()>;
