@@ -65,7 +65,15 @@ fn claim_in(
     p.extend_from_slice(algorithm.as_bytes());
     p.push(b':');
     let h = handle(db, cf::ONE_TIME_KEYS)?;
-    for item in db.iterator_cf(h, IteratorMode::From(&p, Direction::Forward)) {
+    // Bounded to the device's keys of that algorithm (`…algorithm;`, ';' follows ':'):
+    // without a bound, a device whose keys are all claimed would make the seek skip the
+    // deletion markers of every claimed key after its own, until a live key.
+    let mut upper = p.clone();
+    upper.pop();
+    upper.push(b';');
+    let mut bounded = rocksdb::ReadOptions::default();
+    bounded.set_iterate_upper_bound(upper);
+    for item in db.iterator_cf_opt(h, bounded, IteratorMode::From(&p, Direction::Forward)) {
         let (k, v) = item?;
         if !k.starts_with(&p) {
             break;
