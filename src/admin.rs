@@ -1,4 +1,4 @@
-//! Admin commands (`axon user create`, `axon token create` …).
+//! Admin commands (`axon user create`, `axon user deactivate`, `axon token create` …).
 //!
 //! A running server owns the database (RocksDB takes an exclusive lock), so it listens on a
 //! Unix socket in its database directory, which only the server's user may enter (mode 0700,
@@ -23,10 +23,26 @@ pub const SOCKET_NAME: &str = "admin.sock";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum AdminCommand {
-    CreateUser { localpart: String, password: String, admin: bool },
-    CreateToken { token: Option<String>, uses_allowed: Option<u32>, expiry_ts: Option<u64> },
+    CreateUser {
+        localpart: String,
+        password: String,
+        admin: bool,
+    },
+    /// As the admin API's deactivation: devices deleted (the device list changes), the user
+    /// leaves every room, the key backup is deleted, and with `erase` the profile is cleared.
+    DeactivateUser {
+        localpart: String,
+        erase: bool,
+    },
+    CreateToken {
+        token: Option<String>,
+        uses_allowed: Option<u32>,
+        expiry_ts: Option<u64>,
+    },
     ListTokens,
-    DeleteToken { token: String },
+    DeleteToken {
+        token: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +64,11 @@ pub async fn execute(services: &Services, command: AdminCommand) -> AdminReply {
             .admin_create_user(AdminCreateUser { localpart, password, admin })
             .await
             .map(|user_id| json!({"user_id": user_id})),
+        AdminCommand::DeactivateUser { localpart, erase } => {
+            deactivate(services, &localpart, erase)
+                .await
+                .map(|user_id| json!({"user_id": user_id, "deactivated": true}))
+        }
         AdminCommand::CreateToken { token, uses_allowed, expiry_ts } => services
             .accounts
             .create_registration_token(token, None, uses_allowed, expiry_ts)
@@ -62,6 +83,18 @@ pub async fn execute(services: &Services, command: AdminCommand) -> AdminReply {
         Ok(v) => AdminReply::Ok(v),
         Err(e) => AdminReply::Error(e.to_string()),
     }
+}
+
+async fn deactivate(
+    services: &Services,
+    localpart: &str,
+    erase: bool,
+) -> crate::error::Result<ruma::OwnedUserId> {
+    let user_id = ruma::UserId::parse(format!("@{localpart}:{}", services.config.server_name))
+        .map_err(|e| crate::error::Error::InvalidParam(format!("Invalid user ID: {e}")))?;
+    services.accounts.deactivate_by_admin("the admin CLI", &user_id).await?;
+    services.after_deactivation(&user_id, erase).await?;
+    Ok(user_id)
 }
 
 /// Serves admin commands on the socket until the task is dropped.

@@ -117,6 +117,10 @@ pub struct LimitsConfig {
     /// Most messages one `sendToDevice` request may carry, counted as given and again after
     /// `*` is expanded to the users' devices; 400 `M_TOO_LARGE` above.
     pub to_device_max_messages: usize,
+    /// Most to-device messages waiting for one device (one that does not sync); a message
+    /// for a device whose queue is full is dropped (logged), the others of the request are
+    /// stored.
+    pub to_device_max_pending: usize,
     /// Room keys stored in one version of a user's key backup; an upload that would store
     /// more is refused whole with 400 `M_TOO_LARGE`. Replacing a stored key is always allowed.
     pub max_backup_keys_per_version: usize,
@@ -218,6 +222,7 @@ impl Default for LimitsConfig {
             max_filters_per_user: 100,
             max_account_data_types: 1000,
             to_device_max_messages: 10_000,
+            to_device_max_pending: 10_000,
             max_backup_keys_per_version: 1_000_000,
         }
     }
@@ -299,6 +304,7 @@ impl Config {
             ("max_filters_per_user", self.limits.max_filters_per_user),
             ("max_account_data_types", self.limits.max_account_data_types),
             ("to_device_max_messages", self.limits.to_device_max_messages),
+            ("to_device_max_pending", self.limits.to_device_max_pending),
             ("max_backup_keys_per_version", self.limits.max_backup_keys_per_version),
         ] {
             if value == 0 {

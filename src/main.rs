@@ -49,6 +49,15 @@ enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Deactivate an account: its devices are deleted, it leaves every room, its key backup
+    /// is deleted; the name is never reused.
+    Deactivate {
+        /// The localpart: `alice` for @alice:server_name.
+        localpart: String,
+        /// Also erase the profile (display name and avatar).
+        #[arg(long)]
+        erase: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +149,9 @@ fn main() -> ExitCode {
                 },
             };
             run_admin(&runtime, config, AdminCommand::CreateUser { localpart, password, admin })
+        }
+        Command::User(UserCommand::Deactivate { localpart, erase }) => {
+            run_admin(&runtime, config, AdminCommand::DeactivateUser { localpart, erase })
         }
         Command::Token(TokenCommand::Create { token, uses, expires_in_days }) => {
             let expiry_ts = expires_in_days

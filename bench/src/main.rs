@@ -12,6 +12,14 @@
 //!                                                fast as they can, each to one of RECEIVERS
 //!                                                users whose /sync long-poll is always pending;
 //!                                                report messages/s delivered
+//! axon-bench BASE_URL keys USERS DEVICES CONCURRENCY SECONDS
+//!                                                USERS users with DEVICES devices each, every
+//!                                                device with signed device keys, one-time
+//!                                                keys and a fallback key; then CONCURRENCY
+//!                                                clients call /keys/query (all users per
+//!                                                request, then one) and /keys/claim (one
+//!                                                device per request, then 100), SECONDS each;
+//!                                                report requests/s
 //! axon-bench BASE_URL fanout RECEIVERS SENDERS RATE SECONDS
 //!                                                SENDERS and RECEIVERS users in one room, every
 //!                                                receiver's /sync long-poll always pending;
@@ -27,6 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -40,6 +50,17 @@ struct Server {
 struct User {
     token: String,
     user_id: String,
+    device_id: String,
+}
+
+impl User {
+    fn from_login(body: &Value) -> Option<Self> {
+        Some(Self {
+            token: body["access_token"].as_str()?.to_owned(),
+            user_id: body["user_id"].as_str()?.to_owned(),
+            device_id: body["device_id"].as_str()?.to_owned(),
+        })
+    }
 }
 
 fn enc(s: &str) -> String {
@@ -75,9 +96,15 @@ impl Server {
                        "auth": {"type": "m.login.dummy", "session": session}}),
             )
             .await?;
-        let token = done["access_token"].as_str().ok_or_else(|| format!("register: {done}"))?;
-        let user_id = done["user_id"].as_str().ok_or_else(|| format!("register: {done}"))?;
-        Ok(User { token: token.to_owned(), user_id: user_id.to_owned() })
+        User::from_login(&done).ok_or_else(|| format!("register: {done}").into())
+    }
+
+    /// Another device of an existing user (password login).
+    async fn login(&self, name: &str) -> Result<User, Error> {
+        let body = json!({"type": "m.login.password", "password": "bench-password",
+                          "identifier": {"type": "m.id.user", "user": name}});
+        let done = self.post("/_matrix/client/v3/login", None, body).await?;
+        User::from_login(&done).ok_or_else(|| format!("login: {done}").into())
     }
 
     async fn create_room(&self, user: &User) -> Result<String, Error> {
@@ -398,6 +425,266 @@ async fn to_device(
     Ok(())
 }
 
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+/// Signs `object` as the device would: ed25519 over its canonical JSON (serde_json sorts
+/// keys and writes no spaces), without `signatures` and `unsigned`.
+fn sign(key: &SigningKey, device: &User, mut object: Value) -> Value {
+    let signature = key.sign(object.to_string().as_bytes());
+    object["signatures"][&device.user_id][format!("ed25519:{}", device.device_id)] =
+        json!(b64(&signature.to_bytes()));
+    object
+}
+
+/// Uploads a device's signed device keys, `otks` signed one-time keys and a fallback key.
+async fn upload_keys(server: &Server, device: &User, seed: u64, otks: usize) -> Result<(), Error> {
+    let mut secret = [0u8; 32];
+    secret[..8].copy_from_slice(&seed.to_be_bytes());
+    secret[8] = 1;
+    let key = SigningKey::from_bytes(&secret);
+    let d = &device.device_id;
+    let device_keys = sign(
+        &key,
+        device,
+        json!({
+            "user_id": device.user_id,
+            "device_id": d,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{d}"): b64(&secret),
+                format!("ed25519:{d}"): b64(key.verifying_key().as_bytes()),
+            },
+        }),
+    );
+    let mut one_time_keys = serde_json::Map::new();
+    for i in 0..otks {
+        let public = b64(&[(i % 251) as u8; 32]);
+        one_time_keys
+            .insert(format!("signed_curve25519:K{i}"), sign(&key, device, json!({"key": public})));
+    }
+    let fallback = sign(&key, device, json!({"key": b64(&[7; 32]), "fallback": true}));
+    let body = json!({
+        "device_keys": device_keys,
+        "one_time_keys": one_time_keys,
+        "fallback_keys": {"signed_curve25519:F": fallback},
+    });
+    let res = server.post("/_matrix/client/v3/keys/upload", Some(&device.token), body).await?;
+    if res["one_time_key_counts"]["signed_curve25519"].as_u64() != Some(otks as u64) {
+        return Err(format!("keys/upload: {res}").into());
+    }
+    Ok(())
+}
+
+/// The body of a client's `i`-th request.
+type MakeBody = Arc<dyn Fn(usize) -> Value + Send + Sync>;
+/// Whether a response is the expected one.
+type Check = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
+/// Concurrent clients of one user, each sending requests as fast as it can for `secs`.
+struct Clients {
+    server: Arc<Server>,
+    token: String,
+    concurrency: usize,
+    secs: u64,
+}
+
+impl Clients {
+    /// POSTs bodies made by `body` to `path`; `check` judges each response. Prints and
+    /// returns requests/s.
+    async fn hammer(
+        &self,
+        label: &str,
+        path: &'static str,
+        body: MakeBody,
+        check: Check,
+    ) -> Result<f64, Error> {
+        let done = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(self.secs);
+        let mut workers = Vec::new();
+        for w in 0..self.concurrency {
+            let (server, token, body, check) =
+                (self.server.clone(), self.token.clone(), body.clone(), check.clone());
+            let (done, errors, concurrency) = (done.clone(), errors.clone(), self.concurrency);
+            workers.push(tokio::spawn(async move {
+                let mut i = w;
+                while Instant::now() < deadline {
+                    match server.post(path, Some(&token), body(i)).await {
+                        Ok(res) if check(&res) => done.fetch_add(1, Ordering::Relaxed),
+                        _ => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += concurrency;
+                }
+            }));
+        }
+        for w in workers {
+            let _ = w.await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let n = done.load(Ordering::Relaxed);
+        let rate = n as f64 / elapsed;
+        println!(
+            "{label}, {} concurrent clients, {}s: {n} requests, {rate:.0} requests/s, errors {}",
+            self.concurrency,
+            self.secs,
+            errors.load(Ordering::Relaxed)
+        );
+        Ok(rate)
+    }
+}
+
+async fn keys(
+    server: Arc<Server>,
+    users: usize,
+    devices: usize,
+    concurrency: usize,
+    secs: u64,
+) -> Result<(), Error> {
+    const OTKS: usize = 100;
+    let setup = Instant::now();
+    let run = unique("k");
+    // Users and devices: registration and logins hash passwords (argon2), 2 at a time.
+    let mut all: Vec<User> = Vec::with_capacity(users * devices);
+    let mut pending = Vec::new();
+    for u in 0..users {
+        let server = server.clone();
+        let name = format!("{run}u{u}");
+        pending.push(tokio::spawn(async move {
+            let mut mine = vec![server.register(&name).await?];
+            for _ in 1..devices {
+                mine.push(server.login(&name).await?);
+            }
+            Ok::<_, Error>(mine)
+        }));
+        if pending.len() >= 4 {
+            for p in pending.drain(..) {
+                all.extend(p.await??);
+            }
+        }
+    }
+    for p in pending {
+        all.extend(p.await??);
+    }
+    let all = Arc::new(all);
+    let mut pending = Vec::new();
+    for i in 0..all.len() {
+        let (server, all) = (server.clone(), all.clone());
+        pending
+            .push(tokio::spawn(async move { upload_keys(&server, &all[i], i as u64, OTKS).await }));
+        if pending.len() >= 16 {
+            for p in pending.drain(..) {
+                p.await??;
+            }
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    let asker = server.register(&format!("{run}asker")).await?;
+    println!(
+        "keys: {users} users x {devices} devices = {} devices with device keys, {OTKS} one-time keys and a fallback key each (setup {:.1}s)",
+        all.len(),
+        setup.elapsed().as_secs_f64()
+    );
+
+    let clients = Clients { server, token: asker.token, concurrency, secs };
+    let user_ids: std::collections::BTreeSet<String> =
+        all.iter().map(|d| d.user_id.clone()).collect();
+    let user_ids: Arc<Vec<String>> = Arc::new(user_ids.into_iter().collect());
+    let total_devices = all.len();
+    let query_all = {
+        let user_ids = user_ids.clone();
+        let map: serde_json::Map<String, Value> =
+            user_ids.iter().map(|u| (u.clone(), json!([]))).collect();
+        let body = json!({"device_keys": map});
+        Arc::new(move |_: usize| body.clone())
+    };
+    let all_devices = Arc::new(move |res: &Value| {
+        res["device_keys"].as_object().is_some_and(|m| {
+            m.values().map(|d| d.as_object().map_or(0, serde_json::Map::len)).sum::<usize>()
+                == total_devices
+        })
+    });
+    let label = format!("keys/query of all {users} users ({total_devices} devices) per request");
+    clients.hammer(&label, QUERY, query_all, all_devices).await?;
+
+    let query_one = {
+        let user_ids = user_ids.clone();
+        Arc::new(move |i: usize| json!({"device_keys": {&user_ids[i % user_ids.len()]: []}}))
+    };
+    let one_user = Arc::new(move |res: &Value| {
+        res["device_keys"].as_object().is_some_and(|m| {
+            m.values().next().and_then(Value::as_object).map_or(0, serde_json::Map::len) == devices
+        })
+    });
+    let label = format!("keys/query of one user ({devices} devices) per request");
+    clients.hammer(&label, QUERY, query_one, one_user).await?;
+
+    // Claims: which answers were one-time keys and which the fallback key (once a device's
+    // one-time keys run out).
+    let fallbacks = Arc::new(AtomicU64::new(0));
+    let claimed = Arc::new(AtomicU64::new(0));
+    let counted = |want: usize| {
+        let (fallbacks, claimed) = (fallbacks.clone(), claimed.clone());
+        Arc::new(move |res: &Value| {
+            let mut n = 0;
+            for devices in res["one_time_keys"].as_object().into_iter().flat_map(|m| m.values()) {
+                for keys in devices.as_object().into_iter().flat_map(|m| m.values()) {
+                    for key in keys.as_object().into_iter().flat_map(|m| m.values()) {
+                        n += 1;
+                        if key["fallback"] == json!(true) {
+                            fallbacks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            claimed.fetch_add(n as u64, Ordering::Relaxed);
+            n == want
+        })
+    };
+    let claim_one = {
+        let all = all.clone();
+        Arc::new(move |i: usize| {
+            let d = &all[(i * 7919) % all.len()];
+            json!({"one_time_keys": {&d.user_id: {&d.device_id: "signed_curve25519"}}})
+        })
+    };
+    let label = "keys/claim of one device per request";
+    clients.hammer(label, CLAIM, claim_one, counted(1)).await?;
+    println!(
+        "  keys claimed: {} ({} of them fallback keys)",
+        claimed.swap(0, Ordering::Relaxed),
+        fallbacks.swap(0, Ordering::Relaxed)
+    );
+    let many = 100.min(all.len());
+    let claim_many = {
+        let all = all.clone();
+        Arc::new(move |i: usize| {
+            let mut map = serde_json::Map::new();
+            for j in 0..many {
+                let d = &all[(i * many + j) % all.len()];
+                let entry = map.entry(d.user_id.clone()).or_insert_with(|| json!({}));
+                entry[&d.device_id] = json!("signed_curve25519");
+            }
+            json!({"one_time_keys": map})
+        })
+    };
+    let label = format!("keys/claim of {many} devices per request");
+    clients.hammer(&label, CLAIM, claim_many, counted(many)).await?;
+    println!(
+        "  keys claimed: {} ({} of them fallback keys)",
+        claimed.load(Ordering::Relaxed),
+        fallbacks.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+const QUERY: &str = "/_matrix/client/v3/keys/query";
+const CLAIM: &str = "/_matrix/client/v3/keys/claim";
+
 /// CPU time (user + system) the process `AXON_PID` has used so far, if known.
 fn server_cpu() -> Option<Duration> {
     let pid = std::env::var("AXON_PID").ok()?;
@@ -607,7 +894,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | fanout RECEIVERS SENDERS RATE SECONDS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -622,6 +909,9 @@ async fn main() -> Result<(), Error> {
             fanout(server, num(3)? as usize, num(4)? as usize, num(5)?, num(6)?).await
         }
         Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
+        Some("keys") => {
+            keys(server, num(3)? as usize, num(4)? as usize, num(5)? as usize, num(6)?).await
+        }
         _ => Err(usage.into()),
     }
 }

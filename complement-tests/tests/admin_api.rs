@@ -21,6 +21,11 @@ async fn server_with_admin() -> (TestServer, Session, Session) {
     (s, root, bob)
 }
 
+/// The device-list stream position: the fourth part of a sync token.
+fn device_list_pos(token: &str) -> u64 {
+    token.split('_').nth(3).and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
 /// Every endpoint, with a body where it takes one.
 fn endpoints() -> Vec<(Method, String, Option<serde_json::Value>)> {
     let bob = enc("@bob:test.local");
@@ -125,11 +130,19 @@ async fn an_admin_deactivates_a_user() {
     let (s, root, bob) = server_with_admin().await;
     let room = s.create_room(&root, json!({"preset": "public_chat"})).await;
     assert_eq!(s.join(&bob, &room).await.0, 200);
+    let since = s.sync(&root, None, 0).await["next_batch"].as_str().unwrap().to_owned();
 
     let path = format!("/_synapse/admin/v1/deactivate/{}", enc("@bob:test.local"));
     let (status, body) = s.post(&path, root.token(), json!({"erase": true})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id_server_unbind_result"], "success");
+
+    // Bob's devices are gone: his device list changed (the device-list position, the sync
+    // token's fourth part, moved), and he no longer shares a room with root.
+    let sync = s.sync(&root, Some(&since), 0).await;
+    let next = sync["next_batch"].as_str().unwrap();
+    assert!(device_list_pos(next) > device_list_pos(&since), "{since} → {next}");
+    assert_eq!(sync["device_lists"]["left"], json!(["@bob:test.local"]), "{sync}");
 
     assert_error(
         &s.get("/_matrix/client/v3/account/whoami", bob.token()).await,

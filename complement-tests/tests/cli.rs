@@ -1,7 +1,7 @@
-//! The admin CLI: `axon user create` and `axon token create`, with and without a running
-//! server.
+//! The admin CLI: `axon user create`, `axon user deactivate` and `axon token create`, with
+//! and without a running server.
 
-use complement_tests::{ServerOptions, TestServer, assert_error};
+use complement_tests::{ServerOptions, Session, TestServer, assert_error, json};
 
 #[tokio::test]
 async fn user_create_works_while_the_server_runs() {
@@ -62,4 +62,67 @@ async fn token_create_list_and_delete() {
         )
         .await;
     assert_eq!(body["valid"], false);
+}
+
+/// The device-list stream position: the fourth part of a sync token.
+fn device_list_pos(token: &str) -> u64 {
+    token.split('_').nth(3).and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+fn next_batch(sync: &serde_json::Value) -> String {
+    sync["next_batch"].as_str().expect("next_batch").to_owned()
+}
+
+/// Alice and Bob share a room; Bob's sync token from before.
+async fn alice_and_bob_in_a_room(s: &TestServer) -> (Session, Session, String) {
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&bob, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&alice, &room).await.0, 200);
+    let since = next_batch(&s.sync(&bob, None, 0).await);
+    (alice, bob, since)
+}
+
+/// What a deactivation leaves, seen by Alice's client and by Bob's sync since `since`: her
+/// token and password are refused; her device list changed (the device-list position moved)
+/// and she left the shared room.
+async fn assert_alice_deactivated(s: &TestServer, alice: &Session, bob: &Session, since: &str) {
+    let whoami = s.get("/_matrix/client/v3/account/whoami", alice.token()).await;
+    assert_error(&whoami, 401, "M_UNKNOWN_TOKEN");
+    assert_error(&s.login("alice", "alice-password").await, 403, "M_USER_DEACTIVATED");
+    let sync = s.sync(bob, Some(since), 0).await;
+    let next = next_batch(&sync);
+    assert!(device_list_pos(&next) > device_list_pos(since), "{since} → {next}");
+    assert_eq!(sync["device_lists"]["left"], json!([alice.user_id]), "{sync}");
+}
+
+#[tokio::test]
+async fn user_deactivate_works_while_the_server_runs() {
+    let s = TestServer::start().await;
+    let (alice, bob, since) = alice_and_bob_in_a_room(&s).await;
+    let out = s.cli(&["user", "deactivate", "alice"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("@alice:test.local"));
+    assert_alice_deactivated(&s, &alice, &bob, &since).await;
+}
+
+/// On the database directly, the deactivation's device-list change is stored with it, so
+/// the server finds it when it starts again.
+#[tokio::test]
+async fn user_deactivate_works_on_a_stopped_server() {
+    let mut s = TestServer::start().await;
+    let (alice, bob, since) = alice_and_bob_in_a_room(&s).await;
+    s.kill9();
+    let out = s.cli(&["user", "deactivate", "alice"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.crash_and_restart().await;
+    assert_alice_deactivated(&s, &alice, &bob, &since).await;
+}
+
+#[tokio::test]
+async fn user_deactivate_refuses_an_unknown_user() {
+    let s = TestServer::start().await;
+    let out = s.cli(&["user", "deactivate", "nobody"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{out:?}");
 }

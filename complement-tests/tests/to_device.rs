@@ -224,6 +224,44 @@ async fn a_request_for_too_many_devices_is_refused() {
     assert!(to_device(&s.sync(&bob, None, 0).await).is_empty());
 }
 
+/// A device that does not sync keeps at most `to_device_max_pending` messages; past it, its
+/// messages are dropped while the request still succeeds and reaches the other devices.
+#[tokio::test]
+async fn a_full_device_queue_drops_messages_for_it_only_until_it_syncs() {
+    let s = TestServer::start_with(ServerOptions {
+        extra_limits: "to_device_max_pending = 3".into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let contents = |sync: &Value| -> Vec<Value> {
+        to_device(sync).iter().map(|e| e["content"]["n"].clone()).collect()
+    };
+    // Carol syncs after each request (each sync acknowledging the previous one's messages),
+    // so her queue never fills and she gets all five; Bob never syncs.
+    let mut carol_since = next_batch(&s.sync(&carol, None, 0).await);
+    for n in 1..=5 {
+        let messages = json!({
+            &bob.user_id: { &bob.device_id: {"n": n} },
+            &carol.user_id: { "*": {"n": n} },
+        });
+        send(&s, &alice, "m.test", &format!("t{n}"), messages).await;
+        let sync = s.sync(&carol, Some(&carol_since), 0).await;
+        assert_eq!(contents(&sync), vec![json!(n)]);
+        carol_since = next_batch(&sync);
+    }
+    // Bob's queue kept the first three; the last two were dropped.
+    let first = s.sync(&bob, None, 0).await;
+    assert_eq!(contents(&first), vec![json!(1), json!(2), json!(3)]);
+
+    // Once Bob's sync acknowledges them, his queue takes messages again.
+    let after = next_batch(&s.sync(&bob, Some(&next_batch(&first)), 0).await);
+    send(&s, &alice, "m.test", "t6", json!({ &bob.user_id: { &bob.device_id: {"n": 6} } })).await;
+    assert_eq!(contents(&s.sync(&bob, Some(&after), 0).await), vec![json!(6)]);
+}
+
 #[tokio::test]
 async fn a_non_object_message_is_refused() {
     let s = TestServer::start().await;

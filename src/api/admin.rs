@@ -94,7 +94,7 @@ pub async fn deactivate(
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> Result<Json<Value>> {
     let user_id = user_id_arg(args)?;
-    s.accounts.deactivate_by_admin(&admin, &user_id).await?;
+    s.accounts.deactivate_by_admin(admin.user_id.as_str(), &user_id).await?;
     s.after_deactivation(&user_id, body.erase).await?;
     // No third-party identifiers exist to unbind, so unbinding them all succeeded.
     Ok(Json(json!({"id_server_unbind_result": "success"})))

@@ -435,15 +435,22 @@ impl Accounts {
 
     /// `POST /logout`: the token's device goes with it.
     pub async fn logout(&self, who: &Identity) -> Result<()> {
-        self.store.delete_devices(&who.localpart, vec![who.device_id.to_string()]).await?;
-        self.device_lists.changed(&who.user_id).await
+        self.delete_device_ids(who, vec![who.device_id.to_string()]).await
     }
 
     /// `POST /logout/all`.
     pub async fn logout_all(&self, who: &Identity) -> Result<()> {
         let ids = self.store.devices(&who.localpart).await?.into_iter().map(|d| d.device_id);
-        self.store.delete_devices(&who.localpart, ids.collect()).await?;
-        self.device_lists.changed(&who.user_id).await
+        self.delete_device_ids(who, ids.collect()).await
+    }
+
+    /// Deletes devices of the caller's; the device-list change is in the deletion's write.
+    async fn delete_device_ids(&self, who: &Identity, device_ids: Vec<String>) -> Result<()> {
+        self.device_lists
+            .change(&who.user_id, |change| {
+                self.store.delete_devices(&who.localpart, device_ids, change)
+            })
+            .await
     }
 
     /// Runs one step of user-interactive authentication.
@@ -558,16 +565,18 @@ impl Accounts {
         )
         .await?;
         let hash = self.passwords.hash(new_password).await?;
-        let logout = if logout_devices {
-            DeviceLogout::AllExcept(Some(who.device_id.to_string()))
-        } else {
-            DeviceLogout::Nobody
-        };
-        self.store.set_password(&who.localpart, hash, logout).await?;
-        tracing::info!(user_id = %who.user_id, "password changed");
         if logout_devices {
-            self.device_lists.changed(&who.user_id).await?;
+            let keep = Some(who.device_id.to_string());
+            self.device_lists
+                .change(&who.user_id, |change| {
+                    let logout = DeviceLogout::AllExcept(keep, change);
+                    self.store.set_password(&who.localpart, hash, logout)
+                })
+                .await?;
+        } else {
+            self.store.set_password(&who.localpart, hash, DeviceLogout::Nobody).await?;
         }
+        tracing::info!(user_id = %who.user_id, "password changed");
         Ok(())
     }
 
@@ -581,10 +590,22 @@ impl Accounts {
             PASSWORD_FLOWS,
         )
         .await?;
-        self.store.deactivate_user(&who.localpart).await?;
-        self.device_lists.changed(&who.user_id).await?;
+        self.deactivate_account(&who.user_id).await?;
         tracing::info!(user_id = %who.user_id, "account deactivated");
         Ok(())
+    }
+
+    /// Marks the account deactivated and deletes its devices, the device-list change in the
+    /// same write (by the user, an admin over HTTP, or the CLI).
+    async fn deactivate_account(&self, user_id: &UserId) -> Result<()> {
+        let localpart = user_id.localpart();
+        self.device_lists
+            .change(user_id, |change| self.store.deactivate_user(localpart, change))
+            .await
+            .map_err(|e| match e {
+                Error::Storage(StorageError::NotFound) => Error::NotFound("User not found".into()),
+                other => other,
+            })
     }
 
     pub async fn devices(&self, who: &Identity) -> Result<Vec<DeviceRecord>> {
@@ -646,8 +667,7 @@ impl Accounts {
             PASSWORD_FLOWS,
         )
         .await?;
-        self.store.delete_devices(&who.localpart, device_ids).await?;
-        self.device_lists.changed(&who.user_id).await
+        self.delete_device_ids(who, device_ids).await
     }
 
     /// `axon token create` and the admin API: `token`, or `length` (default 16) random
@@ -744,13 +764,13 @@ impl Accounts {
         Ok(())
     }
 
-    /// Deactivates an account without its password (the admin API). The caller then removes
-    /// it from its rooms, as for `/account/deactivate`.
-    pub async fn deactivate_by_admin(&self, by: &Identity, user_id: &UserId) -> Result<()> {
-        let user = self.local_user(user_id).await?;
-        self.store.deactivate_user(&user.localpart).await?;
-        self.device_lists.changed(user_id).await?;
-        tracing::info!(%user_id, by = %by.user_id, "account deactivated by an admin");
+    /// Deactivates an account without its password (the admin API, `by` the admin's user
+    /// ID, and `axon user deactivate`). The caller then removes it from its rooms
+    /// ([`crate::services::Services::after_deactivation`]), as for `/account/deactivate`.
+    pub async fn deactivate_by_admin(&self, by: &str, user_id: &UserId) -> Result<()> {
+        self.local_user(user_id).await?;
+        self.deactivate_account(user_id).await?;
+        tracing::info!(%user_id, by, "account deactivated by an admin");
         Ok(())
     }
 }

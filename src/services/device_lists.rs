@@ -5,8 +5,10 @@
 //! shares a room with (see `api::sync::device_lists`).
 //!
 //! Changes are rare, so they are written one at a time: a position is taken, stored
-//! (fsynced), and only then published and the affected users woken (the user and everyone
-//! sharing a room with them), which keeps positions published in order.
+//! (fsynced) in the batch of the write that causes the change (a device deletion stores it
+//! with the deletion, so no crash can separate them), and only then published and the
+//! affected users woken (the user and everyone sharing a room with them), which keeps
+//! positions published in order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,8 +20,8 @@ use ruma::{OwnedUserId, UserId};
 use crate::error::{Error, Result};
 use crate::rooms::notify::{Change, Notifier, Stream};
 use crate::services::Services;
-use crate::storage::Store;
 use crate::storage::rooms::MembershipRecord;
+use crate::storage::{DeviceListChange, StorageResult, Store};
 
 /// Who shares a room with a user (set once the rooms service exists).
 pub type Audience = Box<dyn Fn(&UserId) -> Vec<OwnedUserId> + Send + Sync>;
@@ -80,11 +82,25 @@ impl DeviceLists {
         self.current.load(Ordering::Acquire)
     }
 
-    /// Records a change of `user`'s device list and wakes the syncs of everyone concerned.
+    /// Records a change of `user`'s device list that no other write carries, and wakes the
+    /// syncs of everyone concerned.
     pub async fn changed(&self, user: &UserId) -> Result<()> {
+        let store = self.store.clone();
+        self.change(user, |change| async move { store.set_device_list_changed(change).await }).await
+    }
+
+    /// Runs `write`, which changes `user`'s device list and stores the [`DeviceListChange`]
+    /// it is given in its own batch; once it is durable, publishes the change and wakes the
+    /// syncs of everyone concerned. If `write` fails, nothing is published.
+    pub async fn change<T, F, Fut>(&self, user: &UserId, write: F) -> Result<T>
+    where
+        F: FnOnce(DeviceListChange) -> Fut,
+        Fut: Future<Output = StorageResult<T>>,
+    {
+        // Held until published: positions are published in the order they are written.
         let _writer = self.writer.lock().await;
         let pos = self.current() + 1;
-        self.store.set_device_list_changed(user.as_str(), pos).await?;
+        let out = write(DeviceListChange { user_id: user.to_string(), pos }).await?;
         self.changes.write().record(user.to_owned(), pos);
         // Announced before published: a sync that sees the position has been told.
         let mut woken = self.audience.get().map(|a| a(user)).unwrap_or_default();
@@ -92,7 +108,7 @@ impl DeviceLists {
         let change = Change::user(Stream::DeviceLists, pos);
         self.notifier.wake(woken.iter().map(|u| u.as_ref()), change);
         self.current.store(pos, Ordering::Release);
-        Ok(())
+        Ok(out)
     }
 
     /// The users whose latest device-list change is in `(from, to]`.

@@ -275,27 +275,33 @@ impl E2eeKeys {
         request: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
     ) -> Result<claim_keys::v3::Response> {
         let mut response = claim_keys::v3::Response::new(BTreeMap::new());
+        // Every key of the request is claimed in one write (one fsync, not one per device).
+        let mut wanted = Vec::new();
         for (user_id, devices) in request {
             if !self.is_local(user_id.server_name()) {
                 response.failures.insert(user_id.server_name().to_string(), serde_json::json!({}));
                 continue;
             }
-            let mut claimed = BTreeMap::new();
             for (device_id, algorithm) in devices {
-                let found = self
-                    .store
-                    .claim_key(user_id.localpart(), device_id.as_str(), algorithm.as_str())
-                    .await?;
-                let Some((id, json)) = found else { continue };
-                let id = OwnedOneTimeKeyId::try_from(id)
-                    .map_err(|e| Error::Internal(format!("stored key ID: {e}")))?;
-                let raw = RawValue::from_string(json)
-                    .map_err(|e| Error::Internal(format!("stored key: {e}")))?;
-                claimed.insert(device_id, BTreeMap::from([(id, Raw::from_json(raw))]));
+                wanted.push((user_id.clone(), device_id, algorithm));
             }
-            if !claimed.is_empty() {
-                response.one_time_keys.insert(user_id, claimed);
-            }
+        }
+        let claims = wanted
+            .iter()
+            .map(|(u, d, a)| (u.localpart().to_owned(), d.to_string(), a.to_string()))
+            .collect();
+        let found = self.store.claim_keys(claims).await?;
+        for ((user_id, device_id, _), found) in wanted.into_iter().zip(found) {
+            let Some((id, json)) = found else { continue };
+            let id = OwnedOneTimeKeyId::try_from(id)
+                .map_err(|e| Error::Internal(format!("stored key ID: {e}")))?;
+            let raw = RawValue::from_string(json)
+                .map_err(|e| Error::Internal(format!("stored key: {e}")))?;
+            response
+                .one_time_keys
+                .entry(user_id)
+                .or_default()
+                .insert(device_id, BTreeMap::from([(id, Raw::from_json(raw))]));
         }
         Ok(response)
     }

@@ -84,6 +84,7 @@ impl Services {
             rooms.notifier.clone(),
             config.server_name.clone(),
             config.limits.to_device_max_messages,
+            config.limits.to_device_max_pending,
         )
         .await?;
         let key_backup =

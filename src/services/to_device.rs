@@ -6,6 +6,15 @@
 //! the next sync from the old token delivers the same messages again. Writes are serialised
 //! so positions become visible in order; each wakes the recipients' pending syncs once
 //! durable.
+//!
+//! A device's queue holds at most `limits.to_device_max_pending` messages: a message for a
+//! device whose queue is full is dropped, and the request succeeds for its other
+//! recipients. A queue fills only when its device does not sync for a long time (an active
+//! client empties it 100 messages per sync), which in practice is an abandoned device; if a
+//! full queue failed the request instead, every sender's room keys would stop reaching all
+//! the other devices too. Dropped messages are logged (a warning) and counted
+//! (`axon_to_device_dropped_total`), not reported to the sender: the response has no place
+//! for them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +46,8 @@ pub struct ToDevice {
     /// `limits.to_device_max_messages`: per request, counted as given (`*` is one) and
     /// again after `*` is expanded to the users' devices.
     max_messages: usize,
+    /// `limits.to_device_max_pending`: messages waiting for one device.
+    max_pending: usize,
     position: AtomicU64,
     write: tokio::sync::Mutex<()>,
     /// What syncs need to know without reading storage: most syncs of most devices find
@@ -69,6 +80,7 @@ impl ToDevice {
         notifier: Arc<Notifier>,
         server_name: String,
         max_messages: usize,
+        max_pending: usize,
     ) -> Result<Self> {
         let pos = store.max_to_device_pos().await?;
         Ok(Self {
@@ -76,6 +88,7 @@ impl ToDevice {
             notifier,
             server_name,
             max_messages,
+            max_pending,
             position: AtomicU64::new(pos),
             write: tokio::sync::Mutex::new(()),
             inboxes: parking_lot::Mutex::new(Inboxes { loaded_at: pos, ..Inboxes::default() }),
@@ -137,10 +150,24 @@ impl ToDevice {
             messages: batch,
             first_pos,
             max_messages: self.max_messages,
+            max_pending: self.max_pending,
         };
         match self.store.send_to_device(send).await {
             Ok(ToDeviceSent::Retry) => Ok(()),
-            Ok(ToDeviceSent::Stored { last_pos, recipients }) => {
+            Ok(ToDeviceSent::Stored { last_pos, recipients, dropped, full }) => {
+                if let Some((localpart, device_id)) = full.first() {
+                    metrics::counter!("axon_to_device_dropped_total").increment(dropped as u64);
+                    tracing::warn!(
+                        sender = %who.user_id,
+                        event_type,
+                        dropped,
+                        full_devices = full.len(),
+                        %localpart,
+                        %device_id,
+                        max_pending = self.max_pending,
+                        "to-device messages dropped: the recipient device's queue is full"
+                    );
+                }
                 if last_pos >= first_pos {
                     {
                         let mut inboxes = self.inboxes.lock();

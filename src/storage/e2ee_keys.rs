@@ -32,6 +32,15 @@ pub struct KeyUpload {
     pub fallback_keys: Vec<(String, FallbackKeyRecord)>,
 }
 
+/// A change of a user's device list at its position in the device-list stream. The write
+/// that causes the change (a device deletion, new keys) stores it in its own batch, so that
+/// no crash can keep the cause and lose the change: other users would never learn of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceListChange {
+    pub user_id: String,
+    pub pos: u64,
+}
+
 #[async_trait]
 pub trait E2eeKeyStore: Send + Sync {
     /// Stores one upload atomically; returns whether it stored new device keys. Fails with [`super::StorageError::AlreadyExists`],
@@ -66,18 +75,17 @@ pub trait E2eeKeyStore: Send + Sync {
         device_id: &str,
     ) -> StorageResult<Vec<String>>;
 
-    /// Takes one one-time key of `algorithm` (removing it), or else the device's fallback
-    /// key of that algorithm (marking it used). Atomic: two claims never get the same
-    /// one-time key. Returns `(<algorithm>:<key id>, key JSON)`.
-    async fn claim_key(
+    /// For each `(localpart, device_id, algorithm)`, takes one one-time key of `algorithm`
+    /// (removing it), or else the device's fallback key of that algorithm (marking it used),
+    /// all in one write. Atomic: two claims never get the same one-time key. Returns, in
+    /// order, `(<algorithm>:<key id>, key JSON)` or `None` when the device has neither.
+    async fn claim_keys(
         &self,
-        localpart: &str,
-        device_id: &str,
-        algorithm: &str,
-    ) -> StorageResult<Option<(String, String)>>;
+        claims: Vec<(String, String, String)>,
+    ) -> StorageResult<Vec<Option<(String, String)>>>;
 
-    /// Records that a user's device list changed at device-list stream position `pos`.
-    async fn set_device_list_changed(&self, user_id: &str, pos: u64) -> StorageResult<()>;
+    /// Records a change of a user's device list that no other write carries (new keys).
+    async fn set_device_list_changed(&self, change: DeviceListChange) -> StorageResult<()>;
 
     /// `(user_id, position of the latest change)` for every user whose device list changed.
     async fn device_list_changes(&self) -> StorageResult<Vec<(String, u64)>>;

@@ -19,6 +19,7 @@ pub mod users;
 
 use async_trait::async_trait;
 
+pub use e2ee_keys::DeviceListChange;
 pub use records::{
     AccessTokenRecord, DeviceRecord, RegistrationTokenRecord, TokenHash, UserRecord, now_ms,
 };
@@ -56,8 +57,9 @@ pub struct NewSession {
 pub enum DeviceLogout {
     /// Every device stays logged in.
     Nobody,
-    /// Every device but the named one (the one making the request, if any) is deleted.
-    AllExcept(Option<String>),
+    /// Every device but the named one (the one making the request, if any) is deleted, and
+    /// the user's device list changes.
+    AllExcept(Option<String>, DeviceListChange),
 }
 
 /// Users, devices and access tokens.
@@ -86,8 +88,10 @@ pub trait AccountStore: Send + Sync {
         logout: DeviceLogout,
     ) -> StorageResult<()>;
 
-    /// Marks the user deactivated and deletes every device and token.
-    async fn deactivate_user(&self, localpart: &str) -> StorageResult<()>;
+    /// Marks the user deactivated and deletes every device and token; the user's device list
+    /// changes in the same write.
+    async fn deactivate_user(&self, localpart: &str, change: DeviceListChange)
+    -> StorageResult<()>;
 
     /// Grants or revokes server admin rights. [`StorageError::NotFound`] for unknown users.
     async fn set_admin(&self, localpart: &str, admin: bool) -> StorageResult<()>;
@@ -111,8 +115,14 @@ pub trait AccountStore: Send + Sync {
     /// Updates a device's mutable fields. [`StorageError::NotFound`] if it does not exist.
     async fn update_device(&self, localpart: &str, device: DeviceRecord) -> StorageResult<()>;
 
-    /// Deletes devices and every token issued to them. Unknown IDs are ignored.
-    async fn delete_devices(&self, localpart: &str, device_ids: Vec<String>) -> StorageResult<()>;
+    /// Deletes devices and every token issued to them, and records the change of the user's
+    /// device list, in one write. Unknown IDs are ignored.
+    async fn delete_devices(
+        &self,
+        localpart: &str,
+        device_ids: Vec<String>,
+        change: DeviceListChange,
+    ) -> StorageResult<()>;
 }
 
 /// Registration tokens (`m.login.registration_token`).

@@ -35,6 +35,8 @@ pub struct ToDeviceSend {
     pub first_pos: u64,
     /// Most messages one request may store, after `*` is expanded.
     pub max_messages: usize,
+    /// Most messages waiting for one device: messages past it are dropped.
+    pub max_pending: usize,
 }
 
 /// What storing a request did.
@@ -43,15 +45,17 @@ pub enum ToDeviceSent {
     /// The transaction was already stored: nothing was stored again.
     Retry,
     /// The highest position used (`first_pos - 1` if nothing was stored: every recipient
-    /// device unknown) and the recipients' localparts.
-    Stored { last_pos: u64, recipients: Vec<String> },
+    /// device unknown or full), the recipients' localparts, the number of messages dropped
+    /// because their device's queue was full, and those devices (`(localpart, device)`).
+    Stored { last_pos: u64, recipients: Vec<String>, dropped: usize, full: Vec<(String, String)> },
 }
 
 #[async_trait]
 pub trait ToDeviceStore: Send + Sync {
     /// Stores a request's messages for the devices that exist (others are dropped), and its
     /// transaction ID, in one write; atomic with respect to device deletion, so no message
-    /// outlives its device. [`super::StorageError::TooMany`] if more than `max_messages`
+    /// outlives its device. A message for a device that already has `max_pending` messages
+    /// waiting is dropped. [`super::StorageError::TooMany`] if more than `max_messages`
     /// would be stored (nothing is).
     async fn send_to_device(&self, send: ToDeviceSend) -> StorageResult<ToDeviceSent>;
 

@@ -1,6 +1,6 @@
 //! [`E2eeKeyStore`] on RocksDB.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
@@ -8,7 +8,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use super::{
     RocksStore, cf, decode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
 };
-use crate::storage::e2ee_keys::{E2eeKeyStore, FallbackKeyRecord, KeyUpload};
+use crate::storage::e2ee_keys::{DeviceListChange, E2eeKeyStore, FallbackKeyRecord, KeyUpload};
 use crate::storage::{StorageError, StorageResult};
 
 fn utf8(what: &'static str, bytes: &[u8]) -> StorageResult<String> {
@@ -36,6 +36,66 @@ pub(super) fn delete_device_keys_in(
         }
     }
     Ok(())
+}
+
+/// Adds to `batch` the record of a device-list change.
+pub(super) fn put_device_list_change_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    change: &DeviceListChange,
+) -> StorageResult<()> {
+    let h = handle(db, cf::DEVICE_LIST_CHANGES)?;
+    batch.put_cf(h, change.user_id.as_bytes(), change.pos.to_be_bytes());
+    Ok(())
+}
+
+/// Adds to `batch` the claim of one key of a device: its first one-time key of `algorithm`
+/// not in `taken` (a device named twice in one request gets two keys), else its fallback key
+/// of that algorithm, marked used.
+fn claim_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    taken: &mut HashSet<Box<[u8]>>,
+    localpart: &str,
+    device_id: &str,
+    algorithm: &str,
+) -> StorageResult<Option<(String, String)>> {
+    let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
+    let mut p = prefix(&[lp, dev]);
+    p.extend_from_slice(algorithm.as_bytes());
+    p.push(b':');
+    let h = handle(db, cf::ONE_TIME_KEYS)?;
+    // Bounded to the device's keys of that algorithm (`…algorithm;`, ';' follows ':'):
+    // without a bound, a device whose keys are all claimed would make the seek skip the
+    // deletion markers of every claimed key after its own, until a live key.
+    let mut upper = p.clone();
+    upper.pop();
+    upper.push(b';');
+    let mut bounded = rocksdb::ReadOptions::default();
+    bounded.set_iterate_upper_bound(upper);
+    for item in db.iterator_cf_opt(h, bounded, IteratorMode::From(&p, Direction::Forward)) {
+        let (k, v) = item?;
+        if !k.starts_with(&p) {
+            break;
+        }
+        if taken.contains(&k) {
+            continue;
+        }
+        let id = utf8(cf::ONE_TIME_KEYS, &k[p.len() - algorithm.len() - 1..])?;
+        let value = utf8(cf::ONE_TIME_KEYS, &v)?;
+        batch.delete_cf(h, &k);
+        taken.insert(k);
+        return Ok(Some((id, value)));
+    }
+    let k = key(&[lp, dev, algorithm.as_bytes()]);
+    let Some(mut record): Option<FallbackKeyRecord> = get_json(db, cf::FALLBACK_KEYS, &k)? else {
+        return Ok(None);
+    };
+    if !record.used {
+        record.used = true;
+        batch.put_cf(handle(db, cf::FALLBACK_KEYS)?, &k, super::encode(&record));
+    }
+    Ok(Some((record.key_id, record.key)))
 }
 
 #[async_trait]
@@ -142,56 +202,35 @@ impl E2eeKeyStore for RocksStore {
         Ok(out)
     }
 
-    async fn claim_key(
+    async fn claim_keys(
         &self,
-        localpart: &str,
-        device_id: &str,
-        algorithm: &str,
-    ) -> StorageResult<Option<(String, String)>> {
-        let (localpart, device_id, algorithm) =
-            (localpart.to_owned(), device_id.to_owned(), algorithm.to_owned());
+        claims: Vec<(String, String, String)>,
+    ) -> StorageResult<Vec<Option<(String, String)>>> {
         self.blocking(move |db, lock| {
+            // Under the write lock until written: two claims never get the same key.
             let _guard = lock.lock();
-            let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
-            let mut p = prefix(&[lp, dev]);
-            p.extend_from_slice(algorithm.as_bytes());
-            p.push(b':');
-            let h = handle(db, cf::ONE_TIME_KEYS)?;
-            let first = db
-                .iterator_cf(h, IteratorMode::From(&p, Direction::Forward))
-                .next()
-                .transpose()?
-                .filter(|(k, _)| k.starts_with(&p));
-            if let Some((k, v)) = first {
-                let id = utf8(cf::ONE_TIME_KEYS, &k[p.len() - algorithm.len() - 1..])?;
-                let value = utf8(cf::ONE_TIME_KEYS, &v)?;
-                db.delete_cf_opt(h, &k, &synced())?;
-                return Ok(Some((id, value)));
+            let mut batch = WriteBatch::default();
+            let mut taken: HashSet<Box<[u8]>> = HashSet::new();
+            let mut out = Vec::with_capacity(claims.len());
+            for (localpart, device_id, algorithm) in &claims {
+                let claimed =
+                    claim_in(db, &mut batch, &mut taken, localpart, device_id, algorithm)?;
+                out.push(claimed);
             }
-            let k = key(&[lp, dev, algorithm.as_bytes()]);
-            let Some(mut record): Option<FallbackKeyRecord> = get_json(db, cf::FALLBACK_KEYS, &k)?
-            else {
-                return Ok(None);
-            };
-            if !record.used {
-                record.used = true;
-                db.put_cf_opt(
-                    handle(db, cf::FALLBACK_KEYS)?,
-                    &k,
-                    super::encode(&record),
-                    &synced(),
-                )?;
+            // Claims that found nothing, or only used fallback keys, write nothing.
+            if !batch.is_empty() {
+                db.write_opt(batch, &synced())?;
             }
-            Ok(Some((record.key_id, record.key)))
+            Ok(out)
         })
         .await
     }
 
-    async fn set_device_list_changed(&self, user_id: &str, pos: u64) -> StorageResult<()> {
-        let user_id = user_id.to_owned();
+    async fn set_device_list_changed(&self, change: DeviceListChange) -> StorageResult<()> {
         self.blocking(move |db, _| {
-            let h = handle(db, cf::DEVICE_LIST_CHANGES)?;
-            db.put_cf_opt(h, user_id.as_bytes(), pos.to_be_bytes(), &synced())?;
+            let mut batch = WriteBatch::default();
+            put_device_list_change_in(db, &mut batch, &change)?;
+            db.write_opt(batch, &synced())?;
             Ok(())
         })
         .await
@@ -270,5 +309,52 @@ impl E2eeKeyStore for RocksStore {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::AccountStore;
+    use crate::storage::rocks::tests::{session, user};
+
+    fn otk(id: &str) -> (String, String) {
+        (format!("signed_curve25519:{id}"), format!("{{\"key\":\"{id}\"}}"))
+    }
+
+    fn claim(device: &str) -> (String, String, String) {
+        ("alice".into(), device.into(), "signed_curve25519".into())
+    }
+
+    /// One request's claims are one write: each gets its own one-time key (a device named
+    /// twice gets two), then the fallback key, and devices without keys get nothing.
+    #[tokio::test]
+    async fn claims_of_one_request_take_distinct_keys_then_the_fallback_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store.create_user(user("alice"), Some(session("A", "ta")), None).await.unwrap();
+        store.create_session("alice", session("B", "tb")).await.unwrap();
+        let fallback = FallbackKeyRecord {
+            key_id: "signed_curve25519:F".into(),
+            key: "{\"key\":\"F\"}".into(),
+            used: false,
+        };
+        let upload = KeyUpload {
+            device_keys: None,
+            one_time_keys: vec![otk("K1"), otk("K2")],
+            fallback_keys: vec![("signed_curve25519".into(), fallback)],
+        };
+        store.upload_keys("alice", "A", upload).await.unwrap();
+
+        let got = store.claim_keys(vec![claim("A"), claim("B"), claim("A"), claim("A")]).await;
+        let ids: Vec<_> = got.unwrap().into_iter().map(|c| c.map(|(id, _)| id)).collect();
+        let id = |s: &str| Some(format!("signed_curve25519:{s}"));
+        assert_eq!(ids, vec![id("K1"), None, id("K2"), id("F")]);
+        let counts = store.one_time_key_counts("alice", "A").await.unwrap();
+        assert_eq!(counts.get("signed_curve25519").copied().unwrap_or(0), 0);
+        assert!(store.unused_fallback_key_types("alice", "A").await.unwrap().is_empty());
+        // The fallback key stays, reported used.
+        let again = store.claim_keys(vec![claim("A")]).await.unwrap();
+        assert_eq!(again[0].as_ref().map(|(id, _)| id.clone()), id("F"));
     }
 }

@@ -20,9 +20,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AccessTokenRecord, AccountStore, DeviceLogout, DeviceRecord, MetaStore, NewSession,
-    RegistrationTokenRecord, RegistrationTokenStore, StorageError, StorageResult, TokenHash,
-    UserRecord, records::now_ms,
+    AccessTokenRecord, AccountStore, DeviceListChange, DeviceLogout, DeviceRecord, MetaStore,
+    NewSession, RegistrationTokenRecord, RegistrationTokenStore, StorageError, StorageResult,
+    TokenHash, UserRecord, records::now_ms,
 };
 
 const SEP: u8 = 0xFF;
@@ -73,6 +73,8 @@ mod cf {
     pub const STATE_CHANGES: &str = "state_changes";
     /// `localpart 0xFF device 0xFF pos(be64)` → a to-device message waiting for its device.
     pub const TO_DEVICE: &str = "to_device";
+    /// `localpart 0xFF device` → number (be64) of the messages waiting in `to_device`.
+    pub const TO_DEVICE_COUNTS: &str = "to_device_counts";
     /// `user_id 0xFF version(be64)` → [`BackupVersionRecord`](crate::storage::key_backup::BackupVersionRecord)
     /// (empty: the tombstone of a deleted newest version).
     pub const BACKUP_VERSIONS: &str = "backup_versions";
@@ -116,6 +118,7 @@ mod cf {
         READ_POSITIONS,
         STATE_CHANGES,
         TO_DEVICE,
+        TO_DEVICE_COUNTS,
         BACKUP_VERSIONS,
         BACKUP_KEYS,
         DEVICE_KEYS,
@@ -236,6 +239,7 @@ impl RocksStore {
             }
         })?;
         rooms::migrate(&db)?;
+        to_device::migrate(&db)?;
         Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
     }
 
@@ -445,12 +449,13 @@ impl AccountStore for RocksStore {
             user.password_hash = Some(password_hash);
             let mut batch = WriteBatch::default();
             batch.put_cf(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user));
-            if let DeviceLogout::AllExcept(keep) = logout {
+            if let DeviceLogout::AllExcept(keep, change) = logout {
                 for device_id in device_ids(db, &localpart)? {
                     if keep.as_deref() != Some(device_id.as_str()) {
                         delete_device_in(db, &mut batch, &localpart, &device_id)?;
                     }
                 }
+                e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             }
             db.write_opt(batch, &synced())?;
             Ok(())
@@ -458,7 +463,11 @@ impl AccountStore for RocksStore {
         .await
     }
 
-    async fn deactivate_user(&self, localpart: &str) -> StorageResult<()> {
+    async fn deactivate_user(
+        &self,
+        localpart: &str,
+        change: DeviceListChange,
+    ) -> StorageResult<()> {
         let localpart = localpart.to_owned();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
@@ -471,6 +480,7 @@ impl AccountStore for RocksStore {
             for device_id in device_ids(db, &localpart)? {
                 delete_device_in(db, &mut batch, &localpart, &device_id)?;
             }
+            e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             db.write_opt(batch, &synced())?;
             Ok(())
         })
@@ -555,7 +565,12 @@ impl AccountStore for RocksStore {
         .await
     }
 
-    async fn delete_devices(&self, localpart: &str, device_ids: Vec<String>) -> StorageResult<()> {
+    async fn delete_devices(
+        &self,
+        localpart: &str,
+        device_ids: Vec<String>,
+        change: DeviceListChange,
+    ) -> StorageResult<()> {
         let localpart = localpart.to_owned();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
@@ -563,6 +578,7 @@ impl AccountStore for RocksStore {
             for device_id in &device_ids {
                 delete_device_in(db, &mut batch, &localpart, device_id)?;
             }
+            e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             db.write_opt(batch, &synced())?;
             Ok(())
         })
@@ -640,7 +656,7 @@ impl MetaStore for RocksStore {
 mod tests {
     use super::*;
 
-    fn user(localpart: &str) -> UserRecord {
+    pub(super) fn user(localpart: &str) -> UserRecord {
         UserRecord {
             localpart: localpart.into(),
             password_hash: Some("x".into()),
@@ -652,7 +668,7 @@ mod tests {
         }
     }
 
-    fn session(device: &str, token: &str) -> NewSession {
+    pub(super) fn session(device: &str, token: &str) -> NewSession {
         NewSession {
             device: DeviceRecord {
                 device_id: device.into(),
@@ -685,12 +701,44 @@ mod tests {
         let store = RocksStore::open(dir.path(), 1).unwrap();
         store.create_user(user("alice"), Some(session("A", "ta")), None).await.unwrap();
         store.create_session("alice", session("B", "tb")).await.unwrap();
-        store.delete_devices("alice", vec!["A".into()]).await.unwrap();
+        store.delete_devices("alice", vec!["A".into()], change(1)).await.unwrap();
         assert!(store.access_token(&TokenHash::of("ta")).await.unwrap().is_none());
         assert!(store.access_token(&TokenHash::of("tb")).await.unwrap().is_some());
         let ids: Vec<_> =
             store.devices("alice").await.unwrap().into_iter().map(|d| d.device_id).collect();
         assert_eq!(ids, vec!["B".to_owned()]);
+    }
+
+    fn change(pos: u64) -> DeviceListChange {
+        DeviceListChange { user_id: "@alice:x".into(), pos }
+    }
+
+    /// Each way of deleting devices records the device-list change in its own write.
+    #[tokio::test]
+    async fn deleting_devices_records_the_device_list_change_in_the_same_write() {
+        use crate::storage::e2ee_keys::E2eeKeyStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store.create_user(user("alice"), Some(session("A", "ta")), None).await.unwrap();
+        store.create_session("alice", session("B", "tb")).await.unwrap();
+        store.create_session("alice", session("C", "tc")).await.unwrap();
+        let latest = || async { store.device_list_changes().await.unwrap() };
+
+        store.delete_devices("alice", vec!["A".into()], change(1)).await.unwrap();
+        assert_eq!(latest().await, vec![("@alice:x".to_owned(), 1)]);
+        let logout = DeviceLogout::AllExcept(Some("C".into()), change(2));
+        store.set_password("alice", "h".into(), logout).await.unwrap();
+        assert_eq!(latest().await, vec![("@alice:x".to_owned(), 2)]);
+        store.set_password("alice", "h2".into(), DeviceLogout::Nobody).await.unwrap();
+        assert_eq!(latest().await, vec![("@alice:x".to_owned(), 2)]);
+        store.deactivate_user("alice", change(3)).await.unwrap();
+        assert_eq!(latest().await, vec![("@alice:x".to_owned(), 3)]);
+        assert!(store.devices("alice").await.unwrap().is_empty());
+
+        // A failed write records nothing.
+        let gone = store.deactivate_user("nobody", change(4)).await;
+        assert!(matches!(gone, Err(StorageError::NotFound)));
+        assert_eq!(latest().await, vec![("@alice:x".to_owned(), 3)]);
     }
 
     #[tokio::test]
