@@ -25,7 +25,6 @@ use serde_json::{Map, Value, json};
 use tokio::sync::OnceCell;
 
 use crate::error::Result;
-use crate::rooms::Room;
 use crate::rooms::notify::{Change, Notifier, Stream};
 use crate::services::streams::{ChangeLog, Positions};
 use crate::storage::Store;
@@ -157,9 +156,15 @@ impl Receipts {
     /// events). A receipt for an event not after the current one of its type and thread
     /// changes nothing. Public receipts wake every joined member's sync, private ones the
     /// owner's.
-    pub async fn set(&self, room: &Room, user: &UserId, new: Vec<NewReceipt>) -> Result<()> {
+    pub async fn set(
+        &self,
+        room: &RoomId,
+        members: &HashMap<OwnedUserId, String>,
+        user: &UserId,
+        new: Vec<NewReceipt>,
+    ) -> Result<()> {
         let _guard = self.lock_user(user).await;
-        let cell = self.room(&room.id).await?;
+        let cell = self.room(room).await?;
         let Some(receipts) = cell.get() else { return Ok(()) };
         let ts = crate::storage::now_ms();
         let mut records: Vec<ReceiptRecord> = Vec::new();
@@ -170,7 +175,7 @@ impl Receipts {
             let mine = current.of(user);
             for n in new {
                 let mut record = ReceiptRecord {
-                    room_id: room.id.to_string(),
+                    room_id: room.to_string(),
                     user_id: user.to_string(),
                     receipt_type: n.receipt_type.to_owned(),
                     thread_id: n.thread_id,
@@ -217,10 +222,9 @@ impl Receipts {
             }
         }
         // Announced before published: a sync that sees the position has been told.
-        self.changes.record(room.id.clone(), last);
-        let change = Change::room(Stream::Receipts, &room.id, last);
+        self.changes.record(room.to_owned(), last);
+        let change = Change::room(Stream::Receipts, room, last);
         if public {
-            let members = room.members();
             let joined = members.iter().filter(|(_, m)| m.as_str() == "join").map(|(u, _)| &**u);
             self.notifier.wake(joined, change);
         } else {
@@ -299,5 +303,102 @@ impl Receipts {
             }
         }
         Ok(Some(json!({"type": "m.receipt", "content": content})))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::rocks::RocksStore;
+
+    fn user(name: &str) -> OwnedUserId {
+        UserId::parse(format!("@{name}:x")).unwrap()
+    }
+
+    fn read(kind: &'static str, thread: Option<&str>, event_pos: u64) -> NewReceipt {
+        NewReceipt {
+            receipt_type: kind,
+            thread_id: thread.map(str::to_owned),
+            event_id: format!("$e{event_pos}"),
+            event_pos,
+        }
+    }
+
+    async fn service(dir: &std::path::Path) -> (Receipts, Arc<Notifier>) {
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir, 1).unwrap());
+        let notifier = Arc::new(Notifier::default());
+        (Receipts::load(store, notifier.clone()).await.unwrap(), notifier)
+    }
+
+    #[tokio::test]
+    async fn receipts_move_forward_private_ones_stay_with_their_owner_and_only_they_wake() {
+        let dir = tempfile::tempdir().unwrap();
+        let (receipts, notifier) = service(dir.path()).await;
+        let room = RoomId::parse("!r:x").unwrap();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let members: HashMap<_, _> =
+            [(alice.clone(), "join".to_owned()), (bob.clone(), "join".to_owned())].into();
+        let bob_sync = notifier.subscribe(&bob);
+
+        receipts.set(&room, &members, &alice, vec![read(READ_PRIVATE, None, 3)]).await.unwrap();
+        assert!(bob_sync.take().is_empty(), "a private receipt wakes its owner only");
+        let after_private = receipts.current();
+        receipts.set(&room, &members, &alice, vec![read(READ, None, 2)]).await.unwrap();
+        assert!(bob_sync.take().has(Stream::Receipts));
+        let upto = receipts.current();
+        // Backwards: nothing changes.
+        receipts.set(&room, &members, &alice, vec![read(READ, None, 1)]).await.unwrap();
+        assert_eq!(receipts.current(), upto);
+
+        let all_bob = receipts.event(&room, &bob, None, upto).await.unwrap().unwrap();
+        assert_eq!(all_bob["content"].as_object().unwrap().len(), 1, "{all_bob}");
+        assert!(all_bob["content"]["$e2"]["m.read"]["@alice:x"]["ts"].is_u64());
+        let all_alice = receipts.event(&room, &alice, None, upto).await.unwrap().unwrap();
+        assert!(all_alice["content"]["$e3"]["m.read.private"]["@alice:x"].is_object());
+        // Incremental: only what changed in (since, upto].
+        let since_private = receipts.event(&room, &alice, Some(after_private), upto).await;
+        let content = since_private.unwrap().unwrap()["content"].clone();
+        assert!(content.get("$e3").is_none() && content.get("$e2").is_some(), "{content}");
+        assert!(receipts.event(&room, &bob, Some(upto), upto).await.unwrap().is_none());
+        assert!(!receipts.changed(&room, upto) && receipts.changed(&room, after_private));
+        assert!(receipts.changed(&room, upto + 10), "a token from the future");
+        // Unread counts follow the latest of the two.
+        assert_eq!(receipts.read_position(&room, &alice).await.unwrap().map(|r| r.0), Some(3));
+        assert_eq!(receipts.read_position(&room, &bob).await.unwrap(), None);
+
+        // All of it comes back from storage.
+        drop(receipts);
+        let (again, _) = service(dir.path()).await;
+        assert_eq!(again.current(), upto);
+        assert_eq!(again.event(&room, &bob, None, upto).await.unwrap().unwrap(), all_bob);
+    }
+
+    #[tokio::test]
+    async fn threads_are_kept_apart_and_bounded_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let (receipts, _) = service(dir.path()).await;
+        let room = RoomId::parse("!r:x").unwrap();
+        let alice = user("alice");
+        let members: HashMap<_, _> = [(alice.clone(), "join".to_owned())].into();
+        receipts.set(&room, &members, &alice, vec![read(READ, Some("main"), 5)]).await.unwrap();
+        for t in 0..=MAX_THREADS as u64 {
+            let root = format!("$root{t}");
+            receipts
+                .set(&room, &members, &alice, vec![read(READ, Some(&root), 10 + t)])
+                .await
+                .unwrap();
+        }
+        let upto = receipts.current();
+        let event = receipts.event(&room, &alice, None, upto).await.unwrap().unwrap();
+        let content = event["content"].as_object().unwrap();
+        assert_eq!(content.len(), MAX_THREADS + 1, "main + the newest threads");
+        assert!(content.get("$e10").is_none(), "the oldest thread went");
+        assert_eq!(content["$e5"]["m.read"]["@alice:x"]["thread_id"], "main");
+        // Threaded receipts (other than main) do not move the read position.
+        assert_eq!(receipts.read_position(&room, &alice).await.unwrap().map(|r| r.0), Some(5));
+        drop(receipts);
+        let (again, _) = service(dir.path()).await;
+        let reloaded = again.event(&room, &alice, None, upto).await.unwrap().unwrap();
+        assert_eq!(reloaded, event, "the eviction was stored too");
     }
 }

@@ -120,3 +120,65 @@ impl ReceiptStore for RocksStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(
+        user: &str,
+        kind: &str,
+        thread: Option<&str>,
+        event_pos: u64,
+        pos: u64,
+    ) -> ReceiptRecord {
+        ReceiptRecord {
+            room_id: "!r:x".into(),
+            user_id: user.into(),
+            receipt_type: kind.into(),
+            thread_id: thread.map(str::to_owned),
+            event_id: format!("$e{event_pos}"),
+            event_pos,
+            ts: 1,
+            pos,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_receipt_replaces_its_slot_only_and_removals_go_in_the_same_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        let read = receipt("@a:x", "m.read", None, 1, 1);
+        let private = receipt("@a:x", "m.read.private", None, 1, 2);
+        let thread = receipt("@a:x", "m.read", Some("$root"), 1, 3);
+        store.put_receipts(vec![read, private.clone(), thread.clone()], vec![]).await.unwrap();
+        let newer = receipt("@a:x", "m.read", None, 5, 4);
+        store.put_receipts(vec![newer.clone()], vec![thread]).await.unwrap();
+        let mut stored = store.room_receipts("!r:x").await.unwrap();
+        stored.sort_by_key(|r| r.pos);
+        assert_eq!(stored, vec![private, newer]);
+        assert!(store.room_receipts("!r:xy").await.unwrap().is_empty(), "prefix is exact");
+        assert_eq!(store.max_receipt_pos().await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn read_positions_of_older_databases_become_private_receipts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store.put_receipts(vec![receipt("@b:x", "m.read", None, 1, 7)], vec![]).await.unwrap();
+        let old = handle(&store.db, cf::READ_POSITIONS).unwrap();
+        let row = br#"{"event_id":"$e3","event_pos":3,"pos":12}"#;
+        store.db.put_cf(old, key(&[b"@a:x", b"!r:x"]), row).unwrap();
+        store.db.put_cf(old, key(&[b"@b:x", b"!r:x"]), row).unwrap();
+        assert_eq!(store.migrate_read_positions(7).await.unwrap(), 2);
+        assert_eq!(store.migrate_read_positions(9).await.unwrap(), 0, "done once");
+        let mut stored = store.room_receipts("!r:x").await.unwrap();
+        stored.sort_by_key(|r| r.pos);
+        assert_eq!(stored.len(), 3, "{stored:?}");
+        assert_eq!((stored[1].user_id.as_str(), stored[1].pos), ("@a:x", 8));
+        assert_eq!(stored[1].receipt_type, "m.read.private");
+        assert_eq!((stored[1].event_id.as_str(), stored[1].event_pos), ("$e3", 3));
+        assert_eq!((stored[2].user_id.as_str(), stored[2].pos), ("@b:x", 9));
+        assert_eq!(store.max_receipt_pos().await.unwrap(), 9);
+    }
+}
