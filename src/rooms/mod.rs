@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::services::ratelimit::RateLimiter;
 use crate::storage::Store;
 use crate::storage::rooms::{
-    EventWrite, RedactionWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite, TxnKey,
+    EventRecord, EventWrite, RedactionWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite, TxnKey,
 };
 use commit::Committer;
 use notify::Notifier;
@@ -172,7 +172,33 @@ pub struct Rooms {
     next_state_group: AtomicU64,
     /// IDs of rooms being created (reserved until they are written or given up).
     creating: parking_lot::Mutex<HashSet<OwnedRoomId>>,
+    /// Recently read events, parsed: a message fanned out to a room's syncing members is
+    /// read and parsed once, not once per member. A redaction evicts its target (in its
+    /// `apply`, before the redaction's position is visible).
+    event_cache: Arc<EventCache>,
 }
+
+/// Parsed events by ID, and a count of redactions so that a reader racing a redaction never
+/// leaves the unredacted copy behind: a redaction counts, then evicts; a reader inserts,
+/// then evicts again if a redaction counted since it started reading.
+struct EventCache {
+    events: quick_cache::sync::Cache<OwnedEventId, Arc<(EventRecord, Pdu)>>,
+    redactions: AtomicU64,
+}
+
+impl EventCache {
+    fn new(entries: usize) -> Self {
+        Self { events: quick_cache::sync::Cache::new(entries), redactions: AtomicU64::new(0) }
+    }
+
+    fn redacted(&self, target: &EventId) {
+        self.redactions.fetch_add(1, Ordering::SeqCst);
+        self.events.remove(target);
+    }
+}
+
+/// Events kept parsed in memory.
+const EVENT_CACHE_ENTRIES: usize = 20_000;
 
 /// A built, signed and authorised event, ready to be submitted.
 struct Prepared {
@@ -246,6 +272,7 @@ impl Rooms {
             user_rooms: Arc::new(RwLock::new(user_rooms)),
             next_state_group: AtomicU64::new(next_group),
             creating: parking_lot::Mutex::new(HashSet::new()),
+            event_cache: Arc::new(EventCache::new(EVENT_CACHE_ENTRIES)),
         })
     }
 
@@ -716,6 +743,7 @@ impl Rooms {
             state_group,
             last_pos: 0,
         };
+        let redacted_target = target.as_ref().map(|t| t.event_id.clone());
         let write = EventWrite {
             event_id: event_id.to_string(),
             room_id: room.id.to_string(),
@@ -769,7 +797,11 @@ impl Rooms {
         // so a sync that sees the position has been told; see `notify`).
         let (applied, user_rooms) = (room.clone(), self.user_rooms.clone());
         let notifier = self.notifier.clone();
+        let (event_cache, redacted_target) = (self.event_cache.clone(), redacted_target);
         let apply: commit::Apply = Box::new(move |pos| {
+            if let Some(target) = &redacted_target {
+                event_cache.redacted(target);
+            }
             if let Some(user) = new_member {
                 user_rooms.write().entry(user).or_default().insert(applied.id.clone());
             }
@@ -832,19 +864,29 @@ impl Rooms {
     pub async fn event(
         &self,
         event_id: &str,
-    ) -> Result<Option<(crate::storage::rooms::EventRecord, Pdu)>> {
+    ) -> Result<Option<(EventRecord, Pdu)>> {
+        let Ok(id) = OwnedEventId::try_from(event_id) else {
+            return Ok(None);
+        };
+        if let Some(cached) = self.event_cache.events.get(&id) {
+            return Ok(Some((*cached).clone()));
+        }
+        let redactions = self.event_cache.redactions.load(Ordering::SeqCst);
         let Some(record) = self.store.event(event_id).await? else {
             return Ok(None);
         };
-        let id: OwnedEventId =
-            event_id.try_into().map_err(|_| Error::NotFound("Event not found".into()))?;
         let room: OwnedRoomId = record
             .room_id
             .as_str()
             .try_into()
             .map_err(|e| Error::Internal(format!("stored room ID: {e}")))?;
         let pdu = Pdu::from_json(record.pdu.clone(), &id, &room)?;
-        Ok(Some((record, pdu)))
+        let entry = Arc::new((record, pdu));
+        self.event_cache.events.insert(id.clone(), entry.clone());
+        if self.event_cache.redactions.load(Ordering::SeqCst) != redactions {
+            self.event_cache.events.remove(&id);
+        }
+        Ok(Some(Arc::unwrap_or_clone(entry)))
     }
 }
 
