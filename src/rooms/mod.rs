@@ -39,7 +39,8 @@ use crate::error::{Error, Result};
 use crate::services::ratelimit::RateLimiter;
 use crate::storage::Store;
 use crate::storage::rooms::{
-    EventRecord, EventWrite, RedactionWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite, TxnKey,
+    EventRecord, EventWrite, RedactionWrite, RoomHead, RoomRecord, StateChange, StateChangeWrite,
+    TxnKey,
 };
 use commit::Committer;
 use notify::Notifier;
@@ -861,10 +862,7 @@ impl Rooms {
     }
 
     /// Loads a stored event of a room, or `None`.
-    pub async fn event(
-        &self,
-        event_id: &str,
-    ) -> Result<Option<(EventRecord, Pdu)>> {
+    pub async fn event(&self, event_id: &str) -> Result<Option<(EventRecord, Pdu)>> {
         let Ok(id) = OwnedEventId::try_from(event_id) else {
             return Ok(None);
         };
