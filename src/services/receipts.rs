@@ -263,7 +263,7 @@ impl Receipts {
         // A position from the future (another database's token): send the current ones.
         let since = since.filter(|s| *s <= upto);
         if let Some(since) = since
-            && !self.changes.changed(&room.to_owned(), since)
+            && (since == upto || !self.changes.changed(&room.to_owned(), since))
         {
             return Ok(None);
         }
@@ -400,5 +400,49 @@ mod tests {
         let (again, _) = service(dir.path()).await;
         let reloaded = again.event(&room, &alice, None, upto).await.unwrap().unwrap();
         assert_eq!(reloaded, event, "the eviction was stored too");
+    }
+
+    /// Writers of different users race; a reader that follows the stream with incremental
+    /// reads (since = the position it last read) ends with every user's latest receipt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_incremental_reader_misses_nothing_while_writers_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let (receipts, _) = service(dir.path()).await;
+        let receipts = Arc::new(receipts);
+        let room = RoomId::parse("!r:x").unwrap();
+        let users: Vec<OwnedUserId> = (0..16).map(|i| user(&format!("u{i}"))).collect();
+        let members: Arc<HashMap<_, _>> =
+            Arc::new(users.iter().map(|u| (u.clone(), "join".to_owned())).collect());
+        let viewer = user("viewer");
+        let mut writers = Vec::new();
+        for u in users.clone() {
+            let (receipts, room, members) = (receipts.clone(), room.clone(), members.clone());
+            writers.push(tokio::spawn(async move {
+                for pos in 1..=20 {
+                    receipts.set(&room, &members, &u, vec![read(READ, None, pos)]).await.unwrap();
+                }
+            }));
+        }
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut since = 0;
+        loop {
+            let done = writers.iter().all(|w| w.is_finished());
+            let upto = receipts.current();
+            if let Some(event) = receipts.event(&room, &viewer, Some(since), upto).await.unwrap() {
+                for (event_id, by_type) in event["content"].as_object().unwrap() {
+                    for user in by_type["m.read"].as_object().unwrap().keys() {
+                        seen.insert(user.clone(), event_id.clone());
+                    }
+                }
+            }
+            since = upto;
+            if done && since == receipts.current() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for u in &users {
+            assert_eq!(seen.get(u.as_str()).map(String::as_str), Some("$e20"), "{u}");
+        }
     }
 }
