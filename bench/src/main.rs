@@ -28,6 +28,10 @@
 //!                                                loop); report deliveries/s, send→delivery
 //!                                                latency, and with AXON_PID the server's CPU
 //!                                                time per delivery
+//! axon-bench BASE_URL receipts USERS SYNCERS SECONDS
+//!                                                USERS members of one room post read receipts
+//!                                                as fast as they can, SYNCERS of them
+//!                                                long-poll; report receipts/s (receipts.rs)
 //! ```
 //! The server must have open registration and generous rate limits (run.sh configures it).
 
@@ -39,6 +43,8 @@ use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+
+mod receipts;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -894,7 +900,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -907,6 +913,9 @@ async fn main() -> Result<(), Error> {
         Some("throughput") => throughput(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
         Some("fanout") => {
             fanout(server, num(3)? as usize, num(4)? as usize, num(5)?, num(6)?).await
+        }
+        Some("receipts") => {
+            receipts::receipts(server, num(3)? as usize, num(4)? as usize, num(5)?).await
         }
         Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
         Some("keys") => {

@@ -148,3 +148,19 @@ async fn matrix_js_sdk_clients_exchange_encrypted_messages() {
         assert_eq!(m["sender_keys_match"], true, "{step}: {result}");
     }
 }
+
+/// matrix-nio: bob's read receipt (threaded `main`, as nio sends it) reaches alice's client;
+/// his private receipt reaches his own client only.
+#[tokio::test]
+async fn matrix_nio_sees_read_receipts() {
+    let python = nio_python();
+    let s = TestServer::start().await;
+    for user in ["alice", "bob"] {
+        s.register(user, "chat-password").await;
+    }
+    let python = python.to_string_lossy();
+    let result = run_client(&python, "nio_receipts.py", &[&s.base, "chat-password"]);
+    assert_eq!(result["public"], serde_json::json!({"type": "m.read", "thread_id": "main"}));
+    assert_eq!(result["private_to_owner"], "m.read.private", "{result}");
+    assert_eq!(result["private_leaked"], false, "{result}");
+}

@@ -120,8 +120,6 @@ impl std::fmt::Display for SyncToken {
 }
 
 struct Options {
-    /// How far the user has read in each room (event position, account-data position).
-    read_positions: HashMap<String, (u64, u64)>,
     /// The user's display name (for highlights), read when a room's counts first need it.
     displayname: tokio::sync::OnceCell<Option<String>>,
     since: Option<u64>,
@@ -176,8 +174,7 @@ pub async fn sync(
         .limit
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
         .clamp(1, 1000);
-    let mut opts = Options {
-        read_positions: HashMap::new(),
+    let opts = Options {
         displayname: tokio::sync::OnceCell::new(),
         since,
         since_token,
@@ -232,15 +229,6 @@ pub async fn sync(
             Vec::new()
         };
         let (global, by_room) = split_account_data(account_data, &opts.filter);
-        if looks_at_rooms || looks_at(Stream::AccountData) {
-            opts.read_positions = s
-                .user_data
-                .read_positions(&who.user_id)
-                .await?
-                .into_iter()
-                .map(|(room, p)| (room, (p.event_pos, p.pos)))
-                .collect();
-        }
         let candidates = match &scope {
             Some(changes) if !changes.all_rooms => {
                 let mut rooms: HashSet<OwnedRoomId> = changes.rooms.clone();
@@ -369,10 +357,6 @@ async fn build_rooms(
             continue;
         }
         let account_data = room_account_data.get(room.id.as_str());
-        let read_moved = opts
-            .read_positions
-            .get(room.id.as_str())
-            .is_some_and(|(_, pos)| opts.since_account_data.is_none_or(|since| *pos > since));
         let ephemeral_moved = opts.since_token.is_some_and(|since| {
             s.receipts.changed(&room.id, since.receipts) || s.typing.changed(&room.id, since.typing)
         });
@@ -380,8 +364,7 @@ async fn build_rooms(
         // change is an event of the room, so it would have moved.
         let moved = opts.changed_since(room.last_pos().min(current))
             || account_data.is_some()
-            || read_moved
-            || ephemeral_moved;
+            || ephemeral_moved; // the user's own read receipts included
         if !everything && !moved {
             continue;
         }
@@ -417,6 +400,11 @@ async fn build_rooms(
                 let ephemeral =
                     ephemeral_events(s, &room.id, &who.user_id, ephemeral_since, tokens, opts)
                         .await?;
+                // How far the user has read (their own read receipts): unread counts.
+                let read = s.receipts.read_position(&room.id, &who.user_id).await?;
+                let read_moved = read.is_some_and(|(_, pos)| {
+                    opts.since_token.is_none_or(|t| pos > t.receipts && pos <= tokens.receipts)
+                });
                 if !newly_joined
                     && !opts.full_state
                     && !timeline_moved
@@ -456,8 +444,7 @@ async fn build_rooms(
                 {
                     obj.insert("summary".into(), summary(&room, &who.user_id));
                 }
-                let read_pos =
-                    opts.read_positions.get(room.id.as_str()).map(|(event_pos, _)| *event_pos);
+                let read_pos = read.map(|(event_pos, _)| event_pos);
                 let displayname = opts
                     .displayname
                     .get_or_try_init(|| async {

@@ -87,6 +87,7 @@ impl Services {
             config.limits.to_device_max_pending,
         )
         .await?;
+        let receipts = receipts::Receipts::load(store.clone(), rooms.notifier.clone()).await?;
         let key_backup =
             key_backup::KeyBackup::new(store.clone(), config.limits.max_backup_keys_per_version);
         let e2ee_keys = e2ee_keys::E2eeKeys::new(
@@ -108,7 +109,7 @@ impl Services {
             to_device,
             key_backup,
             typing: typing::Typing::default(),
-            receipts: receipts::Receipts::default(),
+            receipts,
             presence: presence::Presence::default(),
         });
         // A device-list change wakes everyone sharing a room with the user.

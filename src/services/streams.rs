@@ -115,9 +115,13 @@ impl<K: Eq + Hash + Clone> ChangeLog<K> {
         }
     }
 
-    /// Records that `key` changed at `pos`.
+    /// Records that `key` changed at `pos`. Concurrent writers may record out of order: a
+    /// key keeps its highest position.
     pub fn record(&self, key: K, pos: u64) {
         let mut inner = self.inner.write();
+        if inner.by_key.get(&key).is_some_and(|old| *old >= pos) {
+            return;
+        }
         if let Some(old) = inner.by_key.insert(key.clone(), pos)
             && old != pos
             && let Some(keys) = inner.by_pos.get_mut(&old)
@@ -200,5 +204,8 @@ mod tests {
         assert_eq!(log.changed_between(6, 9), None, "7 is below the floor now");
         assert_eq!(log.changed_between(7, 9), Some(vec!["a", "c"]));
         assert!(log.changed(&"b", 6));
+        log.record("a", 7); // a concurrent writer's earlier position, recorded later
+        assert!(log.changed(&"a", 7), "a keeps its latest position (8)");
+        assert_eq!(log.changed_between(7, 9), Some(vec!["a", "c"]));
     }
 }

@@ -17,7 +17,7 @@ use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
 use crate::rooms::notify::{Change, Notifier, Stream};
 use crate::services::streams::{ChangeLog, Positions};
-use crate::storage::users::{AccountDataRecord, ReadPosition};
+use crate::storage::users::AccountDataRecord;
 use crate::storage::{StorageError, Store};
 
 /// Largest account-data content accepted, in bytes of JSON.
@@ -31,7 +31,7 @@ pub struct UserData {
     store: Arc<dyn Store>,
     notifier: Arc<Notifier>,
     positions: Positions,
-    /// Which user's account data (or read positions) changed when.
+    /// Which user's account data changed when.
     changes: ChangeLog<OwnedUserId>,
     /// One writer per user at a time (by stripe).
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -149,34 +149,6 @@ impl UserData {
             .into_iter()
             .filter(|r| since.is_none_or(|s| r.pos > s) && r.pos <= until)
             .collect())
-    }
-
-    /// Records that `user` has read up to an event (at stream position `event_pos`) in a
-    /// room. Read positions only move forwards.
-    pub async fn mark_read(
-        &self,
-        user: &UserId,
-        room: &RoomId,
-        event_id: &str,
-        event_pos: u64,
-    ) -> Result<()> {
-        let _guard = self.lock_user(user).await;
-        let current = self.read_positions(user).await?;
-        if current.iter().any(|(r, p)| r == room.as_str() && p.event_pos >= event_pos) {
-            return Ok(());
-        }
-        let reserved = self.positions.reserve();
-        let pos = reserved.pos;
-        let position = ReadPosition { event_id: event_id.to_owned(), event_pos, pos };
-        self.store.set_read_position(user.as_str(), room.as_str(), position).await?;
-        self.changes.record(user.to_owned(), pos);
-        self.notifier.wake([user], Change::room(Stream::AccountData, room, pos));
-        reserved.publish();
-        Ok(())
-    }
-
-    pub async fn read_positions(&self, user: &UserId) -> Result<Vec<(String, ReadPosition)>> {
-        Ok(self.store.read_positions(user.as_str()).await?)
     }
 
     pub async fn create_filter(&self, user: &UserId, definition: &Value) -> Result<String> {

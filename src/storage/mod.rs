@@ -11,6 +11,7 @@
 
 pub mod e2ee_keys;
 pub mod key_backup;
+pub mod receipts;
 mod records;
 pub mod rocks;
 pub mod rooms;
@@ -158,6 +159,7 @@ pub trait Store:
     + to_device::ToDeviceStore
     + key_backup::KeyBackupStore
     + e2ee_keys::E2eeKeyStore
+    + receipts::ReceiptStore
 {
 }
 
@@ -170,5 +172,6 @@ impl<T> Store for T where
         + to_device::ToDeviceStore
         + key_backup::KeyBackupStore
         + e2ee_keys::E2eeKeyStore
+        + receipts::ReceiptStore
 {
 }

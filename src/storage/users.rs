@@ -17,28 +17,8 @@ pub struct AccountDataRecord {
     pub pos: u64,
 }
 
-/// How far a user has read in a room (their latest read receipt, kept private for now).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadPosition {
-    pub event_id: String,
-    /// Stream position of the event read.
-    pub event_pos: u64,
-    /// Position in the account-data stream of this update.
-    pub pos: u64,
-}
-
 #[async_trait]
 pub trait UserDataStore: Send + Sync {
-    async fn set_read_position(
-        &self,
-        user_id: &str,
-        room_id: &str,
-        position: ReadPosition,
-    ) -> StorageResult<()>;
-
-    /// `room_id → position` for every room the user has read in.
-    async fn read_positions(&self, user_id: &str) -> StorageResult<Vec<(String, ReadPosition)>>;
-
     /// Stores a filter definition (JSON) and returns its ID, unique per user. An identical
     /// definition already stored is not stored again: its ID is returned. A new one beyond
     /// `max_filters` stored filters fails with [`super::StorageError::TooMany`].
@@ -71,7 +51,7 @@ pub trait UserDataStore: Send + Sync {
         kind: &str,
     ) -> StorageResult<Option<AccountDataRecord>>;
 
-    /// The highest account-data position stored (read positions included).
+    /// The highest account-data position stored.
     async fn max_account_data_pos(&self) -> StorageResult<u64>;
 
     /// Sets a user's profile fields (`None` leaves a field as it is; `Some(None)` clears it).

@@ -64,8 +64,12 @@ mod cf {
     pub const ACCOUNT_DATA: &str = "account_data";
     /// `room_id` → `{}` for rooms published in the room directory.
     pub const PUBLIC_ROOMS: &str = "public_rooms";
-    /// `user_id 0xFF room_id` → how far the user has read.
+    /// `user_id 0xFF room_id` → how far the user has read: the layout before receipts,
+    /// moved into `receipts` (as `m.read.private`) at start-up, then empty.
     pub const READ_POSITIONS: &str = "read_positions";
+    /// `room_id 0xFF user_id 0xFF type 0xFF thread (empty: unthreaded)` →
+    /// [`ReceiptRecord`](crate::storage::receipts::ReceiptRecord): the latest receipt of each.
+    pub const RECEIPTS: &str = "receipts";
     /// `room_id 0xFF type 0xFF state_key 0xFF pos(be64)` →
     /// [`StateChange`](crate::storage::rooms::StateChange): every state event of a room by
     /// key, so "a user's memberships over time" and "the history visibility over time" are
@@ -116,6 +120,7 @@ mod cf {
         ACCOUNT_DATA,
         PUBLIC_ROOMS,
         READ_POSITIONS,
+        RECEIPTS,
         STATE_CHANGES,
         TO_DEVICE,
         TO_DEVICE_COUNTS,
@@ -132,6 +137,7 @@ mod cf {
 
 mod e2ee_keys;
 mod key_backup;
+mod receipts;
 mod rooms;
 mod to_device;
 mod users;

@@ -6,7 +6,7 @@ use rocksdb::WriteBatch;
 use super::{
     RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
 };
-use crate::storage::users::{AccountDataRecord, ReadPosition, UserDataStore};
+use crate::storage::users::{AccountDataRecord, UserDataStore};
 use crate::storage::{StorageError, StorageResult, UserRecord};
 
 /// `meta` key of the highest account-data stream position written.
@@ -18,36 +18,6 @@ fn account_data_key(user_id: &str, room_id: Option<&str>, kind: &str) -> Vec<u8>
 
 #[async_trait]
 impl UserDataStore for RocksStore {
-    async fn set_read_position(
-        &self,
-        user_id: &str,
-        room_id: &str,
-        position: ReadPosition,
-    ) -> StorageResult<()> {
-        let k = key(&[user_id.as_bytes(), room_id.as_bytes()]);
-        self.blocking(move |db, _| {
-            let mut batch = WriteBatch::default();
-            batch.put_cf(handle(db, cf::READ_POSITIONS)?, k, encode(&position));
-            batch.merge_cf(handle(db, cf::META)?, ACCOUNT_DATA_POS, position.pos.to_be_bytes());
-            db.write_opt(batch, &synced())?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn read_positions(&self, user_id: &str) -> StorageResult<Vec<(String, ReadPosition)>> {
-        scan(&self.db, cf::READ_POSITIONS, &prefix(&[user_id.as_bytes()]))?
-            .into_iter()
-            .map(|(room, v)| {
-                let room = String::from_utf8(room).map_err(|e| StorageError::Corrupt {
-                    what: cf::READ_POSITIONS,
-                    detail: e.to_string(),
-                })?;
-                Ok((room, decode(cf::READ_POSITIONS, &v)?))
-            })
-            .collect()
-    }
-
     async fn create_filter(
         &self,
         user_id: &str,
