@@ -25,6 +25,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "logging",
     "metrics",
     "well_known",
+    "presence",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
     pub well_known: WellKnownConfig,
+    pub presence: PresenceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +172,21 @@ pub struct WellKnownConfig {
     pub server: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Track and share online status. Large servers turn it off (every status change wakes
+    /// everyone sharing a room with the user); then nothing is tracked or sent, `PUT
+    /// /presence` succeeds and changes nothing, and `GET /presence` answers `offline`.
+    pub enabled: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -182,6 +199,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             metrics: MetricsConfig::default(),
             well_known: WellKnownConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }

@@ -172,7 +172,12 @@ pub struct Rooms {
     next_state_group: AtomicU64,
     /// IDs of rooms being created (reserved until they are written or given up).
     creating: parking_lot::Mutex<HashSet<OwnedRoomId>>,
+    /// Told when a user's membership of a room stops being `join` (typing stops there).
+    on_leave: Arc<std::sync::OnceLock<OnLeave>>,
 }
+
+/// What [`Rooms::set_on_leave`] runs: `(room, user)` once the departure is durable.
+pub type OnLeave = Box<dyn Fn(&RoomId, &UserId) + Send + Sync>;
 
 /// A built, signed and authorised event, ready to be submitted.
 struct Prepared {
@@ -246,6 +251,7 @@ impl Rooms {
             user_rooms: Arc::new(RwLock::new(user_rooms)),
             next_state_group: AtomicU64::new(next_group),
             creating: parking_lot::Mutex::new(HashSet::new()),
+            on_leave: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -286,6 +292,20 @@ impl Rooms {
         }
         users.remove(user);
         users.into_iter().collect()
+    }
+
+    /// Whether `a` and `b` are both joined to some room (looks at `a`'s rooms only).
+    pub fn share_a_room(&self, a: &UserId, b: &UserId) -> bool {
+        self.rooms_of(a).iter().any(|room| {
+            let members = room.members();
+            members.get(a).is_some_and(|m| m == "join") && members.get(b).is_some_and(|m| m == "join")
+        })
+    }
+
+    /// Says what runs when someone's membership of a room stops being `join` (set once at
+    /// start-up; it runs in the committer, so it must be quick and must not wait).
+    pub fn set_on_leave(&self, on_leave: OnLeave) {
+        let _ = self.on_leave.set(on_leave);
     }
 
     /// Creates a room: the create event, then `events` in order, each auth-checked.
@@ -741,6 +761,12 @@ impl Rooms {
             }
             _ => None,
         };
+        let left = match &membership {
+            Some((user, m)) if membership_changed && m != "join" => {
+                OwnedUserId::try_from(user.as_str()).ok()
+            }
+            _ => None,
+        };
         let mut members = inner.members.clone();
         let mut new_member = None;
         if let Some((user, m)) = &membership
@@ -769,6 +795,7 @@ impl Rooms {
         // so a sync that sees the position has been told; see `notify`).
         let (applied, user_rooms) = (room.clone(), self.user_rooms.clone());
         let notifier = self.notifier.clone();
+        let on_leave = self.on_leave.clone();
         let apply: commit::Apply = Box::new(move |pos| {
             if let Some(user) = new_member {
                 user_rooms.write().entry(user).or_default().insert(applied.id.clone());
@@ -787,6 +814,9 @@ impl Rooms {
                 let mut published = applied.inner.write();
                 *published = view;
                 published.head.last_pos = pos;
+            }
+            if let (Some(user), Some(on_leave)) = (&left, on_leave.get()) {
+                on_leave(&applied.id, user);
             }
             let change = notify::Change::room(notify::Stream::Events, &applied.id, pos);
             notifier.wake(wake.iter().map(|u| u.as_ref()), change);
