@@ -7,6 +7,7 @@
 #   - sustained events/s into one room and spread over 1 000 rooms (axon-bench throughput)
 #   - to-device messages/s delivered to 100 long-polling receivers (axon-bench to_device)
 #   - group fan-out: 16 senders -> 16 receivers closed loop, 1 sender -> 1 000 receivers at 20/s (axon-bench fanout)
+#   - typing: 10 typers toggling -> 100 receivers; presence: one status change -> 1 000 room-mates
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -87,6 +88,9 @@ echo "== events"
 "$LOADGEN" "$base" to_device 100 16 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" fanout 16 16 0 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" fanout 1000 1 20 10 | tee -a "$work/events.txt"
+echo "== typing and presence"
+"$LOADGEN" "$base" typing 100 10 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" presence 1000 20 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 

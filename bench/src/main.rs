@@ -21,7 +21,10 @@
 //!                                                latency, and with AXON_PID the server's CPU
 //!                                                time per delivery
 //! ```
+//! and the typing and presence phases (`ephemeral.rs`).
 //! The server must have open registration and generous rate limits (run.sh configures it).
+
+mod ephemeral;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -581,7 +584,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | fanout RECEIVERS SENDERS RATE SECONDS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -595,6 +598,10 @@ async fn main() -> Result<(), Error> {
         Some("fanout") => {
             fanout(server, num(3)? as usize, num(4)? as usize, num(5)?, num(6)?).await
         }
+        Some("typing") => {
+            ephemeral::typing(server, num(3)? as usize, num(4)? as usize, num(5)?).await
+        }
+        Some("presence") => ephemeral::presence(server, num(3)? as usize, num(4)? as usize).await,
         Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
         _ => Err(usage.into()),
     }

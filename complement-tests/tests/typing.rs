@@ -2,9 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use complement_tests::{
-    ServerOptions, Session, TestServer, Value, assert_error, enc, json,
-};
+use complement_tests::{ServerOptions, Session, TestServer, Value, assert_error, enc, json};
 
 /// Presence off, so that syncs (which mark users online) wake nobody but typing does.
 async fn server() -> TestServer {
@@ -50,11 +48,7 @@ async fn room_with_two(s: &TestServer) -> (Session, Session, String, String) {
 }
 
 /// A sync of `who` from `since` with a long timeout, in the background.
-fn pending_sync(
-    s: &TestServer,
-    who: &Session,
-    since: &str,
-) -> tokio::task::JoinHandle<Value> {
+fn pending_sync(s: &TestServer, who: &Session, since: &str) -> tokio::task::JoinHandle<Value> {
     let client = s.client.clone();
     let url = format!("{}/_matrix/client/v3/sync?timeout=20000&since={since}", s.base);
     let token = who.access_token.clone();
@@ -120,9 +114,9 @@ async fn leaving_the_room_stops_typing() {
     assert_eq!(typing(&s, &bob, &room, json!({"typing": true, "timeout": 60000})).await.0, 200);
     let first = s.sync(&alice, None, 0).await;
     assert_eq!(typing_users(&first, &room), Some(vec![bob.user_id.clone()]));
-    let (status, _) =
-        s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({}))
-            .await;
+    let (status, _) = s
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({}))
+        .await;
     assert_eq!(status, 200);
     let after = s.sync(&alice, Some(&next_batch(&first)), 0).await;
     assert_eq!(typing_users(&after, &room), Some(vec![]), "{after}");
@@ -148,7 +142,11 @@ async fn only_members_type_and_only_as_themselves() {
     let res = s.put(&own, alice.token(), json!({"typing": "yes"})).await;
     assert_error(&res, 400, "M_BAD_JSON");
     // An unknown room is a room one is not in.
-    let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc("!nope:localhost"), enc(&alice.user_id));
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/typing/{}",
+        enc("!nope:localhost"),
+        enc(&alice.user_id)
+    );
     let res = s.put(&path, alice.token(), json!({"typing": true, "timeout": 1000})).await;
     assert_error(&res, 403, "M_FORBIDDEN");
     // Nobody typed: Bob sees no typing.

@@ -164,10 +164,14 @@ pub fn client_routes() -> Router<AppState> {
         r,
         typing::set_typing,
     );
-    let r =
-        route::<ruma::api::client::presence::set_presence::v3::Request, _, _>(r, presence::set_status);
-    let r =
-        route::<ruma::api::client::presence::get_presence::v3::Request, _, _>(r, presence::get_status);
+    let r = route::<ruma::api::client::presence::set_presence::v3::Request, _, _>(
+        r,
+        presence::set_status,
+    );
+    let r = route::<ruma::api::client::presence::get_presence::v3::Request, _, _>(
+        r,
+        presence::get_status,
+    );
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     let mut r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
         r,

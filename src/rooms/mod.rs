@@ -298,7 +298,8 @@ impl Rooms {
     pub fn share_a_room(&self, a: &UserId, b: &UserId) -> bool {
         self.rooms_of(a).iter().any(|room| {
             let members = room.members();
-            members.get(a).is_some_and(|m| m == "join") && members.get(b).is_some_and(|m| m == "join")
+            members.get(a).is_some_and(|m| m == "join")
+                && members.get(b).is_some_and(|m| m == "join")
         })
     }
 

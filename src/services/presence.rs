@@ -407,7 +407,8 @@ impl Presence {
         change(&mut p, now);
         p.settle(now, self.timers);
         let after = p.visible();
-        let visible_change = before.0 != after.0 || before.1.as_deref() != after.1 || before.2 != after.2;
+        let visible_change =
+            before.0 != after.0 || before.1.as_deref() != after.1 || before.2 != after.2;
         let deadline = p.next_deadline(self.timers);
         if p.deadline != deadline {
             if let Some(old) = p.deadline {

@@ -112,7 +112,11 @@ impl Typing {
             .rooms
             .get(room)
             .map(|users| {
-                users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.to_string()).collect()
+                users
+                    .iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(u, _)| u.to_string())
+                    .collect()
             })
             .unwrap_or_default();
         if since.is_none() && users.is_empty() {
