@@ -101,7 +101,8 @@ pub struct LimitsConfig {
     /// Registration requests per client IP address.
     pub register: RateLimit,
     /// Events sent per user: messages, state, redactions, room creations, membership changes
-    /// (join, invite, leave, kick, ban, unban) and profile changes (one per room updated).
+    /// (join, invite, leave, kick, ban, unban) and profile changes (one per room updated);
+    /// typing notifications and presence changes (`PUT`) take one each too.
     pub events: RateLimit,
     /// Most `initial_state` entries one `createRoom` may carry (400 `M_TOO_LARGE` above).
     pub create_room_max_initial_state: usize,

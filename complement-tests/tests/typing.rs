@@ -169,3 +169,23 @@ async fn a_token_from_before_a_restart_keeps_working() {
     let again = s.sync(&bob, Some(&next_batch(&after)), 0).await;
     assert_eq!(typing_users(&again, &room), Some(vec![alice.user_id]), "{again}");
 }
+
+#[tokio::test]
+async fn typing_is_rate_limited_like_sending() {
+    let s = TestServer::start_with(ServerOptions {
+        extra_toml: "[presence]\nenabled = false\n".into(),
+        event_rate: (0.01, 4),
+        ..ServerOptions::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    // createRoom takes one token of the four.
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    for on in [true, false, true] {
+        let res = typing(&s, &alice, &room, json!({"typing": on, "timeout": 30000})).await;
+        assert_eq!(res.0, 200, "{}", res.1);
+    }
+    let res = typing(&s, &alice, &room, json!({"typing": false})).await;
+    assert_eq!(res.0, 429, "{}", res.1);
+    assert_eq!(res.1["errcode"], "M_LIMIT_EXCEEDED");
+}

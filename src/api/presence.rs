@@ -19,6 +19,8 @@ pub async fn set_status(
         return Err(Error::Forbidden("Can only set your own presence state".into()));
     }
     let state = PresenceState::parse(&req.presence)?;
+    // A change wakes everyone sharing a room: it takes a token of the user's event bucket.
+    s.event_limiter.check(who.user_id.as_str())?;
     s.presence.set(&who.user_id, state, req.status_msg)?;
     Ok(RumaResponse(set_presence::v3::Response::new()))
 }

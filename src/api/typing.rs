@@ -18,6 +18,8 @@ pub async fn set_typing(
         return Err(Error::Forbidden("Cannot set another user's typing state".into()));
     }
     s.rooms.require_joined(&req.room_id, &who.user_id)?;
+    // Each change wakes every member: it takes a token of the sender's event bucket.
+    s.event_limiter.check(who.user_id.as_str())?;
     let timeout = match req.state {
         Typing::Yes(info) => Some(info.timeout),
         Typing::No => None,
