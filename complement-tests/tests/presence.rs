@@ -185,3 +185,24 @@ async fn a_token_from_before_a_restart_keeps_working() {
     assert_eq!(content["presence"], "unavailable");
     assert_eq!(content["status_msg"], "after");
 }
+
+#[tokio::test]
+async fn a_joiner_and_the_members_see_each_others_presence() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    set(&s, &alice, json!({"presence": "online", "status_msg": "host"})).await;
+    let first = s.sync(&bob, None, 0).await;
+    assert!(presence_of(&first, &alice.user_id).is_none(), "strangers still");
+    // After Bob went online (his first sync), so that his presence is not news by itself.
+    let alice_since = next_batch(&s.sync(&alice, None, 0).await);
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    // Nothing changed in Alice's presence, yet Bob learns it, and Alice learns Bob's.
+    let bob_after = s.sync(&bob, Some(&next_batch(&first)), 0).await;
+    let content = presence_of(&bob_after, &alice.user_id).expect("alice's presence");
+    assert_eq!(content["status_msg"], "host");
+    let alice_after = s.sync(&alice, Some(&alice_since), 0).await;
+    let content = presence_of(&alice_after, &bob.user_id).expect("bob's presence");
+    assert_eq!(content["presence"], "online");
+}

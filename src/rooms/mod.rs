@@ -172,12 +172,14 @@ pub struct Rooms {
     next_state_group: AtomicU64,
     /// IDs of rooms being created (reserved until they are written or given up).
     creating: parking_lot::Mutex<HashSet<OwnedRoomId>>,
-    /// Told when a user's membership of a room stops being `join` (typing stops there).
-    on_leave: Arc<std::sync::OnceLock<OnLeave>>,
+    /// Told when a user's membership of a room changes (typing stops on leaving; presence
+    /// introduces a joiner and the room's members to each other).
+    on_membership: Arc<std::sync::OnceLock<OnMembership>>,
 }
 
-/// What [`Rooms::set_on_leave`] runs: `(room, user)` once the departure is durable.
-pub type OnLeave = Box<dyn Fn(&RoomId, &UserId) + Send + Sync>;
+/// What [`Rooms::set_on_membership`] runs: `(room, user, joined)` once a membership change
+/// is durable and visible (`joined`: the user is now joined; otherwise they no longer are).
+pub type OnMembership = Box<dyn Fn(&RoomId, &UserId, bool) + Send + Sync>;
 
 /// A built, signed and authorised event, ready to be submitted.
 struct Prepared {
@@ -251,7 +253,7 @@ impl Rooms {
             user_rooms: Arc::new(RwLock::new(user_rooms)),
             next_state_group: AtomicU64::new(next_group),
             creating: parking_lot::Mutex::new(HashSet::new()),
-            on_leave: Arc::new(std::sync::OnceLock::new()),
+            on_membership: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -303,10 +305,10 @@ impl Rooms {
         })
     }
 
-    /// Says what runs when someone's membership of a room stops being `join` (set once at
-    /// start-up; it runs in the committer, so it must be quick and must not wait).
-    pub fn set_on_leave(&self, on_leave: OnLeave) {
-        let _ = self.on_leave.set(on_leave);
+    /// Says what runs when someone's membership of a room changes to or from `join` (set
+    /// once at start-up; it runs in the committer, so it must be quick and must not wait).
+    pub fn set_on_membership(&self, on_membership: OnMembership) {
+        let _ = self.on_membership.set(on_membership);
     }
 
     /// Creates a room: the create event, then `events` in order, each auth-checked.
@@ -762,9 +764,13 @@ impl Rooms {
             }
             _ => None,
         };
-        let left = match &membership {
-            Some((user, m)) if membership_changed && m != "join" => {
-                OwnedUserId::try_from(user.as_str()).ok()
+        // Joined now but not before, or the reverse (for `on_membership`).
+        let join_change = match &membership {
+            Some((user, m)) if membership_changed => {
+                OwnedUserId::try_from(user.as_str()).ok().and_then(|user| {
+                    let was = inner.members.get(&user).is_some_and(|m| m == "join");
+                    (was != (m == "join")).then_some((user, m == "join"))
+                })
             }
             _ => None,
         };
@@ -796,7 +802,7 @@ impl Rooms {
         // so a sync that sees the position has been told; see `notify`).
         let (applied, user_rooms) = (room.clone(), self.user_rooms.clone());
         let notifier = self.notifier.clone();
-        let on_leave = self.on_leave.clone();
+        let on_membership = self.on_membership.clone();
         let apply: commit::Apply = Box::new(move |pos| {
             if let Some(user) = new_member {
                 user_rooms.write().entry(user).or_default().insert(applied.id.clone());
@@ -816,8 +822,8 @@ impl Rooms {
                 *published = view;
                 published.head.last_pos = pos;
             }
-            if let (Some(user), Some(on_leave)) = (&left, on_leave.get()) {
-                on_leave(&applied.id, user);
+            if let (Some((user, joined)), Some(hook)) = (&join_change, on_membership.get()) {
+                hook(&applied.id, user, *joined);
             }
             let change = notify::Change::room(notify::Stream::Events, &applied.id, pos);
             notifier.wake(wake.iter().map(|u| u.as_ref()), change);

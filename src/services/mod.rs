@@ -122,18 +122,17 @@ impl Services {
         services.typing.set_audience(Box::new(move |room| {
             weak.upgrade().and_then(|s| s.rooms.get(room)).map(|r| r.joined()).unwrap_or_default()
         }));
-        let (weak, weak2) = (Arc::downgrade(&services), Arc::downgrade(&services));
-        services.presence.set_rooms(
-            Box::new(move |user| {
-                weak.upgrade().map(|s| s.rooms.sharing_a_room_with(user)).unwrap_or_default()
-            }),
-            Box::new(move |a, b| weak2.upgrade().is_some_and(|s| s.rooms.share_a_room(a, b))),
-        );
-        // Whoever leaves a room (or is kicked, banned) stops typing there.
-        let typing = Arc::downgrade(&services.typing);
-        services.rooms.set_on_leave(Box::new(move |room, user| {
-            if let Some(typing) = typing.upgrade() {
-                typing.left(room, user);
+        let weak = Arc::downgrade(&services);
+        services.presence.set_rooms(Box::new(weak));
+        // Whoever leaves a room (or is kicked, banned) stops typing there; a joiner and the
+        // room's members see each other's presence.
+        let weak = Arc::downgrade(&services);
+        services.rooms.set_on_membership(Box::new(move |room, user, joined| {
+            let Some(s) = weak.upgrade() else { return };
+            if joined {
+                s.presence.joined(room, user);
+            } else {
+                s.typing.left(room, user);
             }
         }));
         // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
@@ -160,5 +159,20 @@ impl Services {
             self.rooms.set_profile(user_id, Some(None), Some(None)).await?;
         }
         Ok(())
+    }
+}
+
+/// Presence sees the rooms through the services (weakly held: they end with the server).
+impl presence::RoomMates for std::sync::Weak<Services> {
+    fn mates(&self, user: &ruma::UserId) -> Vec<ruma::OwnedUserId> {
+        self.upgrade().map(|s| s.rooms.sharing_a_room_with(user)).unwrap_or_default()
+    }
+
+    fn share(&self, a: &ruma::UserId, b: &ruma::UserId) -> bool {
+        self.upgrade().is_some_and(|s| s.rooms.share_a_room(a, b))
+    }
+
+    fn members(&self, room: &ruma::RoomId) -> Vec<ruma::OwnedUserId> {
+        self.upgrade().and_then(|s| s.rooms.get(room)).map(|r| r.joined()).unwrap_or_default()
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use ruma::presence::PresenceState;
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -85,10 +85,19 @@ impl State {
     }
 }
 
-/// Everyone joined to a room the user is joined to (the user excluded).
-pub type Audience = Box<dyn Fn(&UserId) -> Vec<OwnedUserId> + Send + Sync>;
-/// Whether two users are joined to a common room.
-pub type Sharing = Box<dyn Fn(&UserId, &UserId) -> bool + Send + Sync>;
+/// Who shares a room with whom: the rooms service, as presence sees it.
+pub trait RoomMates: Send + Sync {
+    /// Everyone joined to a room the user is joined to (the user excluded).
+    fn mates(&self, user: &UserId) -> Vec<OwnedUserId>;
+    /// Whether two users are joined to a common room.
+    fn share(&self, a: &UserId, b: &UserId) -> bool;
+    /// The joined members of a room.
+    fn members(&self, room: &RoomId) -> Vec<OwnedUserId>;
+}
+
+/// Rooms a user joined recently that [`Presence::events`] remembers (per user), to send the
+/// joiner the presence of their new room-mates.
+const MAX_INTRODUCTIONS: usize = 64;
 
 /// The durations of the rules (Synapse's constants; shorter in unit tests).
 #[derive(Clone, Copy)]
@@ -108,8 +117,7 @@ pub struct Presence {
     enabled: bool,
     timers: Timers,
     notifier: Arc<Notifier>,
-    audience: OnceLock<Audience>,
-    sharing: OnceLock<Sharing>,
+    rooms: OnceLock<Box<dyn RoomMates>>,
     positions: Positions,
     log: ChangeLog<OwnedUserId>,
     inner: Mutex<Inner>,
@@ -120,6 +128,8 @@ pub struct Presence {
 #[derive(Default)]
 struct Inner {
     users: HashMap<OwnedUserId, UserPresence>,
+    /// `user → (position, room)` of rooms they joined lately (at most [`MAX_INTRODUCTIONS`]).
+    introductions: HashMap<OwnedUserId, Vec<(u64, OwnedRoomId)>>,
     /// Each user's next timer, earliest first.
     deadlines: BTreeSet<(Instant, OwnedUserId)>,
 }
@@ -238,8 +248,7 @@ impl Presence {
             enabled,
             timers,
             notifier,
-            audience: OnceLock::new(),
-            sharing: OnceLock::new(),
+            rooms: OnceLock::new(),
             positions: Positions::new(boot),
             log: ChangeLog::new(boot, CHANGE_LOG_USERS),
             inner: Mutex::new(Inner::default()),
@@ -252,9 +261,8 @@ impl Presence {
     }
 
     /// Says who shares a room with whom. Set once at start-up.
-    pub fn set_rooms(&self, audience: Audience, sharing: Sharing) {
-        let _ = self.audience.set(audience);
-        let _ = self.sharing.set(sharing);
+    pub fn set_rooms(&self, rooms: Box<dyn RoomMates>) {
+        let _ = self.rooms.set(rooms);
     }
 
     pub fn enabled(&self) -> bool {
@@ -348,7 +356,7 @@ impl Presence {
 
     /// Whether `viewer` may see `user`'s presence: themselves, or someone sharing a room.
     pub fn visible_to(&self, viewer: &UserId, user: &UserId) -> bool {
-        viewer == user || self.sharing.get().is_some_and(|shares| shares(viewer, user))
+        viewer == user || self.rooms.get().is_some_and(|rooms| rooms.share(viewer, user))
     }
 
     /// `m.presence` events for `viewer`: users who share a room with them (and themselves)
@@ -363,8 +371,31 @@ impl Presence {
             Some(since) if since <= upto => self.log.changed_between(since, upto),
             _ => None,
         };
+        // Rooms the viewer joined in the window: their members' presence is news to them.
+        let introduced: Vec<OwnedUserId> = match (since, &changed) {
+            (Some(since), Some(_)) => {
+                let rooms: Vec<OwnedRoomId> = self
+                    .inner
+                    .lock()
+                    .introductions
+                    .get(viewer)
+                    .map(|intros| {
+                        intros
+                            .iter()
+                            .filter(|(pos, _)| *pos > since && *pos <= upto)
+                            .map(|(_, room)| room.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                rooms
+                    .iter()
+                    .flat_map(|room| self.rooms.get().map(|r| r.members(room)).unwrap_or_default())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let candidates: Vec<OwnedUserId> = match changed {
-            Some(users) if users.is_empty() => return Vec::new(),
+            Some(users) if users.is_empty() && introduced.is_empty() => return Vec::new(),
             Some(users) if users.len() <= 16 => {
                 users.into_iter().filter(|u| self.visible_to(viewer, u)).collect()
             }
@@ -378,21 +409,49 @@ impl Presence {
                 mates
             }
         };
+        let mut candidates = candidates;
+        candidates.extend(introduced);
+        candidates.sort_unstable();
+        candidates.dedup();
         let now = Instant::now();
         let inner = self.inner.lock();
-        let mut events: Vec<Value> = candidates
+        let events: Vec<Value> = candidates
             .iter()
             .filter_map(|u| inner.users.get(u).map(|p| (u, p)))
             .filter(|(_, p)| since.is_some() || p.state != State::Offline)
             .map(|(u, p)| json!({"type": "m.presence", "sender": u, "content": p.content(now)}))
             .collect();
-        drop(inner);
-        events.sort_by(|a, b| a["sender"].as_str().cmp(&b["sender"].as_str()));
         events
     }
 
     fn room_mates(&self, user: &UserId) -> HashSet<OwnedUserId> {
-        self.audience.get().map(|a| a(user)).unwrap_or_default().into_iter().collect()
+        self.rooms.get().map(|r| r.mates(user)).unwrap_or_default().into_iter().collect()
+    }
+
+    /// `user` joined `room`: the room's members and the joiner see each other's presence in
+    /// their next sync, as Synapse sends it, though nothing changed. The joiner's presence is
+    /// recorded as changed (its room-mates get it again, harmlessly); the joiner remembers
+    /// the room, whose members' presence [`Presence::events`] then adds.
+    pub fn joined(&self, room: &RoomId, user: &UserId) {
+        if !self.enabled {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let reserved = self.positions.reserve();
+        let intros = inner.introductions.entry(user.to_owned()).or_default();
+        intros.push((reserved.pos, room.to_owned()));
+        if intros.len() > MAX_INTRODUCTIONS {
+            intros.remove(0);
+        }
+        self.log.record(user.to_owned(), reserved.pos);
+        drop(inner);
+        let mut audience = self.rooms.get().map(|r| r.members(room)).unwrap_or_default();
+        audience.push(user.to_owned());
+        self.notifier.wake(
+            audience.iter().map(|u| u.as_ref()),
+            Change::user(Stream::Presence, reserved.pos),
+        );
+        reserved.publish();
     }
 
     /// Changes `user`'s presence with `change`, applies the timers' rules and reschedules
@@ -429,7 +488,7 @@ impl Presence {
         let reserved = self.positions.reserve();
         self.log.record(user.to_owned(), reserved.pos);
         drop(inner);
-        let mut audience = self.audience.get().map(|a| a(user)).unwrap_or_default();
+        let mut audience = self.rooms.get().map(|r| r.mates(user)).unwrap_or_default();
         audience.push(user.to_owned());
         self.notifier.wake(
             audience.iter().map(|u| u.as_ref()),
@@ -491,20 +550,31 @@ mod tests {
     }
 
     /// Alice and Bob share a room; Eve shares none.
-    fn service(timers: Timers) -> (Arc<Presence>, Arc<Notifier>) {
-        let notifier = Arc::new(Notifier::default());
-        let presence = Presence::start_with(true, notifier.clone(), timers);
-        presence.set_rooms(
-            Box::new(|u| match u.localpart() {
+    struct AliceAndBob;
+
+    impl RoomMates for AliceAndBob {
+        fn mates(&self, u: &UserId) -> Vec<OwnedUserId> {
+            match u.localpart() {
                 "alice" => vec![user("bob")],
                 "bob" => vec![user("alice")],
                 _ => vec![],
-            }),
-            Box::new(|a, b| {
-                let pair = [a.localpart(), b.localpart()];
-                pair == ["alice", "bob"] || pair == ["bob", "alice"]
-            }),
-        );
+            }
+        }
+
+        fn share(&self, a: &UserId, b: &UserId) -> bool {
+            let pair = [a.localpart(), b.localpart()];
+            pair == ["alice", "bob"] || pair == ["bob", "alice"]
+        }
+
+        fn members(&self, _room: &RoomId) -> Vec<OwnedUserId> {
+            vec![user("alice"), user("bob")]
+        }
+    }
+
+    fn service(timers: Timers) -> (Arc<Presence>, Arc<Notifier>) {
+        let notifier = Arc::new(Notifier::default());
+        let presence = Presence::start_with(true, notifier.clone(), timers);
+        presence.set_rooms(Box::new(AliceAndBob));
         (presence, notifier)
     }
 
