@@ -195,14 +195,29 @@ pub async fn sync(
     s.to_device.acknowledge(&who, since_to_device).await?;
 
     // Subscribe before looking, so that a change committed meanwhile still wakes us. The
-    // first pass looks at everything; a pass after a wake-up only at what the wake-ups
-    // announced (the earlier passes found nothing new, so the rest is still quiet). Writers
-    // announce a change before they publish its position, so every change at or below the
-    // positions a pass reads was announced to it, or to an earlier pass of this request.
+    // first pass looks at everything; a later pass only at what was announced since (the
+    // earlier passes found nothing new, so the rest is still quiet). Writers announce a
+    // change before they publish its position, and a pass reads the positions *before* it
+    // takes the announcements: so every change at or below the positions it read has been
+    // announced to it or to an earlier pass of this request.
     let subscription = s.rooms.notifier.subscribe(&who.user_id);
+    // Changes announced before the subscription were not told to it: the first pass covers
+    // them, once their positions are published (at once, or after a concurrent writer with
+    // an earlier position finishes; bounded all the same).
+    let announced_before = s.rooms.notifier.announced();
+    let publish_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while SyncToken::current(&s).positions().iter().zip(&announced_before).any(|(p, a)| p < a)
+        && tokio::time::Instant::now() < publish_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let mut scope: Option<Changes> = None;
     loop {
         let current = SyncToken::current(&s);
+        let announced = subscription.take();
+        if let Some(scope) = scope.as_mut() {
+            scope.merge(announced.clone());
+        }
         let looks_at = |stream: Stream| scope.as_ref().is_none_or(|c| c.has(stream));
         let looks_at_rooms = scope.as_ref().is_none_or(Changes::any_room);
         let (to_device, to_device_seen) = if looks_at(Stream::ToDevice) {
@@ -280,21 +295,20 @@ pub async fn sync(
                 "device_unused_fallback_key_types": unused_fallback_key_types,
             })));
         }
-        match scope.take() {
+        // What this pass was told about (the first pass: about everything, and then
+        // the announcements it took matter only where it could not cover them).
+        let seen = scope.take().unwrap_or(announced);
+        if !seen.covered_by(&current.positions()) {
             // A change was announced whose position is not published yet (its writer
             // publishes right after announcing; a concurrent writer before it may still be
             // writing): look again shortly at the same things, and at anything new.
-            Some(mut announced) if !announced.covered_by(&current.positions()) => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                announced.merge(subscription.take());
-                scope = Some(announced);
-            }
-            // Woken or timed out: the next pass looks at what changed meanwhile (perhaps
-            // nothing, and then answers with an empty response at the deadline).
-            _ => {
-                let _ = tokio::time::timeout_at(deadline, subscription.changed()).await;
-                scope = Some(subscription.take());
-            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            scope = Some(seen);
+        } else {
+            // Woken or timed out: the next pass looks at what was announced meanwhile
+            // (perhaps nothing, and then answers with an empty response at the deadline).
+            let _ = tokio::time::timeout_at(deadline, subscription.changed()).await;
+            scope = Some(Changes::default());
         }
     }
 }
@@ -434,7 +448,14 @@ async fn build_rooms(
                     "account_data".into(),
                     json!({"events": account_data.cloned().unwrap_or_default()}),
                 );
-                obj.insert("summary".into(), summary(&room, &who.user_id));
+                // The summary (O(members) to build) only when it may have changed, as the
+                // spec allows: clients keep the last one they were sent.
+                if newly_joined
+                    || opts.full_state
+                    || opts.changed_since(room.membership_changed_at())
+                {
+                    obj.insert("summary".into(), summary(&room, &who.user_id));
+                }
                 let read_pos =
                     opts.read_positions.get(room.id.as_str()).map(|(event_pos, _)| *event_pos);
                 let unread = s

@@ -12,6 +12,7 @@
 //! says "everything" (the sync then looks at every room, as a first pass does).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -156,6 +157,8 @@ impl Subscription {
 #[derive(Default)]
 pub struct Notifier {
     users: Mutex<HashMap<OwnedUserId, Vec<Weak<Subscriber>>>>,
+    /// Per stream, the highest position announced so far (updated under `users`' lock).
+    announced: [AtomicU64; Stream::COUNT],
 }
 
 impl Notifier {
@@ -170,9 +173,19 @@ impl Notifier {
         Subscription { subscriber }
     }
 
-    /// Tells the given users' pending syncs what changed, and wakes them.
+    /// The highest position announced so far on each stream. A sync reads it right after
+    /// subscribing and waits until the published positions reach it: a change announced
+    /// before the subscription is then covered by the first pass, and every later one was
+    /// announced to the subscription.
+    pub fn announced(&self) -> [u64; Stream::COUNT] {
+        std::array::from_fn(|i| self.announced[i].load(Ordering::Acquire))
+    }
+
+    /// Tells the given users' pending syncs what changed, and wakes them. Called before the
+    /// change's position is published (see the module docs of `api::sync`).
     pub fn wake<'a>(&self, users: impl IntoIterator<Item = &'a UserId>, change: Change<'_>) {
         let mut map = self.users.lock();
+        self.announced[change.stream as usize].fetch_max(change.pos, Ordering::AcqRel);
         for user in users {
             let Some(list) = map.get_mut(user) else { continue };
             list.retain(|weak| match weak.upgrade() {
