@@ -88,16 +88,19 @@ async fn users_in_one_room(
     Ok((users, room))
 }
 
-/// Long-polls `user`'s sync back to back until `stop`, calling `seen` on every response.
+/// Long-polls `user`'s sync back to back until `stop`, calling `seen` on every response;
+/// counts itself in `ready` once its initial sync is done.
 fn keep_syncing(
     server: Arc<Server>,
     user: Arc<User>,
     stop: Arc<AtomicBool>,
+    ready: Arc<AtomicU64>,
     seen: impl Fn(&Value) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Ok(first) = server.quiet_sync(&user, None, 0).await else { return };
         let Some(mut since) = first["next_batch"].as_str().map(str::to_owned) else { return };
+        ready.fetch_add(1, Ordering::Relaxed);
         while !stop.load(Ordering::Relaxed) {
             let Ok(body) = server.quiet_sync(&user, Some(&since), 2000).await else { continue };
             seen(&body);
@@ -106,6 +109,16 @@ fn keep_syncing(
             }
         }
     })
+}
+
+/// Waits (at most 120 s) until every receiver finished its initial sync, then a second so
+/// that their long-polls are pending: the measurement starts after the set-up's syncs.
+async fn wait_ready(ready: &AtomicU64, receivers: usize) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while (ready.load(Ordering::Relaxed) as usize) < receivers && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 fn cpu_per_delivery(cpu_before: Option<Duration>, delivered: u64, elapsed: f64) -> String {
@@ -133,17 +146,24 @@ pub async fn typing(
     let (typer_users, receiver_users) = users.split_at(typers);
     let stop = Arc::new(AtomicBool::new(false));
     let deliveries = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicU64::new(0));
     let mut rx = Vec::new();
     for r in receiver_users {
         let (deliveries, room) = (deliveries.clone(), room.clone());
-        rx.push(keep_syncing(server.clone(), r.clone(), stop.clone(), move |body| {
-            let events = body["rooms"]["join"][&room]["ephemeral"]["events"].as_array();
-            if events.is_some_and(|e| e.iter().any(|e| e["type"] == "m.typing")) {
-                deliveries.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+        rx.push(keep_syncing(
+            server.clone(),
+            r.clone(),
+            stop.clone(),
+            ready.clone(),
+            move |body| {
+                let events = body["rooms"]["join"][&room]["ephemeral"]["events"].as_array();
+                if events.is_some_and(|e| e.iter().any(|e| e["type"] == "m.typing")) {
+                    deliveries.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        ));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_ready(&ready, receivers).await;
     let cpu_before = server_cpu();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
@@ -201,24 +221,32 @@ pub async fn presence(server: Arc<Server>, receivers: usize, rounds: usize) -> R
     let last_at: Arc<Vec<AtomicU64>> = Arc::new((0..rounds).map(|_| AtomicU64::new(0)).collect());
     let epoch = Instant::now();
     let deliveries = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicU64::new(0));
     let mut rx = Vec::new();
     for r in &users[1..] {
         let (arrivals, last_at, deliveries, subject_id) =
             (arrivals.clone(), last_at.clone(), deliveries.clone(), subject.user_id.clone());
-        rx.push(keep_syncing(server.clone(), r.clone(), stop.clone(), move |body| {
-            let Some(events) = body["presence"]["events"].as_array() else { return };
-            for e in events.iter().filter(|e| e["sender"] == subject_id.as_str()) {
-                let round =
-                    e["content"]["status_msg"].as_str().and_then(|m| m.parse::<usize>().ok());
-                if let Some(round) = round.filter(|r| *r < arrivals.len()) {
-                    deliveries.fetch_add(1, Ordering::Relaxed);
-                    arrivals[round].fetch_add(1, Ordering::Relaxed);
-                    last_at[round].fetch_max(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        rx.push(keep_syncing(
+            server.clone(),
+            r.clone(),
+            stop.clone(),
+            ready.clone(),
+            move |body| {
+                let Some(events) = body["presence"]["events"].as_array() else { return };
+                for e in events.iter().filter(|e| e["sender"] == subject_id.as_str()) {
+                    let round =
+                        e["content"]["status_msg"].as_str().and_then(|m| m.parse::<usize>().ok());
+                    if let Some(round) = round.filter(|r| *r < arrivals.len()) {
+                        deliveries.fetch_add(1, Ordering::Relaxed);
+                        arrivals[round].fetch_add(1, Ordering::Relaxed);
+                        last_at[round]
+                            .fetch_max(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    }
                 }
-            }
-        }));
+            },
+        ));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_ready(&ready, receivers).await;
     let cpu_before = server_cpu();
     let started = Instant::now();
     let path = format!("/_matrix/client/v3/presence/{}/status", enc(&subject.user_id));
