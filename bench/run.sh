@@ -9,6 +9,7 @@
 #   - group fan-out: 16 senders -> 16 receivers closed loop, 1 sender -> 1 000 receivers at 20/s (axon-bench fanout)
 #   - /keys/query and /keys/claim requests/s over 1 000 devices with keys (axon-bench keys)
 #   - read receipts: 1 000 members of one room posting receipts, 100 of them long-polling (axon-bench receipts)
+#   - typing: 10 typers toggling -> 100 receivers; presence: one status change -> 1 000 room-mates
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -91,6 +92,9 @@ echo "== events"
 "$LOADGEN" "$base" fanout 1000 1 20 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" keys 100 10 16 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" receipts 1000 100 10 | tee -a "$work/events.txt"
+echo "== typing and presence"
+"$LOADGEN" "$base" typing 100 10 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" presence 1000 20 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 

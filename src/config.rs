@@ -25,6 +25,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "logging",
     "metrics",
     "well_known",
+    "presence",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
     pub well_known: WellKnownConfig,
+    pub presence: PresenceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,7 +101,8 @@ pub struct LimitsConfig {
     /// Registration requests per client IP address.
     pub register: RateLimit,
     /// Events sent per user: messages, state, redactions, room creations, membership changes
-    /// (join, invite, leave, kick, ban, unban) and profile changes (one per room updated).
+    /// (join, invite, leave, kick, ban, unban) and profile changes (one per room updated);
+    /// typing notifications and presence changes (`PUT`) take one each too.
     pub events: RateLimit,
     /// Most `initial_state` entries one `createRoom` may carry (400 `M_TOO_LARGE` above).
     pub create_room_max_initial_state: usize,
@@ -174,6 +177,21 @@ pub struct WellKnownConfig {
     pub server: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Track and share online status. Large servers turn it off (every status change wakes
+    /// everyone sharing a room with the user); then nothing is tracked or sent, `PUT
+    /// /presence` succeeds and changes nothing, and `GET /presence` answers `offline`.
+    pub enabled: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -186,6 +204,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             metrics: MetricsConfig::default(),
             well_known: WellKnownConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }

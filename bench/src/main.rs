@@ -33,7 +33,10 @@
 //!                                                as fast as they can, SYNCERS of them
 //!                                                long-poll; report receipts/s (receipts.rs)
 //! ```
+//! and the typing and presence phases (`ephemeral.rs`).
 //! The server must have open registration and generous rate limits (run.sh configures it).
+
+mod ephemeral;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -900,7 +903,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -917,6 +920,10 @@ async fn main() -> Result<(), Error> {
         Some("receipts") => {
             receipts::receipts(server, num(3)? as usize, num(4)? as usize, num(5)?).await
         }
+        Some("typing") => {
+            ephemeral::typing(server, num(3)? as usize, num(4)? as usize, num(5)?).await
+        }
+        Some("presence") => ephemeral::presence(server, num(3)? as usize, num(4)? as usize).await,
         Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
         Some("keys") => {
             keys(server, num(3)? as usize, num(4)? as usize, num(5)? as usize, num(6)?).await

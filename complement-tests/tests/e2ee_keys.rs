@@ -471,9 +471,10 @@ async fn new_device_keys_wake_room_members_with_device_lists_changed() {
     let carol = device(&s, "carol", 3).await;
     let room = s.create_room(&alice.session, json!({"preset": "public_chat"})).await;
     assert_eq!(s.join(&bob.session, &room).await.0, 200);
-    let bob_since = next_batch(&s, &bob).await;
     let alice_since = next_batch(&s, &alice).await;
     let carol_since = next_batch(&s, &carol).await;
+    // Last: Alice's first sync made her online, which is news for Bob too.
+    let bob_since = next_batch(&s, &bob).await;
 
     // Bob is already long-polling when Alice uploads her keys.
     let pending = {

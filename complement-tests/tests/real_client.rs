@@ -55,6 +55,25 @@ async fn matrix_nio_clients_chat_in_a_dm_and_a_group() {
     assert_eq!(result["history_reaches_create"], true, "{result}");
 }
 
+/// Two matrix-nio clients: Bob sees Alice online with her status message, typing, then her
+/// message, and the typing stop.
+#[tokio::test]
+async fn matrix_nio_sees_presence_and_typing() {
+    let python = nio_python();
+    let s = TestServer::start().await;
+    for user in ["alice", "bob"] {
+        s.register(user, "chat-password").await;
+    }
+    let python = python.to_string_lossy();
+    let result = run_client(&python, "nio_presence_typing.py", &[&s.base, "chat-password"]);
+    assert_eq!(result["presence"], "online", "{result}");
+    assert_eq!(result["status_msg"], "writing tests");
+    assert_eq!(result["currently_active"], true);
+    assert_eq!(result["typing"], serde_json::json!(["@alice:test.local"]));
+    assert_eq!(result["message"], "done typing");
+    assert_eq!(result["typing_after"], serde_json::json!([]));
+}
+
 /// matrix-js-sdk, the SDK under Element Web: two clients run their sync loops (startClient),
 /// see an invite, exchange messages both ways and paginate back to the room's creation.
 #[tokio::test]

@@ -8,11 +8,13 @@ pub mod directory;
 pub mod discovery;
 pub mod e2ee_keys;
 pub mod key_backup;
+pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod rooms;
 pub mod sync;
 pub mod to_device;
+pub mod typing;
 pub mod user_data;
 
 use axum::Router;
@@ -158,6 +160,18 @@ pub fn client_routes() -> Router<AppState> {
         e2ee_keys::upload_signatures,
     );
     let r = key_backup_routes(r);
+    let r = route::<ruma::api::client::typing::create_typing_event::v3::Request, _, _>(
+        r,
+        typing::set_typing,
+    );
+    let r = route::<ruma::api::client::presence::set_presence::v3::Request, _, _>(
+        r,
+        presence::set_status,
+    );
+    let r = route::<ruma::api::client::presence::get_presence::v3::Request, _, _>(
+        r,
+        presence::get_status,
+    );
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     let mut r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
         r,

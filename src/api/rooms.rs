@@ -217,6 +217,8 @@ pub async fn send_message(
         .rooms
         .append(&req.room_id, &who.user_id, NewEvent::message(kind, content), Some(txn))
         .await?;
+    // Sending a message is activity: the sender is active now (presence).
+    s.presence.active(&who.user_id);
     Ok(RumaResponse(send_message_event::v3::Response::new(event_id)))
 }
 

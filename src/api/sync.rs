@@ -185,7 +185,7 @@ pub async fn sync(
     };
     let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
-    s.presence.syncing(&who.user_id, &req.set_presence);
+    let _syncing = s.presence.syncing(&who.user_id, &req.set_presence);
 
     // Presenting a token acknowledges the to-device messages it covers.
     let since_to_device = since_token.map_or(0, |t| t.to_device);

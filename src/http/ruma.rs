@@ -16,6 +16,7 @@ use axum::routing::{MethodFilter, on};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use ruma::api::client::session::login;
+use ruma::api::client::typing;
 use ruma::api::error::{DeserializationError, FromHttpRequestError};
 use ruma::api::path_builder::PathBuilder;
 use ruma::api::{IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt};
@@ -105,6 +106,25 @@ fn check_known_panics<T: 'static>(bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Fills in fields the spec makes optional but ruma requires. `PUT /typing` with
+/// `"typing": true` may omit `timeout` (Synapse then uses 30 s); ruma's type insists on it.
+fn fill_optional_fields<T: 'static>(bytes: Bytes) -> Bytes {
+    if TypeId::of::<T>() != TypeId::of::<typing::create_typing_event::v3::Request>() {
+        return bytes;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut body))
+            if body.get("typing") == Some(&serde_json::Value::Bool(true))
+                && !body.contains_key("timeout") =>
+        {
+            let default = crate::services::typing::DEFAULT_TIMEOUT.as_millis() as u64;
+            body.insert("timeout".into(), default.into());
+            serde_json::to_vec(&body).map_or(bytes, Bytes::from)
+        }
+        _ => bytes,
+    }
+}
+
 /// Runs ruma's parsing of a request. A panic in it (a dependency's bug on odd input that
 /// [`check_known_panics`] does not know yet) is reported as the bad request it is, and logged
 /// loudly so it gets a pre-check; the fuzz run (`scripts/fuzz.sh`) fails on such log lines.
@@ -149,6 +169,7 @@ where
                 check_json_syntax(&bytes)?;
             }
             check_known_panics::<T>(&bytes)?;
+            bytes = fill_optional_fields::<T>(bytes);
         }
         let args: Vec<&str> = params.iter().map(String::as_str).collect();
         let request = http::Request::from_parts(parts, &bytes[..]);

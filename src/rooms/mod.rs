@@ -177,6 +177,9 @@ pub struct Rooms {
     /// read and parsed once, not once per member. A redaction evicts its target (in its
     /// `apply`, before the redaction's position is visible).
     event_cache: Arc<EventCache>,
+    /// Told when a user's membership of a room changes (typing stops on leaving; presence
+    /// introduces a joiner and the room's members to each other).
+    on_membership: Arc<std::sync::OnceLock<OnMembership>>,
 }
 
 /// Parsed events by ID, and a count of redactions so that a reader racing a redaction never
@@ -200,6 +203,10 @@ impl EventCache {
 
 /// Events kept parsed in memory.
 const EVENT_CACHE_ENTRIES: usize = 20_000;
+
+/// What [`Rooms::set_on_membership`] runs: `(room, user, joined)` once a membership change
+/// is durable and visible (`joined`: the user is now joined; otherwise they no longer are).
+pub type OnMembership = Box<dyn Fn(&RoomId, &UserId, bool) + Send + Sync>;
 
 /// A built, signed and authorised event, ready to be submitted.
 struct Prepared {
@@ -274,6 +281,7 @@ impl Rooms {
             next_state_group: AtomicU64::new(next_group),
             creating: parking_lot::Mutex::new(HashSet::new()),
             event_cache: Arc::new(EventCache::new(EVENT_CACHE_ENTRIES)),
+            on_membership: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -314,6 +322,21 @@ impl Rooms {
         }
         users.remove(user);
         users.into_iter().collect()
+    }
+
+    /// Whether `a` and `b` are both joined to some room (looks at `a`'s rooms only).
+    pub fn share_a_room(&self, a: &UserId, b: &UserId) -> bool {
+        self.rooms_of(a).iter().any(|room| {
+            let members = room.members();
+            members.get(a).is_some_and(|m| m == "join")
+                && members.get(b).is_some_and(|m| m == "join")
+        })
+    }
+
+    /// Says what runs when someone's membership of a room changes to or from `join` (set
+    /// once at start-up; it runs in the committer, so it must be quick and must not wait).
+    pub fn set_on_membership(&self, on_membership: OnMembership) {
+        let _ = self.on_membership.set(on_membership);
     }
 
     /// Creates a room: the create event, then `events` in order, each auth-checked.
@@ -770,6 +793,16 @@ impl Rooms {
             }
             _ => None,
         };
+        // Joined now but not before, or the reverse (for `on_membership`).
+        let join_change = match &membership {
+            Some((user, m)) if membership_changed => {
+                OwnedUserId::try_from(user.as_str()).ok().and_then(|user| {
+                    let was = inner.members.get(&user).is_some_and(|m| m == "join");
+                    (was != (m == "join")).then_some((user, m == "join"))
+                })
+            }
+            _ => None,
+        };
         let mut members = inner.members.clone();
         let mut new_member = None;
         if let Some((user, m)) = &membership
@@ -799,6 +832,7 @@ impl Rooms {
         let (applied, user_rooms) = (room.clone(), self.user_rooms.clone());
         let notifier = self.notifier.clone();
         let (event_cache, redacted_target) = (self.event_cache.clone(), redacted_target);
+        let on_membership = self.on_membership.clone();
         let apply: commit::Apply = Box::new(move |pos| {
             if let Some(target) = &redacted_target {
                 event_cache.redacted(target);
@@ -820,6 +854,9 @@ impl Rooms {
                 let mut published = applied.inner.write();
                 *published = view;
                 published.head.last_pos = pos;
+            }
+            if let (Some((user, joined)), Some(hook)) = (&join_change, on_membership.get()) {
+                hook(&applied.id, user, *joined);
             }
             let change = notify::Change::room(notify::Stream::Events, &applied.id, pos);
             notifier.wake(wake.iter().map(|u| u.as_ref()), change);

@@ -51,11 +51,11 @@ pub struct Services {
     /// Server-side key backups (`/room_keys`).
     pub key_backup: key_backup::KeyBackup,
     /// Who is typing in which room (in memory).
-    pub typing: typing::Typing,
+    pub typing: Arc<typing::Typing>,
     /// Read receipts and their stream.
     pub receipts: receipts::Receipts,
-    /// Online status and its stream.
-    pub presence: presence::Presence,
+    /// Online status and its stream (in memory).
+    pub presence: Arc<presence::Presence>,
 }
 
 impl Services {
@@ -95,6 +95,8 @@ impl Services {
             store.clone(),
             device_lists.clone(),
         );
+        let rooms_notifier = rooms.notifier.clone();
+        let presence_enabled = config.presence.enabled;
         let services = Arc::new(Self {
             config,
             store,
@@ -108,14 +110,32 @@ impl Services {
             lazy_members: lazy_members::LazyMembers::default(),
             to_device,
             key_backup,
-            typing: typing::Typing::default(),
+            typing: typing::Typing::start(rooms_notifier.clone()),
             receipts,
-            presence: presence::Presence::default(),
+            presence: presence::Presence::start(presence_enabled, rooms_notifier),
         });
         // A device-list change wakes everyone sharing a room with the user.
         let weak = Arc::downgrade(&services);
         services.device_lists.set_audience(Box::new(move |user| {
             weak.upgrade().map(|s| s.rooms.sharing_a_room_with(user)).unwrap_or_default()
+        }));
+        // Typing is told to a room's joined members; presence to everyone sharing a room.
+        let weak = Arc::downgrade(&services);
+        services.typing.set_audience(Box::new(move |room| {
+            weak.upgrade().and_then(|s| s.rooms.get(room)).map(|r| r.joined()).unwrap_or_default()
+        }));
+        let weak = Arc::downgrade(&services);
+        services.presence.set_rooms(Box::new(weak));
+        // Whoever leaves a room (or is kicked, banned) stops typing there; a joiner and the
+        // room's members see each other's presence.
+        let weak = Arc::downgrade(&services);
+        services.rooms.set_on_membership(Box::new(move |room, user, joined| {
+            let Some(s) = weak.upgrade() else { return };
+            if joined {
+                s.presence.joined(room, user);
+            } else {
+                s.typing.left(room, user);
+            }
         }));
         // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
         // which need the services (weakly held: they end with the server).
@@ -141,5 +161,20 @@ impl Services {
             self.rooms.set_profile(user_id, Some(None), Some(None)).await?;
         }
         Ok(())
+    }
+}
+
+/// Presence sees the rooms through the services (weakly held: they end with the server).
+impl presence::RoomMates for std::sync::Weak<Services> {
+    fn mates(&self, user: &ruma::UserId) -> Vec<ruma::OwnedUserId> {
+        self.upgrade().map(|s| s.rooms.sharing_a_room_with(user)).unwrap_or_default()
+    }
+
+    fn share(&self, a: &ruma::UserId, b: &ruma::UserId) -> bool {
+        self.upgrade().is_some_and(|s| s.rooms.share_a_room(a, b))
+    }
+
+    fn members(&self, room: &ruma::RoomId) -> Vec<ruma::OwnedUserId> {
+        self.upgrade().and_then(|s| s.rooms.get(room)).map(|r| r.joined()).unwrap_or_default()
     }
 }
