@@ -74,6 +74,27 @@ async fn matrix_nio_sees_presence_and_typing() {
     assert_eq!(result["typing_after"], serde_json::json!([]));
 }
 
+/// matrix-nio, the Messenger features around a conversation: bob sees alice online with her
+/// status message, then typing, then her message; his read receipt reaches alice's client;
+/// a user who shares no room with alice never sees her presence.
+#[tokio::test]
+async fn matrix_nio_clients_see_presence_typing_and_read_receipts() {
+    let python = nio_python();
+    let s = TestServer::start().await;
+    for user in ["alice", "bob", "eve"] {
+        s.register(user, "presence-password").await;
+    }
+    let python = python.to_string_lossy();
+    let result = run_client(&python, "nio_presence.py", &[&s.base, "presence-password"]);
+    assert_eq!(result["presence"], "online", "{result}");
+    assert_eq!(result["status_msg"], "at my desk", "{result}");
+    assert_eq!(result["currently_active"], true, "{result}");
+    assert_eq!(result["typing_seen"], true, "{result}");
+    assert_eq!(result["message_seen"], true, "{result}");
+    assert_eq!(result["receipt_seen"], true, "{result}");
+    assert_eq!(result["stranger_sees_presence"], false, "{result}");
+}
+
 /// matrix-js-sdk, the SDK under Element Web: two clients run their sync loops (startClient),
 /// see an invite, exchange messages both ways and paginate back to the room's creation.
 #[tokio::test]
