@@ -97,7 +97,7 @@ pub async fn create_receipt(
     let event_pos = event_pos(&s, &who, &room, &req.event_id).await?;
     let receipt =
         NewReceipt { receipt_type, thread_id, event_id: req.event_id.to_string(), event_pos };
-    s.receipts.set(&room.id, &room.members(), &who.user_id, vec![receipt]).await?;
+    s.receipts.set(&room.id, &|| room.members(), &who.user_id, vec![receipt]).await?;
     Ok(RumaResponse(create_receipt::v3::Response::new()))
 }
 
@@ -125,7 +125,7 @@ pub async fn set_read_marker(
         fully_read(&s, &who, &room, event).await?;
     }
     if !receipts.is_empty() {
-        s.receipts.set(&room.id, &room.members(), &who.user_id, receipts).await?;
+        s.receipts.set(&room.id, &|| room.members(), &who.user_id, receipts).await?;
     }
     Ok(RumaResponse(set_read_marker::v3::Response::new()))
 }

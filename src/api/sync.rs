@@ -285,7 +285,14 @@ pub async fn sync(
         }
         // What this pass was told about (the first pass: about everything, and then
         // the announcements it took matter only where it could not cover them).
-        let seen = scope.take().unwrap_or(announced);
+        // The first pass also answers for what was announced before the subscription: if
+        // that is still unpublished (the wait above gave up), the next pass looks at every
+        // room and those streams again.
+        let seen = scope.take().unwrap_or_else(|| {
+            let mut first = announced;
+            first.merge(Changes { upto: announced_before, all_rooms: true, ..Changes::default() });
+            first
+        });
         if !seen.covered_by(&current.positions()) {
             // A change was announced whose position is not published yet (its writer
             // publishes right after announcing; a concurrent writer before it may still be

@@ -186,13 +186,27 @@ pub struct Rooms {
 /// leaves the unredacted copy behind: a redaction counts, then evicts; a reader inserts,
 /// then evicts again if a redaction counted since it started reading.
 struct EventCache {
-    events: quick_cache::sync::Cache<OwnedEventId, Arc<(EventRecord, Pdu)>>,
+    events: quick_cache::sync::Cache<OwnedEventId, Arc<(EventRecord, Pdu)>, EventBytes>,
     redactions: AtomicU64,
 }
 
+/// An event weighs its JSON (kept twice: the stored record and the parsed PDU) plus a
+/// constant for the rest, so the cache is bounded in bytes, not only in entries.
+#[derive(Clone)]
+struct EventBytes;
+
+impl quick_cache::Weighter<OwnedEventId, Arc<(EventRecord, Pdu)>> for EventBytes {
+    fn weight(&self, _: &OwnedEventId, event: &Arc<(EventRecord, Pdu)>) -> u64 {
+        (2 * event.0.pdu.get().len() + event.1.content.get().len() + 512) as u64
+    }
+}
+
 impl EventCache {
-    fn new(entries: usize) -> Self {
-        Self { events: quick_cache::sync::Cache::new(entries), redactions: AtomicU64::new(0) }
+    fn new(entries: usize, bytes: u64) -> Self {
+        Self {
+            events: quick_cache::sync::Cache::with_weighter(entries, bytes, EventBytes),
+            redactions: AtomicU64::new(0),
+        }
     }
 
     fn redacted(&self, target: &EventId) {
@@ -201,8 +215,9 @@ impl EventCache {
     }
 }
 
-/// Events kept parsed in memory.
+/// Events kept parsed in memory: about this many, and at most this many bytes.
 const EVENT_CACHE_ENTRIES: usize = 20_000;
+const EVENT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What [`Rooms::set_on_membership`] runs: `(room, user, joined)` once a membership change
 /// is durable and visible (`joined`: the user is now joined; otherwise they no longer are).
@@ -280,7 +295,7 @@ impl Rooms {
             user_rooms: Arc::new(RwLock::new(user_rooms)),
             next_state_group: AtomicU64::new(next_group),
             creating: parking_lot::Mutex::new(HashSet::new()),
-            event_cache: Arc::new(EventCache::new(EVENT_CACHE_ENTRIES)),
+            event_cache: Arc::new(EventCache::new(EVENT_CACHE_ENTRIES, EVENT_CACHE_BYTES)),
             on_membership: Arc::new(std::sync::OnceLock::new()),
         })
     }

@@ -387,9 +387,13 @@ impl Presence {
                             .collect()
                     })
                     .unwrap_or_default();
+                // Only rooms the viewer is still in: a room joined and left again in the
+                // window introduces nobody (its later members share nothing with them).
                 rooms
                     .iter()
-                    .flat_map(|room| self.rooms.get().map(|r| r.members(room)).unwrap_or_default())
+                    .map(|room| self.rooms.get().map(|r| r.members(room)).unwrap_or_default())
+                    .filter(|members| members.iter().any(|m| m == viewer))
+                    .flatten()
                     .collect()
             }
             _ => Vec::new(),

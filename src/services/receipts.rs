@@ -159,7 +159,7 @@ impl Receipts {
     pub async fn set(
         &self,
         room: &RoomId,
-        members: &HashMap<OwnedUserId, String>,
+        members: &(dyn Fn() -> Arc<HashMap<OwnedUserId, String>> + Send + Sync),
         user: &UserId,
         new: Vec<NewReceipt>,
     ) -> Result<()> {
@@ -225,6 +225,9 @@ impl Receipts {
         self.changes.record(room.to_owned(), last);
         let change = Change::room(Stream::Receipts, room, last);
         if public {
+            // The members as of now, not of the request's start: a member who joined while
+            // the receipt was written must be told too.
+            let members = members();
             let joined = members.iter().filter(|(_, m)| m.as_str() == "join").map(|(u, _)| &**u);
             self.notifier.wake(joined, change);
         } else {
@@ -340,14 +343,23 @@ mod tests {
             [(alice.clone(), "join".to_owned()), (bob.clone(), "join".to_owned())].into();
         let bob_sync = notifier.subscribe(&bob);
 
-        receipts.set(&room, &members, &alice, vec![read(READ_PRIVATE, None, 3)]).await.unwrap();
+        receipts
+            .set(&room, &|| Arc::new(members.clone()), &alice, vec![read(READ_PRIVATE, None, 3)])
+            .await
+            .unwrap();
         assert!(bob_sync.take().is_empty(), "a private receipt wakes its owner only");
         let after_private = receipts.current();
-        receipts.set(&room, &members, &alice, vec![read(READ, None, 2)]).await.unwrap();
+        receipts
+            .set(&room, &|| Arc::new(members.clone()), &alice, vec![read(READ, None, 2)])
+            .await
+            .unwrap();
         assert!(bob_sync.take().has(Stream::Receipts));
         let upto = receipts.current();
         // Backwards: nothing changes.
-        receipts.set(&room, &members, &alice, vec![read(READ, None, 1)]).await.unwrap();
+        receipts
+            .set(&room, &|| Arc::new(members.clone()), &alice, vec![read(READ, None, 1)])
+            .await
+            .unwrap();
         assert_eq!(receipts.current(), upto);
 
         let all_bob = receipts.event(&room, &bob, None, upto).await.unwrap().unwrap();
@@ -380,11 +392,19 @@ mod tests {
         let room = RoomId::parse("!r:x").unwrap();
         let alice = user("alice");
         let members: HashMap<_, _> = [(alice.clone(), "join".to_owned())].into();
-        receipts.set(&room, &members, &alice, vec![read(READ, Some("main"), 5)]).await.unwrap();
+        receipts
+            .set(&room, &|| Arc::new(members.clone()), &alice, vec![read(READ, Some("main"), 5)])
+            .await
+            .unwrap();
         for t in 0..=MAX_THREADS as u64 {
             let root = format!("$root{t}");
             receipts
-                .set(&room, &members, &alice, vec![read(READ, Some(&root), 10 + t)])
+                .set(
+                    &room,
+                    &|| Arc::new(members.clone()),
+                    &alice,
+                    vec![read(READ, Some(&root), 10 + t)],
+                )
                 .await
                 .unwrap();
         }
@@ -419,7 +439,10 @@ mod tests {
             let (receipts, room, members) = (receipts.clone(), room.clone(), members.clone());
             writers.push(tokio::spawn(async move {
                 for pos in 1..=20 {
-                    receipts.set(&room, &members, &u, vec![read(READ, None, pos)]).await.unwrap();
+                    receipts
+                        .set(&room, &|| members.clone(), &u, vec![read(READ, None, pos)])
+                        .await
+                        .unwrap();
                 }
             }));
         }

@@ -55,6 +55,9 @@ pub struct ToDevice {
     inboxes: parking_lot::Mutex<Inboxes>,
 }
 
+/// Devices whose acknowledged position [`Inboxes`] remembers.
+const MAX_TRACKED_DEVICES: usize = 200_000;
+
 /// In memory, per user and device: where their queues may have messages.
 #[derive(Default)]
 struct Inboxes {
@@ -231,6 +234,10 @@ impl ToDevice {
         }
         self.store.delete_to_device_messages(&who.localpart, who.device_id.as_str(), upto).await?;
         let mut inboxes = self.inboxes.lock();
+        // Bounded: forgetting a device only costs its next sync one (empty) deletion.
+        if inboxes.deleted_upto.len() >= MAX_TRACKED_DEVICES {
+            inboxes.deleted_upto.clear();
+        }
         let deleted = inboxes.deleted_upto.entry(device).or_insert(0);
         *deleted = (*deleted).max(upto);
         Ok(())
