@@ -25,5 +25,10 @@ pub async fn set_typing(
         Typing::No => None,
     };
     s.typing.set(&req.room_id, &who.user_id, timeout);
+    // A leave committed between the check and the set ran its "stop typing" hook before the
+    // set: look again, so a departed user never stays typing.
+    if timeout.is_some() && s.rooms.require_joined(&req.room_id, &who.user_id).is_err() {
+        s.typing.set(&req.room_id, &who.user_id, None);
+    }
     Ok(RumaResponse(Response::new()))
 }
