@@ -2,7 +2,8 @@
 //!
 //! Layers, outermost first: CORS (answers every `OPTIONS` itself, adds the spec's headers to
 //! every response), panic catcher, observation (a `tracing` span per request and Prometheus
-//! metrics), then the routes. Unknown paths get `404 M_UNRECOGNIZED`, known paths with the
+//! metrics), detachment (every request but `/sync` runs to completion on its own task, even
+//! if the client disconnects), then the routes. Unknown paths get `404 M_UNRECOGNIZED`, known paths with the
 //! wrong method `405 M_UNRECOGNIZED`.
 
 pub mod auth;
@@ -33,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { Error::Unrecognized { method_not_allowed: false } })
         .method_not_allowed_fallback(|| async { Error::Unrecognized { method_not_allowed: true } })
         .with_state(state)
+        .layer(middleware::from_fn(detach))
         .layer(middleware::from_fn(observe))
         .layer(CatchPanicLayer::custom(|_| {
             Error::Internal("request handler panicked".into()).into_response()
@@ -70,6 +72,23 @@ async fn cors(req: Request, next: Next) -> Response {
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
     );
     response
+}
+
+/// Every request but `/sync` runs to completion on a task of its own, even when the client
+/// goes away: a handler cancelled between a durable write and the in-memory publication that
+/// follows it (stream positions, change logs, wake-ups) would leave a stream that skips or
+/// repeats a change. A `/sync` long-poll is dropped with its connection (what it writes, the
+/// acknowledgement of to-device messages, is safe to redo).
+async fn detach(req: Request, next: Next) -> Response {
+    if req.uri().path().ends_with("/sync") {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req).in_current_span()).await {
+        Ok(response) => response,
+        // Re-raised here, so the panic catcher answers as for any handler.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Error::Internal("request task cancelled".into()).into_response(),
+    }
 }
 
 /// A span per request (method and route, never the query string, which may hold a token)
