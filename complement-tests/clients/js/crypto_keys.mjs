@@ -60,7 +60,13 @@ try {
     },
   });
   out.cross_signing_ready = await crypto.isCrossSigningReady();
-  const own = await crypto.getDeviceVerificationStatus(alice.getUserId(), alice.getDeviceId());
+  // The Rust crypto marks its own device cross-signed once it has processed the signature
+  // it uploaded (asynchronously, after bootstrapCrossSigning returns): poll, bounded.
+  let own = null;
+  for (let i = 0; i < 100 && !own?.crossSigningVerified; i++) {
+    own = await crypto.getDeviceVerificationStatus(alice.getUserId(), alice.getDeviceId());
+    if (!own?.crossSigningVerified) await sleep(100);
+  }
   out.own_device_cross_signed = own?.crossSigningVerified ?? null;
 
   const devices = await bob.getCrypto().getUserDeviceInfo([alice.getUserId()], true);
