@@ -7,32 +7,14 @@ import asyncio
 import json
 import sys
 
-from nio import (AsyncClient, JoinResponse, LoginResponse, RoomCreateResponse,
-                 RoomMessagesResponse, RoomSendResponse, SyncResponse)
+from nio_common import login, sync_until, bodies
+from nio import (JoinResponse, RoomCreateResponse, RoomMessagesResponse, RoomSendResponse)
 
 
-async def login(base, user, password):
-    client = AsyncClient(base, user)
-    res = await client.login(password)
-    assert isinstance(res, LoginResponse), f"login {user}: {res}"
-    return client
 
 
-async def sync_until(client, predicate, rounds=20):
-    """Syncs (long-polling) until predicate(sync_response) holds."""
-    for _ in range(rounds):
-        res = await client.sync(timeout=5000, full_state=False)
-        assert isinstance(res, SyncResponse), f"sync: {res}"
-        if predicate(res):
-            return res
-    raise AssertionError("condition not met after syncing")
 
 
-def bodies(res, room_id):
-    room = res.rooms.join.get(room_id)
-    if room is None:
-        return []
-    return [getattr(e, "body", None) for e in room.timeline.events]
 
 
 async def main(base, password):

@@ -9,27 +9,14 @@ import asyncio
 import json
 import sys
 
-from nio import (AsyncClient, JoinResponse, LoginResponse, PresenceSetResponse,
-                 RoomCreateResponse, RoomSendResponse, RoomTypingResponse, SyncResponse,
-                 UpdateReceiptMarkerResponse)
+from nio_common import login, sync_until, bodies
+from nio import (JoinResponse, PresenceSetResponse, RoomCreateResponse, RoomSendResponse,
+                 RoomTypingResponse, SyncResponse, UpdateReceiptMarkerResponse)
 from nio.events.ephemeral import ReceiptEvent, TypingNoticeEvent
 
 
-async def login(base, user, password):
-    client = AsyncClient(base, user)
-    res = await client.login(password)
-    assert isinstance(res, LoginResponse), f"login {user}: {res}"
-    return client
 
 
-async def sync_until(client, predicate, rounds=20, presence="online"):
-    """Syncs (long-polling) until predicate(sync_response) holds."""
-    for _ in range(rounds):
-        res = await client.sync(timeout=5000, set_presence=presence)
-        assert isinstance(res, SyncResponse), f"sync: {res}"
-        if predicate(res):
-            return res
-    raise AssertionError("condition not met after syncing")
 
 
 def ephemeral(res, room_id, kind):
@@ -37,9 +24,6 @@ def ephemeral(res, room_id, kind):
     return [e for e in (room.ephemeral if room else []) if isinstance(e, kind)]
 
 
-def bodies(res, room_id):
-    room = res.rooms.join.get(room_id)
-    return [getattr(e, "body", None) for e in (room.timeline.events if room else [])]
 
 
 async def main(base, password):

@@ -7,25 +7,13 @@ import asyncio
 import json
 import sys
 
-from nio import (AsyncClient, JoinResponse, LoginResponse, PresenceEvent, RoomCreateResponse,
-                 RoomSendResponse, SyncResponse, TypingNoticeEvent)
+from nio_common import login, sync_until
+from nio import (JoinResponse, PresenceEvent, RoomCreateResponse, RoomSendResponse,
+                 TypingNoticeEvent)
 
 
-async def login(base, user, password):
-    client = AsyncClient(base, user)
-    res = await client.login(password)
-    assert isinstance(res, LoginResponse), f"login {user}: {res}"
-    return client
 
 
-async def sync_until(client, predicate, rounds=20):
-    """Syncs (long-polling) until predicate(sync_response) holds."""
-    for _ in range(rounds):
-        res = await client.sync(timeout=5000, full_state=False)
-        assert isinstance(res, SyncResponse), f"sync: {res}"
-        if predicate(res):
-            return res
-    raise AssertionError("condition not met after syncing")
 
 
 def typing_users(res, room_id):

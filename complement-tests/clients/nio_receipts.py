@@ -8,16 +8,11 @@ import asyncio
 import json
 import sys
 
-from nio import (AsyncClient, JoinResponse, LoginResponse, ReceiptEvent, RoomCreateResponse,
-                 RoomReadMarkersResponse, RoomSendResponse, SyncResponse,
-                 UpdateReceiptMarkerResponse)
+from nio_common import login
+from nio import (JoinResponse, ReceiptEvent, RoomCreateResponse, RoomReadMarkersResponse,
+                 RoomSendResponse, SyncResponse, UpdateReceiptMarkerResponse)
 
 
-async def login(base, user, password):
-    client = AsyncClient(base, user)
-    res = await client.login(password)
-    assert isinstance(res, LoginResponse), f"login {user}: {res}"
-    return client
 
 
 def receipts(res, room_id):

@@ -27,7 +27,7 @@
 //! nothing, `GET` answers `offline` (as Synapse does).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -35,6 +35,8 @@ use ruma::presence::PresenceState;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+
+use crate::services::streams::{Deadlines, run_deadlines};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -255,7 +257,7 @@ impl Presence {
             timer: Arc::new(Notify::new()),
         });
         if enabled {
-            tokio::spawn(settle_forever(Arc::downgrade(&presence)));
+            tokio::spawn(run_deadlines(Arc::downgrade(&presence)));
         }
         presence
     }
@@ -506,34 +508,21 @@ impl Presence {
         let inner = self.inner.lock();
         inner.deadlines.iter().take_while(|(at, _)| *at <= now).map(|(_, u)| u.clone()).collect()
     }
+}
 
+impl Deadlines for Presence {
     fn next_deadline(&self) -> Option<Instant> {
         self.inner.lock().deadlines.first().map(|(at, _)| *at)
     }
-}
 
-/// The timer task: sleeps until the earliest deadline (or until an earlier one is set),
-/// applies the rules to the users due, and ends once the service is gone.
-async fn settle_forever(presence: Weak<Presence>) {
-    loop {
-        let (next, timer) = {
-            let Some(presence) = presence.upgrade() else { return };
-            (presence.next_deadline(), presence.timer.clone())
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = timer.notified() => {}
-                }
-            }
-            None => {
-                let _ = tokio::time::timeout(Duration::from_secs(60), timer.notified()).await;
-            }
-        }
-        let Some(presence) = presence.upgrade() else { return };
-        for user in presence.due(Instant::now()) {
-            presence.update(&user, |_, _| {});
+    fn timer(&self) -> Arc<Notify> {
+        self.timer.clone()
+    }
+
+    /// Applies the rules to the users due.
+    fn fire(&self, now: Instant) {
+        for user in self.due(now) {
+            self.update(&user, |_, _| {});
         }
     }
 }

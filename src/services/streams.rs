@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
+use std::time::Duration;
+
 use parking_lot::{Mutex, RwLock};
 
 /// Stream positions for writers that run concurrently (each makes its own change durable,
@@ -167,6 +169,32 @@ impl<K: Eq + Hash + Clone> ChangeLog<K> {
                 .flat_map(|(_, keys)| keys.iter().cloned())
                 .collect(),
         )
+    }
+}
+
+/// What a deadline-driven timer task needs of its service (typing expiry, presence timers).
+pub trait Deadlines: Send + Sync + 'static {
+    /// The earliest deadline, if any.
+    fn next_deadline(&self) -> Option<tokio::time::Instant>;
+    /// Notified when an earlier deadline is set.
+    fn timer(&self) -> std::sync::Arc<tokio::sync::Notify>;
+    /// Handles what is due at `now`.
+    fn fire(&self, now: tokio::time::Instant);
+}
+
+/// The one timer task of a [`Deadlines`] service: sleeps until the earliest deadline (or
+/// until an earlier one is set; at most a minute, to notice the service is gone), fires what
+/// is due, and ends once the service is dropped (it holds it only weakly while it sleeps).
+pub async fn run_deadlines<T: Deadlines>(service: std::sync::Weak<T>) {
+    loop {
+        let (next, timer) = {
+            let Some(service) = service.upgrade() else { return };
+            (service.next_deadline(), service.timer())
+        };
+        let until = next.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(60));
+        let _ = tokio::time::timeout_at(until, timer.notified()).await;
+        let Some(service) = service.upgrade() else { return };
+        service.fire(tokio::time::Instant::now());
     }
 }
 

@@ -16,13 +16,15 @@
 //! earlier one is set), not by a poll per user.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+
+use crate::services::streams::{Deadlines, run_deadlines};
 use tokio::time::Instant;
 
 use crate::rooms::notify::{Change, Notifier, Stream};
@@ -75,7 +77,7 @@ impl Typing {
             state: Mutex::new(State::default()),
             timer: Arc::new(Notify::new()),
         });
-        tokio::spawn(expire_forever(Arc::downgrade(&typing)));
+        tokio::spawn(run_deadlines(Arc::downgrade(&typing)));
         typing
     }
 
@@ -213,10 +215,6 @@ impl Typing {
         self.notifier
             .wake(members.iter().map(|u| u.as_ref()), Change::room(Stream::Typing, room, pos));
     }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.state.lock().deadlines.first().map(|(at, _, _)| *at)
-    }
 }
 
 impl State {
@@ -232,29 +230,17 @@ impl State {
     }
 }
 
-/// The timer task: sleeps until the earliest expiry (or until an earlier one is set),
-/// expires what is due, and ends once the service is gone.
-async fn expire_forever(typing: Weak<Typing>) {
-    loop {
-        let (next, timer) = {
-            let Some(typing) = typing.upgrade() else { return };
-            (typing.next_deadline(), typing.timer.clone())
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = timer.notified() => {}
-                }
-            }
-            // Nobody is typing: wait for someone (or check now and then that the service
-            // still exists).
-            None => {
-                let _ = tokio::time::timeout(Duration::from_secs(60), timer.notified()).await;
-            }
-        }
-        let Some(typing) = typing.upgrade() else { return };
-        typing.expire(Instant::now());
+impl Deadlines for Typing {
+    fn next_deadline(&self) -> Option<Instant> {
+        self.state.lock().deadlines.first().map(|(at, _, _)| *at)
+    }
+
+    fn timer(&self) -> Arc<Notify> {
+        self.timer.clone()
+    }
+
+    fn fire(&self, now: Instant) {
+        self.expire(now);
     }
 }
 
