@@ -26,6 +26,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "metrics",
     "well_known",
     "presence",
+    "outbound",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub well_known: WellKnownConfig,
     pub presence: PresenceConfig,
+    /// Requests this server makes to other addresses (push gateways, URL previews).
+    pub outbound: crate::outbound::OutboundConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +208,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             well_known: WellKnownConfig::default(),
             presence: PresenceConfig::default(),
+            outbound: crate::outbound::OutboundConfig::default(),
         }
     }
 }
@@ -333,6 +337,8 @@ impl Config {
         if !self.metrics.path.starts_with('/') {
             return Err(ConfigError::Invalid("metrics.path must start with '/'".into()));
         }
+        crate::outbound::AddressPolicy::new(&self.outbound)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(url) = &self.public_baseurl {
             url::Url::parse(url)
                 .map_err(|e| ConfigError::Invalid(format!("public_baseurl {url:?}: {e}")))?;

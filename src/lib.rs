@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod outbound;
 pub mod rooms;
 pub mod services;
 pub mod storage;

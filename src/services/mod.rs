@@ -56,6 +56,8 @@ pub struct Services {
     pub receipts: receipts::Receipts,
     /// Online status and its stream (in memory).
     pub presence: Arc<presence::Presence>,
+    /// The HTTP client for requests to other addresses, behind the address policy.
+    pub outbound: crate::outbound::Outbound,
 }
 
 impl Services {
@@ -95,6 +97,8 @@ impl Services {
             store.clone(),
             device_lists.clone(),
         );
+        let outbound = crate::outbound::Outbound::new(&config.outbound)
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         let rooms_notifier = rooms.notifier.clone();
         let presence_enabled = config.presence.enabled;
         let services = Arc::new(Self {
@@ -113,6 +117,7 @@ impl Services {
             typing: typing::Typing::start(rooms_notifier.clone()),
             receipts,
             presence: presence::Presence::start(presence_enabled, rooms_notifier),
+            outbound,
         });
         // A device-list change wakes everyone sharing a room with the user.
         let weak = Arc::downgrade(&services);
