@@ -7,7 +7,9 @@
 #                                 the same, before a release build (`make run`): says so when
 #                                 that build will compile RocksDB for the first time
 #   scripts/bootstrap.sh --test   also the real-client test dependencies: a Python venv with
-#                                 matrix-nio, and matrix-js-sdk from npm (before a debug build)
+#                                 matrix-nio, and matrix-js-sdk from npm (before a debug build);
+#                                 and Garage, the S3-compatible store of the S3 media tests,
+#                                 built once into ~/.cache/axon-tools (cargo install)
 #   scripts/bootstrap.sh --check-libclang
 #                                 only say whether bindgen would find libclang (exit 0/1)
 set -euo pipefail
@@ -107,5 +109,16 @@ if [[ $want_test -eq 1 ]]; then
         echo "bootstrap: installing matrix-js-sdk into $js" >&2
         (cd "$js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
         touch "$js/node_modules"
+    fi
+    # Garage (S3-compatible object store) for complement-tests/tests/media_s3.rs: a binary
+    # crate on crates.io, compiled once into a cached location (a long build: ~15-30 min on 2
+    # cores), rebuilt only when missing or of another version.
+    garage_version=2.5.0
+    tools="${AXON_TOOLS:-$HOME/.cache/axon-tools}"
+    if ! "$tools/bin/garage" --version 2>/dev/null | grep -q "$garage_version"; then
+        echo "bootstrap: building Garage $garage_version into $tools (once)" >&2
+        CARGO_TARGET_DIR="$tools/target" nice -n 10 cargo install garage --version "$garage_version" \
+            --locked --no-default-features --features bundled-libs,lmdb --root "$tools" --force
+        rm -rf "$tools/target"
     fi
 fi

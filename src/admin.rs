@@ -43,6 +43,16 @@ pub enum AdminCommand {
     DeleteToken {
         token: String,
     },
+    /// Deletes local media created before the timestamp (ms), with its thumbnails and the
+    /// blobs nothing else references.
+    PurgeMedia {
+        before_ms: u64,
+    },
+    /// Quarantines (or releases) local media: `mxc://server/id`.
+    QuarantineMedia {
+        mxc: String,
+        quarantine: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,6 +87,23 @@ pub async fn execute(services: &Services, command: AdminCommand) -> AdminReply {
         AdminCommand::ListTokens => services.accounts.registration_tokens().await.map(|t| json!(t)),
         AdminCommand::DeleteToken { token } => {
             services.accounts.delete_registration_token(&token).await.map(|()| json!({}))
+        }
+        AdminCommand::PurgeMedia { before_ms } => services
+            .media
+            .purge_before(before_ms)
+            .await
+            .map(|r| json!({"deleted_media": r.deleted_media, "total": r.total})),
+        AdminCommand::QuarantineMedia { mxc, quarantine } => {
+            match mxc.strip_prefix("mxc://").and_then(|rest| rest.split_once('/')) {
+                Some((server, id)) => services
+                    .media
+                    .quarantine(server, id, quarantine)
+                    .await
+                    .map(|()| json!({"mxc": mxc, "quarantined": quarantine})),
+                None => Err(crate::error::Error::InvalidParam(
+                    "expected mxc://<server_name>/<media_id>".into(),
+                )),
+            }
         }
     };
     match result {

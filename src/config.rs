@@ -27,6 +27,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "well_known",
     "presence",
     "outbound",
+    "media",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Requests this server makes to other addresses (push gateways, URL previews).
     pub outbound: crate::outbound::OutboundConfig,
+    /// The media repository: uploads, downloads, thumbnails, blob storage, URL previews.
+    pub media: crate::services::media::MediaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +212,7 @@ impl Default for Config {
             well_known: WellKnownConfig::default(),
             presence: PresenceConfig::default(),
             outbound: crate::outbound::OutboundConfig::default(),
+            media: crate::services::media::MediaConfig::default(),
         }
     }
 }
@@ -339,6 +343,7 @@ impl Config {
         }
         crate::outbound::AddressPolicy::new(&self.outbound)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.media.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.public_baseurl {
             url::Url::parse(url)
                 .map_err(|e| ConfigError::Invalid(format!("public_baseurl {url:?}: {e}")))?;

@@ -66,6 +66,12 @@ pub enum Error {
     /// User-interactive authentication is required or a stage failed.
     #[error("User-interactive authentication required")]
     Uia(Box<UiaInfo>),
+    /// A download of media whose upload (`/create`, then `PUT`) has not arrived in time.
+    #[error("The media has not been uploaded yet")]
+    NotYetUploaded,
+    /// A `PUT /upload/{serverName}/{mediaId}` for an ID that already has content.
+    #[error("The media has already been uploaded")]
+    CannotOverwriteMedia,
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]

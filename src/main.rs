@@ -34,6 +34,27 @@ enum Command {
     /// Manage registration tokens (for `registration.mode = "token"`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the media repository.
+    #[command(subcommand)]
+    Media(MediaCommand),
+}
+
+#[derive(Subcommand)]
+enum MediaCommand {
+    /// Delete local media uploaded more than N days ago (records, thumbnails, and the
+    /// stored files no other media shares).
+    Purge {
+        #[arg(long)]
+        older_than_days: u64,
+    },
+    /// Quarantine media: downloads and thumbnails answer 404 until released.
+    Quarantine {
+        /// `mxc://<server_name>/<media_id>`
+        mxc: String,
+        /// Release it from quarantine instead.
+        #[arg(long)]
+        release: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +183,16 @@ fn main() -> ExitCode {
                 AdminCommand::CreateToken { token, uses_allowed: uses, expiry_ts },
             )
         }
+        Command::Media(MediaCommand::Purge { older_than_days }) => {
+            let before_ms = axon::storage::now_ms()
+                .saturating_sub(older_than_days.saturating_mul(86_400_000));
+            run_admin(&runtime, config, AdminCommand::PurgeMedia { before_ms })
+        }
+        Command::Media(MediaCommand::Quarantine { mxc, release }) => run_admin(
+            &runtime,
+            config,
+            AdminCommand::QuarantineMedia { mxc, quarantine: !release },
+        ),
         Command::Token(TokenCommand::List) => run_admin(&runtime, config, AdminCommand::ListTokens),
         Command::Token(TokenCommand::Delete { token }) => {
             run_admin(&runtime, config, AdminCommand::DeleteToken { token })

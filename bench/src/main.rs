@@ -33,7 +33,8 @@
 //!                                                as fast as they can, SYNCERS of them
 //!                                                long-poll; report receipts/s (receipts.rs)
 //! ```
-//! and the typing and presence phases (`ephemeral.rs`).
+//! and the typing and presence phases (`ephemeral.rs`), and the media repository's upload,
+//! download and thumbnail modes (`media.rs`, run by `bench/media.sh`).
 //! The server must have open registration and generous rate limits (run.sh configures it).
 
 mod ephemeral;
@@ -47,6 +48,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+mod media;
 mod receipts;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -903,7 +905,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -928,6 +930,8 @@ async fn main() -> Result<(), Error> {
         Some("keys") => {
             keys(server, num(3)? as usize, num(4)? as usize, num(5)? as usize, num(6)?).await
         }
+        Some("media") => media::media(server, num(3)?).await,
+        Some("thumbnail") => media::thumbnail(server).await,
         _ => Err(usage.into()),
     }
 }

@@ -7,6 +7,9 @@
 //! The binary is found through `AXON_BIN`, else next to the test executable (cargo builds it
 //! there for `cargo test --workspace`, because the `axon` package has integration tests).
 
+pub mod garage;
+pub mod media;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -142,6 +145,11 @@ level = "warn"
         };
         server.spawn().await;
         server
+    }
+
+    /// The server process's ID (for reading its memory use in /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Path of the data directory (the RocksDB database and admin socket).

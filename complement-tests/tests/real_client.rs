@@ -204,3 +204,30 @@ async fn matrix_nio_sees_read_receipts() {
     assert_eq!(result["private_to_owner"], "m.read.private", "{result}");
     assert_eq!(result["private_leaked"], false, "{result}");
 }
+
+/// Two matrix-nio clients share media: an m.image uploaded by Alice, downloaded with a
+/// thumbnail by Bob (authenticated media endpoints), and an encrypted attachment (m.file
+/// with `file` info) that Bob downloads as ciphertext and decrypts.
+#[tokio::test]
+async fn matrix_nio_clients_share_an_image_and_an_encrypted_file() {
+    let python = nio_python();
+    let s = TestServer::start().await;
+    for user in ["alice", "bob"] {
+        s.register(user, "media-password").await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image_path = dir.path().join("photo.png");
+    let png = complement_tests::media::image_bytes(640, 480, image::ImageFormat::Png);
+    std::fs::write(&image_path, &png).expect("write the image");
+    let python = python.to_string_lossy();
+    let image_arg = image_path.to_string_lossy();
+    let result =
+        run_client(&python, "nio_media.py", &[&s.base, "media-password", image_arg.as_ref()]);
+    assert_eq!(result["image_identical"], true, "{result}");
+    assert_eq!(result["image_content_type"], "image/png", "{result}");
+    assert_eq!(result["thumbnail_type"], "image/png", "{result}");
+    let thumb = std::fs::read(dir.path().join("photo.png.thumb")).expect("the thumbnail");
+    assert_eq!(complement_tests::media::decode_dims(&thumb), (96, 96));
+    assert_eq!(result["ciphertext_differs"], true, "{result}");
+    assert_eq!(result["decrypted_identical"], true, "{result}");
+}

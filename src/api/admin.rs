@@ -32,6 +32,7 @@ pub fn routes() -> Router<AppState> {
             "/_synapse/admin/v1/registration_tokens/{token}",
             get(get_token).delete(delete_token),
         )
+        .merge(crate::api::media::admin_routes())
 }
 
 /// The single path argument: a user ID, or a registration token.

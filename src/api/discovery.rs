@@ -13,8 +13,11 @@ use crate::http::ruma::AppState;
 /// "What /versions claims"). v1.3 brings `/relations` and v1.4 threads (`/threads`,
 /// threaded receipts, `m.read.private`): matrix-js-sdk and Element switch to them as soon
 /// as a server lists those versions. Add v1.3 and later when relations and threads land.
-/// matrix-js-sdk accepts servers listing any of v1.1–v1.9.
-pub const SPEC_VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2"];
+/// matrix-js-sdk accepts servers listing any of v1.1–v1.9. v1.11 is listed for authenticated
+/// media (`/_matrix/client/v1/media/*`): Element, Element X and matrix-sdk switch to those
+/// endpoints only when the server lists it; nothing else of v1.3–v1.11 is claimed by it,
+/// since clients gate each feature on the exact version that introduced it.
+pub const SPEC_VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.11"];
 
 /// Whether this server federates. Until the Server-Server API exists,
 /// `/.well-known/matrix/server` answers 404 (as Synapse does when federation is not set
@@ -26,10 +29,11 @@ pub const ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9"
 pub const DEFAULT_ROOM_VERSION: &str = "12";
 
 pub async fn versions() -> Json<Value> {
-    // No unstable features (MSCs) are implemented, so none are claimed.
+    // The only unstable flag is MSC3916's "stable" marker: authenticated media, which
+    // clients released before v1.11 look for.
     Json(json!({
         "versions": SPEC_VERSIONS,
-        "unstable_features": {},
+        "unstable_features": {"org.matrix.msc3916.stable": true},
     }))
 }
 

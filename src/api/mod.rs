@@ -8,6 +8,7 @@ pub mod directory;
 pub mod discovery;
 pub mod e2ee_keys;
 pub mod key_backup;
+pub mod media;
 pub mod presence;
 pub mod push;
 pub mod receipts;
@@ -160,6 +161,7 @@ pub fn client_routes() -> Router<AppState> {
         e2ee_keys::upload_signatures,
     );
     let r = key_backup_routes(r);
+    let r = media::routes(r);
     let r = route::<ruma::api::client::typing::create_typing_event::v3::Request, _, _>(
         r,
         typing::set_typing,

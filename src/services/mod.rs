@@ -9,6 +9,7 @@ pub mod device_lists;
 pub mod e2ee_keys;
 pub mod key_backup;
 pub mod lazy_members;
+pub mod media;
 pub mod passwords;
 pub mod presence;
 pub mod ratelimit;
@@ -58,6 +59,8 @@ pub struct Services {
     pub presence: Arc<presence::Presence>,
     /// The HTTP client for requests to other addresses, behind the address policy.
     pub outbound: crate::outbound::Outbound,
+    /// The media repository (uploads, downloads, thumbnails, URL previews).
+    pub media: media::Media,
 }
 
 impl Services {
@@ -99,6 +102,7 @@ impl Services {
         );
         let outbound = crate::outbound::Outbound::new(&config.outbound)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+        let media = media::Media::new(&config, store.clone()).await?;
         let rooms_notifier = rooms.notifier.clone();
         let presence_enabled = config.presence.enabled;
         let services = Arc::new(Self {
@@ -118,6 +122,7 @@ impl Services {
             receipts,
             presence: presence::Presence::start(presence_enabled, rooms_notifier),
             outbound,
+            media,
         });
         // A device-list change wakes everyone sharing a room with the user.
         let weak = Arc::downgrade(&services);

@@ -98,6 +98,14 @@ mod cf {
     /// `localpart 0xFF target key (device ID or master public key) 0xFF signer user ID 0xFF
     /// signer key ID` → signature (`/keys/signatures/upload`).
     pub const KEY_SIGNATURES: &str = "key_signatures";
+    /// `media_id` → [`MediaRecord`](crate::storage::media::MediaRecord).
+    pub const MEDIA: &str = "media";
+    /// `media_id 0xFF WxH/method` → [`ThumbnailRecord`](crate::storage::media::ThumbnailRecord).
+    pub const MEDIA_THUMBNAILS: &str = "media_thumbnails";
+    /// `sha256 0xFF media_id 0xFF thumbnail key (empty: the original)` → ∅: who uses a blob.
+    pub const MEDIA_BLOB_REFS: &str = "media_blob_refs";
+    /// `uploader 0xFF media_id` → expiry (be64 ms) of a pending upload (`/create`).
+    pub const MEDIA_PENDING: &str = "media_pending";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -132,11 +140,16 @@ mod cf {
         DEVICE_LIST_CHANGES,
         CROSS_SIGNING_KEYS,
         KEY_SIGNATURES,
+        MEDIA,
+        MEDIA_THUMBNAILS,
+        MEDIA_BLOB_REFS,
+        MEDIA_PENDING,
     ];
 }
 
 mod e2ee_keys;
 mod key_backup;
+mod media;
 mod receipts;
 mod rooms;
 mod to_device;
