@@ -306,6 +306,7 @@ async fn purge_keeps_blobs_still_used_by_newer_media() {
     let alice = s.register("alice", "alice-password").await;
     let root = admin(&s).await;
     let ((_, old_id), _) = media::upload_twice(&s, &alice).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     // The admin API's form, with a timestamp: delete what was uploaded before now; the
     // second upload is deleted too, so upload a third copy afterwards and check it survives
     // a purge that deletes the first two.

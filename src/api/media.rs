@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -67,10 +67,68 @@ pub struct UploadQuery {
     filename: Option<String>,
 }
 
-fn upload_body(req: Request) -> (HeaderMap, ByteStream) {
+/// Bytes of a refused upload still read (and discarded) before answering 413, at most for
+/// [`LINGER_TIME`]: a client still sending when the connection closes often never sees
+/// the answer (the kernel resets the connection over the unread bytes), so a body slightly
+/// over the limit is read to its end and its sender told why.
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+async fn linger(body: &mut ByteStream) {
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len() as u64;
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The request body as a stream that, once more than `limit` bytes have arrived, lingers
+/// (see [`LINGER_BYTES`]) before handing on the chunk that passes the limit (which the blob
+/// store then refuses).
+fn upload_body(req: Request, limit: u64) -> (HeaderMap, ByteStream) {
     let (parts, body) = req.into_parts();
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    (parts.headers, Box::pin(stream))
+    let stream: ByteStream = Box::pin(body.into_data_stream().map_err(std::io::Error::other));
+    let lingering = futures_util::stream::unfold(
+        (stream, 0u64, false),
+        move |(mut body, mut seen, done)| async move {
+            if done {
+                return None;
+            }
+            match body.next().await {
+                None => None,
+                Some(Err(e)) => Some((Err(e), (body, seen, true))),
+                Some(Ok(chunk)) => {
+                    seen += chunk.len() as u64;
+                    if seen > limit {
+                        linger(&mut body).await;
+                        return Some((Ok(chunk), (body, seen, true)));
+                    }
+                    Some((Ok(chunk), (body, seen, false)))
+                }
+            }
+        },
+    );
+    (parts.headers, Box::pin(lingering))
+}
+
+/// Refuses a declared `Content-Length` above the limit before reading the body (lingering
+/// over a body only slightly too large).
+async fn check_declared(s: &AppState, headers: &HeaderMap, body: &mut ByteStream) -> Result<()> {
+    let limit = s.media.limits().max_upload_bytes;
+    match declared_length(headers) {
+        Some(len) if len > limit => {
+            if len - limit <= LINGER_BYTES {
+                linger(body).await;
+            }
+            Err(Error::TooLarge)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -95,7 +153,8 @@ pub async fn upload(
     Query(q): Query<UploadQuery>,
     req: Request,
 ) -> Result<Json<Value>> {
-    let (headers, body) = upload_body(req);
+    let (headers, mut body) = upload_body(req, s.media.limits().max_upload_bytes);
+    check_declared(&s, &headers, &mut body).await?;
     let media_id = s
         .media
         .upload(
@@ -127,7 +186,8 @@ pub async fn upload_to(
     req: Request,
 ) -> Result<Json<Value>> {
     let [server_name, media_id] = two_args(args)?;
-    let (headers, body) = upload_body(req);
+    let (headers, mut body) = upload_body(req, s.media.limits().max_upload_bytes);
+    check_declared(&s, &headers, &mut body).await?;
     s.media
         .upload_to(
             who.user_id.as_str(),

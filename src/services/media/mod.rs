@@ -222,7 +222,7 @@ impl Media {
                 let s3 = &media.s3;
                 let mut builder = object_store::aws::AmazonS3Builder::new()
                     .with_bucket_name(&s3.bucket)
-                    .with_region(if s3.region.is_empty() { "us-east-1" } else { &s3.region })
+                    .with_region(if s3.region.is_empty() { "us-east-1" } else { s3.region.as_str() })
                     .with_access_key_id(&s3.access_key_id)
                     .with_secret_access_key(&s3.secret_access_key)
                     .with_allow_http(s3.allow_http)

@@ -33,7 +33,7 @@ pub fn parse_opengraph(html: &str, base: &url::Url) -> (Map<String, Value>, Opti
             continue;
         }
         let attrs = tag.attributes();
-        let get = |k: &str| {
+        let get = |k: &'static str| {
             attrs.get(k).flatten().map(|v| v.as_utf8_str().trim().to_owned())
         };
         let Some(content) = get("content") else { continue };
