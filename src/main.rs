@@ -184,15 +184,13 @@ fn main() -> ExitCode {
             )
         }
         Command::Media(MediaCommand::Purge { older_than_days }) => {
-            let before_ms = axon::storage::now_ms()
-                .saturating_sub(older_than_days.saturating_mul(86_400_000));
+            let before_ms =
+                axon::storage::now_ms().saturating_sub(older_than_days.saturating_mul(86_400_000));
             run_admin(&runtime, config, AdminCommand::PurgeMedia { before_ms })
         }
-        Command::Media(MediaCommand::Quarantine { mxc, release }) => run_admin(
-            &runtime,
-            config,
-            AdminCommand::QuarantineMedia { mxc, quarantine: !release },
-        ),
+        Command::Media(MediaCommand::Quarantine { mxc, release }) => {
+            run_admin(&runtime, config, AdminCommand::QuarantineMedia { mxc, quarantine: !release })
+        }
         Command::Token(TokenCommand::List) => run_admin(&runtime, config, AdminCommand::ListTokens),
         Command::Token(TokenCommand::Delete { token }) => {
             run_admin(&runtime, config, AdminCommand::DeleteToken { token })

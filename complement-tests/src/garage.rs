@@ -151,7 +151,16 @@ api_bind_addr = "127.0.0.1:{admin}"
         self.must(&["layout", "apply", "--version", "1"]);
         self.must(&["bucket", "create", &self.bucket]);
         self.must(&["key", "import", "--yes", "-n", "axon", &self.key_id, &self.secret]);
-        self.must(&["bucket", "allow", "--read", "--write", "--owner", &self.bucket, "--key", "axon"]);
+        self.must(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &self.bucket,
+            "--key",
+            "axon",
+        ]);
     }
 
     /// The `[media]` configuration that points Axon at this Garage.

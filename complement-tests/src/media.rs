@@ -52,7 +52,12 @@ impl TestServer {
     }
 
     /// Uploads and returns `(server_name, media_id)` of the new `mxc://` URI.
-    pub async fn upload(&self, who: &Session, content_type: &str, bytes: Vec<u8>) -> (String, String) {
+    pub async fn upload(
+        &self,
+        who: &Session,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> (String, String) {
         let r = self.upload_raw(who.token(), content_type, "", bytes.into()).await;
         assert_eq!(r.status, 200, "upload: {}", String::from_utf8_lossy(&r.body));
         parse_mxc(r.json()["content_uri"].as_str().expect("content_uri"))
@@ -105,9 +110,12 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 /// A `w`×`h` image in `format` (a gradient, so it is not trivially compressible).
 pub fn image_bytes(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let img =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
     let mut buf = Vec::new();
-    image::DynamicImage::ImageRgb8(img).write_to(&mut Cursor::new(&mut buf), format).expect("encode");
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut Cursor::new(&mut buf), format)
+        .expect("encode");
     buf
 }
 
@@ -213,7 +221,12 @@ pub async fn thumbnails_have_the_requested_dimensions(s: &TestServer) {
             let path =
                 format!("{AUTH_THUMBNAIL}/{server}/{id}?width={w}&height={h}&method={method}");
             let r = s.get_raw(&path, alice.token(), &[]).await;
-            assert_eq!(r.status, 200, "{ct} {w}x{h} {method}: {}", String::from_utf8_lossy(&r.body));
+            assert_eq!(
+                r.status,
+                200,
+                "{ct} {w}x{h} {method}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
             assert!(r.header("content-type").starts_with("image/"), "{ct}");
             assert_eq!(decode_dims(&r.body), expected, "{ct} {w}x{h} {method}");
         }
@@ -229,7 +242,9 @@ pub async fn thumbnails_have_the_requested_dimensions(s: &TestServer) {
 /// Content-Length or only noticed while streaming (chunked).
 pub async fn oversize_upload_is_refused_with_413(s: &TestServer, limit: usize) {
     let alice = s.register("alice", "alice-password").await;
-    let r = s.upload_raw(alice.token(), "application/octet-stream", "", vec![0u8; limit + 1].into()).await;
+    let r = s
+        .upload_raw(alice.token(), "application/octet-stream", "", vec![0u8; limit + 1].into())
+        .await;
     assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["errcode"], "M_TOO_LARGE");
     // Chunked: no Content-Length, the limit is enforced as bytes arrive.

@@ -143,7 +143,9 @@ async fn matrix_sdk_sends_and_decrypts_an_encrypted_image() {
             async move {
                 let event = client.get_room(&room_id)?.event(&event_id, None).await.ok()?;
                 match &event.kind {
-                    TimelineEventKind::Decrypted(d) => serde_json::from_str(d.event.json().get()).ok(),
+                    TimelineEventKind::Decrypted(d) => {
+                        serde_json::from_str(d.event.json().get()).ok()
+                    }
                     _ => None,
                 }
             }

@@ -24,10 +24,7 @@ async fn server_with(media: &str) -> TestServer {
 
 fn count_files(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { count_files(&p) } else { 1 })
-        .sum()
+    entries.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { count_files(&p) } else { 1 }).sum()
 }
 
 #[tokio::test]
@@ -108,7 +105,8 @@ async fn upload_needs_a_token() {
 async fn downloads_carry_type_disposition_and_security_headers() {
     let s = server().await;
     let alice = s.register("alice", "alice-password").await;
-    let (server, id) = s.upload(&alice, "image/png", media::image_bytes(4, 4, image::ImageFormat::Png)).await;
+    let (server, id) =
+        s.upload(&alice, "image/png", media::image_bytes(4, 4, image::ImageFormat::Png)).await;
     let r = s.download(&alice, &server, &id).await;
     assert_eq!(r.header("content-type"), "image/png");
     assert_eq!(r.header("content-disposition"), "inline");
@@ -127,13 +125,19 @@ async fn downloads_carry_type_disposition_and_security_headers() {
     // HTML is never inline, whatever its name; the file name is kept, and the one in the
     // path wins.
     let r = s
-        .upload_raw(alice.token(), "text/html", "?filename=page.html", b"<script>1</script>".to_vec().into())
+        .upload_raw(
+            alice.token(),
+            "text/html",
+            "?filename=page.html",
+            b"<script>1</script>".to_vec().into(),
+        )
         .await;
     let (server, id) = media::parse_mxc(r.json()["content_uri"].as_str().unwrap());
     let r = s.download(&alice, &server, &id).await;
     assert_eq!(r.header("content-type"), "text/html");
     assert_eq!(r.header("content-disposition"), "attachment; filename=\"page.html\"");
-    let r = s.get_raw(&format!("{AUTH_DOWNLOAD}/{server}/{id}/other.txt"), alice.token(), &[]).await;
+    let r =
+        s.get_raw(&format!("{AUTH_DOWNLOAD}/{server}/{id}/other.txt"), alice.token(), &[]).await;
     assert_eq!(r.header("content-disposition"), "attachment; filename=\"other.txt\"");
 }
 
@@ -223,7 +227,8 @@ async fn async_upload_create_then_put() {
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
 
     // A download waiting for the upload gets it as soon as it arrives.
-    let waiting = s.get_raw(&format!("{AUTH_DOWNLOAD}/{server}/{id}?timeout_ms=10000"), alice.token(), &[]);
+    let waiting =
+        s.get_raw(&format!("{AUTH_DOWNLOAD}/{server}/{id}?timeout_ms=10000"), alice.token(), &[]);
     let (r, (status, _)) = tokio::join!(waiting, async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         put(&alice, b"async content").await
@@ -244,7 +249,11 @@ async fn pending_uploads_per_user_are_limited() {
     for _ in 0..2 {
         assert_eq!(s.post("/_matrix/media/v1/create", alice.token(), json!({})).await.0, 200);
     }
-    assert_error(&s.post("/_matrix/media/v1/create", alice.token(), json!({})).await, 429, "M_LIMIT_EXCEEDED");
+    assert_error(
+        &s.post("/_matrix/media/v1/create", alice.token(), json!({})).await,
+        429,
+        "M_LIMIT_EXCEEDED",
+    );
 }
 
 async fn admin(s: &TestServer) -> complement_tests::Session {
@@ -260,7 +269,8 @@ async fn quarantined_media_is_not_served() {
     let s = server().await;
     let alice = s.register("alice", "alice-password").await;
     let root = admin(&s).await;
-    let (server, id) = s.upload(&alice, "image/png", media::image_bytes(200, 200, image::ImageFormat::Png)).await;
+    let (server, id) =
+        s.upload(&alice, "image/png", media::image_bytes(200, 200, image::ImageFormat::Png)).await;
     let quarantine = format!("/_synapse/admin/v1/media/quarantine/{server}/{id}");
     assert_error(&s.post(&quarantine, alice.token(), json!({})).await, 403, "M_FORBIDDEN");
     assert_eq!(s.post(&quarantine, root.token(), json!({})).await.0, 200);
@@ -282,14 +292,19 @@ async fn purge_deletes_old_media_and_unshared_blobs() {
     let s = server().await;
     let alice = s.register("alice", "alice-password").await;
     let blobs = s.db_path().join("media").join("blobs");
-    let (server, id) = s.upload(&alice, "image/png", media::image_bytes(300, 300, image::ImageFormat::Png)).await;
+    let (server, id) =
+        s.upload(&alice, "image/png", media::image_bytes(300, 300, image::ImageFormat::Png)).await;
     let thumb = format!("{AUTH_THUMBNAIL}/{server}/{id}?width=96&height=96&method=crop");
     assert_eq!(s.get_raw(&thumb, alice.token(), &[]).await.status, 200);
     assert!(count_files(&blobs) > 1, "original and thumbnails stored");
     // Nothing is older than a day.
     let out = s.cli(&["media", "purge", "--older-than-days", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"total\": 0"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"total\": 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(s.download(&alice, &server, &id).await.status, 200);
     // Everything is older than 0 days.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -310,12 +325,14 @@ async fn purge_keeps_blobs_still_used_by_newer_media() {
     // The admin API's form, with a timestamp: delete what was uploaded before now; the
     // second upload is deleted too, so upload a third copy afterwards and check it survives
     // a purge that deletes the first two.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let bytes = media::pseudo_random(100_000, 7);
     let (server, kept) = s.upload(&alice, "application/octet-stream", bytes.clone()).await;
-    let (status, body) =
-        s.post(&format!("/_synapse/admin/v1/media/delete?before_ts={now}"), root.token(), json!({})).await;
+    let (status, body) = s
+        .post(&format!("/_synapse/admin/v1/media/delete?before_ts={now}"), root.token(), json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["total"], 2, "{body}");
     assert!(body["deleted_media"].as_array().unwrap().iter().any(|m| m == old_id.as_str()));
@@ -357,7 +374,8 @@ async fn preview_of_loopback_is_refused() {
         "http://169.254.169.254/latest/meta-data/".to_owned(),
         "http://10.0.0.1/".to_owned(),
     ] {
-        let path = format!("/_matrix/client/v1/media/preview_url?url={}", complement_tests::enc(&url));
+        let path =
+            format!("/_matrix/client/v1/media/preview_url?url={}", complement_tests::enc(&url));
         let (status, body) = s.get(&path, alice.token()).await;
         assert_eq!(status, 403, "{url}: {body}");
     }

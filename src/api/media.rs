@@ -10,11 +10,11 @@ use std::ops::Range;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -325,7 +325,8 @@ async fn serve_thumbnail(
         s.media.content(&server_name, &media_id, legacy, wait).await?;
     match s.media.thumbnail(&media_id, &content, width, height, method).await? {
         Some(t) => {
-            let name = format!("thumbnail.{}", if t.content_type == "image/jpeg" { "jpg" } else { "png" });
+            let name =
+                format!("thumbnail.{}", if t.content_type == "image/jpeg" { "jpg" } else { "png" });
             serve(s, &t.sha256, t.size, &t.content_type, Some(&name), headers, legacy).await
         }
         None => {
@@ -389,10 +390,8 @@ async fn serve(
         return Ok(response);
     }
 
-    let if_range_ok = req
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == etag);
+    let if_range_ok =
+        req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == etag);
     let range = match req.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(r) if if_range_ok => parse_range(r, size),
         _ => RangeRequest::Whole,
@@ -471,9 +470,9 @@ fn disposition(content_type: &str, file_name: Option<&str>) -> HeaderValue {
     let value = match file_name {
         None => kind.to_owned(),
         Some(name)
-            if name.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b" .-_()+,[]@!#$&'~".contains(&b)
-            }) =>
+            if name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" .-_()+,[]@!#$&'~".contains(&b)) =>
         {
             format!("{kind}; filename=\"{name}\"")
         }
@@ -536,7 +535,10 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
                 &format!("{media}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
                 get(legacy_download),
             )
-            .route(&format!("{media}/thumbnail/{{server_name}}/{{media_id}}"), get(legacy_thumbnail));
+            .route(
+                &format!("{media}/thumbnail/{{server_name}}/{{media_id}}"),
+                get(legacy_thumbnail),
+            );
     }
     r
 }

@@ -15,9 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
-};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -118,7 +116,8 @@ pub fn hex(bytes: &[u8]) -> String {
 /// A hash as blob names use it: 64 lower-case hex digits (anything else never names a
 /// file or object).
 fn checked(sha256: &str) -> Result<&str, BlobError> {
-    if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    if sha256.len() == 64
+        && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         Ok(sha256)
     } else {
@@ -403,7 +402,8 @@ mod tests {
         let s = blobs.stage(stream_of(&[b"0123456789"]), 100).await.unwrap();
         let sha = s.sha256.clone();
         blobs.commit(s).await.unwrap();
-        let part: Vec<Bytes> = blobs.read(&sha, Some(3..7)).await.unwrap().try_collect().await.unwrap();
+        let part: Vec<Bytes> =
+            blobs.read(&sha, Some(3..7)).await.unwrap().try_collect().await.unwrap();
         assert_eq!(part.concat(), b"3456");
     }
 

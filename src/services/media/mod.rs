@@ -147,7 +147,9 @@ impl MediaConfig {
             }
         }
         if self.max_pending_uploads == 0 || self.max_thumbnail_pixels == 0 {
-            return Err("media.max_pending_uploads and max_thumbnail_pixels must be positive".into());
+            return Err(
+                "media.max_pending_uploads and max_thumbnail_pixels must be positive".into()
+            );
         }
         Ok(())
     }
@@ -167,7 +169,9 @@ pub struct NoFederation;
 #[async_trait]
 impl RemoteMedia for NoFederation {
     async fn fetch(&self, _: &ServerName, _: &str) -> Result<MediaContent> {
-        Err(Error::NotFound("Remote media is not available: this server does not federate yet".into()))
+        Err(Error::NotFound(
+            "Remote media is not available: this server does not federate yet".into(),
+        ))
     }
 }
 
@@ -205,15 +209,11 @@ pub struct Media {
 }
 
 impl Media {
-    pub async fn new(
-        config: &crate::config::Config,
-        store: Arc<dyn Store>,
-    ) -> Result<Self> {
+    pub async fn new(config: &crate::config::Config, store: Arc<dyn Store>) -> Result<Self> {
         let media = config.media.clone();
         let blobs: Arc<dyn BlobStore> = match media.storage {
             StorageKind::Filesystem => {
-                let path =
-                    media.path.clone().unwrap_or_else(|| config.database.path.join("media"));
+                let path = media.path.clone().unwrap_or_else(|| config.database.path.join("media"));
                 Arc::new(FsBlobs::open(&path).map_err(|e| {
                     Error::Internal(format!("media storage {}: {e}", path.display()))
                 })?)
@@ -222,7 +222,11 @@ impl Media {
                 let s3 = &media.s3;
                 let mut builder = object_store::aws::AmazonS3Builder::new()
                     .with_bucket_name(&s3.bucket)
-                    .with_region(if s3.region.is_empty() { "us-east-1" } else { s3.region.as_str() })
+                    .with_region(if s3.region.is_empty() {
+                        "us-east-1"
+                    } else {
+                        s3.region.as_str()
+                    })
                     .with_access_key_id(&s3.access_key_id)
                     .with_secret_access_key(&s3.secret_access_key)
                     .with_allow_http(s3.allow_http)
@@ -230,9 +234,8 @@ impl Media {
                 if !s3.endpoint.is_empty() {
                     builder = builder.with_endpoint(&s3.endpoint);
                 }
-                let store = builder
-                    .build()
-                    .map_err(|e| Error::Internal(format!("media.s3: {e}")))?;
+                let store =
+                    builder.build().map_err(|e| Error::Internal(format!("media.s3: {e}")))?;
                 Arc::new(ObjectBlobs::new(Arc::new(store), &s3.prefix))
             }
         };
@@ -422,8 +425,8 @@ impl Media {
         legacy: bool,
         wait: Duration,
     ) -> Result<(String, MediaContent)> {
-        let server = ServerName::parse(server_name)
-            .map_err(|_| Error::NotFound("Unknown media".into()))?;
+        let server =
+            ServerName::parse(server_name).map_err(|_| Error::NotFound("Unknown media".into()))?;
         if server.as_str() != self.server_name {
             if !valid_media_id(media_id) {
                 return Err(Error::NotFound("Unknown media".into()));
@@ -486,7 +489,8 @@ impl Media {
         if let Some(t) = self.store.thumbnail(media_id, &key).await? {
             return Ok(Some(t));
         }
-        let stripe = media_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        let stripe =
+            media_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         let _one_at_a_time = self.thumbnail_locks[stripe % self.thumbnail_locks.len()].lock().await;
         if let Some(t) = self.store.thumbnail(media_id, &key).await? {
             return Ok(Some(t));
@@ -523,11 +527,12 @@ impl Media {
         // The pixel limit bounds the decoded image; the compressed bytes are bounded too
         // (a PNG of the maximal size is far below this).
         let byte_limit = self.config.max_thumbnail_pixels.saturating_mul(4).max(16 * 1024 * 1024);
-        let bytes = self.blobs.read_all(&content.sha256, byte_limit).await.map_err(|e| match e {
-            BlobError::TooLarge => Error::TooLarge,
-            BlobError::NotFound(_) => Error::NotFound("The media's content is missing".into()),
-            other => Error::Internal(other.to_string()),
-        })?;
+        let bytes =
+            self.blobs.read_all(&content.sha256, byte_limit).await.map_err(|e| match e {
+                BlobError::TooLarge => Error::TooLarge,
+                BlobError::NotFound(_) => Error::NotFound("The media's content is missing".into()),
+                other => Error::Internal(other.to_string()),
+            })?;
         let max_pixels = self.config.max_thumbnail_pixels;
         let started = Instant::now();
         let made = tokio::task::spawn_blocking(move || {
@@ -539,7 +544,11 @@ impl Media {
             thumbnail::ThumbnailError::TooLarge(_) => Error::TooLarge,
             thumbnail::ThumbnailError::Unsupported(m) => Error::Unknown(m),
         })?;
-        tracing::debug!(media_id, elapsed_ms = started.elapsed().as_millis() as u64, "thumbnails made");
+        tracing::debug!(
+            media_id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "thumbnails made"
+        );
         let mut records = Vec::new();
         let _gc = self.gc.read().await;
         for t in made {
@@ -579,7 +588,9 @@ impl Media {
     /// Sets or clears the quarantine flag of local media.
     pub async fn quarantine(&self, server_name: &str, media_id: &str, on: bool) -> Result<()> {
         if server_name != self.server_name || !valid_media_id(media_id) {
-            return Err(Error::NotFound("Unknown media (only local media can be quarantined)".into()));
+            return Err(Error::NotFound(
+                "Unknown media (only local media can be quarantined)".into(),
+            ));
         }
         if !self.store.set_quarantined(media_id, on).await? {
             return Err(Error::NotFound("Unknown media".into()));
@@ -623,8 +634,8 @@ impl Media {
         if !cfg.enabled {
             return Err(Error::Forbidden("URL previews are disabled on this server".into()));
         }
-        let url = url::Url::parse(url)
-            .map_err(|e| Error::InvalidParam(format!("Invalid URL: {e}")))?;
+        let url =
+            url::Url::parse(url).map_err(|e| Error::InvalidParam(format!("Invalid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::InvalidParam("Only http and https URLs can be previewed".into()));
         }
@@ -651,8 +662,7 @@ impl Media {
             }
         } else if content_type.starts_with("image/") {
             let size = body.len() as u64;
-            let stream: ByteStream =
-                futures_util::stream::once(async move { Ok(body) }).boxed();
+            let stream: ByteStream = futures_util::stream::once(async move { Ok(body) }).boxed();
             let id = self
                 .upload(requester, Some(content_type.clone()), None, stream, Some(size))
                 .await?;
@@ -693,7 +703,9 @@ async fn fetch_limited(
     url: &url::Url,
     limit: u64,
 ) -> Result<(Bytes, String)> {
-    outbound.check_url(url).map_err(|e| Error::Forbidden(format!("Cannot preview this URL: {e}")))?;
+    outbound
+        .check_url(url)
+        .map_err(|e| Error::Forbidden(format!("Cannot preview this URL: {e}")))?;
     let response = outbound.client().get(url.clone()).send().await.map_err(|e| {
         // The resolver's refusal of a non-public address surfaces as a connect error.
         let mut source: Option<&dyn std::error::Error> = Some(&e);

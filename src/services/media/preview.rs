@@ -33,16 +33,16 @@ pub fn parse_opengraph(html: &str, base: &url::Url) -> (Map<String, Value>, Opti
             continue;
         }
         let attrs = tag.attributes();
-        let get = |k: &'static str| {
-            attrs.get(k).flatten().map(|v| v.as_utf8_str().trim().to_owned())
-        };
+        let get =
+            |k: &'static str| attrs.get(k).flatten().map(|v| v.as_utf8_str().trim().to_owned());
         let Some(content) = get("content") else { continue };
         let content = decode_entities(&content);
         let key = get("property").or_else(|| get("name")).map(|k| k.to_ascii_lowercase());
         match key.as_deref() {
             Some("og:image") | Some("og:image:url") | Some("og:image:secure_url") => {
                 if image.is_none() {
-                    image = base.join(&content).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+                    image =
+                        base.join(&content).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
                 }
             }
             Some("description") if description.is_none() => description = Some(content),

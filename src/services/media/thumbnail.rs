@@ -82,7 +82,9 @@ pub fn target_dims(src_w: u32, src_h: u32, size: Size) -> Option<(u32, u32)> {
     match size.method {
         // Fit inside the box, keeping the aspect ratio.
         Method::Scale => {
-            let (w, h) = if tw * sh <= th * sw { (tw, (tw * sh / sw).max(1)) } else {
+            let (w, h) = if tw * sh <= th * sw {
+                (tw, (tw * sh / sw).max(1))
+            } else {
                 ((th * sw / sh).max(1), th)
             };
             Some((w as u32, h as u32))
@@ -93,7 +95,9 @@ pub fn target_dims(src_w: u32, src_h: u32, size: Size) -> Option<(u32, u32)> {
                 Some((tw as u32, th as u32))
             } else {
                 // Shrink the box until it fits the source, keeping its aspect ratio.
-                let (w, h) = if sw * th <= sh * tw { (sw, (sw * th / tw).max(1)) } else {
+                let (w, h) = if sw * th <= sh * tw {
+                    (sw, (sw * th / tw).max(1))
+                } else {
                     ((sh * tw / th).max(1), sh)
                 };
                 Some((w as u32, h as u32))
@@ -128,16 +132,23 @@ pub fn probe(bytes: &[u8]) -> Result<(ImageFormat, u32, u32), ThumbnailError> {
         .map_err(|e| ThumbnailError::Unsupported(e.to_string()))?;
     let format = reader
         .format()
-        .filter(|f| matches!(f, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Gif | ImageFormat::WebP))
+        .filter(|f| {
+            matches!(f, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Gif | ImageFormat::WebP)
+        })
         .ok_or_else(|| ThumbnailError::Unsupported("not a JPEG, PNG, GIF or WebP image".into()))?;
-    let (w, h) = reader.into_dimensions().map_err(|e| ThumbnailError::Unsupported(e.to_string()))?;
+    let (w, h) =
+        reader.into_dimensions().map_err(|e| ThumbnailError::Unsupported(e.to_string()))?;
     Ok((format, w, h))
 }
 
 /// Decodes the image once (refusing more than `max_pixels` pixels before any pixel is
 /// decoded, and bounding the decoder's allocations) and makes a thumbnail for each of
 /// `sizes` that the image is larger than.
-pub fn generate(bytes: &[u8], max_pixels: u64, sizes: &[Size]) -> Result<Vec<Thumbnail>, ThumbnailError> {
+pub fn generate(
+    bytes: &[u8],
+    max_pixels: u64,
+    sizes: &[Size],
+) -> Result<Vec<Thumbnail>, ThumbnailError> {
     let (format, w, h) = probe(bytes)?;
     let pixels = u64::from(w) * u64::from(h);
     if pixels > max_pixels {
@@ -178,11 +189,18 @@ fn crop_to(image: &DynamicImage, tw: u32, th: u32) -> DynamicImage {
     };
     let x = (sw - cw) / 2;
     let y = (sh - ch) / 2;
-    image.crop_imm(x as u32, y as u32, cw as u32, ch as u32).resize_exact(tw, th, FilterType::Triangle)
+    image.crop_imm(x as u32, y as u32, cw as u32, ch as u32).resize_exact(
+        tw,
+        th,
+        FilterType::Triangle,
+    )
 }
 
 /// JPEG stays JPEG (quality 80); everything else becomes PNG (keeps transparency).
-fn encode(image: &DynamicImage, source: ImageFormat) -> Result<(&'static str, Vec<u8>), ThumbnailError> {
+fn encode(
+    image: &DynamicImage,
+    source: ImageFormat,
+) -> Result<(&'static str, Vec<u8>), ThumbnailError> {
     let mut buf = Vec::new();
     let result = if source == ImageFormat::Jpeg {
         JpegEncoder::new_with_quality(&mut buf, 80).encode_image(&image.to_rgb8())

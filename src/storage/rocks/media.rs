@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use rocksdb::{DB, IteratorMode, WriteBatch};
 
-use super::{RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, scan};
+use super::{
+    RocksStore, cf, decode, encode, get_json, handle, key, keys_with_prefix, prefix, scan,
+};
 use crate::storage::StorageResult;
 use crate::storage::media::{
     CompleteOutcome, MediaContent, MediaRecord, MediaStore, ThumbnailRecord,
@@ -169,7 +171,11 @@ impl MediaStore for RocksStore {
         .await
     }
 
-    async fn thumbnail(&self, media_id: &str, key_: &str) -> StorageResult<Option<ThumbnailRecord>> {
+    async fn thumbnail(
+        &self,
+        media_id: &str,
+        key_: &str,
+    ) -> StorageResult<Option<ThumbnailRecord>> {
         let k = key(&[media_id.as_bytes(), key_.as_bytes()]);
         self.blocking(move |db, _| get_json(db, cf::MEDIA_THUMBNAILS, &k)).await
     }
@@ -193,7 +199,11 @@ impl MediaStore for RocksStore {
                     key(&[media_id.as_bytes(), k.as_bytes()]),
                     encode(t),
                 );
-                batch.put_cf(handle(db, cf::MEDIA_BLOB_REFS)?, ref_key(&t.sha256, &media_id, k), []);
+                batch.put_cf(
+                    handle(db, cf::MEDIA_BLOB_REFS)?,
+                    ref_key(&t.sha256, &media_id, k),
+                    [],
+                );
             }
             db.write_opt(batch, &super::synced())?;
             Ok(())
