@@ -34,7 +34,7 @@ use crate::storage::Store;
 use crate::storage::media::{CompleteOutcome, MediaContent, MediaRecord, ThumbnailRecord};
 use crate::storage::now_ms;
 use blobs::{BlobError, BlobStore, ByteStream, FsBlobs, ObjectBlobs};
-use thumbnail::{Method, Size};
+use thumbnail::Method;
 
 /// `[media]` in the configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
