@@ -276,11 +276,13 @@ mod tests {
         assert!(p.permits("::1".parse().expect("ip")));
         assert!(!p.permits("127.0.0.2".parse().expect("ip")));
         assert!(!p.permits("192.168.0.1".parse().expect("ip")));
-        assert!(AddressPolicy::new(&OutboundConfig {
-            allowed_ip_ranges: vec!["not a range".into()],
-            ..OutboundConfig::default()
-        })
-        .is_err());
+        assert!(
+            AddressPolicy::new(&OutboundConfig {
+                allowed_ip_ranges: vec!["not a range".into()],
+                ..OutboundConfig::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]
