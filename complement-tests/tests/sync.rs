@@ -684,3 +684,63 @@ async fn a_state_change_hidden_by_the_timeline_filter_comes_in_state() {
     let state = r["state"]["events"].as_array().unwrap();
     assert!(state.iter().any(|e| e["content"]["topic"] == "new topic"), "{r}");
 }
+
+/// A sync loop resumes the subscription its previous response parked: whatever changed
+/// between two syncs, in any room or stream, comes in the next one; a different filter or a
+/// repeated older token takes the full path and sees the same.
+#[tokio::test]
+async fn changes_between_two_syncs_of_a_loop_all_arrive() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let rooms = [
+        s.create_room(&alice, json!({"preset": "public_chat"})).await,
+        s.create_room(&alice, json!({"preset": "public_chat"})).await,
+    ];
+    for room in &rooms {
+        assert_eq!(s.join(&bob, room).await.0, 200);
+    }
+    let first = s.sync(&bob, None, 0).await;
+    let since = next_batch(&first);
+    // Bob's loop goes on: a quiet incremental sync parks under its (unchanged) token.
+    let quiet = s.sync(&bob, Some(&since), 0).await;
+    let since = next_batch(&quiet);
+    s.send_text(&alice, &rooms[0], "a", "in room 0").await;
+    s.send_text(&alice, &rooms[1], "b", "in room 1").await;
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/m.test", enc(&bob.user_id)),
+            bob.token(),
+            json!({"n": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&rooms[1]), enc(&alice.user_id)),
+            alice.token(),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let check = |body: &serde_json::Value| {
+        assert_eq!(timeline_bodies(&body["rooms"]["join"][&rooms[0]]), vec!["in room 0"], "{body}");
+        assert_eq!(timeline_bodies(&body["rooms"]["join"][&rooms[1]]), vec!["in room 1"], "{body}");
+        let global = body["account_data"]["events"].as_array().expect("account data");
+        assert!(global.iter().any(|e| e["type"] == "m.test"), "{body}");
+        let ephemeral =
+            body["rooms"]["join"][&rooms[1]]["ephemeral"]["events"].as_array().expect("ephemeral");
+        assert!(ephemeral.iter().any(|e| e["type"] == "m.typing"), "{body}");
+    };
+    let resumed = s.sync(&bob, Some(&since), 0).await;
+    check(&resumed);
+    // The same token again (a retried request): the full path, the same answer.
+    check(&s.sync(&bob, Some(&since), 0).await);
+    // Another filter with the token of the loop: the full path too.
+    let filtered =
+        sync_with(&s, &bob, Some(&since), json!({"room": {"timeline": {"limit": 5}}}), "").await;
+    check(&filtered);
+    // And the loop continues from the resumed response: nothing new.
+    let after = s.sync(&bob, Some(&next_batch(&resumed)), 0).await;
+    assert!(after["rooms"]["join"].as_object().expect("join").is_empty(), "{after}");
+}

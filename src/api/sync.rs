@@ -155,6 +155,9 @@ pub async fn sync(
 ) -> Result<Json<Value>> {
     let since_token = req.since.as_deref().map(SyncToken::parse).transpose()?;
     let since = since_token.map(|t| t.events);
+    // What, besides `since`, shapes the response: a parked subscription is resumed only by a
+    // request that asks the same way (see `rooms::notify`).
+    let shape = format!("{:?}", req.filter);
     let filter = match req.filter {
         Some(sync_events::v3::Filter::FilterDefinition(f)) => f,
         Some(sync_events::v3::Filter::FilterId(id)) => {
@@ -197,18 +200,30 @@ pub async fn sync(
     // change before they publish its position, and a pass reads the positions *before* it
     // takes the announcements: so every change at or below the positions it read has been
     // announced to it or to an earlier pass of this request.
-    let subscription = s.rooms.notifier.subscribe(&who.user_id);
+    //
+    // The device's previous sync may have parked its subscription under this very token:
+    // then it has collected every change since that response, and this request's first
+    // pass looks only at those.
+    let device = who.device_id.as_str();
+    let resumed = match &req.since {
+        Some(since) if !opts.full_state => {
+            s.rooms.notifier.resume(&who.user_id, device, &park_key(since, &shape))
+        }
+        _ => None,
+    };
+    let resuming = resumed.is_some();
+    let subscription = resumed.unwrap_or_else(|| s.rooms.notifier.subscribe(&who.user_id));
     // Changes announced before the subscription were not told to it: the first pass covers
     // them, once their positions are published (at once, or after a concurrent writer with
     // an earlier position finishes; bounded all the same).
-    let announced_before = s.rooms.notifier.announced();
+    let announced_before = if resuming { [0; Stream::COUNT] } else { s.rooms.notifier.announced() };
     let publish_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while SyncToken::current(&s).positions().iter().zip(&announced_before).any(|(p, a)| p < a)
         && tokio::time::Instant::now() < publish_deadline
     {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let mut scope: Option<Changes> = None;
+    let mut scope: Option<Changes> = resuming.then(Changes::default);
     loop {
         let current = SyncToken::current(&s);
         let announced = subscription.take();
@@ -261,6 +276,24 @@ pub async fn sync(
             Vec::new()
         };
         let waited_enough = tokio::time::Instant::now() >= deadline;
+        // What this pass was told about (the first pass: about everything, and then
+        // the announcements it took matter only where it could not cover them).
+        // The first pass also answers for what was announced before the subscription: if
+        // that is still unpublished (the wait above gave up), the next pass looks at every
+        // room and those streams again.
+        let seen = match scope.take() {
+            Some(scope) => scope,
+            None => {
+                let mut first = announced;
+                first.merge(Changes {
+                    upto: announced_before,
+                    all_rooms: true,
+                    ..Changes::default()
+                });
+                first
+            }
+        };
+        let covered = seen.covered_by(&current.positions());
         if !empty
             || !global.is_empty()
             || !to_device.is_empty()
@@ -272,6 +305,15 @@ pub async fn sync(
         {
             let one_time_keys_count = s.e2ee_keys.one_time_key_counts(&who).await?;
             let unused_fallback_key_types = s.e2ee_keys.unused_fallback_key_types(&who).await?;
+            // Park the subscription for the device's next sync, with what this response
+            // did not cover: announcements not yet published, and to-device messages
+            // beyond this response's batch.
+            let mut uncovered = if covered { Changes::default() } else { seen };
+            if to_device_seen < current.to_device {
+                uncovered.upto[Stream::ToDevice as usize] = current.to_device;
+            }
+            let key = park_key(&next_batch.to_string(), &shape);
+            s.rooms.notifier.park(&who.user_id, device, key, subscription, uncovered);
             return Ok(Json(json!({
                 "next_batch": next_batch.to_string(),
                 "rooms": rooms,
@@ -283,17 +325,7 @@ pub async fn sync(
                 "device_unused_fallback_key_types": unused_fallback_key_types,
             })));
         }
-        // What this pass was told about (the first pass: about everything, and then
-        // the announcements it took matter only where it could not cover them).
-        // The first pass also answers for what was announced before the subscription: if
-        // that is still unpublished (the wait above gave up), the next pass looks at every
-        // room and those streams again.
-        let seen = scope.take().unwrap_or_else(|| {
-            let mut first = announced;
-            first.merge(Changes { upto: announced_before, all_rooms: true, ..Changes::default() });
-            first
-        });
-        if !seen.covered_by(&current.positions()) {
+        if !covered {
             // A change was announced whose position is not published yet (its writer
             // publishes right after announcing; a concurrent writer before it may still be
             // writing): look again shortly at the same things, and at anything new.
@@ -306,6 +338,12 @@ pub async fn sync(
             scope = Some(Changes::default());
         }
     }
+}
+
+/// The key a response parks its subscription under: the `next_batch` token and the shape of
+/// the request (its filter).
+fn park_key(token: &str, shape: &str) -> String {
+    format!("{token}|{shape}")
 }
 
 /// Account-data records as sync events, global ones and per room, as the filter selects.
