@@ -11,6 +11,7 @@
 
 pub mod e2ee_keys;
 pub mod key_backup;
+pub mod push;
 pub mod receipts;
 mod records;
 pub mod rocks;
@@ -160,6 +161,7 @@ pub trait Store:
     + key_backup::KeyBackupStore
     + e2ee_keys::E2eeKeyStore
     + receipts::ReceiptStore
+    + push::PushStore
 {
 }
 
@@ -173,5 +175,6 @@ impl<T> Store for T where
         + key_backup::KeyBackupStore
         + e2ee_keys::E2eeKeyStore
         + receipts::ReceiptStore
+    + push::PushStore
 {
 }

@@ -98,6 +98,10 @@ mod cf {
     /// `localpart 0xFF target key (device ID or master public key) 0xFF signer user ID 0xFF
     /// signer key ID` → signature (`/keys/signatures/upload`).
     pub const KEY_SIGNATURES: &str = "key_signatures";
+    /// `localpart 0xFF event stream position (u64 BE)` → notification JSON (`/notifications`).
+    pub const NOTIFICATIONS: &str = "notifications";
+    /// `localpart 0xFF app_id 0xFF pushkey` → pusher JSON.
+    pub const PUSHERS: &str = "pushers";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -132,11 +136,14 @@ mod cf {
         DEVICE_LIST_CHANGES,
         CROSS_SIGNING_KEYS,
         KEY_SIGNATURES,
+        NOTIFICATIONS,
+        PUSHERS,
     ];
 }
 
 mod e2ee_keys;
 mod key_backup;
+mod push;
 mod receipts;
 mod rooms;
 mod to_device;
@@ -338,7 +345,7 @@ pub(super) fn scan(db: &DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Ve
 }
 
 /// Adds to `batch` the deletion of one device, its end-to-end keys, every token issued to
-/// it and the to-device messages waiting for it.
+/// it, the to-device messages waiting for it and the pushers it created.
 fn delete_device_in(
     db: &DB,
     batch: &mut WriteBatch,
@@ -348,6 +355,7 @@ fn delete_device_in(
     batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
     to_device::delete_device_messages_in(db, batch, localpart, device_id)?;
     e2ee_keys::delete_device_keys_in(db, batch, localpart, device_id)?;
+    push::delete_device_pushers_in(db, batch, localpart, device_id)?;
     revoke_device_tokens_in(db, batch, localpart, device_id)
 }
 
