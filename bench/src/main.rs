@@ -927,7 +927,9 @@ async fn main() -> Result<(), Error> {
         Some("push_rules") => {
             push::push_rules(server, num(3)? as usize, num(4)? as usize, num(5)? as usize).await
         }
-        Some("push_gateway") => push::push_gateway(server, num(3)? as usize, num(4)? as usize).await,
+        Some("push_gateway") => {
+            push::push_gateway(server, num(3)? as usize, num(4)? as usize).await
+        }
         Some("presence") => ephemeral::presence(server, num(3)? as usize, num(4)? as usize).await,
         Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
         Some("keys") => {

@@ -250,16 +250,55 @@ async fn a_rejected_pushkey_loses_its_pusher() {
 }
 
 #[tokio::test]
-async fn a_user_who_read_the_room_gets_no_push() {
+async fn the_sender_is_never_pushed_for_their_own_message() {
     let s = server().await;
     let gw = Gateway::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
     let room = room_of_two(&s, &alice, &bob).await;
     assert_eq!(set_pusher(&s, &bob, http_pusher("bob-key", &gw.url())).await.0, 200);
-    // bob's own message reads the room for him; nobody is pushed for it.
     send(&s, &bob, &room, "t1", "I am here").await;
     assert!(gw.wait_for(1).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_push_the_user_has_read_meanwhile_is_not_retried() {
+    // Retries a second apart: time for bob to read the message after the first failure.
+    let s = TestServer::start_with(ServerOptions {
+        extra_toml: "[outbound]\nallowed_ip_ranges = [\"127.0.0.1/32\"]\n\n\
+                     [push]\nretry_base_ms = 1500\nmax_attempts = 3\n"
+            .into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let gw = Gateway::start().await;
+    gw.answer(500, json!({}));
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = room_of_two(&s, &alice, &bob).await;
+    assert_eq!(set_pusher(&s, &bob, http_pusher("bob-key", &gw.url())).await.0, 200);
+    let event = send(&s, &alice, &room, "t1", "hello").await;
+    for _ in 0..200 {
+        if !gw.received().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.received().len(), 1, "the first attempt failed");
+    let (status, res) = s
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                complement_tests::enc(&room),
+                complement_tests::enc(&event)
+            ),
+            bob.token(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{res}");
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(gw.received().len(), 1, "no retry once bob read it");
 }
 
 #[tokio::test]

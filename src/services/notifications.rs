@@ -80,87 +80,97 @@ pub fn start(services: Weak<Services>, capacity: usize) -> PostCommit {
     })
 }
 
-/// Evaluates every member's rules against a batch of committed events.
+/// Evaluates every member's rules against a batch of committed events (an event that
+/// fails is logged and skipped; the others go on).
 async fn evaluate_batch(s: &Services, batch: &[Committed]) -> Result<()> {
     let mut records = Vec::new();
     let mut jobs = Vec::new();
     for c in batch {
-        let Some(room) = s.rooms.get(
-            <&RoomId>::try_from(c.room_id.as_str())
-                .map_err(|e| Error::Internal(format!("committed event with bad room ID: {e}")))?,
-        ) else {
-            continue;
-        };
-        let Some((record, pdu)) = s.rooms.event(&c.event_id).await? else { continue };
-        if record.redacted_by.is_some() {
-            continue;
-        }
-        let server = s.config.server_name.as_str();
-        let mut targets: Vec<OwnedUserId> = room
-            .joined()
-            .into_iter()
-            .filter(|u| u.server_name() == server && *u != pdu.sender)
-            .collect();
-        // The invited user is not a member yet, but `.m.rule.invite_for_me` is for them.
-        if pdu.kind == ruma::events::TimelineEventType::RoomMember
-            && let Some(target) = pdu.state_key.as_deref()
-            && let Ok(target) = <&UserId>::try_from(target)
-            && target.server_name() == server
-            && target != pdu.sender
-            && pdu.content_as::<Value>().is_some_and(|c| c["membership"] == "invite")
-            && !targets.iter().any(|u| u == target)
-        {
-            targets.push(target.to_owned());
-        }
-        if targets.is_empty() {
-            continue;
-        }
-        let flat = FlatEvent::new(&pdu);
-        let mut ctx = push::room_ctx(&room, room.joined_count());
-        let mut thread: Option<Option<String>> = None;
-        for user in targets {
-            let rules = s.push_rules.get(&s.user_data, &user).await?;
-            let actions = push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user).await;
-            let (notify, highlight) = push::notify_highlight(&actions);
-            if !notify {
-                continue;
-            }
-            let thread = match &thread {
-                Some(t) => t.clone(),
-                None => {
-                    let t = push::thread_of(&s.rooms, &pdu).await?;
-                    thread = Some(t.clone());
-                    t
-                }
-            };
-            let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
-            records.push((
-                user.localpart().to_owned(),
-                NotificationRecord {
-                    room_id: c.room_id.clone(),
-                    event_id: c.event_id.clone(),
-                    pos: c.pos,
-                    ts: now_ms(),
-                    actions: actions_json,
-                    highlight,
-                    thread_id: thread.clone(),
-                },
-            ));
-            if s.pushers.has_pushers(&user) {
-                jobs.push(PushJob {
-                    user,
-                    room_id: room.id.clone(),
-                    event_id: c.event_id.clone(),
-                    pos: c.pos,
-                    thread,
-                    actions,
-                });
-            }
+        if let Err(e) = evaluate_event(s, c, &mut records, &mut jobs).await {
+            tracing::warn!(event = %c.event_id, error = %e, "push-rule evaluation of an event failed");
         }
     }
     s.store.put_notifications(records).await?;
     for job in jobs {
         s.pushers.enqueue(job);
+    }
+    Ok(())
+}
+
+async fn evaluate_event(
+    s: &Services,
+    c: &Committed,
+    records: &mut Vec<(String, NotificationRecord)>,
+    jobs: &mut Vec<PushJob>,
+) -> Result<()> {
+    let room_id = <&RoomId>::try_from(c.room_id.as_str())
+        .map_err(|e| Error::Internal(format!("committed event with bad room ID: {e}")))?;
+    let Some(room) = s.rooms.get(room_id) else { return Ok(()) };
+    let Some((record, pdu)) = s.rooms.event(&c.event_id).await? else { return Ok(()) };
+    if record.redacted_by.is_some() {
+        return Ok(());
+    }
+    let server = s.config.server_name.as_str();
+    let mut targets: Vec<OwnedUserId> = room
+        .joined()
+        .into_iter()
+        .filter(|u| u.server_name() == server && *u != pdu.sender)
+        .collect();
+    // The invited user is not a member yet, but `.m.rule.invite_for_me` is for them.
+    if pdu.kind == ruma::events::TimelineEventType::RoomMember
+        && let Some(target) = pdu.state_key.as_deref()
+        && let Ok(target) = <&UserId>::try_from(target)
+        && target.server_name() == server
+        && target != pdu.sender
+        && pdu.content_as::<Value>().is_some_and(|c| c["membership"] == "invite")
+        && !targets.iter().any(|u| u == target)
+    {
+        targets.push(target.to_owned());
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let flat = FlatEvent::new(&pdu);
+    let mut ctx = push::room_ctx(&room, room.joined_count());
+    let mut thread: Option<Option<String>> = None;
+    for user in targets {
+        let rules = s.push_rules.get(&s.user_data, &user).await?;
+        let actions = push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user).await;
+        let (notify, highlight) = push::notify_highlight(&actions);
+        if !notify {
+            continue;
+        }
+        let thread = match &thread {
+            Some(t) => t.clone(),
+            None => {
+                let t = push::thread_of(&s.rooms, &pdu).await?;
+                thread = Some(t.clone());
+                t
+            }
+        };
+        let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
+        records.push((
+            user.localpart().to_owned(),
+            NotificationRecord {
+                room_id: c.room_id.clone(),
+                event_id: c.event_id.clone(),
+                pos: c.pos,
+                ts: now_ms(),
+                actions: actions_json,
+                highlight,
+                thread_id: thread.clone(),
+            },
+        ));
+        if s.pushers.has_pushers(&user) {
+            jobs.push(PushJob {
+                user,
+                room_id: room.id.clone(),
+                event_id: c.event_id.clone(),
+                pos: c.pos,
+                thread,
+                actions,
+            });
+        }
     }
     Ok(())
 }

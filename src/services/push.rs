@@ -54,6 +54,8 @@ pub struct UserRules {
 }
 
 impl UserRules {
+    // `contains_display_name` is deprecated (spec v1.17) but users may still have rules with it.
+    #[allow(deprecated)]
     fn new(ruleset: Ruleset) -> Self {
         let needs_display_name =
             ruleset.override_.iter().chain(ruleset.underride.iter()).any(|r| {
@@ -181,8 +183,9 @@ impl FlatEvent {
         };
         // Serializing plain strings and a valid JSON value cannot fail; if it did, the event
         // would match nothing.
-        let raw: Raw<Value> = Raw::new(&view).unwrap_or_else(|_| Raw::new(&json!({})).expect("{}"));
-        Self(FlattenedJson::from_raw(&raw))
+        let raw = serde_json::value::to_raw_value(&view)
+            .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("valid JSON"));
+        Self(FlattenedJson::from_raw(&Raw::<Value>::from_json(raw)))
     }
 }
 

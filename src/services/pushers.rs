@@ -243,7 +243,7 @@ async fn deliver(s: &Services, job: &PushJob) -> Result<()> {
             }
         }
         let body = json!({ "notification": notification });
-        send(s, &pusher, &url, &body).await;
+        send(s, job, &pusher, &url, &body).await;
     }
     Ok(())
 }
@@ -273,9 +273,9 @@ fn tweaks(actions: &[Action]) -> Map<String, Value> {
     out
 }
 
-/// POSTs a notification to one pusher's gateway, retrying failures with backoff; deletes
-/// the pusher if the gateway rejects its pushkey.
-async fn send(s: &Services, pusher: &PusherRecord, url: &str, body: &Value) {
+/// POSTs a notification to one pusher's gateway, retrying failures with backoff (unless the
+/// user read the event meanwhile); deletes the pusher if the gateway rejects its pushkey.
+async fn send(s: &Services, job: &PushJob, pusher: &PusherRecord, url: &str, body: &Value) {
     let Ok(url) = url::Url::parse(url) else { return };
     if let Err(e) = s.outbound.check_url(&url) {
         tracing::warn!(url = %url, error = %e, "push gateway refused by the outbound policy");
@@ -285,6 +285,14 @@ async fn send(s: &Services, pusher: &PusherRecord, url: &str, body: &Value) {
     let mut delay = Duration::from_millis(cfg.retry_base_ms.max(1));
     let max_delay = Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_base_ms).max(1));
     for attempt in 1..=cfg.max_attempts.max(1) {
+        if attempt > 1
+            && s.receipts
+                .read_marks(&job.room_id, &job.user)
+                .await
+                .is_ok_and(|marks| marks.is_read(job.pos, job.thread.as_deref()))
+        {
+            return; // read meanwhile: the push would be stale
+        }
         let started = std::time::Instant::now();
         let result = s.outbound.client().post(url.clone()).json(body).send().await;
         metrics::histogram!("axon_push_request_seconds").record(started.elapsed().as_secs_f64());

@@ -175,6 +175,6 @@ impl<T> Store for T where
         + key_backup::KeyBackupStore
         + e2ee_keys::E2eeKeyStore
         + receipts::ReceiptStore
-    + push::PushStore
+        + push::PushStore
 {
 }
