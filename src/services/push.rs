@@ -175,7 +175,7 @@ impl FlatEvent {
     pub fn new(pdu: &Pdu) -> Self {
         let view = MatchView {
             kind: pdu.kind.to_string(),
-            content: &*pdu.content,
+            content: &pdu.content,
             sender: &pdu.sender,
             room_id: &pdu.room_id,
             event_id: &pdu.event_id,

@@ -178,7 +178,7 @@ impl Unread {
                         )
                         .await?;
                     if ids.len() > MAX_UNREAD_SCAN {
-                        self.from_scratch(c, &mut room_ctx, current).await?
+                        self.count_from_scratch(c, &mut room_ctx, current).await?
                     } else {
                         for (pos, id) in ids {
                             e.apply(c.effect(pos, &id, &mut room_ctx).await?);
@@ -190,7 +190,7 @@ impl Unread {
                     e
                 }
             }
-            _ => self.from_scratch(c, &mut room_ctx, current).await?,
+            _ => self.count_from_scratch(c, &mut room_ctx, current).await?,
         };
         let counts = tally(&entry, c.marks);
         let mut cache = self.cache.lock();
@@ -202,7 +202,7 @@ impl Unread {
     }
 
     /// Examines the newest events after the unthreaded receipt, up to `current`.
-    async fn from_scratch(
+    async fn count_from_scratch(
         &self,
         c: &CountCtx<'_>,
         room_ctx: &mut Option<ruma::push::PushConditionRoomCtx>,
