@@ -10,6 +10,8 @@
 #   - /keys/query and /keys/claim requests/s over 1 000 devices with keys (axon-bench keys)
 #   - read receipts: 1 000 members of one room posting receipts, 100 of them long-polling (axon-bench receipts)
 #   - typing: 10 typers toggling -> 100 receivers; presence: one status change -> 1 000 room-mates
+#   - push rules: 2 000 events into a 1 000-member room, evaluated after commit (axon-bench push_rules);
+#     notify requests/s to a push gateway on loopback, 100 users x 100 messages (axon-bench push_gateway)
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -45,6 +47,9 @@ events = { per_second = 1000000.0, burst = 1000000 }
 level = "warn"
 [metrics]
 listen = "127.0.0.1:$metrics_port"
+[outbound]
+# The push_gateway phase's gateway runs in axon-bench on loopback.
+allowed_ip_ranges = ["127.0.0.1/32"]
 TOML
 
 "$BIN" --config "$work/axon.toml" >/dev/null 2>"$work/stderr" &
@@ -95,6 +100,9 @@ echo "== events"
 echo "== typing and presence"
 "$LOADGEN" "$base" typing 100 10 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" presence 1000 20 | tee -a "$work/events.txt"
+echo "== notifications"
+"$LOADGEN" "$base" push_rules 1000 2000 64 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" push_gateway 100 100 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 

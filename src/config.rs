@@ -58,6 +58,8 @@ pub struct Config {
     pub outbound: crate::outbound::OutboundConfig,
     /// The media repository: uploads, downloads, thumbnails, blob storage, URL previews.
     pub media: crate::services::media::MediaConfig,
+    /// Notifications: push-rule evaluation, `/notifications`, pushers and their delivery.
+    pub push: PushConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +200,48 @@ impl Default for PresenceConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Evaluate push rules after commit: `/notifications` entries and pushes. Off, neither
+    /// happens (unread counts in `/sync` are evaluated at sync time and stay exact).
+    pub enabled: bool,
+    /// Events waiting for push-rule evaluation (after they are durable) at most; past it,
+    /// new events get no `/notifications` entry and no push (unread counts in `/sync` are
+    /// unaffected), and the drop is logged and counted (`axon_push_events_dropped_total`).
+    pub queue_events: usize,
+    /// First delay before retrying a push the gateway failed (5xx, 429, no connection),
+    /// in milliseconds; doubled after each failure up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Attempts per push before it is given up.
+    pub max_attempts: u32,
+    /// Pushes waiting or in flight at most (past it new ones are dropped and logged).
+    pub max_pending_pushes: usize,
+    /// Push requests in flight at once.
+    pub concurrent_requests: usize,
+    /// Pushers one user may have.
+    pub max_pushers_per_user: usize,
+    /// Days `/notifications` entries are kept.
+    pub notification_retention_days: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queue_events: 100_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
+            max_attempts: 10,
+            max_pending_pushes: 10_000,
+            concurrent_requests: 64,
+            max_pushers_per_user: 20,
+            notification_retention_days: 30,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -213,6 +257,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             outbound: crate::outbound::OutboundConfig::default(),
             media: crate::services::media::MediaConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }

@@ -50,7 +50,7 @@ impl Server {
 }
 
 /// `n` new users, all joined to one room the first one created.
-async fn users_in_one_room(
+pub(crate) async fn users_in_one_room(
     server: &Arc<Server>,
     n: usize,
 ) -> Result<(Vec<Arc<User>>, String), Error> {

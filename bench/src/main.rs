@@ -49,6 +49,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 mod media;
+mod push;
 mod receipts;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -905,7 +906,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail | push_rules MEMBERS EVENTS CONCURRENCY | push_gateway USERS EVENTS)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -924,6 +925,12 @@ async fn main() -> Result<(), Error> {
         }
         Some("typing") => {
             ephemeral::typing(server, num(3)? as usize, num(4)? as usize, num(5)?).await
+        }
+        Some("push_rules") => {
+            push::push_rules(server, num(3)? as usize, num(4)? as usize, num(5)? as usize).await
+        }
+        Some("push_gateway") => {
+            push::push_gateway(server, num(3)? as usize, num(4)? as usize).await
         }
         Some("presence") => ephemeral::presence(server, num(3)? as usize, num(4)? as usize).await,
         Some("to_device") => to_device(server, num(3)? as usize, num(4)? as usize, num(5)?).await,

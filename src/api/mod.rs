@@ -142,11 +142,22 @@ pub fn client_routes() -> Router<AppState> {
         r,
         receipts::set_read_marker,
     );
-    let r = route::<ruma::api::client::push::get_pushrules_all::v3::Request, _, _>(r, push::all);
-    let r = route::<ruma::api::client::push::get_pushrules_global_scope::v3::Request, _, _>(
-        r,
-        push::global,
-    );
+    // Push rules, pushers, notifications.
+    let r = {
+        use ruma::api::client::push as p;
+        let r = route::<p::get_pushrules_all::v3::Request, _, _>(r, push::all);
+        let r = route::<p::get_pushrules_global_scope::v3::Request, _, _>(r, push::global);
+        let r = route::<p::get_pushrule::v3::Request, _, _>(r, push::get_rule);
+        let r = route::<p::set_pushrule::v3::Request, _, _>(r, push::set_rule);
+        let r = route::<p::delete_pushrule::v3::Request, _, _>(r, push::delete_rule);
+        let r = route::<p::get_pushrule_enabled::v3::Request, _, _>(r, push::get_enabled);
+        let r = route::<p::set_pushrule_enabled::v3::Request, _, _>(r, push::set_enabled);
+        let r = route::<p::get_pushrule_actions::v3::Request, _, _>(r, push::get_actions);
+        let r = route::<p::set_pushrule_actions::v3::Request, _, _>(r, push::set_actions);
+        let r = route::<p::get_pushers::v3::Request, _, _>(r, push::pushers);
+        let r = route::<p::set_pusher::v3::Request, _, _>(r, push::set_pusher);
+        route::<p::get_notifications::v3::Request, _, _>(r, push::notifications)
+    };
     let r = route::<ruma::api::client::keys::upload_keys::v3::Request, _, _>(r, e2ee_keys::upload);
     let r = route::<ruma::api::client::keys::get_keys::v3::Request, _, _>(r, e2ee_keys::query);
     let r = route::<ruma::api::client::keys::claim_keys::v3::Request, _, _>(r, e2ee_keys::claim);

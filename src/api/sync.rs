@@ -29,6 +29,7 @@ use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::services::Services;
 use crate::services::accounts::Identity;
 use crate::services::device_lists::{ListChanges, ListsPos};
+use crate::services::notifications;
 
 /// Longest a client may make us hold a request.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -120,8 +121,6 @@ impl std::fmt::Display for SyncToken {
 }
 
 struct Options {
-    /// The user's display name (for highlights), read when a room's counts first need it.
-    displayname: tokio::sync::OnceCell<Option<String>>,
     since: Option<u64>,
     /// Every stream's `since` position (`None`: an initial sync).
     since_token: Option<SyncToken>,
@@ -178,7 +177,6 @@ pub async fn sync(
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
         .clamp(1, 1000);
     let opts = Options {
-        displayname: tokio::sync::OnceCell::new(),
         since,
         since_token,
         since_account_data: since_token.map(|t| t.account_data),
@@ -238,11 +236,14 @@ pub async fn sync(
             (Vec::new(), current.to_device)
         };
         let next_batch = SyncToken { to_device: to_device_seen, ..current };
-        let account_data = if looks_at(Stream::AccountData) {
+        let mut account_data = if looks_at(Stream::AccountData) {
             s.user_data.changed(&who.user_id, opts.since_account_data, current.account_data).await?
         } else {
             Vec::new()
         };
+        if opts.since_account_data.is_none() {
+            notifications::add_default_push_rules(&mut account_data, &who.user_id);
+        }
         let (global, by_room) = split_account_data(account_data, &opts.filter);
         let candidates = match &scope {
             Some(changes) if !changes.all_rooms => {
@@ -446,8 +447,8 @@ async fn build_rooms(
                     ephemeral_events(s, &room.id, &who.user_id, ephemeral_since, tokens, opts)
                         .await?;
                 // How far the user has read (their own read receipts): unread counts.
-                let read = s.receipts.read_position(&room.id, &who.user_id).await?;
-                let read_moved = read.is_some_and(|(_, pos)| {
+                let read = s.receipts.read_marks(&room.id, &who.user_id).await?;
+                let read_moved = read.latest_receipt.is_some_and(|pos| {
                     opts.since_token.is_none_or(|t| pos > t.receipts && pos <= tokens.receipts)
                 });
                 if !newly_joined
@@ -489,33 +490,10 @@ async fn build_rooms(
                 {
                     obj.insert("summary".into(), summary(&room, &who.user_id));
                 }
-                let read_pos = read.map(|(event_pos, _)| event_pos);
-                let displayname = opts
-                    .displayname
-                    .get_or_try_init(|| async {
-                        Ok::<_, Error>(
-                            s.rooms.profile_of(&who.user_id).await?.and_then(|p| p.displayname),
-                        )
-                    })
-                    .await?;
-                let unread = s
-                    .unread
-                    .counts(
-                        &s.rooms,
-                        &room.id,
-                        &who.user_id,
-                        displayname.as_deref(),
-                        read_pos,
-                        current,
-                    )
-                    .await?;
-                obj.insert(
-                    "unread_notifications".into(),
-                    json!({
-                        "notification_count": unread.notifications,
-                        "highlight_count": unread.highlights,
-                    }),
-                );
+                let unread =
+                    notifications::room_counts(s, &room, &who.user_id, &read, current).await?;
+                let threads = opts.filter.room.timeline.unread_thread_notifications;
+                notifications::insert_counts(obj, &unread, threads);
                 obj.insert("ephemeral".into(), json!({"events": ephemeral}));
                 join.insert(room.id.to_string(), entry);
             }

@@ -58,12 +58,22 @@ pub async fn get_filter(
     Ok(Json(filter))
 }
 
+/// The spec's server-managed types may not be set through `/account_data` (405): push
+/// rules change through `/pushrules`.
+fn refuse_server_managed(kind: &str) -> Result<()> {
+    if kind == crate::services::push::PUSH_RULES {
+        return Err(Error::Unrecognized { method_not_allowed: true });
+    }
+    Ok(())
+}
+
 pub async fn set_global_account_data(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<set_global_account_data::v3::Request>,
 ) -> Result<RumaResponse<set_global_account_data::v3::Response>> {
     require_self(&who, &req.user_id, "account data")?;
+    refuse_server_managed(&req.event_type.to_string())?;
     let content = raw(&req.data)?;
     s.user_data.set_account_data(&who.user_id, None, &req.event_type.to_string(), content).await?;
     Ok(RumaResponse(set_global_account_data::v3::Response::new()))
@@ -95,6 +105,7 @@ pub async fn set_room_account_data(
     if room.membership_of(&who.user_id).is_none() {
         return Err(Error::Forbidden("You have never been in this room".into()));
     }
+    refuse_server_managed(&req.event_type.to_string())?;
     let content = raw(&req.data)?;
     s.user_data
         .set_account_data(&who.user_id, Some(&req.room_id), &req.event_type.to_string(), content)

@@ -12,8 +12,10 @@
 //! - An event is acknowledged only after the fsync that made it durable (kill -9 safe).
 //! - Many events share one fsync under load, so throughput is not bound by the disk's
 //!   flush latency.
+//! - Once a batch is durable and published, its events go to the post-commit hook (if set:
+//!   push-rule evaluation), which only queues them: nothing after the fsync waits for it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -33,6 +35,18 @@ struct Request {
     done: oneshot::Sender<Result<u64>>,
 }
 
+/// An event that is durable and visible, as the post-commit hook gets it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub pos: u64,
+    pub event_id: String,
+    pub room_id: String,
+}
+
+/// Takes each committed batch, in stream order; runs in the committer, so it must only
+/// queue (never wait).
+pub type PostCommit = Box<dyn Fn(Vec<Committed>) + Send + Sync>;
+
 /// A submitted request; resolves to its last stream position once durable and visible.
 pub struct Pending(oneshot::Receiver<Result<u64>>);
 
@@ -47,6 +61,7 @@ impl Pending {
 pub struct Committer {
     queue: mpsc::UnboundedSender<Request>,
     position: watch::Receiver<u64>,
+    hook: Arc<OnceLock<PostCommit>>,
 }
 
 impl Committer {
@@ -54,8 +69,14 @@ impl Committer {
     pub fn start(store: Arc<dyn Store>, last_pos: u64) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let (pos_tx, position) = watch::channel(last_pos);
-        tokio::spawn(run(store, rx, pos_tx, last_pos));
-        Self { queue, position }
+        let hook = Arc::new(OnceLock::new());
+        tokio::spawn(run(store, rx, pos_tx, last_pos, hook.clone()));
+        Self { queue, position, hook }
+    }
+
+    /// Sets the post-commit hook (once, at start-up; later calls are ignored).
+    pub fn set_post_commit(&self, hook: PostCommit) {
+        let _ = self.hook.set(hook);
     }
 
     /// Persists the events (in order, one room's events contiguous) and returns the stream
@@ -90,6 +111,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     position: watch::Sender<u64>,
     mut last_pos: u64,
+    hook: Arc<OnceLock<PostCommit>>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut requests = vec![first];
@@ -111,6 +133,16 @@ async fn run(
         }
         let first_pos = last_pos + 1;
         let n = writes.len() as u64;
+        let committed: Option<Vec<Committed>> = hook.get().map(|_| {
+            (first_pos..)
+                .zip(&writes)
+                .map(|(pos, w)| Committed {
+                    pos,
+                    event_id: w.event_id.clone(),
+                    room_id: w.room_id.clone(),
+                })
+                .collect()
+        });
         let started = std::time::Instant::now();
         let result = store.append_events(writes, first_pos).await;
         metrics::histogram!("axon_event_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -126,6 +158,9 @@ async fn run(
                 position.send_replace(last_pos);
                 for (done, end) in answers {
                     let _ = done.send(Ok(end));
+                }
+                if let (Some(hook), Some(committed)) = (hook.get(), committed) {
+                    hook(committed);
                 }
             }
             Err(e) => {

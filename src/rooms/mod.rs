@@ -106,6 +106,11 @@ impl Room {
             .collect()
     }
 
+    /// How many members are joined (push rules' `room_member_count`).
+    pub fn joined_count(&self) -> usize {
+        self.inner.read().members.values().filter(|m| m.as_str() == "join").count()
+    }
+
     pub fn last_pos(&self) -> u64 {
         self.inner.read().head.last_pos
     }

@@ -10,8 +10,11 @@ pub mod e2ee_keys;
 pub mod key_backup;
 pub mod lazy_members;
 pub mod media;
+pub mod notifications;
 pub mod passwords;
 pub mod presence;
+pub mod push;
+pub mod pushers;
 pub mod ratelimit;
 pub mod receipts;
 pub mod streams;
@@ -61,6 +64,10 @@ pub struct Services {
     pub outbound: crate::outbound::Outbound,
     /// The media repository (uploads, downloads, thumbnails, URL previews).
     pub media: media::Media,
+    /// Users' push rules (stored as `m.push_rules` account data).
+    pub push_rules: push::PushRules,
+    /// Pushers and push-gateway delivery.
+    pub pushers: pushers::Pushers,
 }
 
 impl Services {
@@ -103,6 +110,8 @@ impl Services {
         let outbound = crate::outbound::Outbound::new(&config.outbound)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         let media = media::Media::new(&config, store.clone()).await?;
+        let pushers =
+            pushers::Pushers::load(store.clone(), outbound.clone(), config.push.clone()).await?;
         let rooms_notifier = rooms.notifier.clone();
         let presence_enabled = config.presence.enabled;
         let services = Arc::new(Self {
@@ -123,7 +132,22 @@ impl Services {
             presence: presence::Presence::start(presence_enabled, rooms_notifier),
             outbound,
             media,
+            push_rules: push::PushRules::default(),
+            pushers,
         });
+        // Push rules are evaluated once events are durable, off the send path; pushes need
+        // the services (weakly held: they end with the server).
+        services.pushers.set_services(Arc::downgrade(&services));
+        if services.config.push.enabled {
+            services.rooms.committer.set_post_commit(notifications::start(
+                Arc::downgrade(&services),
+                services.config.push.queue_events,
+            ));
+        }
+        notifications::start_pruning(
+            Arc::downgrade(&services),
+            services.config.push.notification_retention_days,
+        );
         // A device-list change wakes everyone sharing a room with the user.
         let weak = Arc::downgrade(&services);
         services.device_lists.set_audience(Box::new(move |user| {

@@ -53,6 +53,30 @@ pub struct NewReceipt {
     pub event_pos: u64,
 }
 
+/// How far a user has read in a room, by thread (event stream positions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadMarks {
+    /// The unthreaded receipt: everything up to it is read, in every thread.
+    pub unthreaded: Option<u64>,
+    /// The `main` receipt: the main timeline up to it is read.
+    pub main: Option<u64>,
+    /// Receipts in threads, by thread root.
+    pub threads: HashMap<String, Option<u64>>,
+    /// The receipt-stream position of the user's latest receipt in the room.
+    pub latest_receipt: Option<u64>,
+}
+
+impl ReadMarks {
+    /// Whether the event at `pos` in `thread` (`None`: the main timeline) is read.
+    pub fn is_read(&self, pos: u64, thread: Option<&str>) -> bool {
+        let threaded = match thread {
+            None => self.main,
+            Some(root) => self.threads.get(root).copied().flatten(),
+        };
+        self.unthreaded.max(threaded).is_some_and(|read| pos <= read)
+    }
+}
+
 /// One room's receipts, by user and by receipt position.
 #[derive(Default)]
 struct RoomReceipts {
@@ -252,6 +276,29 @@ impl Receipts {
             .filter(|r| r.thread_id.as_deref().is_none_or(|t| t == "main"))
             .map(|r| (r.event_pos, r.pos))
             .max())
+    }
+
+    /// Everything the user's own receipts say about what they read in the room (event
+    /// positions; `m.read` and `m.read.private` alike, the later one counting), for unread
+    /// counts per thread.
+    pub async fn read_marks(&self, room: &RoomId, user: &UserId) -> Result<ReadMarks> {
+        let cell = self.room(room).await?;
+        let mut marks = ReadMarks::default();
+        let Some(receipts) = cell.get() else { return Ok(marks) };
+        let receipts = receipts.read();
+        for r in receipts.of(user) {
+            if r.receipt_type != READ && r.receipt_type != READ_PRIVATE {
+                continue;
+            }
+            marks.latest_receipt = marks.latest_receipt.max(Some(r.pos));
+            let slot = match r.thread_id.as_deref() {
+                None => &mut marks.unthreaded,
+                Some("main") => &mut marks.main,
+                Some(root) => marks.threads.entry(root.to_owned()).or_default(),
+            };
+            *slot = (*slot).max(Some(r.event_pos));
+        }
+        Ok(marks)
     }
 
     /// The room's `m.receipt` event for `viewer`: the receipts that changed in

@@ -1,31 +1,39 @@
-//! Unread notification and highlight counts per (user, room), as `/sync` reports them.
+//! Unread notification and highlight counts per (user, room), as `/sync` reports them,
+//! split by thread for clients that ask (`unread_thread_notifications`).
 //!
-//! A count covers the events after the user's read position, or after their own latest
-//! event, whichever is later (people have read what they sent). Counts are cached per
-//! (user, room) with the stream position they were computed at, so a sync only examines the
-//! events that arrived since: O(new events), not O(unread). A moved read position recomputes
-//! from scratch, looking at the newest [`MAX_UNREAD_SCAN`] events at most (the count
-//! saturates there). Which events count and which highlight is the default push rules'
-//! behaviour in short: messages, encrypted events, stickers and call invites notify
-//! (`m.notice` does not); a mention (`m.mentions`, display name or user ID in the body)
-//! highlights. Full push-rule evaluation comes with the notifications milestone.
+//! What counts is what the user's push rules say ([`crate::services::push`]): an event
+//! whose actions `notify` counts, `set_tweak: highlight` also as a highlight. The user's
+//! own events never count, and one of their own events marks their earlier events of the
+//! same thread read (sending is reading, as the spec says). An event is read when the user's
+//! receipts cover it ([`ReadMarks::is_read`]: the unthreaded receipt for everything, the
+//! `main` receipt for the main timeline, a thread's receipt for that thread).
+//!
+//! Each (user, room) caches the notifying events after the user's unthreaded receipt with
+//! the stream position it has examined, so a sync evaluates only the events that arrived
+//! since (O(new events)); a receipt moving forwards only drops entries, it never rescans.
+//! The first count examines the newest [`MAX_UNREAD_SCAN`] events after the receipt at
+//! most, and an entry keeps at most [`MAX_ITEMS`] notifying events (the count saturates
+//! there). Evaluating here, at sync time, is what makes the counts exact at every sync
+//! (the spec wants an event's count in the same response as the event); the background
+//! evaluation ([`crate::services::notifications`]) stores `/notifications` and pushes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde_json::Value;
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
 use crate::error::Result;
-use crate::rooms::Rooms;
+use crate::rooms::{Room, Rooms};
+use crate::services::push::{self, FlatEvent, UserRules};
+use crate::services::receipts::ReadMarks;
 
-/// Most recent events examined when counting from scratch; the count saturates.
+/// Most recent events examined when counting from scratch.
 pub const MAX_UNREAD_SCAN: usize = 200;
+/// Notifying events an entry keeps (the counts saturate there).
+pub const MAX_ITEMS: usize = 1_000;
 /// Cached entries before the cache starts over (bounds memory; entries are cheap to redo).
 const MAX_ENTRIES: usize = 1_000_000;
-
-const NOTIFYING_TYPES: &[&str] =
-    &["m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -40,11 +48,45 @@ impl Counts {
     }
 }
 
-#[derive(Clone, Copy)]
+/// A room's counts: in all, in the main timeline, and per thread root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomCounts {
+    pub total: Counts,
+    pub main: Counts,
+    pub threads: BTreeMap<String, Counts>,
+}
+
+#[derive(Clone)]
+struct Item {
+    pos: u64,
+    highlight: bool,
+    thread: Option<Arc<str>>,
+}
+
+#[derive(Clone)]
 struct Entry {
-    read_pos: Option<u64>,
+    /// The unthreaded receipt the items are after.
+    floor: Option<u64>,
+    /// The last stream position examined.
     upto: u64,
-    counts: Counts,
+    items: Vec<Item>,
+}
+
+impl Entry {
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Own { pos, thread } => {
+                self.items.retain(|i| i.pos > pos || i.thread.as_deref() != thread.as_deref());
+            }
+            Effect::Notify(item) => {
+                if self.items.len() >= MAX_ITEMS {
+                    self.items.remove(0);
+                }
+                self.items.push(item);
+            }
+            Effect::Nothing => {}
+        }
+    }
 }
 
 #[derive(Default)]
@@ -54,116 +96,203 @@ pub struct Unread {
 
 /// What one event does to a user's counts.
 enum Effect {
-    /// The user's own event: everything before it is read.
-    Reset,
-    Count {
-        highlight: bool,
+    /// The user's own event: their earlier events of its thread are read.
+    Own {
+        pos: u64,
+        thread: Option<Arc<str>>,
     },
+    Notify(Item),
     Nothing,
 }
 
-async fn effect(
-    rooms: &Rooms,
-    event_id: &str,
-    user: &UserId,
-    displayname: Option<&str>,
-) -> Result<Effect> {
-    let Some((record, pdu)) = rooms.event(event_id).await? else { return Ok(Effect::Nothing) };
-    if pdu.sender == user {
-        return Ok(Effect::Reset);
+/// Everything counting needs besides the events.
+pub struct CountCtx<'a> {
+    pub rooms: &'a Rooms,
+    pub room: &'a Room,
+    pub user: &'a UserId,
+    pub rules: &'a UserRules,
+    pub marks: &'a ReadMarks,
+}
+
+impl CountCtx<'_> {
+    async fn effect(
+        &self,
+        pos: u64,
+        event_id: &str,
+        room_ctx: &mut Option<ruma::push::PushConditionRoomCtx>,
+    ) -> Result<Effect> {
+        let Some((record, pdu)) = self.rooms.event(event_id).await? else {
+            return Ok(Effect::Nothing);
+        };
+        if pdu.sender == self.user {
+            let thread = push::thread_of(self.rooms, &pdu).await?.map(Arc::from);
+            return Ok(Effect::Own { pos, thread });
+        }
+        if record.redacted_by.is_some() {
+            return Ok(Effect::Nothing);
+        }
+        let ctx =
+            room_ctx.get_or_insert_with(|| push::room_ctx(self.room, self.room.joined_count()));
+        let actions = push::evaluate(
+            self.rules,
+            &FlatEvent::new(&pdu),
+            &pdu.sender,
+            ctx,
+            self.room,
+            self.user,
+        )
+        .await;
+        let (notify, highlight) = push::notify_highlight(&actions);
+        if !notify {
+            return Ok(Effect::Nothing);
+        }
+        let thread = push::thread_of(self.rooms, &pdu).await?.map(Arc::from);
+        Ok(Effect::Notify(Item { pos, highlight, thread }))
     }
-    if record.redacted_by.is_some() || !NOTIFYING_TYPES.contains(&pdu.kind.to_string().as_str()) {
-        return Ok(Effect::Nothing);
-    }
-    let content: Value = pdu.content_as().unwrap_or_default();
-    if content["msgtype"] == "m.notice" {
-        return Ok(Effect::Nothing);
-    }
-    let mentioned = content["m.mentions"]["user_ids"]
-        .as_array()
-        .is_some_and(|ids| ids.iter().any(|u| u.as_str() == Some(user.as_str())));
-    let body = content["body"].as_str().unwrap_or_default().to_lowercase();
-    let named = displayname
-        .map(str::to_lowercase)
-        .is_some_and(|n| !n.is_empty() && body.contains(n.as_str()))
-        || body.contains(&user.as_str().to_lowercase());
-    Ok(Effect::Count { highlight: mentioned || named })
 }
 
 impl Unread {
-    /// The counts of `user` in `room` as of stream position `current`.
-    pub async fn counts(
-        &self,
-        rooms: &Rooms,
-        room: &RoomId,
-        user: &UserId,
-        displayname: Option<&str>,
-        read_pos: Option<u64>,
-        current: u64,
-    ) -> Result<Counts> {
-        let key = (user.to_owned(), room.to_owned());
-        let cached = self.cache.lock().get(&key).copied();
-        let counts = match cached {
-            Some(e) if e.read_pos == read_pos && e.upto == current => e.counts,
-            Some(e) if e.read_pos == read_pos && e.upto < current => {
-                // Only what arrived since the last count, oldest first.
-                let ids = rooms
-                    .store()
-                    .room_events(
-                        room.as_str(),
-                        Some(e.upto),
-                        Some(current + 1),
-                        false,
-                        MAX_UNREAD_SCAN + 1,
-                    )
-                    .await?;
-                if ids.len() > MAX_UNREAD_SCAN {
-                    self.count_from_scratch(rooms, room, user, displayname, read_pos, current)
-                        .await?
-                } else {
-                    let mut counts = e.counts;
-                    for (_, id) in ids {
-                        match effect(rooms, &id, user, displayname).await? {
-                            Effect::Reset => counts = Counts::default(),
-                            Effect::Count { highlight } => counts.add(highlight),
-                            Effect::Nothing => {}
+    /// The counts of the user in the room as of stream position `current`.
+    pub async fn counts(&self, c: &CountCtx<'_>, current: u64) -> Result<RoomCounts> {
+        let key = (c.user.to_owned(), c.room.id.clone());
+        let cached = self.cache.lock().get(&key).cloned();
+        let floor = c.marks.unthreaded;
+        let mut room_ctx = None;
+        let entry = match cached {
+            Some(mut e) if e.floor <= floor && e.upto <= current => {
+                if e.floor < floor {
+                    e.items.retain(|i| floor.is_none_or(|f| i.pos > f));
+                    e.floor = floor;
+                }
+                if e.upto < current {
+                    // Only what arrived since the last count, oldest first.
+                    let ids = c
+                        .rooms
+                        .store()
+                        .room_events(
+                            c.room.id.as_str(),
+                            Some(e.upto.max(floor.unwrap_or(0))),
+                            Some(current + 1),
+                            false,
+                            MAX_UNREAD_SCAN + 1,
+                        )
+                        .await?;
+                    if ids.len() > MAX_UNREAD_SCAN {
+                        self.count_from_scratch(c, &mut room_ctx, current).await?
+                    } else {
+                        for (pos, id) in ids {
+                            e.apply(c.effect(pos, &id, &mut room_ctx).await?);
                         }
+                        e.upto = current;
+                        e
                     }
-                    counts
+                } else {
+                    e
                 }
             }
-            _ => self.count_from_scratch(rooms, room, user, displayname, read_pos, current).await?,
+            _ => self.count_from_scratch(c, &mut room_ctx, current).await?,
         };
+        let counts = tally(&entry, c.marks);
         let mut cache = self.cache.lock();
         if cache.len() >= MAX_ENTRIES {
             cache.clear();
         }
-        cache.insert(key, Entry { read_pos, upto: current, counts });
+        cache.insert(key, entry);
         Ok(counts)
     }
 
-    /// Counts backwards from `current` to the read position or the user's own last event.
+    /// Examines the newest events after the unthreaded receipt, up to `current`.
     async fn count_from_scratch(
         &self,
-        rooms: &Rooms,
-        room: &RoomId,
-        user: &UserId,
-        displayname: Option<&str>,
-        read_pos: Option<u64>,
+        c: &CountCtx<'_>,
+        room_ctx: &mut Option<ruma::push::PushConditionRoomCtx>,
         current: u64,
-    ) -> Result<Counts> {
-        let ids = rooms
+    ) -> Result<Entry> {
+        let floor = c.marks.unthreaded;
+        let mut ids = c
+            .rooms
             .store()
-            .room_events(room.as_str(), read_pos, Some(current + 1), true, MAX_UNREAD_SCAN)
+            .room_events(c.room.id.as_str(), floor, Some(current + 1), true, MAX_UNREAD_SCAN)
             .await?;
-        let mut counts = Counts::default();
-        for (_, id) in ids {
-            match effect(rooms, &id, user, displayname).await? {
-                Effect::Reset => break,
-                Effect::Count { highlight } => counts.add(highlight),
-                Effect::Nothing => {}
-            }
+        ids.reverse();
+        let mut entry = Entry { floor, upto: current, items: Vec::new() };
+        for (pos, id) in ids {
+            entry.apply(c.effect(pos, &id, room_ctx).await?);
         }
-        Ok(counts)
+        Ok(entry)
+    }
+
+    /// Forgets the cached counts of a user (their push rules changed).
+    pub fn forget_user(&self, user: &UserId) {
+        self.cache.lock().retain(|(u, _), _| u != user);
+    }
+}
+
+/// The counts of the unread items.
+fn tally(entry: &Entry, marks: &ReadMarks) -> RoomCounts {
+    let mut counts = RoomCounts::default();
+    for item in &entry.items {
+        if marks.is_read(item.pos, item.thread.as_deref()) {
+            continue;
+        }
+        counts.total.add(item.highlight);
+        match &item.thread {
+            None => counts.main.add(item.highlight),
+            Some(root) => counts.threads.entry(root.to_string()).or_default().add(item.highlight),
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pos: u64, highlight: bool, thread: Option<&str>) -> Item {
+        Item { pos, highlight, thread: thread.map(Arc::from) }
+    }
+
+    #[test]
+    fn receipts_partition_counts_by_thread() {
+        let entry = Entry {
+            floor: None,
+            upto: 10,
+            items: vec![
+                item(1, false, None),
+                item(2, true, Some("$root")),
+                item(3, false, None),
+                item(4, false, Some("$root")),
+                item(5, false, Some("$other")),
+            ],
+        };
+        let none = ReadMarks::default();
+        let all = tally(&entry, &none);
+        assert_eq!(all.total, Counts { notifications: 5, highlights: 1 });
+        assert_eq!(all.main, Counts { notifications: 2, highlights: 0 });
+        assert_eq!(all.threads["$root"], Counts { notifications: 2, highlights: 1 });
+        // `main` covers the main timeline only; a thread receipt its thread only.
+        let mut marks = ReadMarks { main: Some(3), ..Default::default() };
+        marks.threads.insert("$root".into(), Some(2));
+        let some = tally(&entry, &marks);
+        assert_eq!(some.main, Counts::default());
+        assert_eq!(some.threads["$root"], Counts { notifications: 1, highlights: 0 });
+        assert_eq!(some.total.notifications, 2);
+        // The unthreaded receipt covers everything up to it.
+        let marks = ReadMarks { unthreaded: Some(4), ..Default::default() };
+        assert_eq!(tally(&entry, &marks).total, Counts { notifications: 1, highlights: 0 });
+    }
+
+    #[test]
+    fn own_event_reads_its_thread_only() {
+        let mut entry = Entry {
+            floor: None,
+            upto: 10,
+            items: vec![item(1, false, None), item(2, false, Some("$t"))],
+        };
+        entry.apply(Effect::Own { pos: 3, thread: None });
+        assert_eq!(entry.items.len(), 1);
+        assert_eq!(entry.items[0].thread.as_deref(), Some("$t"));
+        entry.apply(Effect::Own { pos: 4, thread: Some(Arc::from("$t")) });
+        assert!(entry.items.is_empty());
     }
 }

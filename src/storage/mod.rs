@@ -12,6 +12,7 @@
 pub mod e2ee_keys;
 pub mod key_backup;
 pub mod media;
+pub mod push;
 pub mod receipts;
 mod records;
 pub mod rocks;
@@ -162,6 +163,7 @@ pub trait Store:
     + e2ee_keys::E2eeKeyStore
     + receipts::ReceiptStore
     + media::MediaStore
+    + push::PushStore
 {
 }
 
@@ -176,5 +178,6 @@ impl<T> Store for T where
         + e2ee_keys::E2eeKeyStore
         + receipts::ReceiptStore
         + media::MediaStore
+        + push::PushStore
 {
 }

@@ -106,6 +106,10 @@ mod cf {
     pub const MEDIA_BLOB_REFS: &str = "media_blob_refs";
     /// `uploader 0xFF media_id` → expiry (be64 ms) of a pending upload (`/create`).
     pub const MEDIA_PENDING: &str = "media_pending";
+    /// `localpart 0xFF event stream position (u64 BE)` → notification JSON (`/notifications`).
+    pub const NOTIFICATIONS: &str = "notifications";
+    /// `localpart 0xFF app_id 0xFF pushkey` → pusher JSON.
+    pub const PUSHERS: &str = "pushers";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -144,12 +148,15 @@ mod cf {
         MEDIA_THUMBNAILS,
         MEDIA_BLOB_REFS,
         MEDIA_PENDING,
+        NOTIFICATIONS,
+        PUSHERS,
     ];
 }
 
 mod e2ee_keys;
 mod key_backup;
 mod media;
+mod push;
 mod receipts;
 mod rooms;
 mod to_device;
@@ -351,7 +358,7 @@ pub(super) fn scan(db: &DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Ve
 }
 
 /// Adds to `batch` the deletion of one device, its end-to-end keys, every token issued to
-/// it and the to-device messages waiting for it.
+/// it, the to-device messages waiting for it and the pushers it created.
 fn delete_device_in(
     db: &DB,
     batch: &mut WriteBatch,
@@ -361,6 +368,7 @@ fn delete_device_in(
     batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
     to_device::delete_device_messages_in(db, batch, localpart, device_id)?;
     e2ee_keys::delete_device_keys_in(db, batch, localpart, device_id)?;
+    push::delete_device_pushers_in(db, batch, localpart, device_id)?;
     revoke_device_tokens_in(db, batch, localpart, device_id)
 }
 

@@ -1,0 +1,329 @@
+//! Push-rule evaluation after commit: `/notifications` entries and pushes.
+//!
+//! The committer hands every durable batch of events to a post-commit hook
+//! ([`crate::rooms::commit::PostCommit`]) that only queues it (bounded by
+//! `push.queue_events`; a full queue drops the batch, logged and counted, never waits), so
+//! evaluation is never on the send path. One background task drains the queue in batches:
+//! for each event, for each joined local member but the sender (and the invited user of an
+//! invite), it evaluates the user's push rules ([`crate::services::push`]); what notifies is
+//! stored (CF `notifications`, one write per batch) and, for users with pushers, handed to
+//! [`crate::services::pushers`] for delivery.
+//!
+//! Unread counts are not taken from here: `/sync` evaluates the same rules itself
+//! ([`crate::services::unread`]), so an event's count is in the same response as the
+//! event, however far behind this task is.
+
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::rooms::Room;
+use crate::rooms::client::Viewer;
+use crate::rooms::commit::{Committed, PostCommit};
+use crate::services::Services;
+use crate::services::push::{self, FlatEvent};
+use crate::services::pushers::PushJob;
+use crate::services::receipts::ReadMarks;
+use crate::services::unread::{CountCtx, RoomCounts};
+use crate::storage::now_ms;
+use crate::storage::push::NotificationRecord;
+
+/// Events evaluated in one batch at most (one notifications write each).
+const MAX_BATCH: usize = 256;
+/// Default and largest page of `/notifications`.
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+/// Stored notifications one `/notifications` request examines at most (with `only`).
+const MAX_EXAMINED: usize = 1_000;
+
+/// Starts the evaluation task; returns the hook the committer calls.
+pub fn start(services: Weak<Services>, capacity: usize) -> PostCommit {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Committed>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let counter = queued.clone();
+    tokio::spawn(async move {
+        while let Some(mut batch) = rx.recv().await {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let n = batch.len();
+            let Some(s) = services.upgrade() else { return };
+            let started = std::time::Instant::now();
+            if let Err(e) = evaluate_batch(&s, &batch).await {
+                tracing::error!(error = %e, events = n, "push-rule evaluation failed");
+            }
+            metrics::histogram!("axon_push_evaluation_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("axon_push_events_evaluated_total").increment(n as u64);
+            counter.fetch_sub(n, Ordering::AcqRel);
+        }
+    });
+    Box::new(move |batch: Vec<Committed>| {
+        let n = batch.len();
+        if queued.fetch_add(n, Ordering::AcqRel) + n > capacity {
+            queued.fetch_sub(n, Ordering::AcqRel);
+            metrics::counter!("axon_push_events_dropped_total").increment(n as u64);
+            tracing::warn!(events = n, "push-rule evaluation queue full; events skipped");
+            return;
+        }
+        if tx.send(batch).is_err() {
+            queued.fetch_sub(n, Ordering::AcqRel);
+        }
+    })
+}
+
+/// Evaluates every member's rules against a batch of committed events (an event that
+/// fails is logged and skipped; the others go on).
+async fn evaluate_batch(s: &Services, batch: &[Committed]) -> Result<()> {
+    let mut records = Vec::new();
+    let mut jobs = Vec::new();
+    for c in batch {
+        if let Err(e) = evaluate_event(s, c, &mut records, &mut jobs).await {
+            tracing::warn!(event = %c.event_id, error = %e, "push-rule evaluation of an event failed");
+        }
+    }
+    s.store.put_notifications(records).await?;
+    for job in jobs {
+        s.pushers.enqueue(job);
+    }
+    Ok(())
+}
+
+async fn evaluate_event(
+    s: &Services,
+    c: &Committed,
+    records: &mut Vec<(String, NotificationRecord)>,
+    jobs: &mut Vec<PushJob>,
+) -> Result<()> {
+    let room_id = <&RoomId>::try_from(c.room_id.as_str())
+        .map_err(|e| Error::Internal(format!("committed event with bad room ID: {e}")))?;
+    let Some(room) = s.rooms.get(room_id) else { return Ok(()) };
+    let Some((record, pdu)) = s.rooms.event(&c.event_id).await? else { return Ok(()) };
+    if record.redacted_by.is_some() {
+        return Ok(());
+    }
+    let server = s.config.server_name.as_str();
+    let mut targets: Vec<OwnedUserId> = room
+        .joined()
+        .into_iter()
+        .filter(|u| u.server_name() == server && *u != pdu.sender)
+        .collect();
+    // The invited user is not a member yet, but `.m.rule.invite_for_me` is for them.
+    if pdu.kind == ruma::events::TimelineEventType::RoomMember
+        && let Some(target) = pdu.state_key.as_deref()
+        && let Ok(target) = <&UserId>::try_from(target)
+        && target.server_name() == server
+        && target != pdu.sender
+        && pdu.content_as::<Value>().is_some_and(|c| c["membership"] == "invite")
+        && !targets.iter().any(|u| u == target)
+    {
+        targets.push(target.to_owned());
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let flat = FlatEvent::new(&pdu);
+    let mut ctx = push::room_ctx(&room, room.joined_count());
+    let mut thread: Option<Option<String>> = None;
+    for user in targets {
+        let rules = s.push_rules.get(&s.user_data, &user).await?;
+        let actions = push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user).await;
+        let (notify, highlight) = push::notify_highlight(&actions);
+        if !notify {
+            continue;
+        }
+        let thread = match &thread {
+            Some(t) => t.clone(),
+            None => {
+                let t = push::thread_of(&s.rooms, &pdu).await?;
+                thread = Some(t.clone());
+                t
+            }
+        };
+        let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
+        records.push((
+            user.localpart().to_owned(),
+            NotificationRecord {
+                room_id: c.room_id.clone(),
+                event_id: c.event_id.clone(),
+                pos: c.pos,
+                ts: now_ms(),
+                actions: actions_json,
+                highlight,
+                thread_id: thread.clone(),
+            },
+        ));
+        if s.pushers.has_pushers(&user) {
+            jobs.push(PushJob {
+                user,
+                room_id: room.id.clone(),
+                event_id: c.event_id.clone(),
+                pos: c.pos,
+                thread,
+                actions,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The user's unread counts in a room as of `current` (see [`crate::services::unread`]).
+pub async fn room_counts(
+    s: &Services,
+    room: &Room,
+    user: &UserId,
+    marks: &ReadMarks,
+    current: u64,
+) -> Result<RoomCounts> {
+    let rules = s.push_rules.get(&s.user_data, user).await?;
+    let ctx = CountCtx { rooms: &s.rooms, room, user, rules: &rules, marks };
+    s.unread.counts(&ctx, current).await
+}
+
+/// The user's unread notifications in all their joined rooms (the badge of a push).
+pub async fn badge(s: &Services, user: &UserId) -> Result<u64> {
+    let current = s.rooms.committer.current();
+    let mut total = 0;
+    for room in s.rooms.rooms_of(user) {
+        if room.membership_of(user).as_deref() != Some("join") {
+            continue;
+        }
+        let marks = s.receipts.read_marks(&room.id, user).await?;
+        total += room_counts(s, &room, user, &marks, current).await?.total.notifications;
+    }
+    Ok(total)
+}
+
+/// Adds a joined room's counts to its `/sync` entry: `unread_notifications` (all of the
+/// room's, or with `threads` the main timeline's) and, with `threads`,
+/// `unread_thread_notifications` by thread root.
+pub fn insert_counts(entry: &mut Map<String, Value>, counts: &RoomCounts, threads: bool) {
+    let json = |c: &crate::services::unread::Counts| json!({"notification_count": c.notifications, "highlight_count": c.highlights});
+    if threads {
+        entry.insert("unread_notifications".into(), json(&counts.main));
+        let by_thread: Map<String, Value> =
+            counts.threads.iter().map(|(root, c)| (root.clone(), json(c))).collect();
+        if !by_thread.is_empty() {
+            entry.insert("unread_thread_notifications".into(), Value::Object(by_thread));
+        }
+    } else {
+        entry.insert("unread_notifications".into(), json(&counts.total));
+    }
+}
+
+/// A page of `GET /notifications`: the notifications (newest first) and the next token.
+pub async fn list(
+    s: &Services,
+    user: &UserId,
+    device_id: &str,
+    from: Option<&str>,
+    limit: Option<u64>,
+    only: Option<&str>,
+) -> Result<(Vec<Value>, Option<String>)> {
+    let mut before = match from {
+        Some(t) => Some(
+            t.parse::<u64>()
+                .map_err(|_| Error::InvalidParam(format!("Invalid from token {t:?}")))?,
+        ),
+        None => None,
+    };
+    let limit = limit.map_or(DEFAULT_LIMIT, |l| (l as usize).clamp(1, MAX_LIMIT));
+    let only_highlight = match only {
+        None => false,
+        Some("highlight") => true,
+        Some(other) => {
+            return Err(Error::InvalidParam(format!("Unsupported value of only: {other:?}")));
+        }
+    };
+    let mut out = Vec::new();
+    let mut examined = 0;
+    let mut exhausted = false;
+    while out.len() < limit && examined < MAX_EXAMINED {
+        let page = s.store.notifications(user.localpart(), before, limit.max(50)).await?;
+        if page.is_empty() {
+            exhausted = true;
+            break;
+        }
+        for n in page {
+            examined += 1;
+            before = Some(n.pos);
+            if only_highlight && !n.highlight {
+                continue;
+            }
+            if let Some(v) = notification_json(s, user, device_id, &n).await? {
+                out.push(v);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    let next = if exhausted { None } else { before.map(|b| b.to_string()) };
+    Ok((out, next))
+}
+
+async fn notification_json(
+    s: &Services,
+    user: &UserId,
+    device_id: &str,
+    n: &NotificationRecord,
+) -> Result<Option<Value>> {
+    let Ok(room_id) = <&RoomId>::try_from(n.room_id.as_str()) else { return Ok(None) };
+    let Some(room) = s.rooms.get(room_id) else { return Ok(None) };
+    let Some((record, pdu)) = s.rooms.event(&n.event_id).await? else { return Ok(None) };
+    let event =
+        s.rooms.client_event(&room, &record, &pdu, Viewer { user, device_id }, true).await?;
+    let marks = s.receipts.read_marks(room_id, user).await?;
+    Ok(Some(json!({
+        "actions": n.actions,
+        "event": event,
+        "read": marks.is_read(n.pos, n.thread_id.as_deref()),
+        "room_id": n.room_id,
+        "ts": n.ts,
+    })))
+}
+
+/// In an initial sync, the user's push rules as account data even if they never changed
+/// them (clients such as Element read their rules from there).
+pub fn add_default_push_rules(
+    records: &mut Vec<crate::storage::users::AccountDataRecord>,
+    user: &UserId,
+) {
+    if records.iter().any(|r| r.room_id.is_none() && r.kind == push::PUSH_RULES) {
+        return;
+    }
+    let Ok(content) = serde_json::value::to_raw_value(&push::default_content(user)) else {
+        return;
+    };
+    records.push(crate::storage::users::AccountDataRecord {
+        room_id: None,
+        kind: push::PUSH_RULES.to_owned(),
+        content,
+        pos: 0,
+    });
+}
+
+/// Deletes old notifications once an hour (`push.notification_retention_days`).
+pub fn start_pruning(services: Weak<Services>, retention_days: u64) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let Some(s) = services.upgrade() else { return };
+            let cutoff = now_ms().saturating_sub(retention_days.saturating_mul(86_400_000));
+            match s.store.prune_notifications(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "old notifications pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning notifications failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,259 @@
+//! Push rules: each user's ruleset, its edits, and the evaluation of an event against it.
+//!
+//! A user's rules live in their global account data `m.push_rules` (`{"global": ruleset}`),
+//! the copy clients read in `/sync`, so every edit is one account-data write and reaches the
+//! user's clients like any other account-data change. A user who never edited their rules
+//! has no such entry and gets the spec's server-default ruleset (ruma's
+//! `Ruleset::server_default`); stored rulesets are brought up to date with the current
+//! server defaults when read (`update_with_server_default`: their enabled flags and actions
+//! kept). Rulesets are cached in memory; edits of one user are serialised.
+//!
+//! Evaluation ([`evaluate`]) is ruma's rule matching over an event flattened once
+//! ([`FlatEvent`]) and a room context built once per event ([`room_ctx`]), the user's ID and
+//! display name filled in per user: cheap enough to run for every member of a large room.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use ruma::events::StateEventType;
+use ruma::push::{
+    Action, FlattenedJson, PushCondition, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+    Ruleset,
+};
+use ruma::serde::Raw;
+use ruma::{OwnedUserId, UInt, UserId};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::rooms::pdu::Pdu;
+use crate::rooms::{Room, Rooms};
+use crate::services::user_data::UserData;
+
+/// The account-data type holding a user's push rules.
+pub const PUSH_RULES: &str = "m.push_rules";
+/// Cached rulesets before the cache starts over.
+const MAX_CACHED: usize = 100_000;
+/// Stripes of the per-user edit lock.
+const STRIPES: usize = 64;
+/// User-defined rules a user may have (each kind together); the account-data size limit
+/// also applies.
+pub const MAX_USER_RULES: usize = 500;
+/// Relations followed to find an event's thread (the spec recommends at most 3).
+const MAX_THREAD_HOPS: usize = 3;
+
+/// A user's ruleset and what evaluating it needs.
+pub struct UserRules {
+    pub ruleset: Ruleset,
+    /// Whether any rule has a `contains_display_name` condition (only then is the user's
+    /// display name in the room looked up).
+    needs_display_name: bool,
+}
+
+impl UserRules {
+    // `contains_display_name` is deprecated (spec v1.17) but users may still have rules with it.
+    #[allow(deprecated)]
+    fn new(ruleset: Ruleset) -> Self {
+        let needs_display_name =
+            ruleset.override_.iter().chain(ruleset.underride.iter()).any(|r| {
+                r.conditions.iter().any(|c| matches!(c, PushCondition::ContainsDisplayName))
+            });
+        Self { ruleset, needs_display_name }
+    }
+}
+
+pub struct PushRules {
+    cache: Mutex<HashMap<OwnedUserId, Arc<UserRules>>>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for PushRules {
+    fn default() -> Self {
+        Self {
+            cache: Mutex::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl PushRules {
+    /// The user's rules (cached).
+    pub async fn get(&self, user_data: &UserData, user: &UserId) -> Result<Arc<UserRules>> {
+        if let Some(rules) = self.cache.lock().get(user) {
+            return Ok(rules.clone());
+        }
+        let rules = Arc::new(UserRules::new(load(user_data, user).await?));
+        let mut cache = self.cache.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(user.to_owned(), rules.clone());
+        Ok(rules)
+    }
+
+    /// Changes the user's ruleset with `edit` and stores it (account data `m.push_rules`,
+    /// which wakes the user's syncs). Nothing is stored when `edit` fails.
+    pub async fn update<T>(
+        &self,
+        user_data: &UserData,
+        user: &UserId,
+        edit: impl FnOnce(&mut Ruleset) -> Result<T>,
+    ) -> Result<T> {
+        let stripe = (self.hasher.hash_one(user) % STRIPES as u64) as usize;
+        let _guard = self.stripes[stripe].lock().await;
+        let mut ruleset = load(user_data, user).await?;
+        let out = edit(&mut ruleset)?;
+        let user_defined = ruleset.iter().filter(|r| !r.is_server_default()).count();
+        if user_defined > MAX_USER_RULES {
+            return Err(Error::TooMany(format!("At most {MAX_USER_RULES} push rules per user")));
+        }
+        let content = json!({ "global": ruleset_json(&ruleset) });
+        user_data.set_account_data(user, None, PUSH_RULES, content).await?;
+        self.cache.lock().insert(user.to_owned(), Arc::new(UserRules::new(ruleset)));
+        Ok(out)
+    }
+}
+
+/// The stored ruleset, or the server default.
+async fn load(user_data: &UserData, user: &UserId) -> Result<Ruleset> {
+    let defaults = Ruleset::server_default(user);
+    let Some(content) = user_data.account_data(user, None, PUSH_RULES).await? else {
+        return Ok(defaults);
+    };
+    match serde_json::from_value::<Ruleset>(content["global"].clone()) {
+        Ok(mut ruleset) => {
+            ruleset.update_with_server_default(defaults);
+            Ok(ruleset)
+        }
+        Err(e) => {
+            tracing::warn!(%user, error = %e, "stored push rules unreadable; using the defaults");
+            Ok(defaults)
+        }
+    }
+}
+
+/// The `m.push_rules` account-data content of a user who never changed their rules (sent in
+/// initial syncs, as clients read their rules from it).
+pub fn default_content(user: &UserId) -> Value {
+    json!({ "global": ruleset_json(&Ruleset::server_default(user)) })
+}
+
+/// A ruleset as clients expect it: every kind listed, empty ones as `[]` (ruma leaves them
+/// out; matrix-js-sdk and Element expect all five).
+pub fn ruleset_json(ruleset: &Ruleset) -> Value {
+    let mut value = serde_json::to_value(ruleset).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = value.as_object_mut() {
+        for kind in ["override", "content", "room", "sender", "underride"] {
+            obj.entry(kind).or_insert_with(|| json!([]));
+        }
+    }
+    value
+}
+
+/// An event flattened once for matching against every member's rules.
+pub struct FlatEvent(FlattenedJson);
+
+#[derive(Serialize)]
+struct MatchView<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    content: &'a RawValue,
+    sender: &'a UserId,
+    room_id: &'a ruma::RoomId,
+    event_id: &'a ruma::EventId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_key: Option<&'a str>,
+}
+
+impl FlatEvent {
+    /// The event as clients see it (type, content, sender, room, state key), flattened.
+    pub fn new(pdu: &Pdu) -> Self {
+        let view = MatchView {
+            kind: pdu.kind.to_string(),
+            content: &pdu.content,
+            sender: &pdu.sender,
+            room_id: &pdu.room_id,
+            event_id: &pdu.event_id,
+            state_key: pdu.state_key.as_deref(),
+        };
+        // Serializing plain strings and a valid JSON value cannot fail; if it did, the event
+        // would match nothing.
+        let raw = serde_json::value::to_raw_value(&view)
+            .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("valid JSON"));
+        Self(FlattenedJson::from_raw(&Raw::<Value>::from_json(raw)))
+    }
+}
+
+/// The room context of push-rule conditions (member count, power levels), built once per
+/// event; [`evaluate`] fills in the user.
+pub fn room_ctx(room: &Room, joined_members: usize) -> PushConditionRoomCtx {
+    let ctx = PushConditionRoomCtx::new(
+        room.id.clone(),
+        UInt::try_from(joined_members as u64).unwrap_or(UInt::MAX),
+        ruma::owned_user_id!("@_:invalid"),
+        String::new(),
+    );
+    ctx.with_power_levels(PushConditionPowerLevelsCtx::from(room.power_levels()))
+}
+
+/// The user's display name in the room (their member event's, else their localpart).
+pub fn display_name_in(room: &Room, user: &UserId) -> String {
+    room.state_event(&StateEventType::RoomMember, user.as_str())
+        .and_then(|e| e.content_as::<Value>())
+        .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| user.localpart().to_owned())
+}
+
+/// What the user's rules say about the event: the matching rule's actions (empty: no rule
+/// matched, or the user sent it).
+pub async fn evaluate(
+    rules: &UserRules,
+    event: &FlatEvent,
+    sender: &UserId,
+    ctx: &mut PushConditionRoomCtx,
+    room: &Room,
+    user: &UserId,
+) -> Vec<Action> {
+    if sender == user {
+        return Vec::new();
+    }
+    ctx.user_id = user.to_owned();
+    ctx.user_display_name =
+        if rules.needs_display_name { display_name_in(room, user) } else { String::new() };
+    for rule in &rules.ruleset {
+        if rule.applies(&event.0, ctx).await {
+            return rule.actions().to_vec();
+        }
+    }
+    Vec::new()
+}
+
+/// Whether the actions notify, and whether they highlight.
+pub fn notify_highlight(actions: &[Action]) -> (bool, bool) {
+    let notify = actions.iter().any(Action::should_notify);
+    (notify, notify && actions.iter().any(Action::is_highlight))
+}
+
+/// The thread root the event belongs to: an `m.thread` relation, else (for relations such as
+/// reactions and edits) the thread of the related event, at most [`MAX_THREAD_HOPS`] away.
+pub async fn thread_of(rooms: &Rooms, pdu: &Pdu) -> Result<Option<String>> {
+    let mut content: Value = pdu.content_as().unwrap_or_default();
+    for _ in 0..MAX_THREAD_HOPS {
+        let relates = &content["m.relates_to"];
+        let Some(target) = relates["event_id"].as_str() else { return Ok(None) };
+        if relates["rel_type"] == "m.thread" {
+            return Ok(Some(target.to_owned()));
+        }
+        let Some((_, parent)) = rooms.event(target).await? else { return Ok(None) };
+        if parent.room_id != pdu.room_id {
+            return Ok(None);
+        }
+        content = parent.content_as().unwrap_or_default();
+    }
+    Ok(None)
+}
