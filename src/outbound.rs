@@ -150,14 +150,33 @@ impl Resolve for FilteringResolver {
                 .filter(|a| policy.permits(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("{host}: no address outbound requests may reach"),
-                )) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(RefusedHost(host)) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
+}
+
+/// The resolver's answer for a name whose every address the policy refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: no address outbound requests may reach (not public, not allowed)")]
+pub struct RefusedHost(String);
+
+/// Whether a request failed because the address policy refused where it led (a name
+/// resolving only to refused addresses, a redirect to a refused IP literal).
+pub fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(err) = source {
+        if err.downcast_ref::<RefusedHost>().is_some()
+            || err
+                .downcast_ref::<OutboundError>()
+                .is_some_and(|e| matches!(e, OutboundError::Refused(_)))
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The outbound HTTP client and its address policy.
@@ -300,7 +319,10 @@ mod tests {
     #[tokio::test]
     async fn resolver_drops_refused_addresses() {
         let refused = FilteringResolver { policy: Arc::new(policy(&[])) };
-        assert!(refused.resolve("localhost".parse().expect("name")).await.is_err());
+        let Err(err) = refused.resolve("localhost".parse().expect("name")).await else {
+            panic!("localhost must not resolve to an allowed address");
+        };
+        assert!(is_refused(&*err), "{err}");
         let allowed = FilteringResolver { policy: Arc::new(policy(&["127.0.0.0/8", "::1"])) };
         let addrs: Vec<_> =
             allowed.resolve("localhost".parse().expect("name")).await.expect("resolves").collect();

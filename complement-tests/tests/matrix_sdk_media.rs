@@ -134,7 +134,7 @@ async fn matrix_sdk_sends_and_decrypts_an_encrypted_image() {
         .send_attachment("secret.png", &mime::IMAGE_PNG, png.clone(), AttachmentConfig::new())
         .await
         .expect("send the attachment");
-    let event_id = sent.response.event_id;
+    let event_id = sent.event_id;
 
     // Bob decrypts the event: an m.image whose file is encrypted (no plain `url`).
     let decrypted: Value = bob

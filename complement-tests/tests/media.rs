@@ -227,8 +227,8 @@ async fn async_upload_create_then_put() {
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
 
     // A download waiting for the upload gets it as soon as it arrives.
-    let waiting =
-        s.get_raw(&format!("{AUTH_DOWNLOAD}/{server}/{id}?timeout_ms=10000"), alice.token(), &[]);
+    let waiting_path = format!("{AUTH_DOWNLOAD}/{server}/{id}?timeout_ms=10000");
+    let waiting = s.get_raw(&waiting_path, alice.token(), &[]);
     let (r, (status, _)) = tokio::join!(waiting, async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         put(&alice, b"async content").await

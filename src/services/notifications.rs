@@ -133,7 +133,18 @@ async fn evaluate_event(
     let flat = FlatEvent::new(&pdu);
     let mut ctx = push::room_ctx(&room, room.joined_count());
     let mut thread: Option<Option<String>> = None;
+    let invitee = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
+        .then(|| pdu.state_key.clone())
+        .flatten();
     for user in targets {
+        // Only for those who may see the event (history visibility at the event): a member
+        // who joined after it, in a room whose history is for members only, is neither
+        // notified nor pushed its content. The invitee of an invite is.
+        if invitee.as_deref() != Some(user.as_str())
+            && !s.rooms.readable(&room, &user).await?.can_see(record.pos, &pdu)
+        {
+            continue;
+        }
         let rules = s.push_rules.get(&s.user_data, &user).await?;
         let actions = push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user).await;
         let (notify, highlight) = push::notify_highlight(&actions);
@@ -279,6 +290,10 @@ async fn notification_json(
     let Ok(room_id) = <&RoomId>::try_from(n.room_id.as_str()) else { return Ok(None) };
     let Some(room) = s.rooms.get(room_id) else { return Ok(None) };
     let Some((record, pdu)) = s.rooms.event(&n.event_id).await? else { return Ok(None) };
+    let own_invite = pdu.state_key.as_deref() == Some(user.as_str());
+    if !own_invite && !s.rooms.readable(&room, user).await?.can_see(record.pos, &pdu) {
+        return Ok(None);
+    }
     let event =
         s.rooms.client_event(&room, &record, &pdu, Viewer { user, device_id }, true).await?;
     let marks = s.receipts.read_marks(room_id, user).await?;

@@ -299,7 +299,10 @@ async fn send(s: &Services, job: &PushJob, pusher: &PusherRecord, url: &str, bod
         let retry = match result {
             Ok(resp) if resp.status().is_success() => {
                 metrics::counter!("axon_push_sent_total").increment(1);
-                let answer: Value = resp.json().await.unwrap_or_default();
+                let answer: Value = read_bounded(resp, MAX_GATEWAY_ANSWER)
+                    .await
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or_default();
                 let rejected = answer["rejected"].as_array().is_some_and(|keys| {
                     keys.iter().any(|k| k.as_str() == Some(pusher.pushkey.as_str()))
                 });
@@ -359,4 +362,20 @@ mod tests {
         assert_eq!(t["sound"], json!("default"));
         assert_eq!(t["highlight"], json!(true));
     }
+}
+
+/// The most of a push gateway's answer read: `{"rejected": [...]}` is small, and a gateway
+/// (any user may name one) must not make the server buffer an endless body.
+const MAX_GATEWAY_ANSWER: usize = 64 * 1024;
+
+/// A response body of at most `max` bytes; `None` when it is longer or breaks off.
+async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        if body.len() + chunk.len() > max {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
 }

@@ -708,13 +708,7 @@ async fn fetch_limited(
         .map_err(|e| Error::Forbidden(format!("Cannot preview this URL: {e}")))?;
     let response = outbound.client().get(url.clone()).send().await.map_err(|e| {
         // The resolver's refusal of a non-public address surfaces as a connect error.
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        let mut refused = false;
-        while let Some(err) = source {
-            refused |= err.to_string().contains("not public");
-            source = err.source();
-        }
-        if refused {
+        if crate::outbound::is_refused(&e) {
             Error::Forbidden(format!("Cannot preview this URL: {e}"))
         } else {
             Error::Unknown(format!("Fetching the URL failed: {e}"))
