@@ -346,6 +346,22 @@ async fn send(s: &Services, job: &PushJob, pusher: &PusherRecord, url: &str, bod
     tracing::warn!(url = %url, user = %pusher.user_id, "push given up after retries");
 }
 
+/// The most of a push gateway's answer read: `{"rejected": [...]}` is small, and a gateway
+/// (any user may name one) must not make the server buffer an endless body.
+const MAX_GATEWAY_ANSWER: usize = 64 * 1024;
+
+/// A response body of at most `max` bytes; `None` when it is longer or breaks off.
+async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        if body.len() + chunk.len() > max {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,20 +378,4 @@ mod tests {
         assert_eq!(t["sound"], json!("default"));
         assert_eq!(t["highlight"], json!(true));
     }
-}
-
-/// The most of a push gateway's answer read: `{"rejected": [...]}` is small, and a gateway
-/// (any user may name one) must not make the server buffer an endless body.
-const MAX_GATEWAY_ANSWER: usize = 64 * 1024;
-
-/// A response body of at most `max` bytes; `None` when it is longer or breaks off.
-async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.ok()? {
-        if body.len() + chunk.len() > max {
-            return None;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Some(body)
 }

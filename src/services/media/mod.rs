@@ -359,6 +359,7 @@ impl Media {
 
     /// `PUT /upload/{serverName}/{mediaId}`: the content of an ID from `/create`, by its
     /// creator only.
+    #[allow(clippy::too_many_arguments)] // the request's parts, each checked here
     pub async fn upload_to(
         &self,
         uploader: &str,

@@ -39,11 +39,10 @@ pub fn parse_opengraph(html: &str, base: &url::Url) -> (Map<String, Value>, Opti
         let content = decode_entities(&content);
         let key = get("property").or_else(|| get("name")).map(|k| k.to_ascii_lowercase());
         match key.as_deref() {
-            Some("og:image") | Some("og:image:url") | Some("og:image:secure_url") => {
-                if image.is_none() {
-                    image =
-                        base.join(&content).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
-                }
+            Some("og:image") | Some("og:image:url") | Some("og:image:secure_url")
+                if image.is_none() =>
+            {
+                image = base.join(&content).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
             }
             Some("description") if description.is_none() => description = Some(content),
             Some(k) if k.starts_with("og:") && k.len() <= 64 && content.len() <= 4096 => {
