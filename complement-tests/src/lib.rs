@@ -394,6 +394,25 @@ impl TestServer {
         self.post(&format!("/_matrix/client/v3/join/{}", enc(room)), who.token(), json!({})).await
     }
 
+    /// Sends an `m.room.message` with this content; asserts 200 and returns the event ID.
+    pub async fn send_message(
+        &self,
+        who: &Session,
+        room: &str,
+        txn: &str,
+        content: Value,
+    ) -> String {
+        let (status, body) = self
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
+                who.token(),
+                content,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["event_id"].as_str().expect("event_id").to_owned()
+    }
+
     pub async fn send_text(
         &self,
         who: &Session,

@@ -6,15 +6,7 @@ use std::time::Duration;
 use complement_tests::{Session, TestServer, Value, assert_error, enc, json};
 
 async fn send(s: &TestServer, who: &Session, room: &str, txn: &str, content: Value) -> String {
-    let (status, body) = s
-        .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
-            who.token(),
-            content,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["event_id"].as_str().expect("event_id").to_owned()
+    s.send_message(who, room, txn, content).await
 }
 
 async fn receipt(s: &TestServer, who: &Session, room: &str, event: &str, body: Value) {

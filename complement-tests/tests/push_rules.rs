@@ -17,15 +17,7 @@ async fn room_of(s: &TestServer, alice: &Session, bob: &Session, extra: &[&Sessi
 }
 
 async fn send(s: &TestServer, who: &Session, room: &str, txn: &str, content: Value) -> String {
-    let (status, body) = s
-        .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
-            who.token(),
-            content,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["event_id"].as_str().expect("event_id").to_owned()
+    s.send_message(who, room, txn, content).await
 }
 
 /// (notification_count, highlight_count) of the room in an initial sync.
