@@ -12,6 +12,9 @@
 #   - typing: 10 typers toggling -> 100 receivers; presence: one status change -> 1 000 room-mates
 #   - push rules: 2 000 events into a 1 000-member room, evaluated after commit (axon-bench push_rules);
 #     notify requests/s to a push gateway on loopback, 100 users x 100 messages (axon-bench push_gateway)
+#   - message search latency over 1 000 000 events and the indexing cost per event (axon-bench search;
+#     BENCH_SEARCH_EVENTS changes the count); directory search over 100 000 users is an in-process
+#     measurement: cargo test --release --workspace --lib user_directory_latency -- --ignored --nocapture
 # Load comes from wrk on loopback; every run is bounded in time and stops by itself.
 # Results go to stdout and bench/results/latest.txt.
 set -euo pipefail
@@ -103,6 +106,8 @@ echo "== typing and presence"
 echo "== notifications"
 "$LOADGEN" "$base" push_rules 1000 2000 64 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" push_gateway 100 100 | tee -a "$work/events.txt"
+echo "== search"
+"$LOADGEN" "$base" search "${BENCH_SEARCH_EVENTS:-1000000}" 64 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 

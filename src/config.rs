@@ -28,6 +28,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "presence",
     "outbound",
     "media",
+    "user_directory",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,16 @@ pub struct Config {
     pub media: crate::services::media::MediaConfig,
     /// Notifications: push-rule evaluation, `/notifications`, pushers and their delivery.
     pub push: PushConfig,
+    /// Who `POST /user_directory/search` finds.
+    pub user_directory: UserDirectoryConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserDirectoryConfig {
+    /// Every local user can be found. Off (the default), a search finds the users who share
+    /// a room with the searcher or are joined to a public room.
+    pub search_all_users: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,6 +269,7 @@ impl Default for Config {
             outbound: crate::outbound::OutboundConfig::default(),
             media: crate::services::media::MediaConfig::default(),
             push: PushConfig::default(),
+            user_directory: UserDirectoryConfig::default(),
         }
     }
 }

@@ -72,6 +72,9 @@ pub enum Error {
     /// A `PUT /upload/{serverName}/{mediaId}` for an ID that already has content.
     #[error("The media has already been uploaded")]
     CannotOverwriteMedia,
+    /// An `m.room.canonical_alias` naming an alias that does not exist or points elsewhere.
+    #[error("{0}")]
+    BadAlias(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]

@@ -28,6 +28,10 @@
 //!                                                loop); report deliveries/s, send→delivery
 //!                                                latency, and with AXON_PID the server's CPU
 //!                                                time per delivery
+//! axon-bench BASE_URL search EVENTS CONCURRENCY
+//!                                                fill one room with EVENTS messages, then
+//!                                                time POST /search (search.rs); the index
+//!                                                cost per event on the send path
 //! axon-bench BASE_URL receipts USERS SYNCERS SECONDS
 //!                                                USERS members of one room post read receipts
 //!                                                as fast as they can, SYNCERS of them
@@ -51,6 +55,7 @@ use tokio::sync::Mutex;
 mod media;
 mod push;
 mod receipts;
+mod search;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -906,7 +911,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail | push_rules MEMBERS EVENTS CONCURRENCY | push_gateway USERS EVENTS)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail | push_rules MEMBERS EVENTS CONCURRENCY | push_gateway USERS EVENTS | search EVENTS CONCURRENCY)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -939,6 +944,7 @@ async fn main() -> Result<(), Error> {
         }
         Some("media") => media::media(server, num(3)?).await,
         Some("thumbnail") => media::thumbnail(server).await,
+        Some("search") => search::search(server, num(3)?, num(4)? as usize).await,
         _ => Err(usage.into()),
     }
 }

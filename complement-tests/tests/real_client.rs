@@ -231,3 +231,25 @@ async fn matrix_nio_clients_share_an_image_and_an_encrypted_file() {
     assert_eq!(result["ciphertext_differs"], true, "{result}");
     assert_eq!(result["decrypted_identical"], true, "{result}");
 }
+
+/// matrix-nio: alice finds her room-mate bob in the user directory by fragments of the
+/// display name he set with nio (accents folded), then searches his messages, newest first,
+/// paging with `next_batch`, with his profile in the results' context.
+#[tokio::test]
+async fn matrix_nio_searches_the_user_directory_and_messages() {
+    let python = nio_python();
+    let s = TestServer::start().await;
+    for user in ["alice", "bob"] {
+        s.register(user, "search-password").await;
+    }
+    let python = python.to_string_lossy();
+    let result = run_client(&python, "nio_search.py", &[&s.base, "search-password"]);
+    assert_eq!(
+        result["directory"],
+        serde_json::json!([["@bob:test.local", "Bartholomew Ñandú"]]),
+        "{result}"
+    );
+    let expected: Vec<String> = (0..5).rev().map(|i| format!("the quokka number {i}")).collect();
+    assert_eq!(result["messages"], serde_json::json!(expected), "{result}");
+    assert_eq!(result["profile"]["displayname"], "Bartholomew Ñandú", "{result}");
+}

@@ -8,18 +8,20 @@ pub mod directory;
 pub mod discovery;
 pub mod e2ee_keys;
 pub mod key_backup;
+pub mod legacy;
 pub mod media;
 pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod rooms;
+pub mod search;
 pub mod sync;
 pub mod to_device;
 pub mod typing;
 pub mod user_data;
 
 use axum::Router;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use ruma::api::client::{
     account as acc, config, device, membership, message, redact, room, session, state,
 };
@@ -186,10 +188,16 @@ pub fn client_routes() -> Router<AppState> {
         presence::get_status,
     );
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
-    let mut r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
+    let r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
         r,
         to_device::send,
     );
+    let r = route::<ruma::api::client::user_directory::search_users::v3::Request, _, _>(
+        r,
+        search::user_directory,
+    );
+    let mut r =
+        route::<ruma::api::client::search::search_events::v3::Request, _, _>(r, search::search);
     for version in ["r0", "v3"] {
         r = r
             .route(&format!("/_matrix/client/{version}/account/3pid"), get(discovery::threepids))
@@ -200,6 +208,14 @@ pub fn client_routes() -> Router<AppState> {
             .route(
                 &format!("/_matrix/client/{version}/voip/turnServer"),
                 get(discovery::turn_server),
+            )
+            .route(
+                &format!("/_matrix/client/{version}/rooms/{{room_id}}/send/{{event_type}}"),
+                post(legacy::send_without_txn),
+            )
+            .route(
+                &format!("/_matrix/client/{version}/rooms/{{room_id}}/initialSync"),
+                get(legacy::room_initial_sync),
             );
         r = r
             .route(

@@ -34,6 +34,7 @@ impl Error {
             Error::UserDeactivated => (S::FORBIDDEN, "M_USER_DEACTIVATED"),
             Error::WeakPassword(_) => (S::BAD_REQUEST, "M_WEAK_PASSWORD"),
             Error::GuestAccessForbidden(_) => (S::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
+            Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
             Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
             Error::Conflict(_) => (S::CONFLICT, "M_UNKNOWN"),

@@ -140,6 +140,58 @@ impl Rooms {
         }
     }
 
+    /// An `m.room.canonical_alias` may name only aliases that exist and point at the room
+    /// (`alias` and every `alt_aliases` entry): 400 `M_BAD_ALIAS` otherwise, as Synapse
+    /// answers; a malformed alias is 400 `M_INVALID_PARAM`. Checked in the send path, so
+    /// `/state` and `/send` alike pass it.
+    pub(super) async fn check_canonical_alias(
+        &self,
+        room_id: &RoomId,
+        event: &super::pdu::NewEvent,
+    ) -> Result<()> {
+        if event.kind != ruma::events::TimelineEventType::RoomCanonicalAlias
+            || event.state_key.as_deref() != Some("")
+        {
+            return Ok(());
+        }
+        let mut aliases = Vec::new();
+        match event.content.get("alias") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(a)) => aliases.push(a.clone()),
+            Some(_) => return Err(Error::InvalidParam("alias must be a string".into())),
+        }
+        match event.content.get("alt_aliases") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(list)) => {
+                for a in list {
+                    let a = a.as_str().ok_or_else(|| {
+                        Error::InvalidParam("alt_aliases must hold strings".into())
+                    })?;
+                    aliases.push(a.to_owned());
+                }
+            }
+            Some(_) => return Err(Error::InvalidParam("alt_aliases must be a list".into())),
+        }
+        if aliases.len() > 100 {
+            return Err(Error::TooMany("Too many aliases".into()));
+        }
+        for alias in aliases {
+            let parsed = RoomAliasId::parse(&alias)
+                .map_err(|e| Error::InvalidParam(format!("Invalid alias {alias}: {e}")))?;
+            let points_here = match self.resolve_alias(&parsed).await {
+                Ok(target) => *target == *room_id,
+                Err(Error::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !points_here {
+                return Err(Error::BadAlias(format!(
+                    "Room alias {alias} does not point to the room"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `PUT /directory/list/room/{roomId}`: members allowed to change the canonical alias
     /// decide whether the room is listed.
     pub async fn set_published(

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod pdu;
 pub mod profile;
 pub mod redaction;
+pub mod search;
 pub mod state;
 pub mod visibility;
 
@@ -480,6 +481,7 @@ impl Rooms {
             redaction: None,
             replaces_state: None,
             state_change: state_change(&pdu),
+            search_terms: search::index_terms(&pdu),
         };
         let view = RoomInner {
             head,
@@ -586,6 +588,7 @@ impl Rooms {
     ) -> Result<OwnedEventId> {
         let room = self.get(room_id).ok_or_else(|| Error::NotFound("Unknown room".into()))?;
         redaction::take_redacts_from_content(&mut event)?;
+        self.check_canonical_alias(room_id, &event).await?;
         let mut builder = room.write.lock().await;
         if let Some(key) = &txn {
             if let Some(existing) = self.stored_txn(key).await? {
@@ -760,7 +763,7 @@ impl Rooms {
             None => (inner.state.clone(), inner.head.state_group, None, inner.chain_len),
         };
         // A redacted current-state event is replaced by its redacted form in the cache.
-        if let Some(Target { event_id, state_key: Some((kind, key)), redacted }) = target {
+        if let Some(Target { event_id, state_key: Some((kind, key)), redacted, .. }) = target {
             let k: StateKey = (kind.as_str().into(), key.clone());
             if state.get(&k).is_some_and(|current| current.event_id == *event_id) {
                 Arc::make_mut(&mut state).insert(k, redacted.clone());
@@ -802,9 +805,11 @@ impl Rooms {
             redaction: target.map(|t| RedactionWrite {
                 target: t.event_id.to_string(),
                 redacted_pdu: t.redacted.json.clone(),
+                search_terms: t.search_terms.clone(),
             }),
             replaces_state,
             state_change: if same_membership { None } else { state_change(&pdu) },
+            search_terms: search::index_terms(&pdu),
         };
         let membership_changed = membership.is_some() && !same_membership;
         let visibility_change = match (&pdu.kind, pdu.state_key.as_deref()) {

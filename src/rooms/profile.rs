@@ -96,6 +96,9 @@ impl Rooms {
             Err(StorageError::NotFound) => return Err(Error::NotFound("Unknown user".into())),
             Err(e) => return Err(e.into()),
         }
+        if let Some(on_change) = self.profile_fanout.on_change.get() {
+            on_change(user, self.profile_of(user).await?.as_ref());
+        }
         if self.profile_fanout.rerun_if_running(user) {
             return Ok(());
         }
@@ -164,12 +167,23 @@ pub struct ProfileFanout {
     /// start-up by the owner of the `Arc` the task needs. Without it (the CLI), a fan-out
     /// stops where the rate limit stopped it.
     spawn: OnceLock<Spawner>,
+    /// Told of every profile change once it is stored (the user directory), with the new
+    /// profile (`None`: the user is deactivated).
+    on_change: OnceLock<OnProfileChange>,
 }
 
 /// See [`ProfileFanout::spawn`].
 pub type Spawner = Box<dyn Fn(OwnedUserId) + Send + Sync>;
 
+/// See [`ProfileFanout::set_on_change`].
+pub type OnProfileChange = Box<dyn Fn(&UserId, Option<&Profile>) + Send + Sync>;
+
 impl ProfileFanout {
+    /// Says what learns of every stored profile change (set once at start-up).
+    pub fn set_on_change(&self, on_change: OnProfileChange) {
+        let _ = self.on_change.set(on_change);
+    }
+
     pub fn set_spawner(&self, spawn: Spawner) {
         if self.spawn.set(spawn).is_err() {
             tracing::warn!("profile fan-out spawner set twice; keeping the first");

@@ -26,6 +26,8 @@ pub(super) struct Target {
     pub(super) state_key: Option<(String, String)>,
     /// The target after the room version's redaction algorithm.
     pub(super) redacted: PduRef,
+    /// The target's search-index terms (deleted in the redaction's batch).
+    pub(super) search_terms: Vec<String>,
 }
 
 /// Moves the target of an `m.room.redaction` from its content to [`NewEvent::redacts`], where
@@ -92,6 +94,10 @@ impl Rooms {
             event_id: target.event_id.clone(),
             state_key: target.state_key.clone().map(|key| (target.kind.to_string(), key)),
             redacted: Arc::new(redacted),
+            search_terms: super::search::index_terms(&target)
+                .into_iter()
+                .map(|(term, _)| term)
+                .collect(),
         })
     }
 }

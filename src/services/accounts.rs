@@ -82,6 +82,8 @@ pub struct Accounts {
     login_per_ip: RateLimiter,
     failed_login_per_account: RateLimiter,
     register_per_ip: RateLimiter,
+    /// New accounts join the user directory; deactivated ones leave it.
+    directory: Arc<super::user_directory::UserDirectory>,
 }
 
 const PASSWORD_FLOWS: &[&[&str]] = &[&[uia::PASSWORD]];
@@ -100,9 +102,11 @@ impl Accounts {
         store: Arc<dyn Store>,
         passwords: Passwords,
         device_lists: Arc<DeviceLists>,
+        directory: Arc<super::user_directory::UserDirectory>,
     ) -> Self {
         let limits = &config.limits;
         Self {
+            directory,
             device_lists,
             login_per_ip: RateLimiter::new(limits.login),
             failed_login_per_account: RateLimiter::new(limits.failed_login_per_account),
@@ -307,6 +311,7 @@ impl Accounts {
             .create_user(user, new_session, completed.registration_token)
             .await
             .map_err(map_storage_user_exists)?;
+        self.directory.set(&user_id, Some(localpart), None);
         tracing::info!(%user_id, "registered user");
         Ok(match session {
             Some(s) => Registered::WithSession(s),
@@ -330,7 +335,9 @@ impl Accounts {
             deactivated: false,
             admin: req.admin,
         };
+        let displayname = user.displayname.clone();
         self.store.create_user(user, None, None).await.map_err(map_storage_user_exists)?;
+        self.directory.set(&user_id, displayname, None);
         tracing::info!(%user_id, "admin created user");
         Ok(user_id)
     }
@@ -605,7 +612,9 @@ impl Accounts {
             .map_err(|e| match e {
                 Error::Storage(StorageError::NotFound) => Error::NotFound("User not found".into()),
                 other => other,
-            })
+            })?;
+        self.directory.remove(user_id);
+        Ok(())
     }
 
     pub async fn devices(&self, who: &Identity) -> Result<Vec<DeviceRecord>> {

@@ -24,6 +24,7 @@ pub mod typing;
 pub mod uia;
 pub mod unread;
 pub mod user_data;
+pub mod user_directory;
 
 use std::sync::Arc;
 
@@ -68,6 +69,8 @@ pub struct Services {
     pub push_rules: push::PushRules,
     /// Pushers and push-gateway delivery.
     pub pushers: pushers::Pushers,
+    /// The user directory's index (`/user_directory/search`).
+    pub user_directory: Arc<user_directory::UserDirectory>,
 }
 
 impl Services {
@@ -86,8 +89,21 @@ impl Services {
         let rooms = Rooms::load(config.server_name.clone(), key, store.clone(), limits).await?;
         let device_lists =
             Arc::new(device_lists::DeviceLists::load(store.clone(), rooms.notifier.clone()).await?);
-        let accounts =
-            accounts::Accounts::new(config.clone(), store.clone(), passwords, device_lists.clone());
+        let user_directory = Arc::new(
+            user_directory::UserDirectory::load(
+                &store,
+                &config.server_name,
+                config.user_directory.search_all_users,
+            )
+            .await?,
+        );
+        let accounts = accounts::Accounts::new(
+            config.clone(),
+            store.clone(),
+            passwords,
+            device_lists.clone(),
+            user_directory.clone(),
+        );
         let user_data =
             user_data::UserData::load(store.clone(), rooms.notifier.clone(), &config.limits)
                 .await?;
@@ -134,6 +150,7 @@ impl Services {
             media,
             push_rules: push::PushRules::default(),
             pushers,
+            user_directory,
         });
         // Push rules are evaluated once events are durable, off the send path; pushes need
         // the services (weakly held: they end with the server).
@@ -170,6 +187,20 @@ impl Services {
             } else {
                 s.typing.left(room, user);
             }
+        }));
+        // Events stored before the search index existed are indexed in the background.
+        let weak = Arc::downgrade(&services);
+        tokio::spawn(async move {
+            let Some(s) = weak.upgrade() else { return };
+            if let Err(e) = s.rooms.build_search_index().await {
+                tracing::error!(error = %e, "indexing stored events for search failed");
+            }
+        });
+        // A profile change is searchable in the user directory at once.
+        let directory = services.user_directory.clone();
+        services.rooms.profile_fanout.set_on_change(Box::new(move |user, profile| match profile {
+            Some(p) => directory.set(user, p.displayname.clone(), p.avatar_url.clone()),
+            None => directory.remove(user),
         }));
         // Profile fan-outs that ran out of rate-limit tokens finish on tasks of their own,
         // which need the services (weakly held: they end with the server).

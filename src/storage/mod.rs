@@ -102,6 +102,9 @@ pub trait AccountStore: Send + Sync {
     /// Whether any account exists (deactivated ones included).
     async fn has_users(&self) -> StorageResult<bool>;
 
+    /// Every account (deactivated ones included): read once at start-up (user directory).
+    async fn users(&self) -> StorageResult<Vec<UserRecord>>;
+
     /// Opens a session: upserts the device (keeping the display name of an existing device
     /// unless a new one is given) and stores the token. Tokens previously issued to that
     /// device are revoked, as the spec requires when a client names its device.

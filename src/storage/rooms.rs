@@ -166,6 +166,8 @@ impl TxnKey {
 pub struct RedactionWrite {
     pub target: String,
     pub redacted_pdu: Box<RawValue>,
+    /// The target's search-index terms, whose entries the redaction deletes.
+    pub search_terms: Vec<String>,
 }
 
 /// Everything one new event changes, written atomically with the event.
@@ -192,6 +194,8 @@ pub struct EventWrite {
     pub replaces_state: Option<String>,
     /// For state events: the entry in the room's per-key state history.
     pub state_change: Option<StateChangeWrite>,
+    /// The event's search-index terms (`rooms::search`) with their counts.
+    pub search_terms: Vec<(String, u32)>,
 }
 
 #[async_trait]
@@ -286,4 +290,22 @@ pub trait RoomStore: Send + Sync {
     async fn set_published(&self, room_id: &str, published: bool) -> StorageResult<()>;
 
     async fn published_rooms(&self) -> StorageResult<Vec<String>>;
+
+    /// Adds search-index entries `(pos, event_id, terms with counts)` of a room's events
+    /// (for events stored before the index existed).
+    async fn index_search_terms(
+        &self,
+        room_id: &str,
+        entries: Vec<(u64, String, Vec<(String, u32)>)>,
+    ) -> StorageResult<()>;
+
+    /// The search index's postings of one term in one room: `(pos, event_id)` of the events
+    /// indexed under it below `before` (exclusive), newest first, at most `limit`.
+    async fn search_postings(
+        &self,
+        term: &str,
+        room_id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, String)>>;
 }

@@ -110,6 +110,9 @@ mod cf {
     pub const NOTIFICATIONS: &str = "notifications";
     /// `localpart 0xFF app_id 0xFF pushkey` → pusher JSON.
     pub const PUSHERS: &str = "pushers";
+    /// `term 0xFF room_id 0xFF pos(be64)` → count (be32) ++ event_id: the message search
+    /// index (`rooms::search`), written in the event's batch.
+    pub const SEARCH_INDEX: &str = "search_index";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -150,6 +153,7 @@ mod cf {
         MEDIA_PENDING,
         NOTIFICATIONS,
         PUSHERS,
+        SEARCH_INDEX,
     ];
 }
 
@@ -532,6 +536,18 @@ impl AccountStore for RocksStore {
             Some(item) => item.map(|_| true).map_err(Into::into),
             None => Ok(false),
         }
+    }
+
+    async fn users(&self) -> StorageResult<Vec<UserRecord>> {
+        self.blocking(|db, _| {
+            let mut out = Vec::new();
+            for item in db.iterator_cf(handle(db, cf::USERS)?, IteratorMode::Start) {
+                let (_, v) = item?;
+                out.push(decode(cf::USERS, &v)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn create_session(&self, localpart: &str, session: NewSession) -> StorageResult<()> {

@@ -189,6 +189,15 @@ impl RoomStore for RocksStore {
                 if let Some(txn) = &w.txn {
                     batch.put_cf(handle(db, cf::TXN_IDS)?, txn_key(txn), w.event_id.as_bytes());
                 }
+                for (term, count) in &w.search_terms {
+                    let mut value = count.to_be_bytes().to_vec();
+                    value.extend_from_slice(w.event_id.as_bytes());
+                    batch.put_cf(
+                        handle(db, cf::SEARCH_INDEX)?,
+                        key(&[term.as_bytes(), w.room_id.as_bytes(), &be(pos)]),
+                        value,
+                    );
+                }
                 if let Some(redaction) = w.redaction {
                     // The service checked the target exists in this room; an unknown one
                     // is left alone rather than created.
@@ -199,6 +208,13 @@ impl RoomStore for RocksStore {
                         }
                     };
                     if let Some(mut target) = target {
+                        let index = handle(db, cf::SEARCH_INDEX)?;
+                        for term in &redaction.search_terms {
+                            batch.delete_cf(
+                                index,
+                                key(&[term.as_bytes(), target.room_id.as_bytes(), &be(target.pos)]),
+                            );
+                        }
                         target.pdu = redaction.redacted_pdu;
                         target.redacted_by.get_or_insert_with(|| w.event_id.clone());
                         batch.put_cf(events, redaction.target.as_bytes(), encode(&target));
@@ -208,6 +224,71 @@ impl RoomStore for RocksStore {
             }
             db.write_opt(batch, &synced())?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn index_search_terms(
+        &self,
+        room_id: &str,
+        entries: Vec<(u64, String, Vec<(String, u32)>)>,
+    ) -> StorageResult<()> {
+        let room_id = room_id.to_owned();
+        self.blocking(move |db, _| {
+            let mut batch = WriteBatch::default();
+            let cf = handle(db, cf::SEARCH_INDEX)?;
+            for (pos, event_id, terms) in entries {
+                for (term, count) in terms {
+                    let mut value = count.to_be_bytes().to_vec();
+                    value.extend_from_slice(event_id.as_bytes());
+                    batch.put_cf(cf, key(&[term.as_bytes(), room_id.as_bytes(), &be(pos)]), value);
+                }
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn search_postings(
+        &self,
+        term: &str,
+        room_id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StorageResult<Vec<(u64, String)>> {
+        let (term, room_id) = (term.to_owned(), room_id.to_owned());
+        self.blocking(move |db, _| {
+            let p = prefix(&[term.as_bytes(), room_id.as_bytes()]);
+            let upper = match before {
+                Some(pos) => key(&[term.as_bytes(), room_id.as_bytes(), &be(pos)]),
+                None => {
+                    // Past every key of the prefix (their suffix is 8 bytes).
+                    let mut upper = p.clone();
+                    upper.extend_from_slice(&[0xFF; 9]);
+                    upper
+                }
+            };
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_lower_bound(p.clone());
+            opts.set_iterate_upper_bound(upper);
+            let mut iter = db.raw_iterator_cf_opt(handle(db, cf::SEARCH_INDEX)?, opts);
+            iter.seek_to_last();
+            let mut out = Vec::new();
+            while iter.valid() && out.len() < limit {
+                let (Some(k), Some(v)) = (iter.key(), iter.value()) else { break };
+                let pos = from_be(&k[p.len()..])?;
+                if v.len() < 4 {
+                    return Err(StorageError::Corrupt {
+                        what: cf::SEARCH_INDEX,
+                        detail: "short value".into(),
+                    });
+                }
+                out.push((pos, utf8(cf::SEARCH_INDEX, &v[4..])?));
+                iter.prev();
+            }
+            iter.status()?;
+            Ok(out)
         })
         .await
     }
@@ -515,6 +596,7 @@ mod tests {
             redaction: None,
             replaces_state: None,
             state_change: None,
+            search_terms: Vec::new(),
         }
     }
 
@@ -523,8 +605,31 @@ mod tests {
         w.redaction = Some(RedactionWrite {
             target: target.into(),
             redacted_pdu: to_raw_value(&serde_json::json!({"content": {}})).unwrap(),
+            search_terms: vec!["b:secret".into()],
         });
         w
+    }
+
+    #[tokio::test]
+    async fn search_postings_are_newest_first_and_a_redaction_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        let mut writes = Vec::new();
+        for i in 0..5 {
+            let mut w = write(&format!("$e{i}"), serde_json::json!({"content": {}}));
+            w.search_terms = vec![("b:secret".into(), 1)];
+            writes.push(w);
+        }
+        store.append_events(writes, 1).await.unwrap();
+        let all = store.search_postings("b:secret", "!r:x", None, 10).await.unwrap();
+        assert_eq!(all.iter().map(|p| p.0).collect::<Vec<_>>(), vec![5, 4, 3, 2, 1]);
+        let page = store.search_postings("b:secret", "!r:x", Some(4), 2).await.unwrap();
+        assert_eq!(page, vec![(3, "$e2".to_owned()), (2, "$e1".to_owned())]);
+        assert!(store.search_postings("b:secre", "!r:x", None, 10).await.unwrap().is_empty());
+        assert!(store.search_postings("b:secret", "!r:y", None, 10).await.unwrap().is_empty());
+        store.append_events(vec![redaction("$r", "$e3")], 6).await.unwrap();
+        let left = store.search_postings("b:secret", "!r:x", None, 10).await.unwrap();
+        assert_eq!(left.iter().map(|p| p.0).collect::<Vec<_>>(), vec![5, 3, 2, 1]);
     }
 
     #[tokio::test]
