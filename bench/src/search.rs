@@ -39,7 +39,7 @@ fn body(i: u64) -> String {
         x ^= x >> 27;
         words.push(word(x % VOCABULARY));
     }
-    if i % 1000 == 0 {
+    if i.is_multiple_of(1000) {
         words.push("zanzibar".into());
     }
     words.join(" ")

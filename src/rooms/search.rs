@@ -221,7 +221,7 @@ impl Rooms {
         }
         let mut candidates: Vec<(u64, usize, String)> =
             postings.into_iter().map(|(pos, (i, id))| (pos, i, id)).collect();
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         // Below the highest capped room's lowest posting, some room's postings were not
         // read: the examination stops there and the next page starts there.
         if let Some(cap) = capped_at {
