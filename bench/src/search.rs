@@ -114,7 +114,8 @@ pub async fn search(server: Arc<Server>, events: u64, concurrency: usize) -> Res
     let queries = [
         ("rare word", "zanzibar".to_owned()),
         ("common word", common.clone()),
-        ("two words", format!("{common} {}", word(43))),
+        // Two words of one message: found at least there.
+        ("two words", body(7).split(' ').take(2).collect::<Vec<_>>().join(" ")),
     ];
     for (label, term) in &queries {
         for order in ["rank", "recent"] {
