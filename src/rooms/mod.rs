@@ -318,6 +318,11 @@ impl Rooms {
     }
 
     /// Rooms the user has (or had) a membership in.
+    /// The rooms with events after stream position `pos` (their last position is later).
+    pub fn rooms_changed_after(&self, pos: u64) -> Vec<Arc<Room>> {
+        self.rooms.read().values().filter(|r| r.last_pos() > pos).cloned().collect()
+    }
+
     pub fn rooms_of(&self, user: &UserId) -> Vec<Arc<Room>> {
         let ids: Vec<OwnedRoomId> = self
             .user_rooms

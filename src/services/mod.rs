@@ -142,6 +142,7 @@ impl Services {
             services.rooms.committer.set_post_commit(notifications::start(
                 Arc::downgrade(&services),
                 services.config.push.queue_events,
+                services.rooms.committer.current(),
             ));
         }
         notifications::start_pruning(
