@@ -110,6 +110,8 @@ mod cf {
     pub const NOTIFICATIONS: &str = "notifications";
     /// `localpart 0xFF app_id 0xFF pushkey` → pusher JSON.
     pub const PUSHERS: &str = "pushers";
+    /// `app_id 0xFF pushkey 0xFF localpart` → ∅: who has a pusher of that app and pushkey.
+    pub const PUSHER_KEYS: &str = "pusher_keys";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -150,6 +152,7 @@ mod cf {
         MEDIA_PENDING,
         NOTIFICATIONS,
         PUSHERS,
+        PUSHER_KEYS,
     ];
 }
 
@@ -266,6 +269,7 @@ impl RocksStore {
         })?;
         rooms::migrate(&db)?;
         to_device::migrate(&db)?;
+        push::migrate(&db)?;
         Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
     }
 
