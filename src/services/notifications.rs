@@ -292,6 +292,7 @@ async fn evaluate_event(
     }
     let flat = FlatEvent::new(&pdu);
     let mut ctx = push::room_ctx(&room, room.joined_count());
+    let mut memo = push::Memo::default();
     let mut thread: Option<Option<String>> = None;
     let invitee = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
         .then(|| pdu.state_key.clone())
@@ -306,7 +307,8 @@ async fn evaluate_event(
             continue;
         }
         let rules = s.push_rules.get(&s.user_data, &user).await?;
-        let actions = push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user).await;
+        let actions =
+            push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user, &mut memo).await;
         let (notify, highlight) = push::notify_highlight(&actions);
         if !notify {
             continue;

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use ruma::events::StateEventType;
 use ruma::push::{
-    Action, FlattenedJson, PushCondition, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-    Ruleset,
+    Action, AnyPushRuleRef, FlattenedJson, PushCondition, PushConditionPowerLevelsCtx,
+    PushConditionRoomCtx, Ruleset,
 };
 use ruma::serde::Raw;
 use ruma::{OwnedUserId, UInt, UserId};
@@ -209,8 +209,46 @@ pub fn display_name_in(room: &Room, user: &UserId) -> String {
         .unwrap_or_else(|| user.localpart().to_owned())
 }
 
+/// Server-default rules whose conditions name the user (their ID, name or mentions).
+const USER_DEPENDENT_RULES: &[&str] = &[
+    ".m.rule.invite_for_me",
+    ".m.rule.is_user_mention",
+    ".m.rule.contains_display_name",
+    ".m.rule.contains_user_name",
+];
+
+/// Per event, what the conditions of the server-default rules that do not depend on the
+/// user said, by rule ID: evaluated for the first member, looked up for the others. (Users
+/// cannot change the conditions of server-default rules, only enable them and set actions.)
+#[derive(Default)]
+pub struct Memo(HashMap<String, bool>);
+
+/// Whether a rule's outcome is the same for every user (other than the sender).
+#[allow(deprecated)]
+fn user_independent(rule: AnyPushRuleRef<'_>) -> bool {
+    if !rule.is_server_default() || USER_DEPENDENT_RULES.contains(&rule.rule_id()) {
+        return false;
+    }
+    match rule {
+        AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => {
+            r.conditions.iter().all(|c| {
+                matches!(
+                    c,
+                    PushCondition::EventMatch(_)
+                        | PushCondition::EventPropertyIs(_)
+                        | PushCondition::EventPropertyContains(_)
+                        | PushCondition::RoomMemberCount(_)
+                        | PushCondition::SenderNotificationPermission(_)
+                )
+            })
+        }
+        _ => false,
+    }
+}
+
 /// What the user's rules say about the event: the matching rule's actions (empty: no rule
-/// matched, or the user sent it).
+/// matched, or the user sent it). `memo` is the event's, shared by every user it is
+/// evaluated for.
 pub async fn evaluate(
     rules: &UserRules,
     event: &FlatEvent,
@@ -218,6 +256,7 @@ pub async fn evaluate(
     ctx: &mut PushConditionRoomCtx,
     room: &Room,
     user: &UserId,
+    memo: &mut Memo,
 ) -> Vec<Action> {
     if sender == user {
         return Vec::new();
@@ -226,7 +265,21 @@ pub async fn evaluate(
     ctx.user_display_name =
         if rules.needs_display_name { display_name_in(room, user) } else { String::new() };
     for rule in &rules.ruleset {
-        if rule.applies(&event.0, ctx).await {
+        let applies = if !rule.enabled() {
+            false
+        } else if user_independent(rule) {
+            match memo.0.get(rule.rule_id()) {
+                Some(hit) => *hit,
+                None => {
+                    let hit = rule.applies(&event.0, ctx).await;
+                    memo.0.insert(rule.rule_id().to_owned(), hit);
+                    hit
+                }
+            }
+        } else {
+            rule.applies(&event.0, ctx).await
+        };
+        if applies {
             return rule.actions().to_vec();
         }
     }

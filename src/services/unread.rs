@@ -140,6 +140,7 @@ impl CountCtx<'_> {
             ctx,
             self.room,
             self.user,
+            &mut push::Memo::default(),
         )
         .await;
         let (notify, highlight) = push::notify_highlight(&actions);
