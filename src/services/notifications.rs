@@ -26,7 +26,7 @@ use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::commit::{Committed, PostCommit};
 use crate::services::Services;
-use crate::services::push::{self, FlatEvent};
+use crate::services::push;
 use crate::services::pushers::PushJob;
 use crate::services::receipts::ReadMarks;
 use crate::services::unread::{CountCtx, RoomCounts};
@@ -290,10 +290,8 @@ async fn evaluate_event(
     if targets.is_empty() {
         return Ok(());
     }
-    let flat = FlatEvent::new(&pdu);
-    let mut ctx = push::room_ctx(&room, room.joined_count());
-    let mut memo = push::Memo::default();
-    let mut thread: Option<Option<String>> = None;
+    let prepared = s.push_rules.prepared(&s.rooms, &room, record.pos, &pdu).await?;
+    let thread: Option<String> = prepared.thread.as_deref().map(str::to_owned);
     let invitee = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
         .then(|| pdu.state_key.clone())
         .flatten();
@@ -307,20 +305,11 @@ async fn evaluate_event(
             continue;
         }
         let rules = s.push_rules.get(&s.user_data, &user).await?;
-        let actions =
-            push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user, &mut memo).await;
+        let actions = prepared.evaluate(&rules, &pdu.sender, &room, &user).await;
         let (notify, highlight) = push::notify_highlight(&actions);
         if !notify {
             continue;
         }
-        let thread = match &thread {
-            Some(t) => t.clone(),
-            None => {
-                let t = push::thread_of(&s.rooms, &pdu).await?;
-                thread = Some(t.clone());
-                t
-            }
-        };
         let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
         records.push((
             user.localpart().to_owned(),
@@ -340,7 +329,7 @@ async fn evaluate_event(
                 room_id: room.id.clone(),
                 event_id: c.event_id.clone(),
                 pos: c.pos,
-                thread,
+                thread: thread.clone(),
                 actions,
                 done: None,
             });
@@ -358,7 +347,7 @@ pub async fn room_counts(
     current: u64,
 ) -> Result<RoomCounts> {
     let rules = s.push_rules.get(&s.user_data, user).await?;
-    let ctx = CountCtx { rooms: &s.rooms, room, user, rules: &rules, marks };
+    let ctx = CountCtx { rooms: &s.rooms, push: &s.push_rules, room, user, rules: &rules, marks };
     s.unread.counts(&ctx, current).await
 }
 
