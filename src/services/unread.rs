@@ -128,7 +128,9 @@ impl CountCtx<'_> {
             let thread = push::thread_of(self.rooms, &pdu).await?.map(Arc::from);
             return Ok(Effect::Own { pos, thread });
         }
-        if record.redacted_by.is_some() {
+        if record.redacted_by.is_some()
+            || (pdu.state_key.is_none() && self.rooms.ignores(self.user, &pdu.sender).await?)
+        {
             return Ok(Effect::Nothing);
         }
         let ctx =
