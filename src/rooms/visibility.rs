@@ -88,6 +88,12 @@ impl HistoryAccess {
         if pdu.state_key.is_none() && self.ignores(&pdu.sender) {
             return false;
         }
+        self.history_allows(pos, pdu)
+    }
+
+    /// Whether the history visibility lets the user see `pdu`, whoever they ignore (a read
+    /// receipt may name an ignored user's event: the client may have shown it before).
+    pub fn history_allows(&self, pos: u64, pdu: &Pdu) -> bool {
         if self.everything {
             return true;
         }
