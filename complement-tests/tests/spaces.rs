@@ -239,3 +239,37 @@ async fn a_restricted_join_needs_a_member_who_could_invite() {
     assert_eq!(res.0, 200, "{}", res.1);
     assert_error(&s.join(&bob, &room).await, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn a_large_space_pages_through_all_its_rooms() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let space = space(&s, &alice, "Big").await;
+    let mut rooms = Vec::new();
+    for i in 0..120 {
+        let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        add_child(&s, &alice, &space, &room, json!({"order": format!("{i:03}")})).await;
+        rooms.push(room);
+    }
+    let mut listed = Vec::new();
+    let mut from = None::<String>;
+    let mut pages = Vec::new();
+    loop {
+        let query = from.as_ref().map(|t| format!("?from={}", enc(t))).unwrap_or_default();
+        let started = std::time::Instant::now();
+        let (status, body) = hierarchy(&s, &alice, &space, &query).await;
+        pages.push(started.elapsed());
+        assert_eq!(status, 200, "{body}");
+        listed.extend(ids(&body));
+        match body["next_batch"].as_str() {
+            Some(t) => from = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    // The default page is 50 rooms: 121 rooms in 3 pages, the space first, then by order.
+    assert_eq!(pages.len(), 3);
+    assert_eq!(listed.len(), 121);
+    assert_eq!(listed[0], space);
+    assert_eq!(&listed[1..], &rooms[..]);
+    eprintln!("hierarchy pages of a 121-room space: {pages:?}");
+}

@@ -217,3 +217,17 @@ async fn an_upgrade_needs_a_supported_version_and_power() {
     let (status, _) = s.room_get(&alice, &room, "state/m.room.tombstone/").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn concurrent_upgrades_make_one_replacement() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"room_version": "10"})).await;
+    let (a, b) = tokio::join!(upgrade(&s, &alice, &room, "11"), upgrade(&s, &alice, &room, "11"));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 400], "{a:?} {b:?}");
+    let winner = if a.0 == 200 { &a.1 } else { &b.1 };
+    let tombstone = state(&s, &alice, &room, "m.room.tombstone", "").await;
+    assert_eq!(tombstone["replacement_room"], winner["replacement_room"]);
+}

@@ -37,6 +37,11 @@ const COPIED: [StateEventType; 8] = [
     StateEventType::RoomServerAcl,
 ];
 
+/// One upgrade at a time (they are rare): two concurrent upgrades of a room would both pass
+/// the tombstone check and make two replacements.
+static UPGRADING: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
 fn level(v: Option<&Value>) -> Option<i64> {
     match v? {
         Value::Number(n) => n.as_i64(),
@@ -56,6 +61,7 @@ impl Rooms {
         let rules = new_version.rules().ok_or_else(|| {
             Error::UnsupportedRoomVersion(format!("Room version {new_version} is not supported"))
         })?;
+        let _one_at_a_time = UPGRADING.lock().await;
         let old = self.require_joined(room_id, user)?;
         let old_levels = old.power_levels();
         if !old_levels.user_can_send_state(user, StateEventType::RoomTombstone) {
