@@ -2,6 +2,7 @@
 //! shape) and OpenID tokens (`/openid/request_token`, `/openid/userinfo`).
 
 use complement_tests::{Session, TestServer, assert_error, enc, json};
+use reqwest::Method;
 
 /// alice and bob in a room, carol outside, and an admin.
 async fn setup() -> (TestServer, Session, Session, Session, Session, String) {
@@ -72,6 +73,14 @@ async fn a_member_reports_an_event_and_admins_list_it() {
         404,
         "M_NOT_FOUND",
     );
+
+    // Admins delete reports they dealt with.
+    let one = format!("/_synapse/admin/v1/event_reports/{id}");
+    assert_error(&s.request(Method::DELETE, &one, alice.token(), None).await, 403, "M_FORBIDDEN");
+    assert_eq!(s.request(Method::DELETE, &one, root.token(), None).await.0, 200);
+    assert_error(&s.request(Method::DELETE, &one, root.token(), None).await, 404, "M_NOT_FOUND");
+    let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
+    assert_eq!(body["total"], 1);
 
     // Admins only.
     assert_error(

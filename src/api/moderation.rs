@@ -97,7 +97,10 @@ pub async fn openid_userinfo(
 pub fn admin_routes() -> Router<AppState> {
     Router::new()
         .route("/_synapse/admin/v1/event_reports", get(list_event_reports))
-        .route("/_synapse/admin/v1/event_reports/{report_id}", get(event_report))
+        .route(
+            "/_synapse/admin/v1/event_reports/{report_id}",
+            get(event_report).delete(delete_event_report),
+        )
         .route("/_synapse/admin/v1/room_reports", get(list_room_reports))
 }
 
@@ -202,16 +205,33 @@ pub async fn list_room_reports(
     list_reports(&s, query, false, "room_reports").await
 }
 
+fn report_id(args: &[String]) -> Result<u64> {
+    args.first()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| Error::InvalidParam("The report ID must be a positive integer".into()))
+}
+
+/// `DELETE /_synapse/admin/v1/event_reports/{reportId}`.
+pub async fn delete_event_report(
+    State(s): State<AppState>,
+    _: ServerAdmin,
+    PathArgs(args): PathArgs,
+) -> Result<Json<Value>> {
+    let id = report_id(&args)?;
+    let is_event_report = s.store.report(id).await?.is_some_and(|r| r.event_id.is_some());
+    if !is_event_report || !s.store.delete_report(id).await? {
+        return Err(Error::NotFound("Event report not found".into()));
+    }
+    Ok(Json(json!({})))
+}
+
 /// `GET /_synapse/admin/v1/event_reports/{reportId}`: the report with the event's JSON.
 pub async fn event_report(
     State(s): State<AppState>,
     _: ServerAdmin,
     PathArgs(args): PathArgs,
 ) -> Result<Json<Value>> {
-    let id: u64 = args
-        .first()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| Error::InvalidParam("The report ID must be a positive integer".into()))?;
+    let id = report_id(&args)?;
     let report = s
         .store
         .report(id)

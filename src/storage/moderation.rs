@@ -46,6 +46,9 @@ pub trait ModerationStore: Send + Sync {
 
     async fn report(&self, id: u64) -> StorageResult<Option<ReportRecord>>;
 
+    /// Deletes a report; `false` if there was none.
+    async fn delete_report(&self, id: u64) -> StorageResult<bool>;
+
     /// Stores an OpenID token (by its hash) and deletes the expired ones before `now_ms`.
     async fn put_openid_token(
         &self,

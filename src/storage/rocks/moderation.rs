@@ -46,6 +46,19 @@ impl ModerationStore for RocksStore {
         get_json(&self.db, cf::REPORTS, &id.to_be_bytes())
     }
 
+    async fn delete_report(&self, id: u64) -> StorageResult<bool> {
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let reports = handle(db, cf::REPORTS)?;
+            if db.get_pinned_cf(reports, id.to_be_bytes())?.is_none() {
+                return Ok(false);
+            }
+            db.delete_cf_opt(reports, id.to_be_bytes(), &synced())?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn put_openid_token(
         &self,
         hash: TokenHash,
