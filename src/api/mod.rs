@@ -9,13 +9,17 @@ pub mod discovery;
 pub mod e2ee_keys;
 pub mod key_backup;
 pub mod media;
+pub mod moderation;
 pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod rooms;
+pub mod spaces;
 pub mod sync;
+pub mod tags;
 pub mod to_device;
 pub mod typing;
+pub mod upgrade;
 pub mod user_data;
 
 use axum::Router;
@@ -172,6 +176,7 @@ pub fn client_routes() -> Router<AppState> {
         e2ee_keys::upload_signatures,
     );
     let r = key_backup_routes(r);
+    let r = rooms_extra_routes(r);
     let r = media::routes(r);
     let r = route::<ruma::api::client::typing::create_typing_event::v3::Request, _, _>(
         r,
@@ -234,4 +239,18 @@ fn key_backup_routes(r: Router<AppState>) -> Router<AppState> {
     let r =
         route::<b::delete_backup_keys_for_room::v3::Request, _, _>(r, key_backup::delete_room_keys);
     route::<b::delete_backup_keys_for_session::v3::Request, _, _>(r, key_backup::delete_session_key)
+}
+
+/// Spaces, tags, room upgrades, reports, OpenID tokens.
+fn rooms_extra_routes(r: Router<AppState>) -> Router<AppState> {
+    use ruma::api::client::{account::request_openid_token, space, tag};
+    let r = route::<space::get_hierarchy::v1::Request, _, _>(r, spaces::hierarchy);
+    let r = route::<tag::get_tags::v3::Request, _, _>(r, tags::get);
+    let r = route::<tag::create_tag::v3::Request, _, _>(r, tags::put);
+    let r = route::<tag::delete_tag::v3::Request, _, _>(r, tags::delete);
+    let r = route::<room::upgrade_room::v3::Request, _, _>(r, upgrade::upgrade);
+    let r = route::<room::report_content::v3::Request, _, _>(r, moderation::report_event);
+    let r = route::<room::report_room::v3::Request, _, _>(r, moderation::report_room);
+    let r = route::<request_openid_token::v3::Request, _, _>(r, moderation::request_openid_token);
+    r.route("/_matrix/federation/v1/openid/userinfo", get(moderation::openid_userinfo))
 }

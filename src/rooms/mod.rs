@@ -13,12 +13,15 @@ pub mod create;
 pub mod directory;
 pub mod filter;
 pub mod history;
+pub mod ignore;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod profile;
 pub mod redaction;
+pub mod spaces;
 pub mod state;
+pub mod upgrade;
 pub mod visibility;
 
 use std::collections::{HashMap, HashSet};
@@ -185,6 +188,8 @@ pub struct Rooms {
     /// Told when a user's membership of a room changes (typing stops on leaving; presence
     /// introduces a joiner and the room's members to each other).
     on_membership: Arc<std::sync::OnceLock<OnMembership>>,
+    /// Whom each user ignores (`m.ignored_user_list`), cached.
+    ignore_lists: ignore::IgnoreLists,
 }
 
 /// Parsed events by ID, and a count of redactions so that a reader racing a redaction never
@@ -302,6 +307,7 @@ impl Rooms {
             creating: parking_lot::Mutex::new(HashSet::new()),
             event_cache: Arc::new(EventCache::new(EVENT_CACHE_ENTRIES, EVENT_CACHE_BYTES)),
             on_membership: Arc::new(std::sync::OnceLock::new()),
+            ignore_lists: ignore::IgnoreLists::default(),
         })
     }
 

@@ -10,6 +10,7 @@ pub mod e2ee_keys;
 pub mod key_backup;
 pub mod lazy_members;
 pub mod media;
+pub mod moderation;
 pub mod notifications;
 pub mod passwords;
 pub mod presence;

@@ -304,6 +304,10 @@ async fn evaluate_event(
         {
             continue;
         }
+        // Nor for an invite from someone the invitee ignores (hidden from their sync).
+        if invitee.as_deref() == Some(user.as_str()) && s.rooms.ignores(&user, &pdu.sender).await? {
+            continue;
+        }
         let rules = s.push_rules.get(&s.user_data, &user).await?;
         let actions = prepared.evaluate(&rules, &pdu.sender, &room, &user).await;
         let (notify, highlight) = push::notify_highlight(&actions);

@@ -120,7 +120,10 @@ impl CountCtx<'_> {
         let Some((record, pdu)) = self.rooms.event(event_id).await? else {
             return Ok(Effect::Nothing);
         };
-        if pdu.sender != self.user && record.redacted_by.is_some() {
+        if pdu.sender != self.user
+            && (record.redacted_by.is_some()
+                || (pdu.state_key.is_none() && self.rooms.ignores(self.user, &pdu.sender).await?))
+        {
             return Ok(Effect::Nothing);
         }
         // Prepared once per event for every member (flattened, its thread, the shared

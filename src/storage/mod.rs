@@ -12,6 +12,7 @@
 pub mod e2ee_keys;
 pub mod key_backup;
 pub mod media;
+pub mod moderation;
 pub mod push;
 pub mod receipts;
 mod records;
@@ -164,6 +165,7 @@ pub trait Store:
     + receipts::ReceiptStore
     + media::MediaStore
     + push::PushStore
+    + moderation::ModerationStore
 {
 }
 
@@ -179,5 +181,6 @@ impl<T> Store for T where
         + receipts::ReceiptStore
         + media::MediaStore
         + push::PushStore
+        + moderation::ModerationStore
 {
 }

@@ -112,6 +112,10 @@ mod cf {
     pub const PUSHERS: &str = "pushers";
     /// `app_id 0xFF pushkey 0xFF localpart` → ∅: who has a pusher of that app and pushkey.
     pub const PUSHER_KEYS: &str = "pusher_keys";
+    /// `id(be64)` → [`ReportRecord`](crate::storage::moderation::ReportRecord).
+    pub const REPORTS: &str = "reports";
+    /// SHA-256(token) → [`OpenIdTokenRecord`](crate::storage::moderation::OpenIdTokenRecord).
+    pub const OPENID_TOKENS: &str = "openid_tokens";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -153,12 +157,15 @@ mod cf {
         NOTIFICATIONS,
         PUSHERS,
         PUSHER_KEYS,
+        REPORTS,
+        OPENID_TOKENS,
     ];
 }
 
 mod e2ee_keys;
 mod key_backup;
 mod media;
+mod moderation;
 mod push;
 mod receipts;
 mod rooms;
