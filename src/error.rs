@@ -72,6 +72,10 @@ pub enum Error {
     /// A `PUT /upload/{serverName}/{mediaId}` for an ID that already has content.
     #[error("The media has already been uploaded")]
     CannotOverwriteMedia,
+    /// A second identical annotation (same sender, type, key and event), refused as
+    /// Synapse refuses it: 400 `M_DUPLICATE_ANNOTATION`.
+    #[error("Can't send same reaction twice")]
+    DuplicateAnnotation,
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]

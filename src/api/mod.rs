@@ -13,6 +13,7 @@ pub mod moderation;
 pub mod presence;
 pub mod push;
 pub mod receipts;
+pub mod relations;
 pub mod rooms;
 pub mod spaces;
 pub mod sync;
@@ -191,6 +192,19 @@ pub fn client_routes() -> Router<AppState> {
         presence::get_status,
     );
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = {
+        use ruma::api::client::relations as rel;
+        let r = route::<rel::get_relating_events::v1::Request, _, _>(r, relations::relating);
+        let r = route::<rel::get_relating_events_with_rel_type::v1::Request, _, _>(
+            r,
+            relations::relating_with_rel_type,
+        );
+        let r = route::<rel::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+            r,
+            relations::relating_with_rel_type_and_event_type,
+        );
+        route::<ruma::api::client::threads::get_threads::v1::Request, _, _>(r, relations::threads)
+    };
     let mut r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
         r,
         to_device::send,

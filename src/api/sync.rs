@@ -665,7 +665,9 @@ async fn room_entry(
     let mut timeline = Vec::with_capacity(events.len());
     let in_timeline: HashSet<&str> = events.iter().map(|e| e.pdu.event_id.as_str()).collect();
     for e in &events {
-        timeline.push(s.rooms.client_event(room, &e.record, &e.pdu, viewer, false).await?);
+        timeline.push(
+            s.rooms.client_event_bundled(room, access, &e.record, &e.pdu, viewer, false).await?,
+        );
     }
 
     // State: what the client lacks to know the state at the timeline's start. In full for

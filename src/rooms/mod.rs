@@ -20,6 +20,7 @@ pub mod pdu;
 pub mod profile;
 pub mod redaction;
 pub mod spaces;
+pub mod relations;
 pub mod state;
 pub mod upgrade;
 pub mod visibility;
@@ -69,6 +70,9 @@ pub struct Room {
     /// Position of the room's latest membership change (a profile change is none); at
     /// start-up, conservatively, the room's last position.
     membership_changed_at: AtomicU64,
+    /// Annotations submitted but not yet durable (`relations::check_relation` refuses a
+    /// second identical one meanwhile).
+    pending_annotations: parking_lot::Mutex<HashSet<relations::AnnotationId>>,
 }
 
 #[derive(Clone)]
@@ -288,6 +292,7 @@ impl Rooms {
                 pending_txns: parking_lot::Mutex::new(HashMap::new()),
                 visibility: RwLock::new(visibility),
                 membership_changed_at: AtomicU64::new(view_last_pos),
+                pending_annotations: parking_lot::Mutex::new(HashSet::new()),
             };
             rooms.insert(id, Arc::new(room));
         }
@@ -491,6 +496,7 @@ impl Rooms {
             redaction: None,
             replaces_state: None,
             state_change: state_change(&pdu),
+            relation: None,
         };
         let view = RoomInner {
             head,
@@ -507,6 +513,7 @@ impl Rooms {
             pending_txns: parking_lot::Mutex::new(HashMap::new()),
             visibility: RwLock::new(Arc::new(Vec::new())),
             membership_changed_at: AtomicU64::new(0),
+            pending_annotations: parking_lot::Mutex::new(HashSet::new()),
         });
         // Build and check every initial event first: a refused one (a bad power-level
         // override, say) leaves no half-created room behind. Then one request writes all.
@@ -623,10 +630,19 @@ impl Rooms {
             Some(redacts) => Some(self.redaction_target(&room, &builder, sender, redacts).await?),
             None => None,
         };
-        let prepared =
+        let annotation = self.check_relation(&room, sender.as_str(), &event).await?;
+        let mut prepared =
             self.prepare(&room, &mut builder, sender, event, txn.clone(), target.as_ref())?;
         if let Some(key) = txn {
             room.pending_txns.lock().insert(key, prepared.event_id.clone());
+        }
+        if let Some(id) = annotation {
+            room.pending_annotations.lock().insert(id.clone());
+            let (applied, apply) = (room.clone(), prepared.apply);
+            prepared.apply = Box::new(move |pos| {
+                applied.pending_annotations.lock().remove(&id);
+                apply(pos);
+            });
         }
         let pending = self.committer.submit(vec![prepared.write], prepared.apply)?;
         // The next event of this room can be built while this one is written.
@@ -771,7 +787,7 @@ impl Rooms {
             None => (inner.state.clone(), inner.head.state_group, None, inner.chain_len),
         };
         // A redacted current-state event is replaced by its redacted form in the cache.
-        if let Some(Target { event_id, state_key: Some((kind, key)), redacted }) = target {
+        if let Some(Target { event_id, state_key: Some((kind, key)), redacted, .. }) = target {
             let k: StateKey = (kind.as_str().into(), key.clone());
             if state.get(&k).is_some_and(|current| current.event_id == *event_id) {
                 Arc::make_mut(&mut state).insert(k, redacted.clone());
@@ -813,9 +829,11 @@ impl Rooms {
             redaction: target.map(|t| RedactionWrite {
                 target: t.event_id.to_string(),
                 redacted_pdu: t.redacted.json.clone(),
+                relation: t.relation.clone(),
             }),
             replaces_state,
             state_change: if same_membership { None } else { state_change(&pdu) },
+            relation: relations::relation_write(&pdu),
         };
         let membership_changed = membership.is_some() && !same_membership;
         let visibility_change = match (&pdu.kind, pdu.state_key.as_deref()) {

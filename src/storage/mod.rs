@@ -16,6 +16,7 @@ pub mod moderation;
 pub mod push;
 pub mod receipts;
 mod records;
+pub mod relations;
 pub mod rocks;
 pub mod rooms;
 pub mod to_device;
@@ -166,6 +167,7 @@ pub trait Store:
     + media::MediaStore
     + push::PushStore
     + moderation::ModerationStore
+    + relations::RelationStore
 {
 }
 
@@ -182,5 +184,6 @@ impl<T> Store for T where
         + media::MediaStore
         + push::PushStore
         + moderation::ModerationStore
+        + relations::RelationStore
 {
 }

@@ -166,6 +166,8 @@ impl TxnKey {
 pub struct RedactionWrite {
     pub target: String,
     pub redacted_pdu: Box<RawValue>,
+    /// The target's relation (from its original content), removed from the index.
+    pub relation: Option<super::relations::RelationWrite>,
 }
 
 /// Everything one new event changes, written atomically with the event.
@@ -192,6 +194,8 @@ pub struct EventWrite {
     pub replaces_state: Option<String>,
     /// For state events: the entry in the room's per-key state history.
     pub state_change: Option<StateChangeWrite>,
+    /// The event's relation (`m.relates_to` with a `rel_type`), for the relations index.
+    pub relation: Option<super::relations::RelationWrite>,
 }
 
 #[async_trait]

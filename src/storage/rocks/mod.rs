@@ -116,6 +116,9 @@ mod cf {
     pub const REPORTS: &str = "reports";
     /// SHA-256(token) → [`OpenIdTokenRecord`](crate::storage::moderation::OpenIdTokenRecord).
     pub const OPENID_TOKENS: &str = "openid_tokens";
+    /// The relations index and thread summaries (`storage::rocks::relations`: one CF, six
+    /// key families told apart by their first byte).
+    pub const RELATIONS: &str = "relations";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -159,6 +162,7 @@ mod cf {
         PUSHER_KEYS,
         REPORTS,
         OPENID_TOKENS,
+        RELATIONS,
     ];
 }
 
@@ -168,6 +172,7 @@ mod media;
 mod moderation;
 mod push;
 mod receipts;
+mod relations;
 mod rooms;
 mod to_device;
 mod users;

@@ -119,6 +119,7 @@ impl RoomStore for RocksStore {
             let mut memberships: HashMap<Vec<u8>, MembershipRecord> = HashMap::new();
             // Records written by this batch: a redaction may target an event of the same batch.
             let mut written: HashMap<String, EventRecord> = HashMap::new();
+            let mut relations = super::relations::RelationBatch::default();
             for (i, w) in writes.into_iter().enumerate() {
                 let pos = first_pos + i as u64;
                 let record = EventRecord {
@@ -189,6 +190,9 @@ impl RoomStore for RocksStore {
                 if let Some(txn) = &w.txn {
                     batch.put_cf(handle(db, cf::TXN_IDS)?, txn_key(txn), w.event_id.as_bytes());
                 }
+                if let Some(relation) = &w.relation {
+                    relations.add(db, &mut batch, &w.room_id, pos, relation)?;
+                }
                 if let Some(redaction) = w.redaction {
                     // The service checked the target exists in this room; an unknown one
                     // is left alone rather than created.
@@ -199,6 +203,11 @@ impl RoomStore for RocksStore {
                         }
                     };
                     if let Some(mut target) = target {
+                        if let Some(relation) = &redaction.relation
+                            && target.redacted_by.is_none()
+                        {
+                            relations.remove(db, &mut batch, &w.room_id, target.pos, relation)?;
+                        }
                         target.pdu = redaction.redacted_pdu;
                         target.redacted_by.get_or_insert_with(|| w.event_id.clone());
                         batch.put_cf(events, redaction.target.as_bytes(), encode(&target));
@@ -515,6 +524,7 @@ mod tests {
             redaction: None,
             replaces_state: None,
             state_change: None,
+            relation: None,
         }
     }
 
@@ -523,6 +533,7 @@ mod tests {
         w.redaction = Some(RedactionWrite {
             target: target.into(),
             redacted_pdu: to_raw_value(&serde_json::json!({"content": {}})).unwrap(),
+            relation: None,
         });
         w
     }
