@@ -38,7 +38,7 @@ use super::pdu::{NewEvent, Pdu};
 use super::visibility::HistoryAccess;
 use super::{Room, Rooms};
 use crate::error::{Error, Result};
-use crate::storage::relations::{AggregationRows, RelationRow, RelationStore, RelationWrite};
+use crate::storage::relations::{AggregationRows, RelationRow, RelationWrite};
 use crate::storage::rooms::EventRecord;
 
 /// Index rows read per relation type when aggregating one event.
