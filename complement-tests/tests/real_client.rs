@@ -143,10 +143,12 @@ async fn matrix_js_sdk_clients_react_edit_and_reply_in_threads() {
     assert_eq!(result["duplicate"], "M_DUPLICATE_ANNOTATION", "{result}");
     assert_eq!(result["edit_seen_by_bob"], true, "{result}");
     assert_eq!(result["bob_thread"]["replies"], serde_json::json!(["in the thread"]), "{result}");
+    assert_eq!(result["bob_thread"]["length"], 1, "one reply, counted once: {result}");
     assert_eq!(result["bob_thread"]["root_in_main_timeline"], true, "{result}");
     assert_eq!(result["bob_thread"]["reply_not_in_main_timeline"], true, "{result}");
     assert_eq!(result["fresh"]["original_body"], "edited", "{result}");
     assert_eq!(result["fresh"]["thread_replies"], serde_json::json!(["in the thread"]), "{result}");
+    assert_eq!(result["fresh"]["thread_length"], 1, "{result}");
 }
 
 /// matrix-js-sdk with its Rust crypto (vodozemac): device and one-time keys uploaded and
