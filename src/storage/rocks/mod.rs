@@ -282,6 +282,7 @@ impl RocksStore {
         rooms::migrate(&db)?;
         to_device::migrate(&db)?;
         push::migrate(&db)?;
+        relations::migrate(&db)?;
         Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
     }
 

@@ -287,6 +287,84 @@ impl RelationBatch {
     }
 }
 
+/// `meta` key marking that the relations index covers every stored event.
+const RELATIONS_BUILT: &str = "relations_index_built";
+
+/// The relation of a stored PDU, read as the rooms service reads it when the event is sent
+/// (`rooms::relations::relation_write`): a non-state event whose content has
+/// `m.relates_to` with string `rel_type` and `event_id`. Only for the one-time build below.
+fn stored_relation(event_id: &str, pdu: &str) -> Option<RelationWrite> {
+    let pdu: serde_json::Value = serde_json::from_str(pdu).ok()?;
+    if pdu.get("state_key").is_some() {
+        return None;
+    }
+    let content = pdu.get("content")?;
+    let relates = content.get("m.relates_to")?;
+    let rel_type = relates.get("rel_type")?.as_str()?.to_owned();
+    let parent = relates.get("event_id")?.as_str()?.to_owned();
+    let kind = pdu.get("type")?.as_str()?.to_owned();
+    let new_content = rel_type == "m.replace"
+        && (content.get("m.new_content").is_some_and(serde_json::Value::is_object)
+            || kind == "m.room.encrypted");
+    let annotation_key = match rel_type.as_str() {
+        "m.annotation" => relates.get("key").and_then(|k| k.as_str()).map(str::to_owned),
+        _ => None,
+    };
+    Some(RelationWrite {
+        parent,
+        annotation_key,
+        thread: rel_type == THREAD,
+        row: RelationRow {
+            event_id: event_id.to_owned(),
+            kind,
+            sender: pdu.get("sender")?.as_str()?.to_owned(),
+            origin_server_ts: pdu.get("origin_server_ts")?.as_u64()?,
+            new_content,
+            rel_type,
+        },
+    })
+}
+
+/// One-time migration at open: databases written before the relations index existed get it
+/// built from their timelines (in stream order, so thread summaries end on the latest
+/// reply; redacted events have no content left, so no relation). The column family is
+/// cleared first and the marker written last, so an interrupted build is redone whole.
+pub(super) fn migrate(db: &rocksdb::DB) -> StorageResult<()> {
+    let meta = handle(db, cf::META)?;
+    if db.get_pinned_cf(meta, RELATIONS_BUILT)?.is_some() {
+        return Ok(());
+    }
+    let relations = handle(db, cf::RELATIONS)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(relations, [0u8].as_slice(), [0xFFu8; 2].as_slice());
+    let mut index = RelationBatch::default();
+    let mut indexed = 0u64;
+    for item in db.iterator_cf(handle(db, cf::ROOM_EVENTS)?, IteratorMode::Start) {
+        let (k, event_id) = item?;
+        let Some(split) = k.len().checked_sub(8) else { continue };
+        let pos = from_be(&k[split..])?;
+        let Some(record) =
+            super::get_json::<crate::storage::rooms::EventRecord>(db, cf::EVENTS, &event_id)?
+        else {
+            continue;
+        };
+        let id = String::from_utf8_lossy(&event_id);
+        if let Some(w) = stored_relation(&id, record.pdu.get()) {
+            index.add(db, &mut batch, &record.room_id, pos, &w)?;
+            indexed += 1;
+        }
+        if batch.len() >= 4096 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    batch.put_cf(meta, RELATIONS_BUILT, b"1");
+    db.write_opt(batch, &super::synced())?;
+    if indexed > 0 {
+        tracing::info!(relations = indexed, "built the relations index");
+    }
+    Ok(())
+}
+
 impl RelationStore for RocksStore {
     fn relations(
         &self,
@@ -375,6 +453,7 @@ impl RelationStore for RocksStore {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
     use serde_json::value::to_raw_value;
 
     use super::*;
@@ -428,6 +507,52 @@ mod tests {
             relation: Some(relation),
         });
         w
+    }
+
+    #[tokio::test]
+    async fn databases_older_than_the_index_get_it_built_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path(), 1).unwrap();
+            let pdu = |id: &str, content: serde_json::Value| {
+                let mut w = write(id, None);
+                w.pdu = to_raw_value(&serde_json::json!({
+                    "type": "m.room.message", "sender": "@alice:x", "origin_server_ts": 5,
+                    "content": content,
+                }))
+                .unwrap();
+                w
+            };
+            let reply =
+                json!({"body": "r", "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}});
+            let edit = json!({"m.new_content": {}, "m.relates_to": {"rel_type": "m.replace", "event_id": "$root"}});
+            // Written as before the index: no relation in the writes.
+            store
+                .append_events(vec![pdu("$root", json!({})), pdu("$r", reply), pdu("$e", edit)], 1)
+                .await
+                .unwrap();
+            store.db.delete_cf(handle(&store.db, cf::META).unwrap(), RELATIONS_BUILT).unwrap();
+            store
+                .db
+                .delete_range_cf(
+                    handle(&store.db, cf::RELATIONS).unwrap(),
+                    [0u8].as_slice(),
+                    [0xFFu8; 2].as_slice(),
+                )
+                .unwrap();
+            assert!(store.thread("!r:x", "$root").unwrap().is_none());
+        }
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        let summary = store.thread("!r:x", "$root").unwrap().unwrap();
+        assert_eq!((summary.count, summary.latest_pos), (1, 2));
+        let rows = store.aggregation_rows("!r:x", "$root", "@alice:x", 10).unwrap();
+        assert_eq!(rows.replaces.len(), 1);
+        assert!(rows.replaces[0].1.new_content);
+        assert!(rows.participated);
+        // Opening again changes nothing.
+        drop(store);
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        assert_eq!(store.thread("!r:x", "$root").unwrap().unwrap().count, 1);
     }
 
     #[tokio::test]
