@@ -231,3 +231,38 @@ async fn a_thread_reply_counts_in_its_thread_for_unread_notifications() {
     assert_eq!(ids(&listed), vec![root.clone()]);
     assert_eq!(listed["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"], 2);
 }
+
+#[tokio::test]
+async fn replies_of_ignored_users_leave_the_thread_summary() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let room = room_of_two(&s, &alice, &bob).await;
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    let root = sent(&s, &alice, &room, "m.room.message", "root", text("root")).await;
+    let first = sent(&s, &alice, &room, "m.room.message", "a", in_thread(&root, "alice")).await;
+    sent(&s, &carol, &room, "m.room.message", "c1", in_thread(&root, "carol 1")).await;
+    sent(&s, &carol, &room, "m.room.message", "c2", in_thread(&root, "carol 2")).await;
+    let path =
+        format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&bob.user_id));
+    let (status, body) =
+        s.put(&path, bob.token(), json!({"ignored_users": {&carol.user_id: {}}})).await;
+    assert_eq!(status, 200, "{body}");
+    // Bob: Carol's replies neither count nor are the latest.
+    let view = event(&s, &bob, &room, &root).await;
+    let thread = &view["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(thread["count"], 1, "{view}");
+    assert_eq!(thread["latest_event"]["event_id"], first, "{view}");
+    // Alice sees all three.
+    let view = event(&s, &alice, &room, &root).await;
+    assert_eq!(view["unsigned"]["m.relations"]["m.thread"]["count"], 3, "{view}");
+    // A thread of ignored replies only has no summary for Bob.
+    let other = sent(&s, &alice, &room, "m.room.message", "o", text("other")).await;
+    sent(&s, &carol, &room, "m.room.message", "c3", in_thread(&other, "carol 3")).await;
+    let view = event(&s, &bob, &room, &other).await;
+    assert!(view["unsigned"].get("m.relations").is_none(), "{view}");
+    let path = format!("/_matrix/client/v1/rooms/{}/relations/{}", enc(&room), enc(&other));
+    let (_, rel) = s.get(&path, bob.token()).await;
+    assert_eq!(rel["chunk"], json!([]), "{rel}");
+}

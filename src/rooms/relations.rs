@@ -22,10 +22,10 @@
 //! its own bundle, `count`, `current_user_participated`). `m.annotation` is not bundled
 //! (spec v1.7 onwards).
 //!
-//! **Ignored users** (not implemented yet): the spec leaves their replies out of `count`
-//! and `latest_event`. The seam is [`Rooms::thread_bundle`]: the per-user reply counts
-//! (`RelationStore::thread_participant`'s rows) give what to subtract, and the latest reply
-//! not by an ignored user is a backwards read of the thread's `m.thread` rows.
+//! **Ignored users**: their replies leave a thread's `count` (the index keeps replies per
+//! user) and its `latest_event` (the newest reply the viewer may see, [`HistoryAccess`]
+//! hiding ignored senders); `/relations` and `/threads` hide their events as every exit
+//! does.
 
 use std::collections::HashSet;
 
@@ -266,12 +266,22 @@ impl Rooms {
         with_room_id: bool,
     ) -> Result<Option<Value>> {
         let Some(summary) = &rows.thread else { return Ok(None) };
-        let Some((record, latest)) = self.event(&summary.latest_event_id).await? else {
-            return Ok(None);
-        };
-        if !access.can_see(summary.latest_pos, &latest) {
+        // Replies by users the viewer ignores are neither counted nor the latest (spec).
+        let mut count = summary.count;
+        for ignored in access.ignored_users() {
+            let theirs = self.store().thread_replies_by(
+                room.id.as_str(),
+                root.event_id.as_str(),
+                ignored.as_str(),
+            )?;
+            count = count.saturating_sub(theirs);
+        }
+        if count == 0 {
             return Ok(None);
         }
+        let Some((record, latest)) = self.latest_reply(room, access, root, summary).await? else {
+            return Ok(None);
+        };
         let mut latest_view =
             self.client_event(room, &record, &latest, viewer, with_room_id).await?;
         let latest_rows = self.store().aggregation_rows(
@@ -298,9 +308,46 @@ impl Rooms {
         let participated = root.sender == viewer.user || rows.participated;
         Ok(Some(json!({
             "latest_event": latest_view,
-            "count": summary.count,
+            "count": count,
             "current_user_participated": participated,
         })))
+    }
+
+    /// The thread's latest reply the viewer may see: the summary's, or (when that one is
+    /// hidden, by an ignored sender say) the newest visible among the
+    /// [`AGGREGATION_CAP`] replies before it.
+    async fn latest_reply(
+        &self,
+        room: &Room,
+        access: &HistoryAccess,
+        root: &Pdu,
+        summary: &crate::storage::relations::ThreadSummary,
+    ) -> Result<Option<(EventRecord, Pdu)>> {
+        if let Some((record, latest)) = self.event(&summary.latest_event_id).await?
+            && access.can_see(summary.latest_pos, &latest)
+        {
+            return Ok(Some((record, latest)));
+        }
+        let earlier = self.store().relations(
+            room.id.as_str(),
+            root.event_id.as_str(),
+            Some("m.thread"),
+            None,
+            Some(summary.latest_pos),
+            true,
+            AGGREGATION_CAP,
+        )?;
+        for (pos, row) in earlier {
+            if access.ignored_users().any(|u| u.as_str() == row.sender) {
+                continue;
+            }
+            if let Some((record, reply)) = self.event(&row.event_id).await?
+                && access.can_see(pos, &reply)
+            {
+                return Ok(Some((record, reply)));
+            }
+        }
+        Ok(None)
     }
 
     /// `/relations`: the events relating to `parent` (by `rel_type` and `event_type` if

@@ -127,6 +127,11 @@ impl HistoryAccess {
         !self.ignored.is_empty() && self.ignored.contains(sender)
     }
 
+    /// Everyone the user ignores (thread summaries leave their replies out).
+    pub fn ignored_users(&self) -> impl Iterator<Item = &UserId> {
+        self.ignored.iter().map(|u| u.as_ref())
+    }
+
     /// Whether the user was ever joined (`true` on the fast path, where they are now).
     pub fn ever_joined(&self) -> bool {
         self.everything || self.memberships.iter().any(|(_, m)| m == "join")

@@ -93,7 +93,12 @@ pub trait RelationStore: Send + Sync {
     fn thread(&self, room_id: &str, root: &str) -> StorageResult<Option<ThreadSummary>>;
 
     /// Whether `user` replied in the thread.
-    fn thread_participant(&self, room_id: &str, root: &str, user: &str) -> StorageResult<bool>;
+    fn thread_participant(&self, room_id: &str, root: &str, user: &str) -> StorageResult<bool> {
+        Ok(self.thread_replies_by(room_id, root, user)? > 0)
+    }
+
+    /// How many replies `user` has in the thread (not redacted).
+    fn thread_replies_by(&self, room_id: &str, root: &str, user: &str) -> StorageResult<u64>;
 
     /// Threads by latest activity, newest first: `(latest reply position, root)` with that
     /// position strictly below `before`; at most `limit`.

@@ -433,8 +433,8 @@ impl RelationStore for RocksStore {
         get(&self.db, &summary_key(room_id, root))
     }
 
-    fn thread_participant(&self, room_id: &str, root: &str, user: &str) -> StorageResult<bool> {
-        Ok(get_count(&self.db, &participant_key(room_id, root, user))? > 0)
+    fn thread_replies_by(&self, room_id: &str, root: &str, user: &str) -> StorageResult<u64> {
+        get_count(&self.db, &participant_key(room_id, root, user))
     }
 
     fn threads(
