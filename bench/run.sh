@@ -108,6 +108,8 @@ echo "== notifications"
 "$LOADGEN" "$base" push_gateway 100 100 | tee -a "$work/events.txt"
 echo "== search"
 "$LOADGEN" "$base" search "${BENCH_SEARCH_EVENTS:-1000000}" 64 | tee -a "$work/events.txt"
+echo "== relations"
+"$LOADGEN" "$base" relations 50 20 200 | tee -a "$work/events.txt"
 rss_events=$(rss_kib)
 errors=$(cat "$work/whoami.txt" "$work/login.txt" | grep -c "Non-2xx" || true)
 

@@ -75,6 +75,10 @@ pub enum Error {
     /// An `m.room.canonical_alias` naming an alias that does not exist or points elsewhere.
     #[error("{0}")]
     BadAlias(String),
+    /// A second identical annotation (same sender, type, key and event), refused as
+    /// Synapse refuses it: 400 `M_DUPLICATE_ANNOTATION`.
+    #[error("Can't send same reaction twice")]
+    DuplicateAnnotation,
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]

@@ -36,6 +36,11 @@
 //!                                                USERS members of one room post read receipts
 //!                                                as fast as they can, SYNCERS of them
 //!                                                long-poll; report receipts/s (receipts.rs)
+//! axon-bench BASE_URL relations EVENTS REACTORS REQUESTS
+//!                                                EVENTS messages with REACTORS reactions and
+//!                                                an edit each; /messages latency of their
+//!                                                page with bundles vs a plain room, and
+//!                                                send rates (relations.rs)
 //! ```
 //! and the typing and presence phases (`ephemeral.rs`), and the media repository's upload,
 //! download and thumbnail modes (`media.rs`, run by `bench/media.sh`).
@@ -55,6 +60,7 @@ use tokio::sync::Mutex;
 mod media;
 mod push;
 mod receipts;
+mod relations;
 mod search;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -911,7 +917,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail | push_rules MEMBERS EVENTS CONCURRENCY | push_gateway USERS EVENTS | search EVENTS CONCURRENCY)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail | push_rules MEMBERS EVENTS CONCURRENCY | push_gateway USERS EVENTS | relations EVENTS REACTORS REQUESTS | search EVENTS CONCURRENCY)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -945,6 +951,9 @@ async fn main() -> Result<(), Error> {
         Some("media") => media::media(server, num(3)?).await,
         Some("thumbnail") => media::thumbnail(server).await,
         Some("search") => search::search(server, num(3)?, num(4)? as usize).await,
+        Some("relations") => {
+            relations::relations(server, num(3)? as usize, num(4)? as usize, num(5)? as usize).await
+        }
         _ => Err(usage.into()),
     }
 }

@@ -269,6 +269,11 @@ pub async fn decompression_bomb_is_refused(s: &TestServer, server_pid: Option<u3
     let r = s.get_raw(&path, alice.token(), &[]).await;
     assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["errcode"], "M_TOO_LARGE");
+    // Remembered: another size fails the same way (answered from the failure marker).
+    let path = format!("{AUTH_THUMBNAIL}/{server}/{id}?width=320&height=240&method=scale");
+    let r = s.get_raw(&path, alice.token(), &[]).await;
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["errcode"], "M_TOO_LARGE");
     if let Some(pid) = server_pid {
         let hwm = vm_hwm_kib(pid).expect("VmHWM");
         assert!(hwm < 1024 * 1024, "server peak RSS {hwm} KiB after the bomb");

@@ -2,18 +2,20 @@
 
 use complement_tests::{ServerOptions, TestServer, assert_error, enc, json};
 
-/// Clients choose what to call from `/versions`: v1.3 and v1.4 would send them to
-/// `/relations` and `/threads`, which do not exist yet. matrix-js-sdk needs one of v1.1–v1.9.
-/// v1.11 (authenticated media) is claimed, with MSC3916's stable flag for older clients.
+/// Clients choose what to call from `/versions`: v1.3 and v1.4 send them to `/relations`
+/// and `/threads` (with threaded receipts), which exist; v1.5 onwards is not claimed (but
+/// v1.11, authenticated media, with MSC3916's stable flag for older clients).
+/// matrix-js-sdk needs one of v1.1–v1.9.
 #[tokio::test]
 async fn versions_claim_only_what_is_implemented() {
     let s = TestServer::start().await;
     let (status, body) = s.get("/_matrix/client/versions", None).await;
     assert_eq!(status, 200);
     let versions = body["versions"].as_array().unwrap();
-    assert!(versions.iter().any(|v| v == "v1.1"), "{body}");
-    assert!(versions.iter().any(|v| v == "v1.11"), "authenticated media: {body}");
-    for unimplemented in ["v1.3", "v1.4", "v1.12"] {
+    for claimed in ["v1.1", "v1.2", "v1.3", "v1.4", "v1.11"] {
+        assert!(versions.iter().any(|v| v == claimed), "{claimed}: {body}");
+    }
+    for unimplemented in ["v1.5", "v1.12"] {
         assert!(!versions.iter().any(|v| v == unimplemented), "{unimplemented}: {body}");
     }
     let claimed: Vec<_> = body["unstable_features"]
@@ -24,11 +26,13 @@ async fn versions_claim_only_what_is_implemented() {
         .map(|(name, _)| name.as_str())
         .collect();
     assert_eq!(claimed, ["org.matrix.msc3916.stable"]);
-    // The endpoints those versions would announce are indeed absent.
+    // The endpoints v1.3 and v1.4 announce are there.
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;
     let threads = format!("/_matrix/client/v1/rooms/{}/threads", enc(&room));
-    assert_error(&s.get(&threads, alice.token()).await, 404, "M_UNRECOGNIZED");
+    let (status, body) = s.get(&threads, alice.token()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunk"], json!([]));
 }
 
 #[tokio::test]

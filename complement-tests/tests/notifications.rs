@@ -195,3 +195,54 @@ async fn notifications_are_listed_newest_first_and_paginated() {
     let bad = s.get("/_matrix/client/v3/notifications?from=nope", bob.token()).await;
     assert_error(&bad, 400, "M_INVALID_PARAM");
 }
+
+#[tokio::test]
+async fn one_event_is_judged_for_each_member_by_their_own_rules() {
+    // The evaluation shares what rules that do not depend on the user said between the
+    // members of a room; what does depend on the user (mentions, their own rules) stays theirs.
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let dave = s.register("dave", "dave-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    for who in [&bob, &carol, &dave] {
+        assert_eq!(s.join(who, &room).await.0, 200);
+    }
+    // dave mutes the room with a room rule.
+    let (status, body) = s
+        .put(
+            &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room)),
+            dave.token(),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut content = json!({"msgtype": "m.text", "body": "lunch?"});
+    content["m.mentions"] = json!({"user_ids": [bob.user_id]});
+    let mentioned = send(&s, &alice, &room, "t1", content).await;
+    let plain = send(&s, &alice, &room, "t2", json!({"msgtype": "m.text", "body": "anyone"})).await;
+    let ids = |body: &Value| -> Vec<(String, bool)> {
+        body["notifications"]
+            .as_array()
+            .expect("notifications")
+            .iter()
+            .map(|n| {
+                let highlight = n["actions"]
+                    .as_array()
+                    .expect("actions")
+                    .iter()
+                    .any(|a| a["set_tweak"] == "highlight" && a["value"] != false);
+                (n["event"]["event_id"].as_str().expect("id").to_owned(), highlight)
+            })
+            .collect()
+    };
+    let bobs = ids(&notifications(&s, &bob, "", 2).await);
+    assert_eq!(bobs, [(plain.clone(), false), (mentioned.clone(), true)], "bob is mentioned");
+    let carols = ids(&notifications(&s, &carol, "", 2).await);
+    assert_eq!(carols, [(plain.clone(), false), (mentioned.clone(), false)], "carol is not");
+    // Both events are evaluated by now for everyone (one batch each, in order): dave's room
+    // rule silenced them.
+    let (_, daves) = s.get("/_matrix/client/v3/notifications", dave.token()).await;
+    assert_eq!(daves["notifications"], json!([]), "dave muted the room");
+}

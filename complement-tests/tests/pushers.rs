@@ -385,3 +385,65 @@ async fn a_loopback_gateway_is_refused_without_the_allowance() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(gw.received().is_empty(), "{:?}", gw.received());
 }
+
+/// A server whose failed pushes are retried slowly, so a crash can fall between attempts.
+async fn slow_retry_server() -> TestServer {
+    TestServer::start_with(ServerOptions {
+        extra_toml: "[outbound]\nallowed_ip_ranges = [\"127.0.0.1/32\", \"::1/128\"]\n\n\
+                     [push]\nretry_base_ms = 3000\nretry_max_ms = 3000\nmax_attempts = 10\n"
+            .into(),
+        ..ServerOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_push_still_being_retried_at_a_crash_is_sent_after_the_restart() {
+    let mut s = slow_retry_server().await;
+    let gw = Gateway::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = room_of_two(&s, &alice, &bob).await;
+    assert_eq!(set_pusher(&s, &bob, http_pusher("bob-key", &gw.url())).await.0, 200);
+    // The room's setup is evaluated and its progress stored (once a second) before the
+    // message, so only the message is evaluated again after the crash.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.answer(500, json!({}));
+    let event = send(&s, &alice, &room, "t1", "are you there?").await;
+    let got = gw.wait_for(1).await;
+    assert_eq!(got.len(), 1, "the first attempt, answered 500: {got:?}");
+    // Killed while the push waits for its retry: the evaluation's progress must not have
+    // passed the event, so the restarted server evaluates it again and pushes it.
+    s.crash_and_restart().await;
+    let got = gw.wait_for(2).await;
+    assert!(got.len() >= 2, "the push after the restart: {got:?}");
+    assert!(
+        got[1..].iter().all(|p| p["notification"]["event_id"] == event.as_str()),
+        "only the pending event is pushed again: {got:?}"
+    );
+    let (status, body) = s.get("/_matrix/client/v3/notifications", bob.token()).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["notifications"].as_array().expect("notifications");
+    assert_eq!(listed.len(), 1, "stored once: {body}");
+    assert_eq!(listed[0]["event"]["event_id"], event.as_str());
+}
+
+#[tokio::test]
+async fn a_delivered_push_is_not_sent_again_after_a_restart() {
+    let mut s = server().await;
+    let gw = Gateway::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = room_of_two(&s, &alice, &bob).await;
+    assert_eq!(set_pusher(&s, &bob, http_pusher("bob-key", &gw.url())).await.0, 200);
+    send(&s, &alice, &room, "t1", "hello").await;
+    assert_eq!(gw.wait_for(1).await.len(), 1);
+    // The progress is stored once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.crash_and_restart().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gw.received().len(), 1, "no second push: {:?}", gw.received());
+    // Pushes go on after the restart.
+    send(&s, &alice, &room, "t2", "still there").await;
+    assert_eq!(gw.wait_for(2).await.len(), 2);
+}

@@ -118,6 +118,39 @@ async fn matrix_js_sdk_clients_chat() {
     assert_eq!(result["room_name"], "js chat", "{result}");
 }
 
+/// matrix-js-sdk with `threadSupport` (as Element Web): Bob's reaction, Alice's edit and
+/// Alice's thread reply appear in the other client as the user sees them (the reaction on
+/// the message, the edited content, the thread holding the reply once), a second identical
+/// reaction is refused, and a client syncing afresh sees the same through the server's
+/// bundled aggregations and `/threads`.
+#[tokio::test]
+async fn matrix_js_sdk_clients_react_edit_and_reply_in_threads() {
+    let modules = client_script("js/node_modules/matrix-js-sdk");
+    assert!(
+        modules.exists(),
+        "matrix-js-sdk is not installed in {}; run `make test` (scripts/bootstrap.sh --test)",
+        modules.display()
+    );
+    let s = TestServer::start().await;
+    for user in ["alice", "bob"] {
+        s.register(user, "js-password").await;
+    }
+    let node = std::env::var("AXON_NODE").unwrap_or_else(|_| "node".to_owned());
+    let result = run_client(&node, "js/relations.mjs", &[&s.base, "js-password"]);
+    assert_eq!(result["threads_supported"], true, "{result}");
+    assert_eq!(result["reaction"]["keys"], serde_json::json!([["👍", 1]]), "{result}");
+    assert_eq!(result["reaction"]["id_seen"], true, "{result}");
+    assert_eq!(result["duplicate"], "M_DUPLICATE_ANNOTATION", "{result}");
+    assert_eq!(result["edit_seen_by_bob"], true, "{result}");
+    assert_eq!(result["bob_thread"]["replies"], serde_json::json!(["in the thread"]), "{result}");
+    assert_eq!(result["bob_thread"]["length"], 1, "one reply, counted once: {result}");
+    assert_eq!(result["bob_thread"]["root_in_main_timeline"], true, "{result}");
+    assert_eq!(result["bob_thread"]["reply_not_in_main_timeline"], true, "{result}");
+    assert_eq!(result["fresh"]["original_body"], "edited", "{result}");
+    assert_eq!(result["fresh"]["thread_replies"], serde_json::json!(["in the thread"]), "{result}");
+    assert_eq!(result["fresh"]["thread_length"], 1, "{result}");
+}
+
 /// matrix-js-sdk with its Rust crypto (vodozemac): device and one-time keys uploaded and
 /// their signatures accepted, cross-signing bootstrapped (keys and the device's signature
 /// uploaded with UIA as Element does), and the other user sees the device signed by its

@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
             get(get_token).delete(delete_token),
         )
         .merge(crate::api::media::admin_routes())
+        .merge(crate::api::moderation::admin_routes())
 }
 
 /// The single path argument: a user ID, or a registration token.

@@ -11,13 +11,12 @@ use crate::http::ruma::AppState;
 /// Spec versions Axon advertises. Clients decide from this list what to call, so it names
 /// only versions whose version-gated features are implemented (docs/ARCHITECTURE.md,
 /// "What /versions claims"). v1.3 brings `/relations` and v1.4 threads (`/threads`,
-/// threaded receipts, `m.read.private`): matrix-js-sdk and Element switch to them as soon
-/// as a server lists those versions. Add v1.3 and later when relations and threads land.
+/// threaded receipts, `m.read.private`), which exist (`api::relations`, `services::receipts`).
 /// matrix-js-sdk accepts servers listing any of v1.1–v1.9. v1.11 is listed for authenticated
 /// media (`/_matrix/client/v1/media/*`): Element, Element X and matrix-sdk switch to those
-/// endpoints only when the server lists it; nothing else of v1.3–v1.11 is claimed by it,
-/// since clients gate each feature on the exact version that introduced it.
-pub const SPEC_VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.11"];
+/// endpoints only when the server lists it; nothing of v1.5–v1.10 is claimed by it, since
+/// clients gate each feature on the exact version that introduced it.
+pub const SPEC_VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.11"];
 
 /// Whether this server federates. Until the Server-Server API exists,
 /// `/.well-known/matrix/server` answers 404 (as Synapse does when federation is not set

@@ -10,14 +10,19 @@ pub mod e2ee_keys;
 pub mod key_backup;
 pub mod legacy;
 pub mod media;
+pub mod moderation;
 pub mod presence;
 pub mod push;
 pub mod receipts;
+pub mod relations;
 pub mod rooms;
 pub mod search;
+pub mod spaces;
 pub mod sync;
+pub mod tags;
 pub mod to_device;
 pub mod typing;
+pub mod upgrade;
 pub mod user_data;
 
 use axum::Router;
@@ -174,6 +179,7 @@ pub fn client_routes() -> Router<AppState> {
         e2ee_keys::upload_signatures,
     );
     let r = key_backup_routes(r);
+    let r = rooms_extra_routes(r);
     let r = media::routes(r);
     let r = route::<ruma::api::client::typing::create_typing_event::v3::Request, _, _>(
         r,
@@ -188,6 +194,19 @@ pub fn client_routes() -> Router<AppState> {
         presence::get_status,
     );
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = {
+        use ruma::api::client::relations as rel;
+        let r = route::<rel::get_relating_events::v1::Request, _, _>(r, relations::relating);
+        let r = route::<rel::get_relating_events_with_rel_type::v1::Request, _, _>(
+            r,
+            relations::relating_with_rel_type,
+        );
+        let r = route::<rel::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+            r,
+            relations::relating_with_rel_type_and_event_type,
+        );
+        route::<ruma::api::client::threads::get_threads::v1::Request, _, _>(r, relations::threads)
+    };
     let r = route::<ruma::api::client::to_device::send_event_to_device::v3::Request, _, _>(
         r,
         to_device::send,
@@ -250,4 +269,18 @@ fn key_backup_routes(r: Router<AppState>) -> Router<AppState> {
     let r =
         route::<b::delete_backup_keys_for_room::v3::Request, _, _>(r, key_backup::delete_room_keys);
     route::<b::delete_backup_keys_for_session::v3::Request, _, _>(r, key_backup::delete_session_key)
+}
+
+/// Spaces, tags, room upgrades, reports, OpenID tokens.
+fn rooms_extra_routes(r: Router<AppState>) -> Router<AppState> {
+    use ruma::api::client::{account::request_openid_token, space, tag};
+    let r = route::<space::get_hierarchy::v1::Request, _, _>(r, spaces::hierarchy);
+    let r = route::<tag::get_tags::v3::Request, _, _>(r, tags::get);
+    let r = route::<tag::create_tag::v3::Request, _, _>(r, tags::put);
+    let r = route::<tag::delete_tag::v3::Request, _, _>(r, tags::delete);
+    let r = route::<room::upgrade_room::v3::Request, _, _>(r, upgrade::upgrade);
+    let r = route::<room::report_content::v3::Request, _, _>(r, moderation::report_event);
+    let r = route::<room::report_room::v3::Request, _, _>(r, moderation::report_room);
+    let r = route::<request_openid_token::v3::Request, _, _>(r, moderation::request_openid_token);
+    r.route("/_matrix/federation/v1/openid/userinfo", get(moderation::openid_userinfo))
 }

@@ -30,7 +30,7 @@ async fn event_pos(s: &Services, who: &Identity, room: &Room, event: &EventId) -
         .filter(|(r, _)| r.room_id == room.id.as_str())
         .ok_or_else(not_found)?;
     let access = s.rooms.readable(room, &who.user_id).await?;
-    if !access.can_see(record.pos, &pdu) {
+    if !access.history_allows(record.pos, &pdu) {
         return Err(not_found());
     }
     Ok(record.pos)

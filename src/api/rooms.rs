@@ -24,6 +24,7 @@ use crate::rooms::create::{CreateRoom, Preset};
 use crate::rooms::history::Direction;
 use crate::rooms::pdu::NewEvent;
 use crate::rooms::pdu::Pdu;
+use crate::rooms::visibility::HistoryAccess;
 use crate::services::Services;
 use crate::services::accounts::Identity;
 use crate::storage::rooms::{EventRecord, TxnKey};
@@ -100,6 +101,7 @@ pub async fn join_by_id(
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
     s.rooms.join(&req.room_id, &who.user_id).await?;
+    crate::api::tags::carry_over(&s, &who.user_id, &req.room_id).await;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(req.room_id)))
 }
 
@@ -113,6 +115,7 @@ pub async fn join_by_id_or_alias(
         Err(alias) => s.rooms.resolve_alias(&alias).await?,
     };
     s.rooms.join(&room_id, &who.user_id).await?;
+    crate::api::tags::carry_over(&s, &who.user_id, &room_id).await;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
@@ -389,10 +392,10 @@ pub async fn event(
         .await?
         .filter(|(r, p)| r.room_id == req.room_id.as_str() && access.can_see(r.pos, p))
         .ok_or_else(|| Error::NotFound("Event not found".into()))?;
-    Ok(Json(client_view(&s, &room, &record, &pdu, &who).await?))
+    Ok(Json(bundled_view(&s, &room, &access, &record, &pdu, &who).await?))
 }
 
-fn room_or_forbidden(s: &Services, room_id: &RoomId) -> Result<Arc<Room>> {
+pub(crate) fn room_or_forbidden(s: &Services, room_id: &RoomId) -> Result<Arc<Room>> {
     s.rooms.get(room_id).ok_or_else(|| Error::Forbidden("You are not in this room".into()))
 }
 
@@ -406,6 +409,19 @@ async fn client_view(
 ) -> Result<Value> {
     let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
     s.rooms.client_event(room, record, pdu, viewer, true).await
+}
+
+/// A timeline event as `who` sees it, with its bundled aggregations.
+pub(crate) async fn bundled_view(
+    s: &Services,
+    room: &Room,
+    access: &HistoryAccess,
+    record: &EventRecord,
+    pdu: &Pdu,
+    who: &Identity,
+) -> Result<Value> {
+    let viewer = Viewer { user: &who.user_id, device_id: who.device_id.as_str() };
+    s.rooms.client_event_bundled(room, access, record, pdu, viewer, true).await
 }
 
 /// A state event (from a state map) as `who` sees it.
@@ -449,11 +465,11 @@ pub async fn context(
         .await?;
     let mut events_before = Vec::with_capacity(before.events.len());
     for e in &before.events {
-        events_before.push(client_view(&s, &room, &e.record, &e.pdu, &who).await?);
+        events_before.push(bundled_view(&s, &room, &access, &e.record, &e.pdu, &who).await?);
     }
     let mut events_after = Vec::with_capacity(after.events.len());
     for e in &after.events {
-        events_after.push(client_view(&s, &room, &e.record, &e.pdu, &who).await?);
+        events_after.push(bundled_view(&s, &room, &access, &e.record, &e.pdu, &who).await?);
     }
     let last_group = after.events.last().map_or(record.state_group, |e| e.record.state_group);
     let state_ids = s.rooms.state_ids_of_group(last_group).await?;
@@ -464,7 +480,7 @@ pub async fn context(
         }
     }
     Ok(Json(json!({
-        "event": client_view(&s, &room, &record, &pdu, &who).await?,
+        "event": bundled_view(&s, &room, &access, &record, &pdu, &who).await?,
         "events_before": events_before,
         "events_after": events_after,
         "start": token(before.cursor),
@@ -517,7 +533,7 @@ pub async fn messages(
     let page = s.rooms.scan(&room, &access, direction, limit, Some(&req.filter)).await?;
     let mut chunk = Vec::with_capacity(page.events.len());
     for e in &page.events {
-        chunk.push(client_view(&s, &room, &e.record, &e.pdu, &who).await?);
+        chunk.push(bundled_view(&s, &room, &access, &e.record, &e.pdu, &who).await?);
     }
     let mut body = json!({"chunk": chunk, "start": token(from)});
     if !page.events.is_empty() || !page.exhausted {

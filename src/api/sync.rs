@@ -497,7 +497,11 @@ async fn build_rooms(
                 obj.insert("ephemeral".into(), json!({"events": ephemeral}));
                 join.insert(room.id.to_string(), entry);
             }
-            "invite" if opts.changed_since(m.since) => {
+            // Invites from ignored users are hidden, as Synapse does.
+            "invite"
+                if opts.changed_since(m.since)
+                    && !invited_by_ignored(s, &room, &who.user_id).await? =>
+            {
                 invite.insert(room.id.to_string(), invite_entry(&room, &who.user_id));
             }
             // Departures since the last sync; in an initial sync only with `include_leave`.
@@ -556,6 +560,17 @@ async fn ephemeral_events(
         events.push(receipts);
     }
     Ok(events)
+}
+
+/// Whether the user's pending invite comes from someone they ignore.
+async fn invited_by_ignored(s: &Services, room: &Room, user: &ruma::UserId) -> Result<bool> {
+    let ignored = s.rooms.ignored_by(user).await?;
+    if ignored.is_empty() {
+        return Ok(false);
+    }
+    Ok(room
+        .state_event(&StateEventType::RoomMember, user.as_str())
+        .is_some_and(|invite| ignored.contains(&invite.sender)))
 }
 
 /// The invite entry: the room's stripped state, the invite, and the inviter's member event.
@@ -650,7 +665,9 @@ async fn room_entry(
     let mut timeline = Vec::with_capacity(events.len());
     let in_timeline: HashSet<&str> = events.iter().map(|e| e.pdu.event_id.as_str()).collect();
     for e in &events {
-        timeline.push(s.rooms.client_event(room, &e.record, &e.pdu, viewer, false).await?);
+        timeline.push(
+            s.rooms.client_event_bundled(room, access, &e.record, &e.pdu, viewer, false).await?,
+        );
     }
 
     // State: what the client lacks to know the state at the timeline's start. In full for

@@ -15,7 +15,7 @@ use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, JsonBody, PathArgs, Ruma, RumaResponse};
 use crate::services::accounts::Identity;
 
-fn require_self(who: &Identity, user: &UserId, what: &str) -> Result<()> {
+pub(crate) fn require_self(who: &Identity, user: &UserId, what: &str) -> Result<()> {
     if *user != who.user_id {
         return Err(Error::Forbidden(format!("Cannot access another user's {what}")));
     }
@@ -75,7 +75,15 @@ pub async fn set_global_account_data(
     require_self(&who, &req.user_id, "account data")?;
     refuse_server_managed(&req.event_type.to_string())?;
     let content = raw(&req.data)?;
-    s.user_data.set_account_data(&who.user_id, None, &req.event_type.to_string(), content).await?;
+    let kind = req.event_type.to_string();
+    let ignore_list = kind == crate::rooms::ignore::IGNORED_USER_LIST;
+    if ignore_list {
+        crate::rooms::ignore::check_ignored_content(&who.user_id, &content)?;
+    }
+    s.user_data.set_account_data(&who.user_id, None, &kind, content.clone()).await?;
+    if ignore_list {
+        s.rooms.set_ignored(&who.user_id, &content);
+    }
     Ok(RumaResponse(set_global_account_data::v3::Response::new()))
 }
 

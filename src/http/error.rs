@@ -40,6 +40,7 @@ impl Error {
             Error::Conflict(_) => (S::CONFLICT, "M_UNKNOWN"),
             Error::BadState(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
             Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
+            Error::DuplicateAnnotation => (S::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Error::Uia(_) => (S::UNAUTHORIZED, "M_FORBIDDEN"),
             Error::NotYetUploaded => (S::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),

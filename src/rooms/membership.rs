@@ -50,8 +50,21 @@ impl Rooms {
         if room.membership_of(user).as_deref() == Some("ban") {
             return Err(Error::Forbidden("You are banned from this room".into()));
         }
+        // A restricted room (`restricted`, `knock_restricted`) lets in, uninvited, members of
+        // the rooms its `allow` list names; the join names a local member who could have
+        // invited them, which the auth rules check.
+        let authoriser = if room.membership_of(user).as_deref() == Some("invite") {
+            None
+        } else {
+            self.restricted_join_authoriser(&room, user)?
+        };
         self.charge_event(user)?;
-        self.append(room_id, user, self.member_event(user, "join", None).await?, None).await?;
+        let mut event = self.member_event(user, "join", None).await?;
+        if let Some(authoriser) = authoriser {
+            event.content["join_authorised_via_users_server"] =
+                serde_json::Value::String(authoriser.to_string());
+        }
+        self.append(room_id, user, event, None).await?;
         Ok(())
     }
 

@@ -13,13 +13,17 @@ pub mod create;
 pub mod directory;
 pub mod filter;
 pub mod history;
+pub mod ignore;
 pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod profile;
 pub mod redaction;
+pub mod relations;
 pub mod search;
+pub mod spaces;
 pub mod state;
+pub mod upgrade;
 pub mod visibility;
 
 use std::collections::{HashMap, HashSet};
@@ -67,6 +71,9 @@ pub struct Room {
     /// Position of the room's latest membership change (a profile change is none); at
     /// start-up, conservatively, the room's last position.
     membership_changed_at: AtomicU64,
+    /// Annotations submitted but not yet durable (`relations::check_relation` refuses a
+    /// second identical one meanwhile).
+    pending_annotations: parking_lot::Mutex<HashSet<relations::AnnotationId>>,
 }
 
 #[derive(Clone)]
@@ -186,6 +193,8 @@ pub struct Rooms {
     /// Told when a user's membership of a room changes (typing stops on leaving; presence
     /// introduces a joiner and the room's members to each other).
     on_membership: Arc<std::sync::OnceLock<OnMembership>>,
+    /// Whom each user ignores (`m.ignored_user_list`), cached.
+    ignore_lists: ignore::IgnoreLists,
 }
 
 /// Parsed events by ID, and a count of redactions so that a reader racing a redaction never
@@ -284,6 +293,7 @@ impl Rooms {
                 pending_txns: parking_lot::Mutex::new(HashMap::new()),
                 visibility: RwLock::new(visibility),
                 membership_changed_at: AtomicU64::new(view_last_pos),
+                pending_annotations: parking_lot::Mutex::new(HashSet::new()),
             };
             rooms.insert(id, Arc::new(room));
         }
@@ -303,6 +313,7 @@ impl Rooms {
             creating: parking_lot::Mutex::new(HashSet::new()),
             event_cache: Arc::new(EventCache::new(EVENT_CACHE_ENTRIES, EVENT_CACHE_BYTES)),
             on_membership: Arc::new(std::sync::OnceLock::new()),
+            ignore_lists: ignore::IgnoreLists::default(),
         })
     }
 
@@ -319,6 +330,11 @@ impl Rooms {
     }
 
     /// Rooms the user has (or had) a membership in.
+    /// The rooms with events after stream position `pos` (their last position is later).
+    pub fn rooms_changed_after(&self, pos: u64) -> Vec<Arc<Room>> {
+        self.rooms.read().values().filter(|r| r.last_pos() > pos).cloned().collect()
+    }
+
     pub fn rooms_of(&self, user: &UserId) -> Vec<Arc<Room>> {
         let ids: Vec<OwnedRoomId> = self
             .user_rooms
@@ -482,6 +498,7 @@ impl Rooms {
             replaces_state: None,
             state_change: state_change(&pdu),
             search_terms: search::index_terms(&pdu),
+            relation: None,
         };
         let view = RoomInner {
             head,
@@ -498,6 +515,7 @@ impl Rooms {
             pending_txns: parking_lot::Mutex::new(HashMap::new()),
             visibility: RwLock::new(Arc::new(Vec::new())),
             membership_changed_at: AtomicU64::new(0),
+            pending_annotations: parking_lot::Mutex::new(HashSet::new()),
         });
         // Build and check every initial event first: a refused one (a bad power-level
         // override, say) leaves no half-created room behind. Then one request writes all.
@@ -615,10 +633,19 @@ impl Rooms {
             Some(redacts) => Some(self.redaction_target(&room, &builder, sender, redacts).await?),
             None => None,
         };
-        let prepared =
+        let annotation = self.check_relation(&room, sender.as_str(), &event).await?;
+        let mut prepared =
             self.prepare(&room, &mut builder, sender, event, txn.clone(), target.as_ref())?;
         if let Some(key) = txn {
             room.pending_txns.lock().insert(key, prepared.event_id.clone());
+        }
+        if let Some(id) = annotation {
+            room.pending_annotations.lock().insert(id.clone());
+            let (applied, apply) = (room.clone(), prepared.apply);
+            prepared.apply = Box::new(move |pos| {
+                applied.pending_annotations.lock().remove(&id);
+                apply(pos);
+            });
         }
         let pending = self.committer.submit(vec![prepared.write], prepared.apply)?;
         // The next event of this room can be built while this one is written.
@@ -806,10 +833,12 @@ impl Rooms {
                 target: t.event_id.to_string(),
                 redacted_pdu: t.redacted.json.clone(),
                 search_terms: t.search_terms.clone(),
+                relation: t.relation.clone(),
             }),
             replaces_state,
             state_change: if same_membership { None } else { state_change(&pdu) },
             search_terms: search::index_terms(&pdu),
+            relation: relations::relation_write(&pdu),
         };
         let membership_changed = membership.is_some() && !same_membership;
         let visibility_change = match (&pdu.kind, pdu.state_key.as_deref()) {

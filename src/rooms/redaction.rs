@@ -28,6 +28,8 @@ pub(super) struct Target {
     pub(super) redacted: PduRef,
     /// The target's search-index terms (deleted in the redaction's batch).
     pub(super) search_terms: Vec<String>,
+    /// The target's relation, which leaves the relations index with it.
+    pub(super) relation: Option<crate::storage::relations::RelationWrite>,
 }
 
 /// Moves the target of an `m.room.redaction` from its content to [`NewEvent::redacts`], where
@@ -90,7 +92,13 @@ impl Rooms {
             }
         }
         let redacted = redact(&target, &room.rules)?;
+        // A target already redacted has no relation left (its first redaction removed it).
+        let relation = match record.redacted_by {
+            None => super::relations::relation_write(&target),
+            Some(_) => None,
+        };
         Ok(Target {
+            relation,
             event_id: target.event_id.clone(),
             state_key: target.state_key.clone().map(|key| (target.kind.to_string(), key)),
             redacted: Arc::new(redacted),

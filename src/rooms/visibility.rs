@@ -54,6 +54,8 @@ pub struct HistoryAccess {
     /// The room's history is world-readable now.
     world_readable_now: bool,
     user: String,
+    /// Whom the user ignores: their non-state events are hidden ([`super::ignore`]).
+    ignored: super::ignore::IgnoredSet,
     /// The earliest position that can be readable.
     pub from: u64,
     /// The latest position that can be readable; `u64::MAX` while the user may read on.
@@ -83,6 +85,15 @@ impl HistoryAccess {
 
     /// Whether the user may see `pdu`, stored at stream position `pos`.
     pub fn can_see(&self, pos: u64, pdu: &Pdu) -> bool {
+        if pdu.state_key.is_none() && self.ignores(&pdu.sender) {
+            return false;
+        }
+        self.history_allows(pos, pdu)
+    }
+
+    /// Whether the history visibility lets the user see `pdu`, whoever they ignore (a read
+    /// receipt may name an ignored user's event: the client may have shown it before).
+    pub fn history_allows(&self, pos: u64, pdu: &Pdu) -> bool {
         if self.everything {
             return true;
         }
@@ -109,6 +120,16 @@ impl HistoryAccess {
             }
             _ => false,
         }
+    }
+
+    /// Whether the user ignores `sender` (whose messages `can_see` then hides).
+    pub fn ignores(&self, sender: &UserId) -> bool {
+        !self.ignored.is_empty() && self.ignored.contains(sender)
+    }
+
+    /// Everyone the user ignores (thread summaries leave their replies out).
+    pub fn ignored_users(&self) -> impl Iterator<Item = &UserId> {
+        self.ignored.iter().map(|u| u.as_ref())
     }
 
     /// Whether the user was ever joined (`true` on the fast path, where they are now).
@@ -228,6 +249,7 @@ impl Rooms {
         let restricted =
             visibility.iter().any(|(_, v)| matches!(v, Visibility::Invited | Visibility::Joined));
         let user_id = user.as_str().to_owned();
+        let ignored = self.ignored_by(user).await?;
         if !restricted && room.membership_of(user).as_deref() == Some("join") {
             return Ok(HistoryAccess {
                 visibility,
@@ -235,6 +257,7 @@ impl Rooms {
                 everything: true,
                 world_readable_now: world_now,
                 user: user_id,
+                ignored,
                 from: 0,
                 until: u64::MAX,
             });
@@ -256,6 +279,7 @@ impl Rooms {
             everything: false,
             world_readable_now: world_now,
             user: user_id,
+            ignored,
             from,
             until,
         })
@@ -313,6 +337,7 @@ mod tests {
             everything: false,
             world_readable_now: false,
             user: "@bob:x".into(),
+            ignored: Default::default(),
             from,
             until,
         }

@@ -10,6 +10,7 @@ pub mod e2ee_keys;
 pub mod key_backup;
 pub mod lazy_members;
 pub mod media;
+pub mod moderation;
 pub mod notifications;
 pub mod passwords;
 pub mod presence;
@@ -159,6 +160,7 @@ impl Services {
             services.rooms.committer.set_post_commit(notifications::start(
                 Arc::downgrade(&services),
                 services.config.push.queue_events,
+                services.rooms.committer.current(),
             ));
         }
         notifications::start_pruning(

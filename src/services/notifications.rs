@@ -26,7 +26,7 @@ use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::commit::{Committed, PostCommit};
 use crate::services::Services;
-use crate::services::push::{self, FlatEvent};
+use crate::services::push;
 use crate::services::pushers::PushJob;
 use crate::services::receipts::ReadMarks;
 use crate::services::unread::{CountCtx, RoomCounts};
@@ -41,12 +41,47 @@ const MAX_LIMIT: usize = 100;
 /// Stored notifications one `/notifications` request examines at most (with `only`).
 const MAX_EXAMINED: usize = 1_000;
 
+/// The `meta` key of the evaluation's durable progress: every event at or before this
+/// stream position has been evaluated and its pushes have ended (delivered, given up or
+/// dropped). At start-up the events after it are evaluated again.
+const PROGRESS_KEY: &str = "push_evaluated_pos";
+/// How often the progress is written (when it moved).
+const PROGRESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts the evaluation task; returns the hook the committer calls.
-pub fn start(services: Weak<Services>, capacity: usize) -> PostCommit {
+///
+/// Events committed before a crash but not yet evaluated (or whose pushes had not ended)
+/// are not lost: the task first evaluates the events after the stored progress, at most
+/// `capacity` of them (the newest; the queue's overload policy), then the queue.
+/// Notifications are keyed by (user, position), so evaluating an event twice stores it
+/// once; a push may be sent twice (at least once, like the gateway's retries), unless the
+/// user has read the event meanwhile.
+pub fn start(services: Weak<Services>, capacity: usize, committed_at_start: u64) -> PostCommit {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Committed>>();
     let queued = Arc::new(AtomicUsize::new(0));
     let counter = queued.clone();
+    let progress = Arc::new(Progress::default());
+    tokio::spawn(flush_progress(services.clone(), progress.clone()));
     tokio::spawn(async move {
+        if let Some(s) = services.upgrade() {
+            match missed_events(&s, committed_at_start, capacity).await {
+                Ok(missed) => {
+                    if !missed.is_empty() {
+                        tracing::info!(
+                            events = missed.len(),
+                            "evaluating push rules for events committed before the restart"
+                        );
+                    }
+                    for chunk in missed.chunks(MAX_BATCH) {
+                        run_batch(&s, chunk, &progress).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the events to evaluate after a restart failed")
+                }
+            }
+            progress.start_at(committed_at_start);
+        }
         while let Some(mut batch) = rx.recv().await {
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -56,13 +91,7 @@ pub fn start(services: Weak<Services>, capacity: usize) -> PostCommit {
             }
             let n = batch.len();
             let Some(s) = services.upgrade() else { return };
-            let started = std::time::Instant::now();
-            if let Err(e) = evaluate_batch(&s, &batch).await {
-                tracing::error!(error = %e, events = n, "push-rule evaluation failed");
-            }
-            metrics::histogram!("axon_push_evaluation_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("axon_push_events_evaluated_total").increment(n as u64);
+            run_batch(&s, &batch, &progress).await;
             counter.fetch_sub(n, Ordering::AcqRel);
         }
     });
@@ -80,9 +109,139 @@ pub fn start(services: Weak<Services>, capacity: usize) -> PostCommit {
     })
 }
 
+/// Evaluates one batch; its progress ends when the batch is stored and its pushes ended.
+async fn run_batch(s: &Services, batch: &[Committed], progress: &Arc<Progress>) {
+    let Some(last) = batch.last() else { return };
+    let done = progress.begin(last.pos);
+    let started = std::time::Instant::now();
+    if let Err(e) = evaluate_batch(s, batch, &done).await {
+        tracing::error!(error = %e, events = batch.len(), "push-rule evaluation failed");
+    }
+    metrics::histogram!("axon_push_evaluation_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("axon_push_events_evaluated_total").increment(batch.len() as u64);
+}
+
+/// The committed events after the stored progress (oldest first, at most `limit`, the
+/// newest), up to `upto`. Without stored progress (a new database, or one older than it),
+/// nothing: the progress starts at `upto`.
+async fn missed_events(s: &Services, upto: u64, limit: usize) -> Result<Vec<Committed>> {
+    let stored = s.store.meta(PROGRESS_KEY).await?;
+    let Some(from) =
+        stored.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_be_bytes)
+    else {
+        s.store.set_meta(PROGRESS_KEY, upto.to_be_bytes().to_vec()).await?;
+        return Ok(Vec::new());
+    };
+    let from = from.max(upto.saturating_sub(limit as u64));
+    let mut missed = Vec::new();
+    for room in s.rooms.rooms_changed_after(from) {
+        let mut after = from;
+        loop {
+            let page = s
+                .store
+                .room_events(room.id.as_str(), Some(after), Some(upto + 1), false, 1_000)
+                .await?;
+            let Some(&(last, _)) = page.last() else { break };
+            after = last;
+            missed.extend(page.into_iter().map(|(pos, event_id)| Committed {
+                pos,
+                event_id,
+                room_id: room.id.to_string(),
+            }));
+        }
+    }
+    missed.sort_by_key(|c| c.pos);
+    Ok(missed)
+}
+
+/// The evaluation's progress: batches in stream order, each done once stored and its
+/// pushes ended; the position before the first unfinished batch is safe to store.
+#[derive(Default)]
+struct Progress {
+    state: parking_lot::Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    /// Batches begun, by their last position: whether done.
+    batches: std::collections::VecDeque<(u64, bool)>,
+    /// Every event at or before this is evaluated and pushed.
+    safe: u64,
+}
+
+impl Progress {
+    fn begin(self: &Arc<Self>, upto: u64) -> Arc<BatchDone> {
+        self.state.lock().batches.push_back((upto, false));
+        Arc::new(BatchDone { upto, progress: self.clone() })
+    }
+
+    /// The recovered events are begun: the queue starts after `pos`.
+    fn start_at(&self, pos: u64) {
+        let mut st = self.state.lock();
+        if st.batches.is_empty() {
+            st.safe = st.safe.max(pos);
+        } else {
+            st.batches.push_back((pos, true));
+        }
+    }
+
+    fn finish(&self, upto: u64) {
+        let mut st = self.state.lock();
+        if let Some(entry) = st.batches.iter_mut().find(|(pos, _)| *pos == upto) {
+            entry.1 = true;
+        }
+        while let Some(&(pos, true)) = st.batches.front() {
+            st.safe = st.safe.max(pos);
+            st.batches.pop_front();
+        }
+    }
+
+    fn safe(&self) -> u64 {
+        self.state.lock().safe
+    }
+}
+
+/// Held by a batch's evaluation and by each of its push jobs; the last one dropped
+/// finishes the batch.
+pub struct BatchDone {
+    upto: u64,
+    progress: Arc<Progress>,
+}
+
+impl std::fmt::Debug for BatchDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchDone").field("upto", &self.upto).finish()
+    }
+}
+
+impl Drop for BatchDone {
+    fn drop(&mut self) {
+        self.progress.finish(self.upto);
+    }
+}
+
+/// Writes the progress when it moved, once per `PROGRESS_FLUSH`.
+async fn flush_progress(services: Weak<Services>, progress: Arc<Progress>) {
+    let mut written = 0;
+    let mut tick = tokio::time::interval(PROGRESS_FLUSH);
+    loop {
+        tick.tick().await;
+        let Some(s) = services.upgrade() else { return };
+        let safe = progress.safe();
+        if safe > written {
+            match s.store.set_meta(PROGRESS_KEY, safe.to_be_bytes().to_vec()).await {
+                Ok(()) => written = safe,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing the push evaluation's progress failed")
+                }
+            }
+        }
+    }
+}
+
 /// Evaluates every member's rules against a batch of committed events (an event that
 /// fails is logged and skipped; the others go on).
-async fn evaluate_batch(s: &Services, batch: &[Committed]) -> Result<()> {
+async fn evaluate_batch(s: &Services, batch: &[Committed], done: &Arc<BatchDone>) -> Result<()> {
     let mut records = Vec::new();
     let mut jobs = Vec::new();
     for c in batch {
@@ -91,7 +250,8 @@ async fn evaluate_batch(s: &Services, batch: &[Committed]) -> Result<()> {
         }
     }
     s.store.put_notifications(records).await?;
-    for job in jobs {
+    for mut job in jobs {
+        job.done = Some(done.clone());
         s.pushers.enqueue(job);
     }
     Ok(())
@@ -130,9 +290,8 @@ async fn evaluate_event(
     if targets.is_empty() {
         return Ok(());
     }
-    let flat = FlatEvent::new(&pdu);
-    let mut ctx = push::room_ctx(&room, room.joined_count());
-    let mut thread: Option<Option<String>> = None;
+    let prepared = s.push_rules.prepared(&s.rooms, &room, record.pos, &pdu).await?;
+    let thread: Option<String> = prepared.thread.as_deref().map(str::to_owned);
     let invitee = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
         .then(|| pdu.state_key.clone())
         .flatten();
@@ -145,20 +304,16 @@ async fn evaluate_event(
         {
             continue;
         }
+        // Nor for an invite from someone the invitee ignores (hidden from their sync).
+        if invitee.as_deref() == Some(user.as_str()) && s.rooms.ignores(&user, &pdu.sender).await? {
+            continue;
+        }
         let rules = s.push_rules.get(&s.user_data, &user).await?;
-        let actions = push::evaluate(&rules, &flat, &pdu.sender, &mut ctx, &room, &user).await;
+        let actions = prepared.evaluate(&rules, &pdu.sender, &room, &user).await;
         let (notify, highlight) = push::notify_highlight(&actions);
         if !notify {
             continue;
         }
-        let thread = match &thread {
-            Some(t) => t.clone(),
-            None => {
-                let t = push::thread_of(&s.rooms, &pdu).await?;
-                thread = Some(t.clone());
-                t
-            }
-        };
         let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
         records.push((
             user.localpart().to_owned(),
@@ -178,8 +333,9 @@ async fn evaluate_event(
                 room_id: room.id.clone(),
                 event_id: c.event_id.clone(),
                 pos: c.pos,
-                thread,
+                thread: thread.clone(),
                 actions,
+                done: None,
             });
         }
     }
@@ -195,7 +351,7 @@ pub async fn room_counts(
     current: u64,
 ) -> Result<RoomCounts> {
     let rules = s.push_rules.get(&s.user_data, user).await?;
-    let ctx = CountCtx { rooms: &s.rooms, room, user, rules: &rules, marks };
+    let ctx = CountCtx { rooms: &s.rooms, push: &s.push_rules, room, user, rules: &rules, marks };
     s.unread.counts(&ctx, current).await
 }
 

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use ruma::events::StateEventType;
 use ruma::push::{
-    Action, FlattenedJson, PushCondition, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-    Ruleset,
+    Action, AnyPushRuleRef, FlattenedJson, PushCondition, PushConditionPowerLevelsCtx,
+    PushConditionRoomCtx, Ruleset,
 };
 use ruma::serde::Raw;
 use ruma::{OwnedUserId, UInt, UserId};
@@ -67,6 +67,8 @@ impl UserRules {
 
 pub struct PushRules {
     cache: Mutex<HashMap<OwnedUserId, Arc<UserRules>>>,
+    /// Events prepared for evaluation, by stream position.
+    prepared: quick_cache::sync::Cache<u64, Arc<Prepared>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -75,6 +77,7 @@ impl Default for PushRules {
     fn default() -> Self {
         Self {
             cache: Mutex::new(HashMap::new()),
+            prepared: quick_cache::sync::Cache::new(PREPARED_CACHED),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
         }
@@ -94,6 +97,23 @@ impl PushRules {
         }
         cache.insert(user.to_owned(), rules.clone());
         Ok(rules)
+    }
+
+    /// The event at stream position `pos`, prepared for evaluation (cached: the members of a
+    /// room share one).
+    pub async fn prepared(
+        &self,
+        rooms: &Rooms,
+        room: &Room,
+        pos: u64,
+        pdu: &Pdu,
+    ) -> Result<Arc<Prepared>> {
+        if let Some(p) = self.prepared.get(&pos) {
+            return Ok(p);
+        }
+        let p = Arc::new(Prepared::new(rooms, room, pdu).await?);
+        self.prepared.insert(pos, p.clone());
+        Ok(p)
     }
 
     /// Changes the user's ruleset with `edit` and stores it (account data `m.push_rules`,
@@ -209,8 +229,83 @@ pub fn display_name_in(room: &Room, user: &UserId) -> String {
         .unwrap_or_else(|| user.localpart().to_owned())
 }
 
+/// Server-default rules whose conditions name the user (their ID, name or mentions).
+const USER_DEPENDENT_RULES: &[&str] = &[
+    ".m.rule.invite_for_me",
+    ".m.rule.is_user_mention",
+    ".m.rule.contains_display_name",
+    ".m.rule.contains_user_name",
+];
+
+/// Per event, what the conditions of the server-default rules that do not depend on the
+/// user said, by rule ID: evaluated for the first member, looked up for the others. (Users
+/// cannot change the conditions of server-default rules, only enable them and set actions.)
+#[derive(Default)]
+pub struct Memo(Mutex<HashMap<String, bool>>);
+
+/// An event made ready for evaluation against many users' rules, once: flattened, with the
+/// room context (member count, power levels) of its first evaluation, its thread, and the
+/// [`Memo`] every user's evaluation shares. `/sync`'s unread counts and the background
+/// evaluation of the same event use one ([`PushRules::prepared`]).
+pub struct Prepared {
+    pub flat: FlatEvent,
+    ctx: PushConditionRoomCtx,
+    pub thread: Option<Arc<str>>,
+    memo: Memo,
+}
+
+impl Prepared {
+    pub async fn new(rooms: &Rooms, room: &Room, pdu: &Pdu) -> Result<Self> {
+        Ok(Self {
+            flat: FlatEvent::new(pdu),
+            ctx: room_ctx(room, room.joined_count()),
+            thread: thread_of(rooms, pdu).await?.map(Arc::from),
+            memo: Memo::default(),
+        })
+    }
+
+    /// What the user's rules say about the event (see [`evaluate`]).
+    pub async fn evaluate(
+        &self,
+        rules: &UserRules,
+        sender: &UserId,
+        room: &Room,
+        user: &UserId,
+    ) -> Vec<Action> {
+        let mut ctx = self.ctx.clone();
+        evaluate(rules, &self.flat, sender, &mut ctx, room, user, &self.memo).await
+    }
+}
+
+/// Prepared events kept (the newest, by use).
+const PREPARED_CACHED: usize = 4_096;
+
+/// Whether a rule's outcome is the same for every user (other than the sender).
+#[allow(deprecated)]
+fn user_independent(rule: AnyPushRuleRef<'_>) -> bool {
+    if !rule.is_server_default() || USER_DEPENDENT_RULES.contains(&rule.rule_id()) {
+        return false;
+    }
+    match rule {
+        AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => {
+            r.conditions.iter().all(|c| {
+                matches!(
+                    c,
+                    PushCondition::EventMatch(_)
+                        | PushCondition::EventPropertyIs(_)
+                        | PushCondition::EventPropertyContains(_)
+                        | PushCondition::RoomMemberCount(_)
+                        | PushCondition::SenderNotificationPermission(_)
+                )
+            })
+        }
+        _ => false,
+    }
+}
+
 /// What the user's rules say about the event: the matching rule's actions (empty: no rule
-/// matched, or the user sent it).
+/// matched, or the user sent it). `memo` is the event's, shared by every user it is
+/// evaluated for.
 pub async fn evaluate(
     rules: &UserRules,
     event: &FlatEvent,
@@ -218,6 +313,7 @@ pub async fn evaluate(
     ctx: &mut PushConditionRoomCtx,
     room: &Room,
     user: &UserId,
+    memo: &Memo,
 ) -> Vec<Action> {
     if sender == user {
         return Vec::new();
@@ -226,7 +322,22 @@ pub async fn evaluate(
     ctx.user_display_name =
         if rules.needs_display_name { display_name_in(room, user) } else { String::new() };
     for rule in &rules.ruleset {
-        if rule.applies(&event.0, ctx).await {
+        let applies = if !rule.enabled() {
+            false
+        } else if user_independent(rule) {
+            let known = memo.0.lock().get(rule.rule_id()).copied();
+            match known {
+                Some(hit) => hit,
+                None => {
+                    let hit = rule.applies(&event.0, ctx).await;
+                    memo.0.lock().insert(rule.rule_id().to_owned(), hit);
+                    hit
+                }
+            }
+        } else {
+            rule.applies(&event.0, ctx).await
+        };
+        if applies {
             return rule.actions().to_vec();
         }
     }

@@ -55,6 +55,9 @@ pub struct PushJob {
     pub pos: u64,
     pub thread: Option<String>,
     pub actions: Vec<Action>,
+    /// Held until the push ends (delivered, given up or dropped): the evaluation's durable
+    /// progress waits for it.
+    pub done: Option<Arc<crate::services::notifications::BatchDone>>,
 }
 
 pub struct Pushers {

@@ -25,7 +25,7 @@ use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
 use crate::error::Result;
 use crate::rooms::{Room, Rooms};
-use crate::services::push::{self, FlatEvent, UserRules};
+use crate::services::push::{self, PushRules, UserRules};
 use crate::services::receipts::ReadMarks;
 
 /// Most recent events examined when counting from scratch.
@@ -108,6 +108,7 @@ enum Effect {
 /// Everything counting needs besides the events.
 pub struct CountCtx<'a> {
     pub rooms: &'a Rooms,
+    pub push: &'a PushRules,
     pub room: &'a Room,
     pub user: &'a UserId,
     pub rules: &'a UserRules,
@@ -115,39 +116,28 @@ pub struct CountCtx<'a> {
 }
 
 impl CountCtx<'_> {
-    async fn effect(
-        &self,
-        pos: u64,
-        event_id: &str,
-        room_ctx: &mut Option<ruma::push::PushConditionRoomCtx>,
-    ) -> Result<Effect> {
+    async fn effect(&self, pos: u64, event_id: &str) -> Result<Effect> {
         let Some((record, pdu)) = self.rooms.event(event_id).await? else {
             return Ok(Effect::Nothing);
         };
-        if pdu.sender == self.user {
-            let thread = push::thread_of(self.rooms, &pdu).await?.map(Arc::from);
-            return Ok(Effect::Own { pos, thread });
-        }
-        if record.redacted_by.is_some() {
+        if pdu.sender != self.user
+            && (record.redacted_by.is_some()
+                || (pdu.state_key.is_none() && self.rooms.ignores(self.user, &pdu.sender).await?))
+        {
             return Ok(Effect::Nothing);
         }
-        let ctx =
-            room_ctx.get_or_insert_with(|| push::room_ctx(self.room, self.room.joined_count()));
-        let actions = push::evaluate(
-            self.rules,
-            &FlatEvent::new(&pdu),
-            &pdu.sender,
-            ctx,
-            self.room,
-            self.user,
-        )
-        .await;
+        // Prepared once per event for every member (flattened, its thread, the shared
+        // outcome of the rules that do not depend on the user).
+        let prepared = self.push.prepared(self.rooms, self.room, pos, &pdu).await?;
+        if pdu.sender == self.user {
+            return Ok(Effect::Own { pos, thread: prepared.thread.clone() });
+        }
+        let actions = prepared.evaluate(self.rules, &pdu.sender, self.room, self.user).await;
         let (notify, highlight) = push::notify_highlight(&actions);
         if !notify {
             return Ok(Effect::Nothing);
         }
-        let thread = push::thread_of(self.rooms, &pdu).await?.map(Arc::from);
-        Ok(Effect::Notify(Item { pos, highlight, thread }))
+        Ok(Effect::Notify(Item { pos, highlight, thread: prepared.thread.clone() }))
     }
 }
 
@@ -157,7 +147,6 @@ impl Unread {
         let key = (c.user.to_owned(), c.room.id.clone());
         let cached = self.cache.lock().get(&key).cloned();
         let floor = c.marks.unthreaded;
-        let mut room_ctx = None;
         let entry = match cached {
             Some(mut e) if e.floor <= floor && e.upto <= current => {
                 if e.floor < floor {
@@ -178,10 +167,10 @@ impl Unread {
                         )
                         .await?;
                     if ids.len() > MAX_UNREAD_SCAN {
-                        self.count_from_scratch(c, &mut room_ctx, current).await?
+                        self.count_from_scratch(c, current).await?
                     } else {
                         for (pos, id) in ids {
-                            e.apply(c.effect(pos, &id, &mut room_ctx).await?);
+                            e.apply(c.effect(pos, &id).await?);
                         }
                         e.upto = current;
                         e
@@ -190,7 +179,7 @@ impl Unread {
                     e
                 }
             }
-            _ => self.count_from_scratch(c, &mut room_ctx, current).await?,
+            _ => self.count_from_scratch(c, current).await?,
         };
         let counts = tally(&entry, c.marks);
         let mut cache = self.cache.lock();
@@ -202,12 +191,7 @@ impl Unread {
     }
 
     /// Examines the newest events after the unthreaded receipt, up to `current`.
-    async fn count_from_scratch(
-        &self,
-        c: &CountCtx<'_>,
-        room_ctx: &mut Option<ruma::push::PushConditionRoomCtx>,
-        current: u64,
-    ) -> Result<Entry> {
+    async fn count_from_scratch(&self, c: &CountCtx<'_>, current: u64) -> Result<Entry> {
         let floor = c.marks.unthreaded;
         let mut ids = c
             .rooms
@@ -217,7 +201,7 @@ impl Unread {
         ids.reverse();
         let mut entry = Entry { floor, upto: current, items: Vec::new() };
         for (pos, id) in ids {
-            entry.apply(c.effect(pos, &id, room_ctx).await?);
+            entry.apply(c.effect(pos, &id).await?);
         }
         Ok(entry)
     }

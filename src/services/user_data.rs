@@ -82,11 +82,40 @@ impl UserData {
         if !content.is_object() {
             return Err(Error::BadJson("Account data must be a JSON object".into()));
         }
+        let _guard = self.lock_user(user).await;
+        self.write_entry(user, room, kind, content).await
+    }
+
+    /// Reads an entry and writes what `change` makes of it, under the user's write lock (so
+    /// two concurrent changes, two tags say, never lose one another).
+    pub async fn update_account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        change: impl FnOnce(Option<Value>) -> Result<Value>,
+    ) -> Result<()> {
+        let _guard = self.lock_user(user).await;
+        let current = self.account_data(user, room, kind).await?;
+        let content = change(current)?;
+        if !content.is_object() {
+            return Err(Error::BadJson("Account data must be a JSON object".into()));
+        }
+        self.write_entry(user, room, kind, content).await
+    }
+
+    /// Writes an entry; the caller holds the user's write lock.
+    async fn write_entry(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
         let content = to_raw_value(&content).map_err(|e| Error::BadJson(e.to_string()))?;
         if content.get().len() > MAX_ACCOUNT_DATA_BYTES {
             return Err(Error::TooLarge);
         }
-        let _guard = self.lock_user(user).await;
         let reserved = self.positions.reserve();
         let pos = reserved.pos;
         let record = AccountDataRecord {

@@ -12,9 +12,11 @@
 pub mod e2ee_keys;
 pub mod key_backup;
 pub mod media;
+pub mod moderation;
 pub mod push;
 pub mod receipts;
 mod records;
+pub mod relations;
 pub mod rocks;
 pub mod rooms;
 pub mod to_device;
@@ -167,6 +169,8 @@ pub trait Store:
     + receipts::ReceiptStore
     + media::MediaStore
     + push::PushStore
+    + moderation::ModerationStore
+    + relations::RelationStore
 {
 }
 
@@ -182,5 +186,7 @@ impl<T> Store for T where
         + receipts::ReceiptStore
         + media::MediaStore
         + push::PushStore
+        + moderation::ModerationStore
+        + relations::RelationStore
 {
 }

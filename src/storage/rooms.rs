@@ -168,6 +168,8 @@ pub struct RedactionWrite {
     pub redacted_pdu: Box<RawValue>,
     /// The target's search-index terms, whose entries the redaction deletes.
     pub search_terms: Vec<String>,
+    /// The target's relation (from its original content), removed from the index.
+    pub relation: Option<super::relations::RelationWrite>,
 }
 
 /// Everything one new event changes, written atomically with the event.
@@ -196,6 +198,8 @@ pub struct EventWrite {
     pub state_change: Option<StateChangeWrite>,
     /// The event's search-index terms (`rooms::search`) with their counts.
     pub search_terms: Vec<(String, u32)>,
+    /// The event's relation (`m.relates_to` with a `rel_type`), for the relations index.
+    pub relation: Option<super::relations::RelationWrite>,
 }
 
 #[async_trait]

@@ -125,6 +125,34 @@ fn checked(sha256: &str) -> Result<&str, BlobError> {
     }
 }
 
+/// What every backend does with each chunk it stages: count it against the limit and hash it.
+struct Metered {
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+}
+
+impl Metered {
+    fn new(limit: u64) -> Self {
+        Self { hasher: Sha256::new(), size: 0, limit }
+    }
+
+    /// Takes the next chunk of a body: `TooLarge` once the limit is passed.
+    fn take(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(BlobError::TooLarge);
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    /// The SHA-256 (hex) and the size of everything taken.
+    fn finish(self) -> (String, u64) {
+        (hex(&self.hasher.finalize()), self.size)
+    }
+}
+
 fn staging_name() -> String {
     crate::services::tokens::random_string(b"abcdefghijklmnopqrstuvwxyz0123456789", 24)
 }
@@ -157,20 +185,15 @@ impl BlobStore for FsBlobs {
         let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         let mut body = body;
         let result = async {
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
+            let mut metered = Metered::new(limit);
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(BlobError::TooLarge);
-                }
-                hasher.update(&chunk);
+                metered.take(&chunk)?;
                 writer.write_all(&chunk).await?;
             }
             writer.flush().await?;
             writer.get_mut().sync_all().await?;
-            Ok::<_, BlobError>((hex(&hasher.finalize()), size))
+            Ok::<_, BlobError>(metered.finish())
         }
         .await;
         match result {
@@ -269,19 +292,14 @@ impl BlobStore for ObjectBlobs {
     async fn stage(&self, mut body: ByteStream, limit: u64) -> Result<Staged, BlobError> {
         let location = format!("{}tmp/{}", self.prefix, staging_name());
         let path = ObjectPath::from(location.clone());
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
+        let mut metered = Metered::new(limit);
         // The first part is buffered: small content (most of it) is one PUT.
         let mut first = BytesMut::new();
         let mut upload: Option<WriteMultipart> = None;
         let result: Result<(), BlobError> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(BlobError::TooLarge);
-                }
-                hasher.update(&chunk);
+                metered.take(&chunk)?;
                 match upload.as_mut() {
                     Some(w) => {
                         w.wait_for_capacity(S3_PARTS_IN_FLIGHT).await?;
@@ -314,7 +332,8 @@ impl BlobStore for ObjectBlobs {
             }
             (Err(e), None) => return Err(e),
         }
-        Ok(Staged { sha256: hex(&hasher.finalize()), size, location })
+        let (sha256, size) = metered.finish();
+        Ok(Staged { sha256, size, location })
     }
 
     async fn commit(&self, staged: Staged) -> Result<(), BlobError> {

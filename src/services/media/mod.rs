@@ -503,7 +503,28 @@ impl Media {
         {
             return Ok(None);
         }
-        let made = self.generate(media_id, content).await?;
+        // An image that could not be thumbnailed fails the same way again, without reading
+        // and decoding it once more.
+        if let Some(failed) = self.store.thumbnail(media_id, FAILED_MARKER).await? {
+            return Err(thumbnail_failure(&failed.content_type));
+        }
+        let made = match self.generate(media_id, content).await {
+            Err(GenerateError::Image(kind)) => {
+                let marker = ThumbnailRecord {
+                    sha256: content.sha256.clone(),
+                    size: 0,
+                    content_type: kind.clone(),
+                    width: 0,
+                    height: 0,
+                };
+                self.store
+                    .put_thumbnails(media_id, vec![(FAILED_MARKER.to_owned(), marker)])
+                    .await?;
+                return Err(thumbnail_failure(&kind));
+            }
+            Err(GenerateError::Other(e)) => return Err(e),
+            Ok(made) => made,
+        };
         Ok(made.into_iter().find(|(k, _)| *k == key).map(|(_, t)| t))
     }
 
@@ -518,7 +539,7 @@ impl Media {
         &self,
         media_id: &str,
         content: &MediaContent,
-    ) -> Result<Vec<(String, ThumbnailRecord)>> {
+    ) -> std::result::Result<Vec<(String, ThumbnailRecord)>, GenerateError> {
         let _permit = self
             .thumbnails
             .clone()
@@ -541,9 +562,11 @@ impl Media {
         })
         .await
         .map_err(|e| Error::Internal(format!("thumbnail task: {e}")))?
-        .map_err(|e| match e {
-            thumbnail::ThumbnailError::TooLarge(_) => Error::TooLarge,
-            thumbnail::ThumbnailError::Unsupported(m) => Error::Unknown(m),
+        .map_err(|e| {
+            GenerateError::Image(match e {
+                thumbnail::ThumbnailError::TooLarge(_) => FAILED_TOO_LARGE.to_owned(),
+                thumbnail::ThumbnailError::Unsupported(m) => m,
+            })
         })?;
         tracing::debug!(
             media_id,
@@ -697,6 +720,33 @@ impl Media {
 
 /// Key of the row that says "generated, and the image is smaller than every size".
 const GENERATED_MARKER: &str = "none";
+/// The thumbnail key marking an image that cannot be thumbnailed; its `content_type` holds
+/// why: [`FAILED_TOO_LARGE`] or the decoder's message.
+const FAILED_MARKER: &str = "failed";
+const FAILED_TOO_LARGE: &str = "too_large";
+
+/// Why thumbnails were not made: the image itself (remembered), or anything else.
+enum GenerateError {
+    Image(String),
+    Other(Error),
+}
+
+impl From<Error> for GenerateError {
+    fn from(e: Error) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<crate::storage::StorageError> for GenerateError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+/// The error a remembered thumbnailing failure answers.
+fn thumbnail_failure(kind: &str) -> Error {
+    if kind == FAILED_TOO_LARGE { Error::TooLarge } else { Error::Unknown(kind.to_owned()) }
+}
 
 /// GETs `url` through the outbound client, reading at most `limit` bytes (more: refused).
 async fn fetch_limited(

@@ -113,6 +113,15 @@ mod cf {
     /// `term 0xFF room_id 0xFF pos(be64)` → count (be32) ++ event_id: the message search
     /// index (`rooms::search`), written in the event's batch.
     pub const SEARCH_INDEX: &str = "search_index";
+    /// `app_id 0xFF pushkey 0xFF localpart` → ∅: who has a pusher of that app and pushkey.
+    pub const PUSHER_KEYS: &str = "pusher_keys";
+    /// `id(be64)` → [`ReportRecord`](crate::storage::moderation::ReportRecord).
+    pub const REPORTS: &str = "reports";
+    /// SHA-256(token) → [`OpenIdTokenRecord`](crate::storage::moderation::OpenIdTokenRecord).
+    pub const OPENID_TOKENS: &str = "openid_tokens";
+    /// The relations index and thread summaries (`storage::rocks::relations`: one CF, six
+    /// key families told apart by their first byte).
+    pub const RELATIONS: &str = "relations";
     pub const ALL: &[&str] = &[
         META,
         USERS,
@@ -154,14 +163,20 @@ mod cf {
         NOTIFICATIONS,
         PUSHERS,
         SEARCH_INDEX,
+        PUSHER_KEYS,
+        REPORTS,
+        OPENID_TOKENS,
+        RELATIONS,
     ];
 }
 
 mod e2ee_keys;
 mod key_backup;
 mod media;
+mod moderation;
 mod push;
 mod receipts;
+mod relations;
 mod rooms;
 mod to_device;
 mod users;
@@ -270,6 +285,8 @@ impl RocksStore {
         })?;
         rooms::migrate(&db)?;
         to_device::migrate(&db)?;
+        push::migrate(&db)?;
+        relations::migrate(&db)?;
         Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
     }
 

@@ -11,6 +11,33 @@ fn pusher_key(localpart: &str, app_id: &str, pushkey: &str) -> Vec<u8> {
     key(&[localpart.as_bytes(), app_id.as_bytes(), pushkey.as_bytes()])
 }
 
+/// The reverse index's key of a pusher (CF `pusher_keys`).
+fn owner_key(app_id: &str, pushkey: &str, localpart: &str) -> Vec<u8> {
+    key(&[app_id.as_bytes(), pushkey.as_bytes(), localpart.as_bytes()])
+}
+
+/// `meta` key present once `pusher_keys` has been built (databases older than it).
+const OWNERS_BUILT: &[u8] = b"pusher_keys_built";
+
+/// Builds the reverse index of pushers of a database written before it was kept.
+pub(super) fn migrate(db: &DB) -> StorageResult<()> {
+    let meta = handle(db, cf::META)?;
+    if db.get_pinned_cf(meta, OWNERS_BUILT)?.is_some() {
+        return Ok(());
+    }
+    let owners = handle(db, cf::PUSHER_KEYS)?;
+    let mut batch = WriteBatch::default();
+    for item in db.iterator_cf(handle(db, cf::PUSHERS)?, IteratorMode::Start) {
+        let (_, v) = item?;
+        let r: PusherRecord = decode(cf::PUSHERS, &v)?;
+        let localpart = r.user_id.strip_prefix('@').and_then(|u| u.split(':').next()).unwrap_or("");
+        batch.put_cf(owners, owner_key(&r.app_id, &r.pushkey, localpart), []);
+    }
+    batch.put_cf(meta, OWNERS_BUILT, b"1");
+    db.write_opt(batch, &synced())?;
+    Ok(())
+}
+
 /// Adds to `batch` the deletion of the pushers a device created (the device is deleted).
 pub(super) fn delete_device_pushers_in(
     db: &DB,
@@ -26,6 +53,10 @@ pub(super) fn delete_device_pushers_in(
             let mut k = p.clone();
             k.extend_from_slice(&suffix);
             batch.delete_cf(pushers, k);
+            batch.delete_cf(
+                handle(db, cf::PUSHER_KEYS)?,
+                owner_key(&record.app_id, &record.pushkey, localpart),
+            );
         }
     }
     Ok(())
@@ -127,17 +158,19 @@ impl PushStore for RocksStore {
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let pushers = handle(db, cf::PUSHERS)?;
+            let owners = handle(db, cf::PUSHER_KEYS)?;
             let mut batch = WriteBatch::default();
             if exclusive {
-                // Pushers are few (a handful per user): a scan is cheaper than an index.
-                for item in db.iterator_cf(pushers, IteratorMode::Start) {
-                    let (k, v) = item?;
-                    let other: PusherRecord = decode(cf::PUSHERS, &v)?;
-                    if other.app_id == record.app_id
-                        && other.pushkey == record.pushkey
-                        && other.user_id != record.user_id
-                    {
-                        batch.delete_cf(pushers, &k);
+                // Other users' pushers of this app ID and pushkey, from the reverse index.
+                let p = prefix(&[record.app_id.as_bytes(), record.pushkey.as_bytes()]);
+                for (other, _) in scan(db, cf::PUSHER_KEYS, &p)? {
+                    if other != localpart.as_bytes() {
+                        let other = String::from_utf8_lossy(&other);
+                        batch.delete_cf(
+                            pushers,
+                            pusher_key(&other, &record.app_id, &record.pushkey),
+                        );
+                        batch.delete_cf(owners, owner_key(&record.app_id, &record.pushkey, &other));
                     }
                 }
             }
@@ -146,6 +179,7 @@ impl PushStore for RocksStore {
                 pusher_key(&localpart, &record.app_id, &record.pushkey),
                 encode(&record),
             );
+            batch.put_cf(owners, owner_key(&record.app_id, &record.pushkey, &localpart), []);
             db.write_opt(batch, &synced())?;
             Ok(())
         })
@@ -159,6 +193,8 @@ impl PushStore for RocksStore {
         pushkey: &str,
     ) -> StorageResult<bool> {
         let k = pusher_key(localpart, app_id, pushkey);
+        let (localpart, app_id, pushkey) =
+            (localpart.to_owned(), app_id.to_owned(), pushkey.to_owned());
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let pushers = handle(db, cf::PUSHERS)?;
@@ -167,6 +203,7 @@ impl PushStore for RocksStore {
             }
             let mut batch = WriteBatch::default();
             batch.delete_cf(pushers, &k);
+            batch.delete_cf(handle(db, cf::PUSHER_KEYS)?, owner_key(&app_id, &pushkey, &localpart));
             db.write_opt(batch, &synced())?;
             Ok(true)
         })

@@ -119,6 +119,7 @@ impl RoomStore for RocksStore {
             let mut memberships: HashMap<Vec<u8>, MembershipRecord> = HashMap::new();
             // Records written by this batch: a redaction may target an event of the same batch.
             let mut written: HashMap<String, EventRecord> = HashMap::new();
+            let mut relations = super::relations::RelationBatch::default();
             for (i, w) in writes.into_iter().enumerate() {
                 let pos = first_pos + i as u64;
                 let record = EventRecord {
@@ -198,6 +199,9 @@ impl RoomStore for RocksStore {
                         value,
                     );
                 }
+                if let Some(relation) = &w.relation {
+                    relations.add(db, &mut batch, &w.room_id, pos, relation)?;
+                }
                 if let Some(redaction) = w.redaction {
                     // The service checked the target exists in this room; an unknown one
                     // is left alone rather than created.
@@ -214,6 +218,11 @@ impl RoomStore for RocksStore {
                                 index,
                                 key(&[term.as_bytes(), target.room_id.as_bytes(), &be(target.pos)]),
                             );
+                        }
+                        if let Some(relation) = &redaction.relation
+                            && target.redacted_by.is_none()
+                        {
+                            relations.remove(db, &mut batch, &w.room_id, target.pos, relation)?;
                         }
                         target.pdu = redaction.redacted_pdu;
                         target.redacted_by.get_or_insert_with(|| w.event_id.clone());
@@ -597,6 +606,7 @@ mod tests {
             replaces_state: None,
             state_change: None,
             search_terms: Vec::new(),
+            relation: None,
         }
     }
 
@@ -606,6 +616,7 @@ mod tests {
             target: target.into(),
             redacted_pdu: to_raw_value(&serde_json::json!({"content": {}})).unwrap(),
             search_terms: vec!["b:secret".into()],
+            relation: None,
         });
         w
     }

@@ -1,0 +1,130 @@
+//! Content reports and OpenID tokens.
+//!
+//! **Reports** (`POST /rooms/{roomId}/report/{eventId}`, `POST /rooms/{roomId}/report`)
+//! are stored for the server's admins (CF `reports`), who list them through the admin API
+//! in Synapse's shape (`/_synapse/admin/v1/event_reports`). An event can be reported only by
+//! a user who may see it (else 404, as Synapse answers, so a report reveals nothing about
+//! events one cannot see); a room only if this server knows it (404). Each report takes a
+//! token of the reporter's event rate limit (`limits.events`).
+//!
+//! **OpenID tokens** (`POST /user/{userId}/openid/request_token`) prove to a third party
+//! (a widget, an integration manager) who the user is: the third party asks
+//! `GET /_matrix/federation/v1/openid/userinfo`. Stored by SHA-256 for an hour.
+
+use ruma::{EventId, RoomId, UserId};
+
+use super::Services;
+use crate::error::{Error, Result};
+use crate::storage::moderation::{OpenIdTokenRecord, ReportRecord};
+use crate::storage::{TokenHash, now_ms};
+
+/// Longest report reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
+/// How long an OpenID token is valid.
+pub const OPENID_TOKEN_SECS: u64 = 3600;
+
+fn check_reason(reason: Option<&str>) -> Result<()> {
+    if reason.is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+        return Err(Error::InvalidParam(format!(
+            "The reason may have at most {MAX_REASON_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl Services {
+    /// Reports an event the user may see.
+    pub async fn report_event(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+        reason: Option<String>,
+        score: Option<i64>,
+    ) -> Result<u64> {
+        check_reason(reason.as_deref())?;
+        let not_found = || {
+            Error::NotFound(
+                "Unable to report event: it does not exist or you aren't able to see it".into(),
+            )
+        };
+        let room = self.rooms.get(room_id).ok_or_else(not_found)?;
+        let (record, pdu) = self.rooms.event(event_id.as_str()).await?.ok_or_else(not_found)?;
+        if record.room_id != room_id.as_str() {
+            return Err(not_found());
+        }
+        let visible = match self.rooms.readable(&room, user).await {
+            Ok(access) => access.can_see(record.pos, &pdu),
+            Err(Error::Forbidden(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !visible {
+            return Err(not_found());
+        }
+        self.rooms.charge_event(user)?;
+        let id = self
+            .store
+            .add_report(ReportRecord {
+                id: 0,
+                received_ts: now_ms(),
+                room_id: room_id.to_string(),
+                event_id: Some(event_id.to_string()),
+                sender: Some(pdu.sender.to_string()),
+                user_id: user.to_string(),
+                reason,
+                score,
+            })
+            .await?;
+        tracing::info!(report = id, %room_id, %event_id, reporter = %user, "event reported");
+        Ok(id)
+    }
+
+    /// Reports a room this server knows.
+    pub async fn report_room(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: String,
+    ) -> Result<u64> {
+        check_reason(Some(&reason))?;
+        if self.rooms.get(room_id).is_none() {
+            return Err(Error::NotFound("Room does not exist".into()));
+        }
+        self.rooms.charge_event(user)?;
+        let id = self
+            .store
+            .add_report(ReportRecord {
+                id: 0,
+                received_ts: now_ms(),
+                room_id: room_id.to_string(),
+                event_id: None,
+                sender: None,
+                user_id: user.to_string(),
+                reason: Some(reason),
+                score: None,
+            })
+            .await?;
+        tracing::info!(report = id, %room_id, reporter = %user, "room reported");
+        Ok(id)
+    }
+
+    /// A new OpenID token for `user`, valid for [`OPENID_TOKEN_SECS`].
+    pub async fn openid_token(&self, user: &UserId) -> Result<String> {
+        let token = super::tokens::random_token();
+        let now = now_ms();
+        let record = OpenIdTokenRecord {
+            user_id: user.to_string(),
+            expires_ms: now + OPENID_TOKEN_SECS * 1000,
+        };
+        self.store.put_openid_token(TokenHash::of(&token), record, now).await?;
+        Ok(token)
+    }
+
+    /// Whose an unexpired OpenID token is; 401 `M_UNKNOWN_TOKEN` otherwise.
+    pub async fn openid_user(&self, token: &str) -> Result<String> {
+        match self.store.openid_token(&TokenHash::of(token)).await? {
+            Some(record) if record.expires_ms > now_ms() => Ok(record.user_id),
+            _ => Err(Error::UnknownToken { soft_logout: false }),
+        }
+    }
+}

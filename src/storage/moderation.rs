@@ -1,0 +1,61 @@
+//! Content reports (`/report`) for the server's admins, and OpenID tokens
+//! (`/openid/request_token`).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{StorageResult, TokenHash};
+
+/// A report of an event or a room by a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRecord {
+    /// Assigned by the store: 1, 2, … in the order reports arrive.
+    #[serde(default)]
+    pub id: u64,
+    pub received_ts: u64,
+    pub room_id: String,
+    /// The reported event; `None` for a report of the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The reported event's sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The reporter.
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<i64>,
+}
+
+/// An OpenID token: whose it is and until when it is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenIdTokenRecord {
+    pub user_id: String,
+    /// Milliseconds since the UNIX epoch.
+    pub expires_ms: u64,
+}
+
+#[async_trait]
+pub trait ModerationStore: Send + Sync {
+    /// Stores a report under the next ID; returns the ID.
+    async fn add_report(&self, report: ReportRecord) -> StorageResult<u64>;
+
+    /// Every report, oldest first.
+    async fn reports(&self) -> StorageResult<Vec<ReportRecord>>;
+
+    async fn report(&self, id: u64) -> StorageResult<Option<ReportRecord>>;
+
+    /// Deletes a report; `false` if there was none.
+    async fn delete_report(&self, id: u64) -> StorageResult<bool>;
+
+    /// Stores an OpenID token (by its hash) and deletes the expired ones before `now_ms`.
+    async fn put_openid_token(
+        &self,
+        hash: TokenHash,
+        record: OpenIdTokenRecord,
+        now_ms: u64,
+    ) -> StorageResult<()>;
+
+    async fn openid_token(&self, hash: &TokenHash) -> StorageResult<Option<OpenIdTokenRecord>>;
+}

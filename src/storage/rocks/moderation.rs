@@ -1,0 +1,93 @@
+//! [`ModerationStore`] on RocksDB.
+
+use async_trait::async_trait;
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use super::{RocksStore, cf, decode, encode, get_json, handle, synced};
+use crate::storage::moderation::{ModerationStore, OpenIdTokenRecord, ReportRecord};
+use crate::storage::{StorageResult, TokenHash};
+
+/// OpenID tokens examined for expiry per new token.
+const EXPIRED_SWEPT_PER_WRITE: usize = 16;
+
+#[async_trait]
+impl ModerationStore for RocksStore {
+    async fn add_report(&self, mut report: ReportRecord) -> StorageResult<u64> {
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let reports = handle(db, cf::REPORTS)?;
+            let last = match db.iterator_cf(reports, IteratorMode::End).next() {
+                Some(item) => {
+                    let (k, _) = item?;
+                    <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes).unwrap_or(0)
+                }
+                None => 0,
+            };
+            report.id = last + 1;
+            db.put_cf_opt(reports, report.id.to_be_bytes(), encode(&report), &synced())?;
+            Ok(report.id)
+        })
+        .await
+    }
+
+    async fn reports(&self) -> StorageResult<Vec<ReportRecord>> {
+        self.blocking(move |db, _| {
+            let mut out = Vec::new();
+            for item in db.iterator_cf(handle(db, cf::REPORTS)?, IteratorMode::Start) {
+                let (_, v) = item?;
+                out.push(decode(cf::REPORTS, &v)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn report(&self, id: u64) -> StorageResult<Option<ReportRecord>> {
+        get_json(&self.db, cf::REPORTS, &id.to_be_bytes())
+    }
+
+    async fn delete_report(&self, id: u64) -> StorageResult<bool> {
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let reports = handle(db, cf::REPORTS)?;
+            if db.get_pinned_cf(reports, id.to_be_bytes())?.is_none() {
+                return Ok(false);
+            }
+            db.delete_cf_opt(reports, id.to_be_bytes(), &synced())?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn put_openid_token(
+        &self,
+        hash: TokenHash,
+        record: OpenIdTokenRecord,
+        now_ms: u64,
+    ) -> StorageResult<()> {
+        self.blocking(move |db, _| {
+            let tokens = handle(db, cf::OPENID_TOKENS)?;
+            let mut batch = WriteBatch::default();
+            // Each new token looks at the few tokens that follow its (random) hash and
+            // deletes the expired ones: bounded work per write, and over many writes every
+            // part of the key space is swept, which bounds the storage.
+            let start = hash.0;
+            let following = db.iterator_cf(tokens, IteratorMode::From(&start, Direction::Forward));
+            for item in following.take(EXPIRED_SWEPT_PER_WRITE) {
+                let (k, v) = item?;
+                let old: OpenIdTokenRecord = decode(cf::OPENID_TOKENS, &v)?;
+                if old.expires_ms <= now_ms {
+                    batch.delete_cf(tokens, k);
+                }
+            }
+            batch.put_cf(tokens, hash.0, encode(&record));
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn openid_token(&self, hash: &TokenHash) -> StorageResult<Option<OpenIdTokenRecord>> {
+        get_json(&self.db, cf::OPENID_TOKENS, &hash.0)
+    }
+}
