@@ -29,6 +29,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "outbound",
     "media",
     "user_directory",
+    "guests",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,16 @@ pub struct Config {
     pub push: PushConfig,
     /// Who `POST /user_directory/search` finds.
     pub user_directory: UserDirectoryConfig,
+    /// Guest accounts (`POST /register?kind=guest`).
+    pub guests: GuestsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestsConfig {
+    /// Anyone may register a guest account, which may use only the spec's guest endpoints.
+    /// Off (the default), guest registration answers `403 M_GUEST_ACCESS_FORBIDDEN`.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -270,6 +281,7 @@ impl Default for Config {
             media: crate::services::media::MediaConfig::default(),
             push: PushConfig::default(),
             user_directory: UserDirectoryConfig::default(),
+            guests: GuestsConfig::default(),
         }
     }
 }

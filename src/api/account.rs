@@ -137,7 +137,7 @@ pub async fn whoami(
     Authed(who): Authed,
     Ruma(_): Ruma<whoami::v3::Request>,
 ) -> RumaResponse<whoami::v3::Response> {
-    let mut res = whoami::v3::Response::new(who.user_id, false);
+    let mut res = whoami::v3::Response::new(who.user_id, who.guest);
     res.device_id = Some(who.device_id);
     RumaResponse(res)
 }

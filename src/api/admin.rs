@@ -65,7 +65,7 @@ pub async fn query_user(
         "avatar_url": user.avatar_url,
         "threepids": [],
         "external_ids": [],
-        "is_guest": false,
+        "is_guest": user.guest,
         "admin": user.admin,
         "deactivated": user.deactivated,
         "erased": false,

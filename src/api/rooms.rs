@@ -100,7 +100,7 @@ pub async fn join_by_id(
     Authed(who): Authed,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
-    s.rooms.join(&req.room_id, &who.user_id).await?;
+    s.rooms.join_as(&req.room_id, &who.user_id, who.guest).await?;
     crate::api::tags::carry_over(&s, &who.user_id, &req.room_id).await;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(req.room_id)))
 }
@@ -114,7 +114,7 @@ pub async fn join_by_id_or_alias(
         Ok(room_id) => room_id,
         Err(alias) => s.rooms.resolve_alias(&alias).await?,
     };
-    s.rooms.join(&room_id, &who.user_id).await?;
+    s.rooms.join_as(&room_id, &who.user_id, who.guest).await?;
     crate::api::tags::carry_over(&s, &who.user_id, &room_id).await;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }

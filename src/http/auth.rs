@@ -33,8 +33,58 @@ impl FromRequestParts<AppState> for Authed {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let token = access_token(parts).ok_or(Error::MissingToken)?;
         let identity = state.accounts.authenticate(&token).await?;
+        if identity.guest && !guest_allowed(&parts.method, parts.uri.path()) {
+            return Err(Error::GuestAccessForbidden(
+                "Guest accounts may not use this endpoint".into(),
+            ));
+        }
         Ok(Authed(identity))
     }
+}
+
+/// The endpoints a guest's token may call: the Client-Server API's "Guest access" list
+/// (reading rooms, `/sync`, `/events`, media downloads; join, leave, send, state, to-device;
+/// display name, own devices, whoami; key upload/query/claim), plus `POST /join/{idOrAlias}`
+/// (the same join by alias) and `GET /profile` (public anyway). Everything else that takes
+/// an access token answers a guest `403 M_GUEST_ACCESS_FORBIDDEN`: this is the one place
+/// that decides it, as every authenticated handler goes through [`Authed`].
+pub fn guest_allowed(method: &http::Method, path: &str) -> bool {
+    use http::Method as M;
+    let rest = if let Some(rest) = path.strip_prefix("/_matrix/client/") {
+        rest
+    } else if let Some(rest) = path.strip_prefix("/_matrix/media/") {
+        // Legacy media paths: only downloads and thumbnails.
+        let mut seg = rest.splitn(3, '/');
+        let _version = seg.next();
+        return *method == M::GET && matches!(seg.next(), Some("download" | "thumbnail"));
+    } else {
+        return false;
+    };
+    let mut seg: Vec<&str> = rest.split('/').collect();
+    if seg.is_empty() {
+        return false;
+    }
+    seg.remove(0); // r0, v3, v1, unstable
+    let seg = seg.as_slice();
+    matches!(
+        (method, seg),
+        (&M::GET, ["sync" | "events"])
+            | (&M::GET, ["account", "whoami"])
+            | (&M::GET, ["media", "download" | "thumbnail", ..])
+            | (&M::GET, ["rooms", _, "state" | "messages" | "members" | "initialSync"])
+            | (&M::GET, ["rooms", _, "state", _] | ["rooms", _, "state", _, _])
+            | (&M::GET, ["rooms", _, "context" | "event", _])
+            | (&M::POST, ["rooms", _, "join" | "leave"] | ["join", _])
+            | (&M::PUT, ["rooms", _, "send", _, _])
+            | (&M::PUT, ["rooms", _, "state", _] | ["rooms", _, "state", _, _])
+            | (&M::PUT, ["sendToDevice", _, _])
+            | (&M::PUT | &M::DELETE, ["profile", _, "displayname"])
+            | (&M::GET, ["profile", _] | ["profile", _, _])
+            | (&M::GET, ["devices"] | ["devices", _])
+            | (&M::PUT, ["devices", _])
+            | (&M::POST, ["keys", "upload" | "query" | "claim"])
+            | (&M::POST, ["keys", "upload", _])
+    )
 }
 
 /// An authenticated server admin, for the admin API. Rejects like [`Authed`] without a

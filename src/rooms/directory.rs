@@ -63,6 +63,12 @@ impl Room {
             .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned))
     }
 
+    /// Guests may join: `m.room.guest_access` is `can_join`.
+    pub fn guests_can_join(&self) -> bool {
+        self.content_str(StateEventType::RoomGuestAccess, "guest_access").as_deref()
+            == Some("can_join")
+    }
+
     /// The room's entry in the public room directory.
     pub fn directory_entry(&self) -> Value {
         let joined = self.joined().len();

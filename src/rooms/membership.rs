@@ -38,6 +38,47 @@ impl Rooms {
     }
 
     /// Joins a room this server knows. Joining again is a no-op.
+    /// A client's join: a guest account may join only rooms whose `m.room.guest_access`
+    /// is `can_join` (the Guest access module's rule), anyone else as [`Self::join`].
+    pub async fn join_as(&self, room_id: &RoomId, user: &UserId, guest: bool) -> Result<()> {
+        if guest
+            && let Some(room) = self.get(room_id)
+            && room.membership_of(user).as_deref() != Some("join")
+            && !room.guests_can_join()
+        {
+            return Err(Error::Forbidden("Guest access is not allowed in this room".into()));
+        }
+        self.join(room_id, user).await
+    }
+
+    /// After `m.room.guest_access` changed: if guests may no longer join, every joined local
+    /// guest account leaves (the Guest access module's "MUST set those users' membership
+    /// to leave"). One user-record read per local member, only on such a change.
+    pub async fn evict_guests(&self, room_id: &RoomId) {
+        let Some(room) = self.get(room_id) else { return };
+        if room.guests_can_join() {
+            return;
+        }
+        for user in room.joined() {
+            if user.server_name().as_str() != self.server_name() {
+                continue;
+            }
+            let guest = match self.store().user(user.localpart()).await {
+                Ok(record) => record.is_some_and(|u| u.guest),
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "could not read user record");
+                    false
+                }
+            };
+            if guest
+                && let Err(e) =
+                    self.leave_room(room_id, &user, Some("Guest access revoked"), false).await
+            {
+                tracing::warn!(%room_id, %user, error = %e, "could not remove guest");
+            }
+        }
+    }
+
     pub async fn join(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         let room = self.get(room_id).ok_or_else(|| {
             Error::NotFound(

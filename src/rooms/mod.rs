@@ -569,7 +569,12 @@ impl Rooms {
         sender: &UserId,
         event: NewEvent,
     ) -> Result<OwnedEventId> {
-        self.append_event(room_id, sender, event, None, true).await
+        let guest_access = event.kind == TimelineEventType::RoomGuestAccess;
+        let event_id = self.append_event(room_id, sender, event, None, true).await?;
+        if guest_access {
+            self.evict_guests(room_id).await;
+        }
+        Ok(event_id)
     }
 
     /// The event a transaction created, once durable: a retry's answer, looked up before

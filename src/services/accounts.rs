@@ -29,6 +29,9 @@ pub struct Identity {
     pub user_id: OwnedUserId,
     pub localpart: String,
     pub device_id: OwnedDeviceId,
+    /// A guest account's token: only the spec's guest endpoints are allowed
+    /// (`http::auth::guest_allowed`).
+    pub guest: bool,
 }
 
 /// A fresh login: the token is shown to the client once and stored only as a hash.
@@ -194,7 +197,7 @@ impl Accounts {
     /// `POST /register`.
     pub async fn register(&self, req: RegisterRequest) -> Result<Registered> {
         if req.guest {
-            return Err(Error::GuestAccessForbidden("Guest access is disabled".into()));
+            return self.register_guest(req).await;
         }
         if self.config.registration.mode == RegistrationMode::Closed {
             return Err(Error::Forbidden("Registration is disabled".into()));
@@ -250,6 +253,48 @@ impl Accounts {
         }
     }
 
+    /// `POST /register?kind=guest`: a passwordless account with a random numeric localpart
+    /// (as Synapse), logged in on one device. No UIA; limited per IP like registration.
+    async fn register_guest(&self, req: RegisterRequest) -> Result<Registered> {
+        if !self.config.guests.enabled {
+            return Err(Error::GuestAccessForbidden("Guest access is disabled".into()));
+        }
+        self.register_per_ip.check(&req.client_ip)?;
+        self.validate_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
+        // 16 digits: a collision is unlikely, and retried a few times if it happens.
+        for _ in 0..4 {
+            let localpart = tokens::random_string(b"0123456789", 16);
+            let user_id = self.user_id(&localpart)?;
+            let user = UserRecord {
+                localpart: localpart.clone(),
+                password_hash: None,
+                created_ts: now_ms(),
+                deactivated: false,
+                admin: false,
+                displayname: Some(localpart.clone()),
+                avatar_url: None,
+                guest: true,
+            };
+            let (session, mut new_session) = self.new_session(
+                &user_id,
+                &localpart,
+                req.device_id.clone(),
+                req.initial_device_display_name.clone(),
+                &req.client_ip,
+            )?;
+            new_session.token.guest = true;
+            match self.store.create_user(user, Some(new_session), None).await {
+                Ok(()) => {
+                    tracing::info!(%user_id, "registered guest");
+                    return Ok(Registered::WithSession(session));
+                }
+                Err(StorageError::AlreadyExists) => continue,
+                Err(e) => return Err(Error::Storage(e)),
+            }
+        }
+        Err(Error::Internal("could not pick a free guest user ID".into()))
+    }
+
     /// The answer to a replayed registration: the same user, device and access token, as
     /// long as that token is still valid (after a logout, the session cannot log in again).
     async fn replay_registration(
@@ -293,6 +338,7 @@ impl Accounts {
             admin: false,
             displayname: Some(localpart.clone()),
             avatar_url: None,
+            guest: false,
         };
         let user_id = self.user_id(&localpart)?;
         let (session, new_session) = if req.inhibit_login {
@@ -334,6 +380,7 @@ impl Accounts {
             created_ts: now_ms(),
             deactivated: false,
             admin: req.admin,
+            guest: false,
         };
         let displayname = user.displayname.clone();
         self.store.create_user(user, None, None).await.map_err(map_storage_user_exists)?;
@@ -366,6 +413,7 @@ impl Accounts {
                 localpart: localpart.to_owned(),
                 device_id: device_id.clone(),
                 created_ts: now,
+                guest: false,
             },
         };
         let session =
@@ -437,6 +485,7 @@ impl Accounts {
             user_id: self.user_id(&record.localpart)?,
             localpart: record.localpart,
             device_id: record.device_id.into(),
+            guest: record.guest,
         })
     }
 

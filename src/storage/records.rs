@@ -30,6 +30,9 @@ pub struct UserRecord {
     pub displayname: Option<String>,
     #[serde(default)]
     pub avatar_url: Option<String>,
+    /// A guest account (`/register?kind=guest`): no password, guest endpoints only.
+    #[serde(default)]
+    pub guest: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +49,9 @@ pub struct AccessTokenRecord {
     pub localpart: String,
     pub device_id: String,
     pub created_ts: u64,
+    /// Issued to a guest account: the token may call only the guest endpoints.
+    #[serde(default)]
+    pub guest: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -725,6 +725,7 @@ mod tests {
             admin: false,
             displayname: None,
             avatar_url: None,
+            guest: false,
         }
     }
 
@@ -742,6 +743,7 @@ mod tests {
                 localpart: "alice".into(),
                 device_id: device.into(),
                 created_ts: 1,
+                guest: false,
             },
         }
     }
