@@ -235,7 +235,8 @@ pub fn client_routes() -> Router<AppState> {
             .route(
                 &format!("/_matrix/client/{version}/rooms/{{room_id}}/initialSync"),
                 get(legacy::room_initial_sync),
-            );
+            )
+            .route(&format!("/_matrix/client/{version}/events"), get(legacy::events));
         r = r
             .route(
                 &format!("/_matrix/client/{version}/profile/{{user_id}}"),

@@ -659,6 +659,30 @@ impl Rooms {
         Ok(prepared.event_id)
     }
 
+    /// Waits until `room` has an event after `after`, or `deadline` passes (a room peek's
+    /// long-poll, `GET /events`). Woken by the committer's position, and re-checks at least
+    /// every quarter second in case the room's view is published just after it.
+    pub async fn wait_for_room_event(
+        &self,
+        room: &Room,
+        after: u64,
+        deadline: tokio::time::Instant,
+    ) {
+        let mut position = self.committer.subscribe();
+        while room.last_pos() <= after && tokio::time::Instant::now() < deadline {
+            let tick =
+                (tokio::time::Instant::now() + std::time::Duration::from_millis(250)).min(deadline);
+            tokio::select! {
+                changed = position.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(tick) => {}
+            }
+        }
+    }
+
     /// Waits until an in-flight transaction's event is durable and returns its ID.
     async fn wait_for_txn(&self, key: &TxnKey) -> Result<OwnedEventId> {
         let mut position = self.committer.subscribe();
