@@ -361,3 +361,90 @@ async fn events_refuses_private_rooms_and_bad_parameters() {
     assert_error(&s.get(&path, Some("bad-token")).await, 401, "M_UNKNOWN_TOKEN");
     assert_error(&s.get(&path, None).await, 401, "M_MISSING_TOKEN");
 }
+
+/// `POST /register` with `guest_access_token`, through the dummy UIA stage.
+async fn upgrade(
+    s: &TestServer,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let first = s.post("/_matrix/client/v3/register", None, body.clone()).await;
+    if first.0 != 401 {
+        return first;
+    }
+    let session = first.1["session"].as_str().expect("session").to_owned();
+    let mut body = body;
+    body["auth"] = json!({"type": "m.login.dummy", "session": session});
+    s.post("/_matrix/client/v3/register", None, body).await
+}
+
+#[tokio::test]
+async fn a_guest_upgrades_to_a_full_account_keeping_its_user_id_and_rooms() {
+    let s = guests_server().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.join_rules/", enc(&room)),
+            alice.token(),
+            json!({"join_rule": "public"}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let guest = register_guest(&s).await;
+    assert_eq!(s.join(&guest, &room).await.0, 200);
+    let localpart = guest.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+
+    // Refusals: not a guest's token, no username, someone else's localpart.
+    let res = upgrade(
+        &s,
+        json!({"username": "alice", "password": "pw-12345678", "guest_access_token": alice.access_token}),
+    )
+    .await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+    let res = upgrade(
+        &s,
+        json!({"username": localpart, "password": "pw-12345678", "guest_access_token": "nope"}),
+    )
+    .await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+    let res =
+        upgrade(&s, json!({"password": "pw-12345678", "guest_access_token": guest.access_token}))
+            .await;
+    assert_error(&res, 400, "M_MISSING_PARAM");
+    let res = upgrade(
+        &s,
+        json!({"username": "someone", "password": "pw-12345678", "guest_access_token": guest.access_token}),
+    )
+    .await;
+    assert_error(&res, 400, "M_INVALID_PARAM");
+
+    let res = upgrade(
+        &s,
+        json!({"username": localpart, "password": "pw-12345678", "guest_access_token": guest.access_token}),
+    )
+    .await;
+    assert_eq!(res.0, 200, "upgrade: {}", res.1);
+    let full = Session::from_json(&res.1);
+    assert_eq!(full.user_id, guest.user_id);
+
+    // Both the new and the old token are a full account's now.
+    for token in [full.token(), guest.token()] {
+        let who = s.get("/_matrix/client/v3/account/whoami", token).await;
+        assert_eq!(who.0, 200, "{}", who.1);
+        assert!(who.1.get("is_guest").is_none_or(|v| v == false), "{}", who.1);
+        let res = s.post("/_matrix/client/v3/createRoom", token, json!({})).await;
+        assert_eq!(res.0, 200, "{}", res.1);
+    }
+    // Still in the room, and the password logs in.
+    let res =
+        s.room_get(&full, &room, &format!("state/m.room.member/{}", enc(&full.user_id))).await;
+    assert_eq!(res.1["membership"], "join", "{}", res.1);
+    assert_eq!(s.login(&localpart, "pw-12345678").await.0, 200);
+    // A second upgrade finds no guest.
+    let res = upgrade(
+        &s,
+        json!({"username": localpart, "password": "pw-12345678", "guest_access_token": guest.access_token}),
+    )
+    .await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+}

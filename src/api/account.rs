@@ -41,6 +41,7 @@ pub async fn register(
             initial_device_display_name: req.initial_device_display_name,
             inhibit_login: req.inhibit_login,
             guest: req.kind == register::RegistrationKind::Guest,
+            guest_access_token: req.guest_access_token,
             auth: req.auth,
             client_ip,
         })

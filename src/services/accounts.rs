@@ -49,6 +49,8 @@ pub struct RegisterRequest {
     pub initial_device_display_name: Option<String>,
     pub inhibit_login: bool,
     pub guest: bool,
+    /// A guest's access token: upgrade that guest account to a full one.
+    pub guest_access_token: Option<String>,
     pub auth: Option<AuthData>,
     pub client_ip: String,
 }
@@ -203,6 +205,9 @@ impl Accounts {
             return Err(Error::Forbidden("Registration is disabled".into()));
         }
         self.register_per_ip.check(&req.client_ip)?;
+        if let Some(guest_token) = req.guest_access_token.clone() {
+            return self.upgrade_guest(req, &guest_token).await;
+        }
 
         // A retry of a registration that succeeded (the client lost the response) gets the
         // same answer, not M_USER_IN_USE.
@@ -293,6 +298,84 @@ impl Accounts {
             }
         }
         Err(Error::Internal("could not pick a free guest user ID".into()))
+    }
+
+    /// `POST /register` with `guest_access_token`: the guest account becomes a full one
+    /// under the same user ID (rooms, devices and tokens stay; its tokens stop being
+    /// guest tokens), with the password given, after the usual UIA. `username` must be the
+    /// guest's localpart, as the spec requires. A new session is logged in unless
+    /// `inhibit_login`.
+    async fn upgrade_guest(&self, req: RegisterRequest, guest_token: &str) -> Result<Registered> {
+        let owner = self
+            .store
+            .access_token(&TokenHash::of(guest_token))
+            .await?
+            .filter(|t| t.guest)
+            .ok_or_else(|| Error::Forbidden("Invalid guest access token".into()))?;
+        let localpart = owner.localpart;
+        match req.username.as_deref() {
+            None => {
+                return Err(Error::MissingParam(
+                    "username (the guest's localpart) is required to upgrade a guest".into(),
+                ));
+            }
+            Some(name) if name != localpart => {
+                return Err(Error::InvalidParam(
+                    "username must be the guest account's localpart".into(),
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some(password) = req.password.as_deref() {
+            self.validate_password(password)?;
+        }
+        self.validate_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
+        let flows = self.registration_flows();
+        let completed =
+            self.run_uia(req.auth.as_ref(), Purpose::Register, None, &req.client_ip, flows).await?;
+        let Some(password) = req.password.as_deref() else {
+            self.uia.registration_failed(&completed.session_id);
+            return Err(Error::MissingParam("A password is required to register".into()));
+        };
+        let password_hash = match self.passwords.hash(password).await {
+            Ok(hash) => hash,
+            Err(e) => {
+                self.uia.registration_failed(&completed.session_id);
+                return Err(e);
+            }
+        };
+        let user_id = self.user_id(&localpart)?;
+        let (session, new_session) = if req.inhibit_login {
+            (None, None)
+        } else {
+            let (s, n) = self.new_session(
+                &user_id,
+                &localpart,
+                req.device_id,
+                req.initial_device_display_name,
+                &req.client_ip,
+            )?;
+            (Some(s), Some(n))
+        };
+        let result = self
+            .store
+            .upgrade_guest(&localpart, password_hash, new_session, completed.registration_token)
+            .await;
+        self.uia.forget(&completed.session_id);
+        match result {
+            Ok(()) => {}
+            Err(StorageError::NotFound) => {
+                return Err(Error::Forbidden("Invalid guest access token".into()));
+            }
+            Err(e) => return Err(map_storage_user_exists(e)),
+        }
+        let displayname = self.store.user(&localpart).await?.and_then(|u| u.displayname);
+        self.directory.set(&user_id, displayname, None);
+        tracing::info!(%user_id, "upgraded guest");
+        Ok(match session {
+            Some(s) => Registered::WithSession(s),
+            None => Registered::AccountOnly(user_id),
+        })
     }
 
     /// The answer to a replayed registration: the same user, device and access token, as

@@ -85,6 +85,19 @@ pub trait AccountStore: Send + Sync {
         registration_token: Option<String>,
     ) -> StorageResult<()>;
 
+    /// Upgrades a guest account to a full one (`/register` with `guest_access_token`), in one
+    /// write: the password hash, the `guest` flag cleared on the user and on every token of
+    /// theirs, optionally a new session, and the registration token consumed. Fails with
+    /// [`StorageError::NotFound`] unless the user exists and is still a guest, and
+    /// [`StorageError::TokenNotUsable`] as `create_user`.
+    async fn upgrade_guest(
+        &self,
+        localpart: &str,
+        password_hash: String,
+        session: Option<NewSession>,
+        registration_token: Option<String>,
+    ) -> StorageResult<()>;
+
     /// Replaces a user's password hash and, in the same write, logs devices out as asked.
     async fn set_password(
         &self,

@@ -430,6 +430,23 @@ fn put_session_in(
     Ok(())
 }
 
+/// Counts one completed registration against a registration token, in `batch`.
+fn consume_registration_token_in(
+    db: &DB,
+    batch: &mut WriteBatch,
+    token: &str,
+) -> StorageResult<()> {
+    let mut record: RegistrationTokenRecord =
+        get_json(db, cf::REGISTRATION_TOKENS, token.as_bytes())?
+            .ok_or(StorageError::TokenNotUsable)?;
+    if !record.is_usable(now_ms()) {
+        return Err(StorageError::TokenNotUsable);
+    }
+    record.completed += 1;
+    batch.put_cf(handle(db, cf::REGISTRATION_TOKENS)?, token.as_bytes(), encode(&record));
+    Ok(())
+}
+
 fn device_ids(db: &DB, localpart: &str) -> StorageResult<Vec<String>> {
     let p = prefix(&[localpart.as_bytes()]);
     keys_with_prefix(db, cf::DEVICES, &p)?
@@ -460,22 +477,54 @@ impl AccountStore for RocksStore {
             }
             let mut batch = WriteBatch::default();
             if let Some(token) = registration_token {
-                let mut record: RegistrationTokenRecord =
-                    get_json(db, cf::REGISTRATION_TOKENS, token.as_bytes())?
-                        .ok_or(StorageError::TokenNotUsable)?;
-                if !record.is_usable(now_ms()) {
-                    return Err(StorageError::TokenNotUsable);
-                }
-                record.completed += 1;
-                batch.put_cf(
-                    handle(db, cf::REGISTRATION_TOKENS)?,
-                    token.as_bytes(),
-                    encode(&record),
-                );
+                consume_registration_token_in(db, &mut batch, &token)?;
             }
             batch.put_cf(handle(db, cf::USERS)?, user.localpart.as_bytes(), encode(&user));
             if let Some(session) = &session {
                 put_session_in(db, &mut batch, &user.localpart, session)?;
+            }
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upgrade_guest(
+        &self,
+        localpart: &str,
+        password_hash: String,
+        session: Option<NewSession>,
+        registration_token: Option<String>,
+    ) -> StorageResult<()> {
+        let localpart = localpart.to_owned();
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let mut user: UserRecord =
+                get_json(db, cf::USERS, localpart.as_bytes())?.ok_or(StorageError::NotFound)?;
+            if !user.guest || user.deactivated {
+                return Err(StorageError::NotFound);
+            }
+            let mut batch = WriteBatch::default();
+            if let Some(token) = registration_token {
+                consume_registration_token_in(db, &mut batch, &token)?;
+            }
+            user.guest = false;
+            user.password_hash = Some(password_hash);
+            batch.put_cf(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user));
+            // Every token of the user's (`localpart 0xFF device 0xFF hash`) stops being a
+            // guest's.
+            let tokens = handle(db, cf::ACCESS_TOKENS)?;
+            for k in keys_with_prefix(db, cf::DEVICE_TOKENS, &prefix(&[localpart.as_bytes()]))? {
+                let Some(hash) = k.len().checked_sub(32).map(|at| &k[at..]) else { continue };
+                if let Some(mut record) =
+                    get_json::<AccessTokenRecord>(db, cf::ACCESS_TOKENS, hash)?
+                {
+                    record.guest = false;
+                    batch.put_cf(tokens, hash, encode(&record));
+                }
+            }
+            if let Some(session) = &session {
+                put_session_in(db, &mut batch, &localpart, session)?;
             }
             db.write_opt(batch, &synced())?;
             Ok(())
