@@ -261,6 +261,7 @@ async fn events_streams_a_world_readable_room_to_a_peeking_non_member() {
         let s = if guests { guests_server().await } else { TestServer::start().await };
         let alice = s.register("alice", "alice-password").await;
         let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+        s.send_message(&alice, &room, "t0", json!({"msgtype": "m.text", "body": "shared"})).await;
         make_world_readable(&s, &alice, &room).await;
         s.send_message(&alice, &room, "t1", json!({"msgtype": "m.text", "body": "one"})).await;
         let peeker =
@@ -271,6 +272,16 @@ async fn events_streams_a_world_readable_room_to_a_peeking_non_member() {
         assert_eq!(init.0, 200, "{}", init.1);
         let from = init.1["messages"]["end"].as_str().expect("end").to_owned();
         assert!(bodies(&init.1["messages"]["chunk"]).contains(&"one".to_owned()));
+
+        // From the start: only what was sent while the room was world-readable.
+        let all = s
+            .get(
+                &format!("/_matrix/client/v3/events?room_id={}&from=s0&timeout=0", enc(&room)),
+                peeker.token(),
+            )
+            .await;
+        assert_eq!(all.0, 200, "{}", all.1);
+        assert_eq!(bodies(&all.1["chunk"]), vec!["one".to_owned()], "{}", all.1);
 
         let path =
             format!("/_matrix/client/v3/events?room_id={}&from={from}&timeout=0", enc(&room));
