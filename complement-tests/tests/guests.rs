@@ -36,7 +36,7 @@ async fn guest_registration_is_refused_with_m_guest_access_forbidden() {
 
 #[tokio::test]
 async fn enabled_guest_registration_gives_a_numeric_guest_account_with_a_session() {
-    let s = guests_server().await;
+    let mut s = guests_server().await;
     let guest = register_guest(&s).await;
     let localpart = guest.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
     assert!(!localpart.is_empty() && localpart.bytes().all(|b| b.is_ascii_digit()), "{localpart}");
@@ -55,6 +55,13 @@ async fn enabled_guest_registration_gives_a_numeric_guest_account_with_a_session
     // A guest has no password: it cannot log in with one.
     let login = s.login(&localpart, "").await;
     assert_eq!(login.0, 403, "{}", login.1);
+
+    // The flag is stored: after kill -9 the token is still a guest's.
+    s.crash_and_restart().await;
+    let who = s.get("/_matrix/client/v3/account/whoami", guest.token()).await;
+    assert_eq!(who.1["is_guest"], true, "{}", who.1);
+    let res = s.post("/_matrix/client/v3/createRoom", guest.token(), json!({})).await;
+    assert_error(&res, 403, "M_GUEST_ACCESS_FORBIDDEN");
 
     // Full accounts are not guests.
     let alice = s.register("alice", "alice-password").await;
