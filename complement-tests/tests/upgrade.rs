@@ -231,3 +231,29 @@ async fn concurrent_upgrades_make_one_replacement() {
     let tombstone = state(&s, &alice, &room, "m.room.tombstone", "").await;
     assert_eq!(tombstone["replacement_room"], winner["replacement_room"]);
 }
+
+#[tokio::test]
+async fn an_alias_moved_by_an_upgrade_stays_its_creators() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let old = s.create_room(&alice, json!({"room_version": "10"})).await;
+    let alias = "#moving:test.local";
+    let path = format!("/_matrix/client/v3/directory/room/{}", enc(alias));
+    let res = s.put(&path, alice.token(), json!({"room_id": old})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let (status, body) = upgrade(&s, &alice, &old, "11").await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let (_, resolved) = s.get(&path, None).await;
+    assert_eq!(resolved["room_id"], new);
+    // Listed under the new room only, and still alice's to delete.
+    let (_, listed) = s.room_get(&alice, &new, "aliases").await;
+    assert_eq!(listed["aliases"], json!([alias]), "{listed}");
+    let (_, listed) = s.room_get(&alice, &old, "aliases").await;
+    assert_eq!(listed["aliases"], json!([]), "{listed}");
+    let res = s.request(reqwest::Method::DELETE, &path, alice.token(), None).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    // A second upgrade of the old room is refused.
+    let (status, body) = upgrade(&s, &alice, &old, "11").await;
+    assert_eq!(status, 400, "{body}");
+}
