@@ -138,6 +138,19 @@ impl Rooms {
                 users.remove(creator.as_str());
             }
         }
+        if creators_privileged {
+            // As a new v12 room: upgrading (and so becoming a creator) needs 150, above an
+            // admin at 100 who is no creator.
+            if !power_levels.get("events").is_some_and(Value::is_object) {
+                power_levels["events"] = json!({});
+            }
+            let tombstone = level(power_levels["events"].get("m.room.tombstone"))
+                .or_else(|| level(power_levels.get("state_default")))
+                .unwrap_or(50);
+            if tombstone < 150 {
+                power_levels["events"]["m.room.tombstone"] = json!(150);
+            }
+        }
         let own_level = old.power_level_of(user);
         let mut temporary = None;
         if !creators_privileged {
