@@ -19,6 +19,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use ruma::events::StateEventType;
+use ruma::events::room::power_levels::UserPowerLevel;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 
@@ -100,17 +101,32 @@ impl Rooms {
                 "You are not invited to this room, nor a member of a room it allows".into(),
             ));
         }
+        // The power levels built once; the most powerful local member who can invite (as
+        // Synapse), the lowest ID among equals so the choice is stable: one pass.
         let power_levels = room.power_levels();
-        let mut candidates: Vec<OwnedUserId> = room
-            .joined()
-            .into_iter()
-            .filter(|u| u.server_name() == self.server_name() && power_levels.user_can_invite(u))
-            .collect();
-        // The most powerful first (as Synapse), then by ID, so the choice is stable.
-        candidates.sort_by(|a, b| {
-            room.power_level_of(b).cmp(&room.power_level_of(a)).then_with(|| a.cmp(b))
-        });
-        candidates.into_iter().next().map(Some).ok_or_else(|| {
+        let level = |u: &UserId| match power_levels.for_user(u) {
+            UserPowerLevel::Int(level) => i64::from(level),
+            _ => i64::MAX,
+        };
+        let members = room.members();
+        let mut best: Option<(i64, &OwnedUserId)> = None;
+        for (member, membership) in members.iter() {
+            if membership != "join"
+                || member.server_name() != self.server_name()
+                || !power_levels.user_can_invite(member)
+            {
+                continue;
+            }
+            let l = level(member);
+            let better = match best {
+                None => true,
+                Some((bl, bu)) => l > bl || (l == bl && member < bu),
+            };
+            if better {
+                best = Some((l, member));
+            }
+        }
+        best.map(|(_, u)| Some(u.clone())).ok_or_else(|| {
             Error::Forbidden("No member of this room can let you in at the moment".into())
         })
     }
