@@ -167,6 +167,9 @@ impl Rooms {
             Some(token) => parse_token(token, max_depth, req.suggested_only)?,
             None => 0,
         };
+        // A token of the user's event rate limit per request (429 `M_LIMIT_EXCEEDED`): a
+        // walk may examine up to `MAX_WALKED` rooms.
+        self.charge_event(req.user)?;
         let root = self
             .get(req.root)
             .filter(|room| self.may_preview(room, req.user))
@@ -237,12 +240,12 @@ impl Rooms {
 /// The room's `m.space.child` events with a non-empty `via` (and `suggested`, when asked),
 /// in the spec's order, each as `(child, stripped event)`.
 fn space_children(room: &Room, suggested_only: bool) -> Vec<(OwnedRoomId, Value)> {
-    let state = room.state();
-    let mut children: Vec<(Option<String>, u64, OwnedRoomId, Value)> = state
+    let keys = room.space_child_keys();
+    let mut children: Vec<(Option<String>, u64, OwnedRoomId, Value)> = keys
         .iter()
-        .filter(|(key, _)| key.0 == StateEventType::SpaceChild)
-        .filter_map(|(key, pdu)| {
-            let child = OwnedRoomId::try_from(key.1.as_str()).ok()?;
+        .filter_map(|key| {
+            let pdu = room.state_event(&StateEventType::SpaceChild, key)?;
+            let child = OwnedRoomId::try_from(key.as_str()).ok()?;
             let content: Value = pdu.content_as()?;
             let via = content.get("via").and_then(Value::as_array)?;
             if via.is_empty() {
@@ -260,7 +263,7 @@ fn space_children(room: &Room, suggested_only: bool) -> Vec<(OwnedRoomId, Value)
             let ts: u64 = pdu.origin_server_ts.get().into();
             let stripped = json!({
                 "type": "m.space.child",
-                "state_key": key.1,
+                "state_key": key,
                 "content": content,
                 "sender": pdu.sender,
                 "origin_server_ts": ts,
