@@ -174,3 +174,25 @@ async fn openid_tokens_identify_their_user() {
     // Only for oneself.
     assert_error(&s.post(&path, bob.token(), json!({})).await, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn an_ignored_users_event_can_be_reported_by_a_member_only() {
+    let (s, alice, bob, _, root, room) = setup().await;
+    let event =
+        s.send_message(&bob, &room, "t1", json!({"msgtype": "m.text", "body": "abuse"})).await;
+    let ignore =
+        format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&alice.user_id));
+    let res =
+        s.put(&ignore, alice.token(), json!({"ignored_users": {bob.user_id.clone(): {}}})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    // alice ignores bob, yet may report his abuse.
+    let res = s.post(&report_path(&room, &event), alice.token(), json!({"reason": "abuse"})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    // Once she has left, she may not (the spec: only joined members report).
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    assert_eq!(s.post(&leave, alice.token(), json!({})).await.0, 200);
+    let res = s.post(&report_path(&room, &event), alice.token(), json!({"reason": "again"})).await;
+    assert_error(&res, 404, "M_NOT_FOUND");
+    let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
+    assert_eq!(body["total"], 1, "{body}");
+}

@@ -3,9 +3,10 @@
 //! **Reports** (`POST /rooms/{roomId}/report/{eventId}`, `POST /rooms/{roomId}/report`)
 //! are stored for the server's admins (CF `reports`), who list them through the admin API
 //! in Synapse's shape (`/_synapse/admin/v1/event_reports`). An event can be reported only by
-//! a user who may see it (else 404, as Synapse answers, so a report reveals nothing about
-//! events one cannot see); a room only if this server knows it (404). Each report takes a
-//! token of the reporter's event rate limit (`limits.events`).
+//! a joined member of its room (spec v1.8+) whom the history visibility lets see it, even
+//! if they ignore its sender (else 404, as the spec and Synapse answer, so a report reveals
+//! nothing about events one cannot see); a room only if this server knows it (404). Each
+//! report takes a token of the reporter's event rate limit (`limits.events`).
 //!
 //! **OpenID tokens** (`POST /user/{userId}/openid/request_token`) prove to a third party
 //! (a widget, an integration manager) who the user is: the third party asks
@@ -53,8 +54,14 @@ impl Services {
         if record.room_id != room_id.as_str() {
             return Err(not_found());
         }
+        // Spec (v1.8+): only a joined member reports an event. Whom the reporter ignores
+        // does not matter (an ignored user's abuse is what one reports), the history
+        // visibility does.
+        if room.membership_of(user).as_deref() != Some("join") {
+            return Err(not_found());
+        }
         let visible = match self.rooms.readable(&room, user).await {
-            Ok(access) => access.can_see(record.pos, &pdu),
+            Ok(access) => access.history_allows(record.pos, &pdu),
             Err(Error::Forbidden(_)) => false,
             Err(e) => return Err(e),
         };
