@@ -196,3 +196,31 @@ async fn an_ignored_users_event_can_be_reported_by_a_member_only() {
     let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
     assert_eq!(body["total"], 1, "{body}");
 }
+
+#[tokio::test]
+async fn openid_userinfo_refuses_missing_tokens_and_deactivated_accounts() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let res = s.get("/_matrix/federation/v1/openid/userinfo", None).await;
+    assert_error(&res, 401, "M_UNKNOWN_TOKEN");
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&alice.user_id));
+    let (status, body) = s.post(&path, alice.token(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let info = format!(
+        "/_matrix/federation/v1/openid/userinfo?access_token={}",
+        enc(body["access_token"].as_str().unwrap())
+    );
+    assert_eq!(s.get(&info, None).await.0, 200);
+    let deactivate = "/_matrix/client/v3/account/deactivate";
+    let (status, body) = s.post(deactivate, alice.token(), json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    let auth = json!({
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "alice"},
+        "password": "alice-password",
+        "session": body["session"],
+    });
+    let (status, body) = s.post(deactivate, alice.token(), json!({"auth": auth})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_error(&s.get(&info, None).await, 401, "M_UNKNOWN_TOKEN");
+}

@@ -10,7 +10,9 @@
 //!
 //! **OpenID tokens** (`POST /user/{userId}/openid/request_token`) prove to a third party
 //! (a widget, an integration manager) who the user is: the third party asks
-//! `GET /_matrix/federation/v1/openid/userinfo`. Stored by SHA-256 for an hour.
+//! `GET /_matrix/federation/v1/openid/userinfo` (401 `M_UNKNOWN_TOKEN` for a missing,
+//! unknown or expired token, or one of a since deactivated account). Stored by SHA-256 for
+//! an hour; each takes a token of the user's `limits.events`.
 
 use ruma::{EventId, RoomId, UserId};
 
@@ -116,7 +118,10 @@ impl Services {
     }
 
     /// A new OpenID token for `user`, valid for [`OPENID_TOKEN_SECS`].
+    /// Each takes a token of the user's event rate limit (`limits.events`): every token is
+    /// a synced write, kept for an hour.
     pub async fn openid_token(&self, user: &UserId) -> Result<String> {
+        self.event_limiter.check(user.as_str())?;
         let token = super::tokens::random_token();
         let now = now_ms();
         let record = OpenIdTokenRecord {
@@ -127,11 +132,19 @@ impl Services {
         Ok(token)
     }
 
-    /// Whose an unexpired OpenID token is; 401 `M_UNKNOWN_TOKEN` otherwise.
+    /// Whose an unexpired OpenID token is, if that account is still active; 401
+    /// `M_UNKNOWN_TOKEN` otherwise.
     pub async fn openid_user(&self, token: &str) -> Result<String> {
-        match self.store.openid_token(&TokenHash::of(token)).await? {
-            Some(record) if record.expires_ms > now_ms() => Ok(record.user_id),
-            _ => Err(Error::UnknownToken { soft_logout: false }),
+        let unknown = || Error::UnknownToken { soft_logout: false };
+        let record = match self.store.openid_token(&TokenHash::of(token)).await? {
+            Some(record) if record.expires_ms > now_ms() => record,
+            _ => return Err(unknown()),
+        };
+        let user = UserId::parse(&record.user_id).map_err(|_| unknown())?;
+        let active = self.store.user(user.localpart()).await?.is_some_and(|u| !u.deactivated);
+        if !active {
+            return Err(unknown());
         }
+        Ok(record.user_id)
     }
 }
