@@ -198,6 +198,28 @@ async fn an_ignored_users_event_can_be_reported_by_a_member_only() {
 }
 
 #[tokio::test]
+async fn report_ids_are_never_reused() {
+    let (s, alice, bob, _, root, room) = setup().await;
+    let event = s.send_message(&bob, &room, "t1", json!({"msgtype": "m.text", "body": "x"})).await;
+    let newest_id = |body: &serde_json::Value| body["event_reports"][0]["id"].as_u64().unwrap();
+    for _ in 0..2 {
+        let res = s.post(&report_path(&room, &event), alice.token(), json!({})).await;
+        assert_eq!(res.0, 200, "{}", res.1);
+    }
+    let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
+    let deleted = newest_id(&body);
+    let one = format!("/_synapse/admin/v1/event_reports/{deleted}");
+    assert_eq!(s.request(Method::DELETE, &one, root.token(), None).await.0, 200);
+    let res = s.post(&report_path(&room, &event), alice.token(), json!({})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
+    assert_eq!(body["total"], 2, "{body}");
+    assert!(newest_id(&body) > deleted, "{body}");
+    // The deleted report stays deleted.
+    assert_error(&s.get(&one, root.token()).await, 404, "M_NOT_FOUND");
+}
+
+#[tokio::test]
 async fn openid_userinfo_refuses_missing_tokens_and_deactivated_accounts() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
