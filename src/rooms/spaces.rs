@@ -138,12 +138,16 @@ impl Rooms {
         })
     }
 
-    /// Whether `user` may see a room's summary in a hierarchy: they are joined or invited,
+    /// Whether `user` may see a room's summary in a hierarchy: never if banned from it; else
+    /// they are joined or invited,
     /// its history is world-readable, its join rule lets anyone in or knock (`public`,
     /// `knock`, `knock_restricted`), or it is restricted and they are in an allowed room.
     pub fn may_preview(&self, room: &Room, user: &UserId) -> bool {
-        if matches!(room.membership_of(user).as_deref(), Some("join" | "invite")) {
-            return true;
+        match room.membership_of(user).as_deref() {
+            // Banned: not even its summary (the spec: 403 for the root; a child is skipped).
+            Some("ban") => return false,
+            Some("join" | "invite") => return true,
+            _ => {}
         }
         if room.history_visibility() == "world_readable" {
             return true;
