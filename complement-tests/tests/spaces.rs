@@ -317,3 +317,25 @@ async fn a_banned_user_sees_no_summary_of_the_room() {
     let (_, body) = hierarchy(&s, &alice, &space, "").await;
     assert_eq!(ids(&body).len(), 3, "{body}");
 }
+
+#[tokio::test]
+async fn a_spaces_children_are_found_after_a_restart() {
+    let mut s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let space = space(&s, &alice, "Persisted").await;
+    let first = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let second = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    add_child(&s, &alice, &space, &first, json!({"order": "a"})).await;
+    add_child(&s, &alice, &space, &second, json!({"order": "b"})).await;
+    s.crash_and_restart().await;
+    let (status, body) = hierarchy(&s, &alice, &space, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![space.clone(), first.clone(), second.clone()], "{body}");
+    // A child removed (empty content) and one added after the restart.
+    put_state(&s, &alice, &space, "m.space.child", &first, json!({})).await;
+    let third = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    add_child(&s, &alice, &space, &third, json!({"order": "c"})).await;
+    let (_, body) = hierarchy(&s, &alice, &space, "").await;
+    assert_eq!(ids(&body), vec![space, second, third], "{body}");
+    assert_eq!(body["rooms"][0]["children_state"].as_array().unwrap().len(), 2, "{body}");
+}
