@@ -246,3 +246,19 @@ async fn openid_userinfo_refuses_missing_tokens_and_deactivated_accounts() {
     assert_eq!(status, 200, "{body}");
     assert_error(&s.get(&info, None).await, 401, "M_UNKNOWN_TOKEN");
 }
+
+#[tokio::test]
+async fn openid_token_requests_are_rate_limited() {
+    let s = TestServer::start_with(complement_tests::ServerOptions {
+        event_rate: (0.01, 2),
+        ..Default::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&alice.user_id));
+    for _ in 0..2 {
+        let (status, body) = s.post(&path, alice.token(), json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_error(&s.post(&path, alice.token(), json!({})).await, 429, "M_LIMIT_EXCEEDED");
+}

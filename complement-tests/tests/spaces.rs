@@ -339,3 +339,19 @@ async fn a_spaces_children_are_found_after_a_restart() {
     assert_eq!(ids(&body), vec![space, second, third], "{body}");
     assert_eq!(body["rooms"][0]["children_state"].as_array().unwrap().len(), 2, "{body}");
 }
+
+#[tokio::test]
+async fn hierarchy_requests_count_against_the_event_rate_limit() {
+    let s = TestServer::start_with(complement_tests::ServerOptions {
+        event_rate: (0.01, 3),
+        ..Default::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    let space = space(&s, &alice, "Busy").await; // alice: 1
+    assert_eq!(hierarchy(&s, &alice, &space, "").await.0, 200); // 2
+    assert_eq!(hierarchy(&s, &alice, &space, "").await.0, 200); // 3
+    let res =
+        s.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space)), alice.token()).await;
+    assert_error(&res, 429, "M_LIMIT_EXCEEDED");
+}
