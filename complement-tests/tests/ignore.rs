@@ -161,3 +161,25 @@ async fn invites_from_an_ignored_user_are_hidden() {
     assert!(invites.contains_key(&from_alice), "{sync}");
     assert!(!invites.contains_key(&from_bob), "{sync}");
 }
+
+#[tokio::test]
+async fn after_concurrent_changes_the_list_stored_last_is_the_one_applied() {
+    let s = TestServer::start().await;
+    let (_, bob, carol, room) = room_of_three(&s).await;
+    s.send_text(&bob, &room, "t1", "hello").await;
+    for round in 0..5 {
+        // Alternately ignoring bob and nobody, many writes at once.
+        let writes = (0..8).map(|i| {
+            let list = if (i + round) % 2 == 0 { vec![&bob] } else { vec![] };
+            let (s, carol) = (&s, &carol);
+            async move { ignore(s, carol, &list).await }
+        });
+        futures_util::future::join_all(writes).await;
+        let (_, stored) = s.get(&ignore_path(&carol), carol.token()).await;
+        let ignoring = stored["ignored_users"].get(&bob.user_id).is_some();
+        let (status, history) = s.room_get(&carol, &room, "messages?dir=b&limit=20").await;
+        assert_eq!(status, 200, "{history}");
+        let shown = bodies(&history["chunk"]).contains(&"hello".to_owned());
+        assert_eq!(shown, !ignoring, "round {round}: stored {stored}");
+    }
+}

@@ -174,3 +174,91 @@ async fn openid_tokens_identify_their_user() {
     // Only for oneself.
     assert_error(&s.post(&path, bob.token(), json!({})).await, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn an_ignored_users_event_can_be_reported_by_a_member_only() {
+    let (s, alice, bob, _, root, room) = setup().await;
+    let event =
+        s.send_message(&bob, &room, "t1", json!({"msgtype": "m.text", "body": "abuse"})).await;
+    let ignore =
+        format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&alice.user_id));
+    let res =
+        s.put(&ignore, alice.token(), json!({"ignored_users": {bob.user_id.clone(): {}}})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    // alice ignores bob, yet may report his abuse.
+    let res = s.post(&report_path(&room, &event), alice.token(), json!({"reason": "abuse"})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    // Once she has left, she may not (the spec: only joined members report).
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    assert_eq!(s.post(&leave, alice.token(), json!({})).await.0, 200);
+    let res = s.post(&report_path(&room, &event), alice.token(), json!({"reason": "again"})).await;
+    assert_error(&res, 404, "M_NOT_FOUND");
+    let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
+    assert_eq!(body["total"], 1, "{body}");
+}
+
+#[tokio::test]
+async fn report_ids_are_never_reused() {
+    let (s, alice, bob, _, root, room) = setup().await;
+    let event = s.send_message(&bob, &room, "t1", json!({"msgtype": "m.text", "body": "x"})).await;
+    let newest_id = |body: &serde_json::Value| body["event_reports"][0]["id"].as_u64().unwrap();
+    for _ in 0..2 {
+        let res = s.post(&report_path(&room, &event), alice.token(), json!({})).await;
+        assert_eq!(res.0, 200, "{}", res.1);
+    }
+    let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
+    let deleted = newest_id(&body);
+    let one = format!("/_synapse/admin/v1/event_reports/{deleted}");
+    assert_eq!(s.request(Method::DELETE, &one, root.token(), None).await.0, 200);
+    let res = s.post(&report_path(&room, &event), alice.token(), json!({})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let (_, body) = s.get("/_synapse/admin/v1/event_reports", root.token()).await;
+    assert_eq!(body["total"], 2, "{body}");
+    assert!(newest_id(&body) > deleted, "{body}");
+    // The deleted report stays deleted.
+    assert_error(&s.get(&one, root.token()).await, 404, "M_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn openid_userinfo_refuses_missing_tokens_and_deactivated_accounts() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let res = s.get("/_matrix/federation/v1/openid/userinfo", None).await;
+    assert_error(&res, 401, "M_UNKNOWN_TOKEN");
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&alice.user_id));
+    let (status, body) = s.post(&path, alice.token(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let info = format!(
+        "/_matrix/federation/v1/openid/userinfo?access_token={}",
+        enc(body["access_token"].as_str().unwrap())
+    );
+    assert_eq!(s.get(&info, None).await.0, 200);
+    let deactivate = "/_matrix/client/v3/account/deactivate";
+    let (status, body) = s.post(deactivate, alice.token(), json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    let auth = json!({
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "alice"},
+        "password": "alice-password",
+        "session": body["session"],
+    });
+    let (status, body) = s.post(deactivate, alice.token(), json!({"auth": auth})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_error(&s.get(&info, None).await, 401, "M_UNKNOWN_TOKEN");
+}
+
+#[tokio::test]
+async fn openid_token_requests_are_rate_limited() {
+    let s = TestServer::start_with(complement_tests::ServerOptions {
+        event_rate: (0.01, 2),
+        ..Default::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", enc(&alice.user_id));
+    for _ in 0..2 {
+        let (status, body) = s.post(&path, alice.token(), json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_error(&s.post(&path, alice.token(), json!({})).await, 429, "M_LIMIT_EXCEEDED");
+}

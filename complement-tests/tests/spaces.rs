@@ -273,3 +273,85 @@ async fn a_large_space_pages_through_all_its_rooms() {
     assert_eq!(&listed[1..], &rooms[..]);
     eprintln!("hierarchy pages of a 121-room space: {pages:?}");
 }
+
+#[tokio::test]
+async fn a_banned_user_sees_no_summary_of_the_room() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let space = space(&s, &alice, "Club").await;
+    let open = s.create_room(&alice, json!({"preset": "public_chat", "name": "Open"})).await;
+    let closed = s.create_room(&alice, json!({"preset": "public_chat", "name": "Closed"})).await;
+    add_child(&s, &alice, &space, &open, json!({})).await;
+    add_child(&s, &alice, &space, &closed, json!({})).await;
+    let (status, body) = hierarchy(&s, &bob, &space, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body).len(), 3, "{body}");
+    for room in [&space, &closed] {
+        let res = s
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/ban", enc(room)),
+                alice.token(),
+                json!({"user_id": bob.user_id}),
+            )
+            .await;
+        assert_eq!(res.0, 200, "{}", res.1);
+    }
+    // Banned from the space: 403 although it is public.
+    let res =
+        s.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space)), bob.token()).await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+    // Unbanned from the space, still banned from one child: that child is skipped.
+    let res = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/unban", enc(&space)),
+            alice.token(),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let (status, body) = hierarchy(&s, &bob, &space, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![space.clone(), open.clone()], "{body}");
+    // alice still sees both.
+    let (_, body) = hierarchy(&s, &alice, &space, "").await;
+    assert_eq!(ids(&body).len(), 3, "{body}");
+}
+
+#[tokio::test]
+async fn a_spaces_children_are_found_after_a_restart() {
+    let mut s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let space = space(&s, &alice, "Persisted").await;
+    let first = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let second = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    add_child(&s, &alice, &space, &first, json!({"order": "a"})).await;
+    add_child(&s, &alice, &space, &second, json!({"order": "b"})).await;
+    s.crash_and_restart().await;
+    let (status, body) = hierarchy(&s, &alice, &space, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec![space.clone(), first.clone(), second.clone()], "{body}");
+    // A child removed (empty content) and one added after the restart.
+    put_state(&s, &alice, &space, "m.space.child", &first, json!({})).await;
+    let third = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    add_child(&s, &alice, &space, &third, json!({"order": "c"})).await;
+    let (_, body) = hierarchy(&s, &alice, &space, "").await;
+    assert_eq!(ids(&body), vec![space, second, third], "{body}");
+    assert_eq!(body["rooms"][0]["children_state"].as_array().unwrap().len(), 2, "{body}");
+}
+
+#[tokio::test]
+async fn hierarchy_requests_count_against_the_event_rate_limit() {
+    let s = TestServer::start_with(complement_tests::ServerOptions {
+        event_rate: (0.01, 3),
+        ..Default::default()
+    })
+    .await;
+    let alice = s.register("alice", "alice-password").await;
+    let space = space(&s, &alice, "Busy").await; // alice: 1
+    assert_eq!(hierarchy(&s, &alice, &space, "").await.0, 200); // 2
+    assert_eq!(hierarchy(&s, &alice, &space, "").await.0, 200); // 3
+    let res =
+        s.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space)), alice.token()).await;
+    assert_error(&res, 429, "M_LIMIT_EXCEEDED");
+}

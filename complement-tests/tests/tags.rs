@@ -78,3 +78,40 @@ async fn tags_are_only_for_oneself_and_validated() {
     let (_, body) = s.get(&path, alice.token()).await;
     assert_eq!(body, json!({"tags": {}}));
 }
+
+#[tokio::test]
+async fn tags_follow_only_a_real_upgrade() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let mallory = s.register("mallory", "mallory-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let res =
+        s.put(&format!("{}/u.secret", tags_path(&alice, &room)), alice.token(), json!({})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    // mallory names alice's room as the predecessor of hers, which replaced nothing.
+    let forged = s
+        .create_room(
+            &mallory,
+            json!({
+                "preset": "public_chat",
+                "creation_content": {"predecessor": {"room_id": room}},
+            }),
+        )
+        .await;
+    assert_eq!(s.join(&alice, &forged).await.0, 200);
+    let (status, body) = s.get(&tags_path(&alice, &forged), alice.token()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"tags": {}}), "no tags copied into a forged successor");
+    // A real upgrade carries them (alice is the upgrader and joined at once).
+    let (status, body) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room)),
+            alice.token(),
+            json!({"new_version": "11"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let (_, body) = s.get(&tags_path(&alice, &new), alice.token()).await;
+    assert_eq!(body, json!({"tags": {"u.secret": {}}}), "{body}");
+}

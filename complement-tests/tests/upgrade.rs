@@ -231,3 +231,66 @@ async fn concurrent_upgrades_make_one_replacement() {
     let tombstone = state(&s, &alice, &room, "m.room.tombstone", "").await;
     assert_eq!(tombstone["replacement_room"], winner["replacement_room"]);
 }
+
+#[tokio::test]
+async fn in_v12_an_admin_who_is_no_creator_may_not_upgrade() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s
+        .create_room(
+            &alice,
+            json!({
+                "room_version": "12",
+                "preset": "public_chat",
+                "power_level_content_override": {"users": {bob.user_id.clone(): 100}},
+            }),
+        )
+        .await;
+    let levels = state(&s, &alice, &room, "m.room.power_levels", "").await;
+    assert_eq!(levels["events"]["m.room.tombstone"], 150, "{levels}");
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let res = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room)),
+            bob.token(),
+            json!({"new_version": "12"}),
+        )
+        .await;
+    assert_error(&res, 403, "M_FORBIDDEN");
+    // Older versions keep 100; an upgrade into v12 raises it to 150.
+    let old = s.create_room(&alice, json!({"room_version": "11"})).await;
+    let levels = state(&s, &alice, &old, "m.room.power_levels", "").await;
+    assert_eq!(levels["events"]["m.room.tombstone"], 100, "{levels}");
+    let (status, body) = upgrade(&s, &alice, &old, "12").await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let levels = state(&s, &alice, &new, "m.room.power_levels", "").await;
+    assert_eq!(levels["events"]["m.room.tombstone"], 150, "{levels}");
+}
+
+#[tokio::test]
+async fn an_alias_moved_by_an_upgrade_stays_its_creators() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let old = s.create_room(&alice, json!({"room_version": "10"})).await;
+    let alias = "#moving:test.local";
+    let path = format!("/_matrix/client/v3/directory/room/{}", enc(alias));
+    let res = s.put(&path, alice.token(), json!({"room_id": old})).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let (status, body) = upgrade(&s, &alice, &old, "11").await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let (_, resolved) = s.get(&path, None).await;
+    assert_eq!(resolved["room_id"], new);
+    // Listed under the new room only, and still alice's to delete.
+    let (_, listed) = s.room_get(&alice, &new, "aliases").await;
+    assert_eq!(listed["aliases"], json!([alias]), "{listed}");
+    let (_, listed) = s.room_get(&alice, &old, "aliases").await;
+    assert_eq!(listed["aliases"], json!([]), "{listed}");
+    let res = s.request(reqwest::Method::DELETE, &path, alice.token(), None).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    // A second upgrade of the old room is refused.
+    let (status, body) = upgrade(&s, &alice, &old, "11").await;
+    assert_eq!(status, 400, "{body}");
+}

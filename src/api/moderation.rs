@@ -88,7 +88,8 @@ pub async fn openid_userinfo(
     let token = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.into_owned())
-        .ok_or(Error::MissingToken)?;
+        // The spec answers a missing token as an unknown one (401 `M_UNKNOWN_TOKEN`).
+        .ok_or(Error::UnknownToken { soft_logout: false })?;
     let user = s.openid_user(&token).await?;
     Ok(Json(json!({"sub": user})))
 }

@@ -90,8 +90,8 @@ pub async fn delete(
     Ok(RumaResponse(delete_tag::v3::Response::new()))
 }
 
-/// After `user` joined `room_id`: when the room replaced one (`predecessor`), the user's
-/// tags there come along unless they already tagged this one (as Synapse does on joining
+/// After `user` joined `room_id`: when the room replaced one (`predecessor`, whose
+/// tombstone names this room), the user's tags there come along unless they already tagged this one (as Synapse does on joining
 /// an upgraded room). A failure is logged; the join stands.
 pub async fn carry_over(s: &Services, user: &UserId, room_id: &RoomId) {
     if let Err(e) = try_carry_over(s, user, room_id).await {
@@ -107,6 +107,16 @@ async fn try_carry_over(s: &Services, user: &UserId, room_id: &RoomId) -> Result
         .and_then(|c| c["predecessor"]["room_id"].as_str().map(str::to_owned))
         .and_then(|id| ruma::OwnedRoomId::try_from(id).ok());
     let Some(predecessor) = predecessor else { return Ok(()) };
+    // Only a real upgrade: anyone may name any room as `predecessor` in `creation_content`,
+    // so the predecessor's tombstone must name this room as its replacement.
+    let replaced_by_this = s.rooms.get(&predecessor).is_some_and(|old| {
+        old.state_event(&ruma::events::StateEventType::RoomTombstone, "")
+            .and_then(|p| p.content_as::<Value>())
+            .is_some_and(|c| c["replacement_room"].as_str() == Some(room_id.as_str()))
+    });
+    if !replaced_by_this {
+        return Ok(());
+    }
     let Some(tags) = s.user_data.account_data(user, Some(&predecessor), TAGS).await? else {
         return Ok(());
     };

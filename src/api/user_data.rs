@@ -80,10 +80,16 @@ pub async fn set_global_account_data(
     if ignore_list {
         crate::rooms::ignore::check_ignored_content(&who.user_id, &content)?;
     }
-    s.user_data.set_account_data(&who.user_id, None, &kind, content.clone()).await?;
-    if ignore_list {
-        s.rooms.set_ignored(&who.user_id, &content);
-    }
+    // The ignore-list cache is updated under the account-data lock: two concurrent writes
+    // leave the cache with the list written last.
+    let rooms = &s.rooms;
+    s.user_data
+        .set_account_data_then(&who.user_id, None, &kind, content, |content| {
+            if ignore_list {
+                rooms.set_ignored(&who.user_id, content);
+            }
+        })
+        .await?;
     Ok(RumaResponse(set_global_account_data::v3::Response::new()))
 }
 

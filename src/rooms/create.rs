@@ -126,7 +126,9 @@ impl Rooms {
                 "m.room.history_visibility": 100,
                 "m.room.canonical_alias": 50,
                 "m.room.avatar": 50,
-                "m.room.tombstone": 100,
+                // From v12 (creators above every level) 150, as Synapse: an admin at 100
+                // who is no creator may not upgrade and so become the new room's creator.
+                "m.room.tombstone": if creators_in_power_levels { 100 } else { 150 },
                 "m.room.server_acl": 100,
                 "m.room.encryption": 100,
             },

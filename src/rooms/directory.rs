@@ -71,7 +71,7 @@ impl Room {
 
     /// The room's entry in the public room directory.
     pub fn directory_entry(&self) -> Value {
-        let joined = self.joined().len();
+        let joined = self.joined_count();
         let mut entry = json!({
             "room_id": self.id,
             "num_joined_members": joined,

@@ -94,12 +94,13 @@ impl Rooms {
         // A restricted room (`restricted`, `knock_restricted`) lets in, uninvited, members of
         // the rooms its `allow` list names; the join names a local member who could have
         // invited them, which the auth rules check.
+        // Charged first: choosing an authoriser walks the room's members.
+        self.charge_event(user)?;
         let authoriser = if room.membership_of(user).as_deref() == Some("invite") {
             None
         } else {
             self.restricted_join_authoriser(&room, user)?
         };
-        self.charge_event(user)?;
         let mut event = self.member_event(user, "join", None).await?;
         if let Some(authoriser) = authoriser {
             event.content["join_authorised_via_users_server"] =

@@ -26,7 +26,7 @@ pub mod state;
 pub mod upgrade;
 pub mod visibility;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -83,12 +83,20 @@ struct RoomInner {
     chain_len: u32,
     /// `user → membership` for everyone with a membership event.
     members: Arc<HashMap<OwnedUserId, String>>,
+    /// State keys of the room's `m.space.child` events (a state key never leaves the
+    /// state), so `/hierarchy` finds children without scanning all the state.
+    space_children: Arc<BTreeSet<String>>,
 }
 
 impl Room {
     /// The current state (a cheap shared snapshot).
     pub fn state(&self) -> Arc<StateMap> {
         self.inner.read().state.clone()
+    }
+
+    /// The state keys of the room's `m.space.child` events.
+    pub fn space_child_keys(&self) -> Arc<BTreeSet<String>> {
+        self.inner.read().space_children.clone()
     }
 
     pub fn state_event(&self, kind: &StateEventType, key: &str) -> Option<PduRef> {
@@ -282,8 +290,13 @@ impl Rooms {
             last_pos = last_pos.max(head.last_pos);
             let view_last_pos = head.last_pos;
             let visibility = load_visibility(store.as_ref(), &id).await?;
-            let view =
-                RoomInner { head, state: Arc::new(state), chain_len, members: Arc::new(members) };
+            let view = RoomInner {
+                space_children: Arc::new(space_child_keys(&state)),
+                head,
+                state: Arc::new(state),
+                chain_len,
+                members: Arc::new(members),
+            };
             let room = Room {
                 id: id.clone(),
                 version,
@@ -505,6 +518,7 @@ impl Rooms {
             state: Arc::new(state),
             chain_len: 0,
             members: Arc::new(HashMap::new()),
+            space_children: Arc::default(),
         };
         let room = Arc::new(Room {
             id: room_id.clone(),
@@ -895,7 +909,14 @@ impl Rooms {
             new_member = Some(user);
         }
         let txn_key = write.txn.clone();
-        let view = RoomInner { head, state, chain_len, members: members.clone() };
+        let mut space_children = inner.space_children.clone();
+        if pdu.kind == TimelineEventType::SpaceChild
+            && let Some(key) = &pdu.state_key
+            && !space_children.contains(key)
+        {
+            Arc::make_mut(&mut space_children).insert(key.clone());
+        }
+        let view = RoomInner { head, state, chain_len, members: members.clone(), space_children };
         *builder = view.clone();
 
         // Members with any membership: joined users see the event; invitees and leavers
@@ -1051,4 +1072,13 @@ async fn index_state_changes(store: &dyn Store, room_id: &RoomId) -> Result<()> 
     tracing::info!(room_id = %room_id, entries = entries.len(), "indexed the room's state changes");
     store.index_state_changes(room_id.as_str(), entries).await?;
     Ok(())
+}
+
+/// The state keys of the `m.space.child` events in `state` (once, when a room is loaded).
+fn space_child_keys(state: &StateMap) -> BTreeSet<String> {
+    state
+        .keys()
+        .filter(|(kind, _)| *kind == StateEventType::SpaceChild)
+        .map(|(_, key)| key.clone())
+        .collect()
 }

@@ -19,6 +19,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use ruma::events::StateEventType;
+use ruma::events::room::power_levels::UserPowerLevel;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 
@@ -100,17 +101,32 @@ impl Rooms {
                 "You are not invited to this room, nor a member of a room it allows".into(),
             ));
         }
+        // The power levels built once; the most powerful local member who can invite (as
+        // Synapse), the lowest ID among equals so the choice is stable: one pass.
         let power_levels = room.power_levels();
-        let mut candidates: Vec<OwnedUserId> = room
-            .joined()
-            .into_iter()
-            .filter(|u| u.server_name() == self.server_name() && power_levels.user_can_invite(u))
-            .collect();
-        // The most powerful first (as Synapse), then by ID, so the choice is stable.
-        candidates.sort_by(|a, b| {
-            room.power_level_of(b).cmp(&room.power_level_of(a)).then_with(|| a.cmp(b))
-        });
-        candidates.into_iter().next().map(Some).ok_or_else(|| {
+        let level = |u: &UserId| match power_levels.for_user(u) {
+            UserPowerLevel::Int(level) => i64::from(level),
+            _ => i64::MAX,
+        };
+        let members = room.members();
+        let mut best: Option<(i64, &OwnedUserId)> = None;
+        for (member, membership) in members.iter() {
+            if membership != "join"
+                || member.server_name() != self.server_name()
+                || !power_levels.user_can_invite(member)
+            {
+                continue;
+            }
+            let l = level(member);
+            let better = match best {
+                None => true,
+                Some((bl, bu)) => l > bl || (l == bl && member < bu),
+            };
+            if better {
+                best = Some((l, member));
+            }
+        }
+        best.map(|(_, u)| Some(u.clone())).ok_or_else(|| {
             Error::Forbidden("No member of this room can let you in at the moment".into())
         })
     }
@@ -122,12 +138,16 @@ impl Rooms {
         })
     }
 
-    /// Whether `user` may see a room's summary in a hierarchy: they are joined or invited,
+    /// Whether `user` may see a room's summary in a hierarchy: never if banned from it; else
+    /// they are joined or invited,
     /// its history is world-readable, its join rule lets anyone in or knock (`public`,
     /// `knock`, `knock_restricted`), or it is restricted and they are in an allowed room.
     pub fn may_preview(&self, room: &Room, user: &UserId) -> bool {
-        if matches!(room.membership_of(user).as_deref(), Some("join" | "invite")) {
-            return true;
+        match room.membership_of(user).as_deref() {
+            // Banned: not even its summary (the spec: 403 for the root; a child is skipped).
+            Some("ban") => return false,
+            Some("join" | "invite") => return true,
+            _ => {}
         }
         if room.history_visibility() == "world_readable" {
             return true;
@@ -151,6 +171,9 @@ impl Rooms {
             Some(token) => parse_token(token, max_depth, req.suggested_only)?,
             None => 0,
         };
+        // A token of the user's event rate limit per request (429 `M_LIMIT_EXCEEDED`): a
+        // walk may examine up to `MAX_WALKED` rooms.
+        self.charge_event(req.user)?;
         let root = self
             .get(req.root)
             .filter(|room| self.may_preview(room, req.user))
@@ -221,12 +244,12 @@ impl Rooms {
 /// The room's `m.space.child` events with a non-empty `via` (and `suggested`, when asked),
 /// in the spec's order, each as `(child, stripped event)`.
 fn space_children(room: &Room, suggested_only: bool) -> Vec<(OwnedRoomId, Value)> {
-    let state = room.state();
-    let mut children: Vec<(Option<String>, u64, OwnedRoomId, Value)> = state
+    let keys = room.space_child_keys();
+    let mut children: Vec<(Option<String>, u64, OwnedRoomId, Value)> = keys
         .iter()
-        .filter(|(key, _)| key.0 == StateEventType::SpaceChild)
-        .filter_map(|(key, pdu)| {
-            let child = OwnedRoomId::try_from(key.1.as_str()).ok()?;
+        .filter_map(|key| {
+            let pdu = room.state_event(&StateEventType::SpaceChild, key)?;
+            let child = OwnedRoomId::try_from(key.as_str()).ok()?;
             let content: Value = pdu.content_as()?;
             let via = content.get("via").and_then(Value::as_array)?;
             if via.is_empty() {
@@ -244,7 +267,7 @@ fn space_children(room: &Room, suggested_only: bool) -> Vec<(OwnedRoomId, Value)
             let ts: u64 = pdu.origin_server_ts.get().into();
             let stripped = json!({
                 "type": "m.space.child",
-                "state_key": key.1,
+                "state_key": key,
                 "content": content,
                 "sender": pdu.sender,
                 "origin_server_ts": ts,

@@ -16,6 +16,8 @@
 //! levels are restricted (`events_default` and `invite` raised to at least 50 and above
 //! `users_default`), so that only moderators speak in it any more.
 
+use std::collections::HashSet;
+
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde_json::{Value, json};
@@ -37,10 +39,30 @@ const COPIED: [StateEventType; 8] = [
     StateEventType::RoomServerAcl,
 ];
 
-/// One upgrade at a time (they are rare): two concurrent upgrades of a room would both pass
-/// the tombstone check and make two replacements.
-static UPGRADING: std::sync::LazyLock<tokio::sync::Mutex<()>> =
-    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+/// Rooms being upgraded: two concurrent upgrades of one room would both pass the tombstone
+/// check and make two replacements, so the second is refused while the first runs. Upgrades
+/// of different rooms do not wait for each other.
+static UPGRADING: std::sync::LazyLock<std::sync::Mutex<HashSet<OwnedRoomId>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Marks a room as being upgraded until dropped.
+struct Upgrading(OwnedRoomId);
+
+impl Upgrading {
+    fn begin(room_id: &RoomId) -> Result<Self> {
+        let mut rooms = UPGRADING.lock().unwrap_or_else(|e| e.into_inner());
+        if !rooms.insert(room_id.to_owned()) {
+            return Err(Error::BadState("This room is already being upgraded".into()));
+        }
+        Ok(Self(room_id.to_owned()))
+    }
+}
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        UPGRADING.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
+}
 
 fn level(v: Option<&Value>) -> Option<i64> {
     match v? {
@@ -61,7 +83,7 @@ impl Rooms {
         let rules = new_version.rules().ok_or_else(|| {
             Error::UnsupportedRoomVersion(format!("Room version {new_version} is not supported"))
         })?;
-        let _one_at_a_time = UPGRADING.lock().await;
+        let _upgrading = Upgrading::begin(room_id)?;
         let old = self.require_joined(room_id, user)?;
         let old_levels = old.power_levels();
         if !old_levels.user_can_send_state(user, StateEventType::RoomTombstone) {
@@ -114,6 +136,19 @@ impl Rooms {
             users.remove(user.as_str());
             for creator in &additional_creators {
                 users.remove(creator.as_str());
+            }
+        }
+        if creators_privileged {
+            // As a new v12 room: upgrading (and so becoming a creator) needs 150, above an
+            // admin at 100 who is no creator.
+            if !power_levels.get("events").is_some_and(Value::is_object) {
+                power_levels["events"] = json!({});
+            }
+            let tombstone = level(power_levels["events"].get("m.room.tombstone"))
+                .or_else(|| level(power_levels.get("state_default")))
+                .unwrap_or(50);
+            if tombstone < 150 {
+                power_levels["events"]["m.room.tombstone"] = json!(150);
             }
         }
         let own_level = old.power_level_of(user);
@@ -189,12 +224,25 @@ impl Rooms {
         }
         let new_room = self.create(user, new_version, create, events).await?;
 
-        // Aliases, the canonical alias and the directory follow the room.
+        // The tombstone at once, before anything else moves: from here a retry is refused
+        // (the room is replaced), so a crash later cannot lead to a second replacement.
+        let tombstone = NewEvent::state(
+            TimelineEventType::RoomTombstone,
+            "",
+            json!({"body": "This room has been replaced", "replacement_room": new_room}),
+        );
+        self.append(room_id, user, tombstone, None).await?;
+
+        // Aliases, the canonical alias and the directory follow the room. Each alias is
+        // re-pointed in one write, only if it still names the old room: there is no moment
+        // at which it is free for someone else to take.
         for alias in self.store().room_aliases(room_id.as_str()).await? {
-            let Some((_, creator)) = self.store().alias(&alias).await? else { continue };
-            self.store().delete_alias(&alias).await.or_else(ignore_not_found)?;
-            match self.store().create_alias(&alias, new_room.as_str(), &creator).await {
-                Ok(()) | Err(StorageError::AlreadyExists) => {}
+            match self.store().move_alias(&alias, room_id.as_str(), new_room.as_str()).await {
+                Ok(()) => {}
+                // Deleted or re-pointed meanwhile by its owner: no longer the old room's.
+                Err(StorageError::NotFound) => {
+                    tracing::info!(%alias, %room_id, "alias changed during the upgrade; not moved");
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -215,13 +263,7 @@ impl Rooms {
             self.store().set_published(room_id.as_str(), false).await?;
         }
 
-        // The tombstone, then the old room's power levels restricted.
-        let tombstone = NewEvent::state(
-            TimelineEventType::RoomTombstone,
-            "",
-            json!({"body": "This room has been replaced", "replacement_room": new_room}),
-        );
-        self.append(room_id, user, tombstone, None).await?;
+        // The old room's power levels restricted.
         if let Some(mut levels) = content_of(&StateEventType::RoomPowerLevels, "") {
             let users_default = level(levels.get("users_default")).unwrap_or(0);
             let restricted = 50.max(users_default + 1);
@@ -242,12 +284,5 @@ impl Rooms {
         }
         tracing::info!(old = %room_id, new = %new_room, %user, "room upgraded");
         Ok(new_room)
-    }
-}
-
-fn ignore_not_found(e: StorageError) -> std::result::Result<(), StorageError> {
-    match e {
-        StorageError::NotFound => Ok(()),
-        e => Err(e),
     }
 }

@@ -3,13 +3,16 @@
 //! **Reports** (`POST /rooms/{roomId}/report/{eventId}`, `POST /rooms/{roomId}/report`)
 //! are stored for the server's admins (CF `reports`), who list them through the admin API
 //! in Synapse's shape (`/_synapse/admin/v1/event_reports`). An event can be reported only by
-//! a user who may see it (else 404, as Synapse answers, so a report reveals nothing about
-//! events one cannot see); a room only if this server knows it (404). Each report takes a
-//! token of the reporter's event rate limit (`limits.events`).
+//! a joined member of its room (spec v1.8+) whom the history visibility lets see it, even
+//! if they ignore its sender (else 404, as the spec and Synapse answer, so a report reveals
+//! nothing about events one cannot see); a room only if this server knows it (404). Each
+//! report takes a token of the reporter's event rate limit (`limits.events`).
 //!
 //! **OpenID tokens** (`POST /user/{userId}/openid/request_token`) prove to a third party
 //! (a widget, an integration manager) who the user is: the third party asks
-//! `GET /_matrix/federation/v1/openid/userinfo`. Stored by SHA-256 for an hour.
+//! `GET /_matrix/federation/v1/openid/userinfo` (401 `M_UNKNOWN_TOKEN` for a missing,
+//! unknown or expired token, or one of a since deactivated account). Stored by SHA-256 for
+//! an hour; each takes a token of the user's `limits.events`.
 
 use ruma::{EventId, RoomId, UserId};
 
@@ -53,8 +56,14 @@ impl Services {
         if record.room_id != room_id.as_str() {
             return Err(not_found());
         }
+        // Spec (v1.8+): only a joined member reports an event. Whom the reporter ignores
+        // does not matter (an ignored user's abuse is what one reports), the history
+        // visibility does.
+        if room.membership_of(user).as_deref() != Some("join") {
+            return Err(not_found());
+        }
         let visible = match self.rooms.readable(&room, user).await {
-            Ok(access) => access.can_see(record.pos, &pdu),
+            Ok(access) => access.history_allows(record.pos, &pdu),
             Err(Error::Forbidden(_)) => false,
             Err(e) => return Err(e),
         };
@@ -109,7 +118,10 @@ impl Services {
     }
 
     /// A new OpenID token for `user`, valid for [`OPENID_TOKEN_SECS`].
+    /// Each takes a token of the user's event rate limit (`limits.events`): every token is
+    /// a synced write, kept for an hour.
     pub async fn openid_token(&self, user: &UserId) -> Result<String> {
+        self.event_limiter.check(user.as_str())?;
         let token = super::tokens::random_token();
         let now = now_ms();
         let record = OpenIdTokenRecord {
@@ -120,11 +132,19 @@ impl Services {
         Ok(token)
     }
 
-    /// Whose an unexpired OpenID token is; 401 `M_UNKNOWN_TOKEN` otherwise.
+    /// Whose an unexpired OpenID token is, if that account is still active; 401
+    /// `M_UNKNOWN_TOKEN` otherwise.
     pub async fn openid_user(&self, token: &str) -> Result<String> {
-        match self.store.openid_token(&TokenHash::of(token)).await? {
-            Some(record) if record.expires_ms > now_ms() => Ok(record.user_id),
-            _ => Err(Error::UnknownToken { soft_logout: false }),
+        let unknown = || Error::UnknownToken { soft_logout: false };
+        let record = match self.store.openid_token(&TokenHash::of(token)).await? {
+            Some(record) if record.expires_ms > now_ms() => record,
+            _ => return Err(unknown()),
+        };
+        let user = UserId::parse(&record.user_id).map_err(|_| unknown())?;
+        let active = self.store.user(user.localpart()).await?.is_some_and(|u| !u.deactivated);
+        if !active {
+            return Err(unknown());
         }
+        Ok(record.user_id)
     }
 }

@@ -79,11 +79,26 @@ impl UserData {
         kind: &str,
         content: Value,
     ) -> Result<()> {
+        self.set_account_data_then(user, room, kind, content, |_| {}).await
+    }
+
+    /// [`Self::set_account_data`], then `written(&content)` still under the user's write
+    /// lock, so that caches of an entry (the ignore list) follow the writes in their order.
+    pub async fn set_account_data_then(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+        written: impl FnOnce(&Value),
+    ) -> Result<()> {
         if !content.is_object() {
             return Err(Error::BadJson("Account data must be a JSON object".into()));
         }
         let _guard = self.lock_user(user).await;
-        self.write_entry(user, room, kind, content).await
+        self.write_entry(user, room, kind, content.clone()).await?;
+        written(&content);
+        Ok(())
     }
 
     /// Reads an entry and writes what `change` makes of it, under the user's write lock (so

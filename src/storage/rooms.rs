@@ -290,6 +290,10 @@ pub trait RoomStore: Send + Sync {
 
     async fn room_aliases(&self, room_id: &str) -> StorageResult<Vec<String>>;
 
+    /// Re-points an alias from `from_room` to `to_room` (keeping its creator) in one write,
+    /// only if it still points to `from_room`: [`super::StorageError::NotFound`] otherwise.
+    async fn move_alias(&self, alias: &str, from_room: &str, to_room: &str) -> StorageResult<()>;
+
     /// Publishes a room in (or removes it from) the room directory.
     async fn set_published(&self, room_id: &str, published: bool) -> StorageResult<()>;
 

@@ -7,6 +7,9 @@ use super::{RocksStore, cf, decode, encode, get_json, handle, synced};
 use crate::storage::moderation::{ModerationStore, OpenIdTokenRecord, ReportRecord};
 use crate::storage::{StorageResult, TokenHash};
 
+/// `meta` key: the last report ID handed out (big-endian u64, merged as a maximum).
+const LAST_REPORT_ID: &[u8] = b"last_report_id";
+
 /// OpenID tokens examined for expiry per new token.
 const EXPIRED_SWEPT_PER_WRITE: usize = 16;
 
@@ -16,15 +19,26 @@ impl ModerationStore for RocksStore {
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let reports = handle(db, cf::REPORTS)?;
-            let last = match db.iterator_cf(reports, IteratorMode::End).next() {
+            let meta = handle(db, cf::META)?;
+            // The last ID handed out, kept in `meta` so that deleting the newest report
+            // never lets its ID be reused; the newest stored report's ID covers databases
+            // written before the counter was kept.
+            let counted = match db.get_pinned_cf(meta, LAST_REPORT_ID)? {
+                Some(v) => <[u8; 8]>::try_from(&v[..]).map(u64::from_be_bytes).unwrap_or(0),
+                None => 0,
+            };
+            let newest = match db.iterator_cf(reports, IteratorMode::End).next() {
                 Some(item) => {
                     let (k, _) = item?;
                     <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes).unwrap_or(0)
                 }
                 None => 0,
             };
-            report.id = last + 1;
-            db.put_cf_opt(reports, report.id.to_be_bytes(), encode(&report), &synced())?;
+            report.id = counted.max(newest) + 1;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(reports, report.id.to_be_bytes(), encode(&report));
+            batch.merge_cf(meta, LAST_REPORT_ID, report.id.to_be_bytes());
+            db.write_opt(batch, &synced())?;
             Ok(report.id)
         })
         .await

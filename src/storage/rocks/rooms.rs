@@ -554,6 +554,33 @@ impl RoomStore for RocksStore {
             .collect()
     }
 
+    async fn move_alias(&self, alias: &str, from_room: &str, to_room: &str) -> StorageResult<()> {
+        let (alias, from_room, to_room) =
+            (alias.to_owned(), from_room.to_owned(), to_room.to_owned());
+        self.blocking(move |db, lock| {
+            let _guard = lock.lock();
+            let Some(record): Option<AliasRecord> = get_json(db, cf::ALIASES, alias.as_bytes())?
+            else {
+                return Err(StorageError::NotFound);
+            };
+            if record.room_id != from_room {
+                return Err(StorageError::NotFound);
+            }
+            let room_aliases = handle(db, cf::ROOM_ALIASES)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                handle(db, cf::ALIASES)?,
+                alias.as_bytes(),
+                encode(&AliasRecord { room_id: to_room.clone(), creator: record.creator }),
+            );
+            batch.delete_cf(room_aliases, key(&[from_room.as_bytes(), alias.as_bytes()]));
+            batch.put_cf(room_aliases, key(&[to_room.as_bytes(), alias.as_bytes()]), []);
+            db.write_opt(batch, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn set_published(&self, room_id: &str, published: bool) -> StorageResult<()> {
         let room_id = room_id.to_owned();
         self.blocking(move |db, _| {
