@@ -48,7 +48,15 @@ impl Rooms {
         {
             return Err(Error::Forbidden("Guest access is not allowed in this room".into()));
         }
-        self.join(room_id, user).await
+        self.join(room_id, user).await?;
+        // Guest access revoked while the join was in flight: `evict_guests` of that change
+        // may have looked at the members before this join was applied, so the guest leaves
+        // here (a later change sees the guest joined and evicts it itself).
+        if guest && self.get(room_id).is_some_and(|room| !room.guests_can_join()) {
+            self.leave_room(room_id, user, Some("Guest access revoked"), false).await?;
+            return Err(Error::Forbidden("Guest access is not allowed in this room".into()));
+        }
+        Ok(())
     }
 
     /// After `m.room.guest_access` changed: if guests may no longer join, every joined local

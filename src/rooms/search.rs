@@ -46,6 +46,11 @@ const MAX_TERMS_PER_EVENT: usize = 512;
 pub const MAX_POSTINGS_PER_ROOM: usize = 1000;
 /// Most events one query examines.
 pub const MAX_CANDIDATES: usize = 2000;
+/// Postings one query reads in all (shared out over the user's rooms and the keys, at least
+/// [`MIN_POSTINGS_PER_ROOM`] each): a user in thousands of rooms cannot make one search read
+/// millions of rows.
+const MAX_TOTAL_POSTINGS: usize = 4 * MAX_CANDIDATES;
+const MIN_POSTINGS_PER_ROOM: usize = 10;
 /// Most words of a search term used.
 const MAX_QUERY_WORDS: usize = 16;
 
@@ -202,14 +207,14 @@ impl Rooms {
         // Postings: (pos, room index, event ID), deduplicated across keys.
         let mut postings: HashMap<u64, (usize, String)> = HashMap::new();
         let mut capped_at: Option<u64> = None;
+        let per_room = (MAX_TOTAL_POSTINGS / (rooms.len() * q.keys.len()).max(1))
+            .clamp(MIN_POSTINGS_PER_ROOM, MAX_POSTINGS_PER_ROOM);
         for (i, room) in rooms.iter().enumerate() {
             for key in &q.keys {
                 let term = format!("{key}:{driver}");
-                let found = self
-                    .store()
-                    .search_postings(&term, room.id.as_str(), before, MAX_POSTINGS_PER_ROOM)
-                    .await?;
-                if found.len() >= MAX_POSTINGS_PER_ROOM
+                let found =
+                    self.store().search_postings(&term, room.id.as_str(), before, per_room).await?;
+                if found.len() >= per_room
                     && let Some((lowest, _)) = found.last()
                 {
                     capped_at = Some(capped_at.map_or(*lowest, |c: u64| c.max(*lowest)));

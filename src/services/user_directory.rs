@@ -28,7 +28,7 @@ use crate::rooms::{Room, Rooms};
 use crate::storage::Store;
 
 /// Most candidates one search examines.
-pub const MAX_EXAMINED: usize = 20_000;
+pub const MAX_EXAMINED: usize = 5_000;
 /// Most eligible users one search ranks.
 const MAX_RANKED: usize = 500;
 /// Largest `limit`.
@@ -167,21 +167,31 @@ impl UserDirectory {
         term: &str,
         limit: usize,
     ) -> (Vec<DirectoryUser>, bool) {
-        let searcher_rooms: HashSet<OwnedRoomId> = rooms
-            .rooms_of(searcher)
-            .iter()
-            .filter(|r| r.membership_of(searcher).as_deref() == Some("join"))
-            .map(|r| r.id.clone())
-            .collect();
+        // Once per search, not per candidate: who shares a room with the searcher, and
+        // (memoised per room) which rooms are public.
+        let mut mates: HashSet<OwnedUserId> = HashSet::new();
+        for room in rooms.rooms_of(searcher) {
+            if room.membership_of(searcher).as_deref() == Some("join") {
+                mates.extend(
+                    room.members()
+                        .iter()
+                        .filter(|(_, m)| m.as_str() == "join")
+                        .map(|(u, _)| u.clone()),
+                );
+            }
+        }
+        let public: std::cell::RefCell<HashMap<OwnedRoomId, bool>> = Default::default();
         let search_all = self.search_all;
         self.search_with(term, limit, |user| {
-            let joined: Vec<Arc<Room>> = rooms
-                .rooms_of(user)
-                .into_iter()
-                .filter(|r| r.membership_of(user).as_deref() == Some("join"))
-                .collect();
-            let shares = joined.iter().any(|r| searcher_rooms.contains(&r.id));
-            (search_all || shares || joined.iter().any(|r| is_public(r))).then_some(shares)
+            let shares = mates.contains(user);
+            if search_all || shares {
+                return Some(shares);
+            }
+            let in_public = rooms.rooms_of(user).iter().any(|r| {
+                r.membership_of(user).as_deref() == Some("join")
+                    && *public.borrow_mut().entry(r.id.clone()).or_insert_with(|| is_public(r))
+            });
+            in_public.then_some(false)
         })
     }
 
