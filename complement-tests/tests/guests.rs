@@ -466,3 +466,35 @@ async fn a_guest_upgrades_to_a_full_account_keeping_its_user_id_and_rooms() {
     .await;
     assert_error(&res, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn redacting_the_guest_access_event_makes_guests_leave() {
+    let s = guests_server().await;
+    let alice = s.register("alice", "alice-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.guest_access/", enc(&room)),
+            alice.token(),
+            json!({"guest_access": "can_join"}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let access_event = res.1["event_id"].as_str().expect("event_id").to_owned();
+    let guest = register_guest(&s).await;
+    assert_eq!(s.join(&guest, &room).await.0, 200);
+    // The redacted event has no `guest_access`: guests may no longer join, and leave.
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&access_event)),
+            alice.token(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let member = format!("state/m.room.member/{}", enc(&guest.user_id));
+    let res = s.room_get(&alice, &room, &member).await;
+    assert_eq!(res.1["membership"], "leave", "{}", res.1);
+    let guest2 = register_guest(&s).await;
+    assert_error(&s.join(&guest2, &room).await, 403, "M_FORBIDDEN");
+}

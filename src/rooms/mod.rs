@@ -571,7 +571,15 @@ impl Rooms {
         event: NewEvent,
         txn: Option<TxnKey>,
     ) -> Result<OwnedEventId> {
-        self.append_event(room_id, sender, event, txn, false).await
+        // A redaction of `m.room.guest_access` ends guest access too: guests leave.
+        let guests_could_join = event.kind == TimelineEventType::RoomRedaction
+            && self.get(room_id).is_some_and(|r| r.guests_can_join());
+        let event_id = self.append_event(room_id, sender, event, txn, false).await?;
+        if guests_could_join && self.get(room_id).is_some_and(|r| !r.guests_can_join()) {
+            // Boxed: evicting appends leave events through this very function.
+            Box::pin(self.evict_guests(room_id)).await;
+        }
+        Ok(event_id)
     }
 
     /// Sets a state event (`PUT /state`). Setting what is already set (same sender and
