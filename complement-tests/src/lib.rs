@@ -84,6 +84,26 @@ pub struct TestServer {
     pub client: reqwest::Client,
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (so an answer on
+/// that port is its, not another test's server that took the port first). Where `/proc`
+/// cannot tell, assumes it does.
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return true };
+    let local = format!("0100007F:{port:04X}");
+    let Some(inode) = table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A"))
+            .then(|| cols.get(9).map(|i| format!("socket:[{i}]")))
+            .flatten()
+    }) else {
+        return false;
+    };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return true };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == inode)
+    })
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(ServerOptions::default()).await
@@ -143,7 +163,32 @@ level = "warn"
             child: None,
             client: reqwest::Client::builder().build().expect("client"),
         };
-        server.spawn().await;
+        // The free ports were only free when picked: another test's server may take one
+        // before this one binds it. Then it exits at start-up, and gets other ports.
+        for attempt in 1.. {
+            match server.try_spawn().await {
+                Ok(()) => break,
+                Err(status) if attempt < 5 => {
+                    let (port, metrics_port) = (free_port(), free_port());
+                    let config = std::fs::read_to_string(&server.config_path).expect("config");
+                    let config = config
+                        .replace(
+                            &format!("127.0.0.1:{}\"", server.port),
+                            &format!("127.0.0.1:{port}\""),
+                        )
+                        .replace(
+                            &format!("127.0.0.1:{}\"", server.metrics_port),
+                            &format!("127.0.0.1:{metrics_port}\""),
+                        );
+                    std::fs::write(&server.config_path, config).expect("write config");
+                    eprintln!("axon exited during start-up ({status}); again on other ports");
+                    server.port = port;
+                    server.metrics_port = metrics_port;
+                    server.base = format!("http://127.0.0.1:{port}");
+                }
+                Err(status) => panic!("axon exited during start-up: {status}"),
+            }
+        }
         server
     }
 
@@ -162,6 +207,13 @@ level = "warn"
     }
 
     async fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn().await {
+            panic!("axon exited during start-up: {status}");
+        }
+    }
+
+    /// Starts the server and waits until it answers; `Err` if it exited meanwhile.
+    async fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let child = Command::new(axon_binary())
             .arg("--config")
             .arg(&self.config_path)
@@ -175,13 +227,15 @@ level = "warn"
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("axon exited during start-up: {status}");
+                self.child = None;
+                return Err(status);
             }
             let url = format!("{}/_matrix/client/versions", self.base);
             if let Ok(r) = self.client.get(&url).send().await
                 && r.status().is_success()
+                && self.child.as_ref().is_some_and(|c| listens(c.id(), self.port))
             {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "axon did not start within 30 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
