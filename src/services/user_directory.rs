@@ -167,31 +167,29 @@ impl UserDirectory {
         term: &str,
         limit: usize,
     ) -> (Vec<DirectoryUser>, bool) {
-        // Once per search, not per candidate: who shares a room with the searcher, and
-        // (memoised per room) which rooms are public.
-        let mut mates: HashSet<OwnedUserId> = HashSet::new();
-        for room in rooms.rooms_of(searcher) {
-            if room.membership_of(searcher).as_deref() == Some("join") {
-                mates.extend(
-                    room.members()
-                        .iter()
-                        .filter(|(_, m)| m.as_str() == "join")
-                        .map(|(u, _)| u.clone()),
-                );
-            }
-        }
+        let searcher_rooms: HashSet<OwnedRoomId> = rooms
+            .rooms_of(searcher)
+            .iter()
+            .filter(|r| r.membership_of(searcher).as_deref() == Some("join"))
+            .map(|r| r.id.clone())
+            .collect();
+        // Whether a room is public is read once per search (it parses state), not once per
+        // candidate in it.
         let public: std::cell::RefCell<HashMap<OwnedRoomId, bool>> = Default::default();
         let search_all = self.search_all;
         self.search_with(term, limit, |user| {
-            let shares = mates.contains(user);
-            if search_all || shares {
-                return Some(shares);
-            }
-            let in_public = rooms.rooms_of(user).iter().any(|r| {
-                r.membership_of(user).as_deref() == Some("join")
-                    && *public.borrow_mut().entry(r.id.clone()).or_insert_with(|| is_public(r))
-            });
-            in_public.then_some(false)
+            let joined: Vec<Arc<Room>> = rooms
+                .rooms_of(user)
+                .into_iter()
+                .filter(|r| r.membership_of(user).as_deref() == Some("join"))
+                .collect();
+            let shares = joined.iter().any(|r| searcher_rooms.contains(&r.id));
+            let in_public = || {
+                joined.iter().any(|r| {
+                    *public.borrow_mut().entry(r.id.clone()).or_insert_with(|| is_public(r))
+                })
+            };
+            (search_all || shares || in_public()).then_some(shares)
         })
     }
 
