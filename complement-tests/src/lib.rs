@@ -35,8 +35,19 @@ pub fn axon_binary() -> PathBuf {
     }
 }
 
+/// A port free now, picked at random below the kernel's ephemeral range (32768 and up):
+/// ports the kernel hands out for port 0 and for outgoing connections come in sequence, so
+/// servers of tests starting at once were often handed the same one.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    for attempt in 0u32.. {
+        let port = 15_000 + (state.hash_one((attempt, Instant::now())) % 17_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!("some port between 15000 and 32000 is free")
 }
 
 /// Configuration of a test server, turned into a TOML file.
