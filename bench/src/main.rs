@@ -54,8 +54,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite;
 
 mod media;
 mod push;
@@ -190,6 +192,27 @@ impl Server {
             url.push_str(&format!("&since={s}"));
         }
         Ok(self.http.get(url).bearer_auth(&user.token).send().await?.json().await?)
+    }
+
+    /// A `/sync` WebSocket (docs/websocket.md) with this filter, from an initial sync.
+    async fn sync_socket(
+        &self,
+        user: &User,
+        filter: &Value,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        Error,
+    > {
+        let base = self.base.replacen("http://", "ws://", 1);
+        let filter = enc(&filter.to_string());
+        let url = format!(
+            "{base}/_matrix/client/unstable/io.axon.sync_ws/sync?filter={filter}&access_token={}",
+            user.token
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(socket)
     }
 }
 
@@ -727,6 +750,7 @@ async fn fanout(
     senders: usize,
     rate: u64,
     secs: u64,
+    websocket: bool,
 ) -> Result<(), Error> {
     let setup = Instant::now();
     let mut users = Vec::with_capacity(receivers + senders);
@@ -791,6 +815,51 @@ async fn fanout(
         );
         rx_tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<Duration> = Vec::new();
+            let count = |body: &Value, latencies: &mut Vec<Duration>| {
+                let now = epoch.elapsed();
+                let events = body["rooms"]["join"][&room]["timeline"]["events"].as_array();
+                for e in events.into_iter().flatten() {
+                    let Some(seq) = e["content"]["seq"].as_u64() else { continue };
+                    let Some(at) = sent_at.get(seq as usize) else { continue };
+                    let at = Duration::from_nanos(at.load(Ordering::Relaxed));
+                    latencies.push(now.saturating_sub(at));
+                    deliveries.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            if websocket {
+                // One connection per receiver; every frame is a sync response.
+                let Ok(mut socket) = server.sync_socket(&r, &filter).await else {
+                    ready.fetch_add(1, Ordering::Relaxed);
+                    return latencies;
+                };
+                let mut first = true;
+                loop {
+                    let frame = tokio::select! {
+                        frame = socket.next() => frame,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {
+                            if stop.load(Ordering::Relaxed) { break }
+                            continue;
+                        }
+                    };
+                    let Some(Ok(tungstenite::Message::Text(text))) = frame else {
+                        if matches!(frame, Some(Ok(_))) {
+                            continue;
+                        }
+                        break;
+                    };
+                    let Ok(body) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                    if first {
+                        first = false;
+                        ready.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    count(&body, &mut latencies);
+                }
+                if first {
+                    ready.fetch_add(1, Ordering::Relaxed);
+                }
+                return latencies;
+            }
             let first = server.sync_filtered(&r, None, 0, filter.clone()).await;
             ready.fetch_add(1, Ordering::Relaxed);
             let Ok(first) = first else { return latencies };
@@ -802,17 +871,7 @@ async fn fanout(
                 else {
                     continue;
                 };
-                let now = epoch.elapsed();
-                if let Some(events) = body["rooms"]["join"][&room]["timeline"]["events"].as_array()
-                {
-                    for e in events {
-                        let Some(seq) = e["content"]["seq"].as_u64() else { continue };
-                        let Some(at) = sent_at.get(seq as usize) else { continue };
-                        let at = Duration::from_nanos(at.load(Ordering::Relaxed));
-                        latencies.push(now.saturating_sub(at));
-                        deliveries.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                count(&body, &mut latencies);
                 if let Some(next) = body["next_batch"].as_str() {
                     since = next.to_owned();
                 }
@@ -901,8 +960,9 @@ async fn fanout(
         _ => String::new(),
     };
     let mode = if rate > 0 { format!("{rate} events/s open loop") } else { "closed loop".into() };
+    let transport = if websocket { "WebSocket" } else { "long-poll" };
     println!(
-        "fanout {senders} senders → {receivers} receivers in one room, {mode}, {secs}s: {n} events ({:.0}/s), errors {}, {delivered}/{expected} deliveries ({:.0}/s), latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{cpu_text} (setup {:.1}s)",
+        "fanout ({transport}) {senders} senders → {receivers} receivers in one room, {mode}, {secs}s: {n} events ({:.0}/s), errors {}, {delivered}/{expected} deliveries ({:.0}/s), latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{cpu_text} (setup {:.1}s)",
         n as f64 / send_elapsed,
         errors.load(Ordering::Relaxed),
         delivered as f64 / elapsed,
@@ -917,7 +977,7 @@ async fn fanout(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail | push_rules MEMBERS EVENTS CONCURRENCY | push_gateway USERS EVENTS | relations EVENTS REACTORS REQUESTS | search EVENTS CONCURRENCY)";
+    let usage = "usage: axon-bench BASE_URL (latency RATE SECONDS [QUIET_ROOMS] | throughput ROOMS CONCURRENCY SECONDS | to_device RECEIVERS SENDERS SECONDS | keys USERS DEVICES CONCURRENCY SECONDS | fanout[_ws] RECEIVERS SENDERS RATE SECONDS | receipts USERS SYNCERS SECONDS | typing RECEIVERS TYPERS SECONDS | presence RECEIVERS ROUNDS | media SIZE_MIB | thumbnail | push_rules MEMBERS EVENTS CONCURRENCY | push_gateway USERS EVENTS | relations EVENTS REACTORS REQUESTS | search EVENTS CONCURRENCY)";
     let base = args.get(1).ok_or(usage)?.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let server = Arc::new(Server { base, http });
@@ -928,8 +988,9 @@ async fn main() -> Result<(), Error> {
             latency(server, num(3)?, num(4)?, quiet_rooms).await
         }
         Some("throughput") => throughput(server, num(3)? as usize, num(4)? as usize, num(5)?).await,
-        Some("fanout") => {
-            fanout(server, num(3)? as usize, num(4)? as usize, num(5)?, num(6)?).await
+        Some(mode @ ("fanout" | "fanout_ws")) => {
+            let websocket = mode == "fanout_ws";
+            fanout(server, num(3)? as usize, num(4)? as usize, num(5)?, num(6)?, websocket).await
         }
         Some("receipts") => {
             receipts::receipts(server, num(3)? as usize, num(4)? as usize, num(5)?).await

@@ -32,7 +32,11 @@ pub async fn versions() -> Json<Value> {
     // clients released before v1.11 look for.
     Json(json!({
         "versions": SPEC_VERSIONS,
-        "unstable_features": {"org.matrix.msc3916.stable": true},
+        "unstable_features": {
+            "org.matrix.msc3916.stable": true,
+            // The WebSocket transport of /sync (docs/websocket.md).
+            "io.axon.sync_ws": true,
+        },
     }))
 }
 

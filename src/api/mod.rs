@@ -19,6 +19,7 @@ pub mod rooms;
 pub mod search;
 pub mod spaces;
 pub mod sync;
+pub mod sync_socket;
 pub mod tags;
 pub mod to_device;
 pub mod typing;
@@ -194,6 +195,7 @@ pub fn client_routes() -> Router<AppState> {
         presence::get_status,
     );
     let r = route::<ruma::api::client::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = r.route(sync_socket::PATH, axum::routing::get(sync_socket::connect));
     let r = {
         use ruma::api::client::relations as rel;
         let r = route::<rel::get_relating_events::v1::Request, _, _>(r, relations::relating);

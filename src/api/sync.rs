@@ -5,10 +5,11 @@
 //! the committer publishes positions in order, so nothing ≤ current can still appear later.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use ruma::api::client::sync::sync_events;
 use ruma::events::{StateEventType, TimelineEventType};
@@ -19,13 +20,13 @@ use crate::api::rooms::token;
 use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma};
-use crate::rooms::Room;
 use crate::rooms::client::Viewer;
 use crate::rooms::filter;
 use crate::rooms::history::Direction;
-use crate::rooms::notify::{Changes, Stream};
+use crate::rooms::notify::{Changes, Stream, Subscription};
 use crate::rooms::state::StateKey;
 use crate::rooms::visibility::{HistoryAccess, MembershipAt};
+use crate::rooms::{Room, SharedEvent};
 use crate::services::Services;
 use crate::services::accounts::Identity;
 use crate::services::device_lists::{ListChanges, ListsPos};
@@ -120,17 +121,44 @@ impl std::fmt::Display for SyncToken {
     }
 }
 
-struct Options {
+pub struct Options {
     since: Option<u64>,
     /// Every stream's `since` position (`None`: an initial sync).
     since_token: Option<SyncToken>,
     since_account_data: Option<u64>,
     full_state: bool,
     timeline_limit: usize,
-    filter: FilterDefinition,
+    filter: Arc<FilterDefinition>,
 }
 
 impl Options {
+    /// A sync from `since` (`None`: an initial sync) with a resolved filter.
+    pub fn new(since: Option<SyncToken>, full_state: bool, filter: Arc<FilterDefinition>) -> Self {
+        let timeline_limit = filter
+            .room
+            .timeline
+            .limit
+            .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
+            .clamp(1, 1000);
+        Self {
+            since: since.map(|t| t.events),
+            since_token: since,
+            since_account_data: since.map(|t| t.account_data),
+            full_state,
+            timeline_limit,
+            filter,
+        }
+    }
+
+    /// The options of the next response of the same loop: from `next_batch`, no full state.
+    pub fn continued(&self, next_batch: SyncToken) -> Self {
+        Self::new(Some(next_batch), false, self.filter.clone())
+    }
+
+    pub fn since_token(&self) -> Option<SyncToken> {
+        self.since_token
+    }
+
     fn changed_since(&self, pos: u64) -> bool {
         self.since.is_none_or(|since| pos > since)
     }
@@ -150,14 +178,52 @@ impl Options {
 pub async fn sync(
     State(s): State<AppState>,
     Authed(who): Authed,
+    RawQuery(query): RawQuery,
     Ruma(req): Ruma<sync_events::v3::Request>,
 ) -> Result<Json<Value>> {
     let since_token = req.since.as_deref().map(SyncToken::parse).transpose()?;
-    let since = since_token.map(|t| t.events);
     // What, besides `since`, shapes the response: a parked subscription is resumed only by a
-    // request that asks the same way (see `rooms::notify`).
-    let shape = format!("{:?}", req.filter);
-    let filter = match req.filter {
+    // request that asks the same way (see `rooms::notify`). The filter as the client wrote
+    // it: a client repeats the same query string in its loop.
+    let shape = filter_shape(query.as_deref());
+    let filter = Arc::new(resolve_filter(&s, &who, req.filter).await?);
+    let opts = Options::new(since_token, req.full_state, filter);
+    let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let _syncing = s.presence.syncing(&who.user_id, &req.set_presence);
+
+    // Presenting a token acknowledges the to-device messages it covers.
+    s.to_device.acknowledge(&who, since_token.map_or(0, |t| t.to_device)).await?;
+
+    // The device's previous sync may have parked its subscription under this very token:
+    // then it has collected every change since that response, and this request's first
+    // pass looks only at those.
+    let device = who.device_id.as_str();
+    let resumed = match &req.since {
+        Some(since) if !opts.full_state => {
+            s.rooms.notifier.resume(&who.user_id, device, &park_key(since, &shape))
+        }
+        _ => None,
+    };
+    let (subscription, start) = match resumed {
+        Some(subscription) => (subscription, Start::Resumed),
+        None => start_subscription(&s, &who).await,
+    };
+    let built = respond(&s, &who, &opts, &subscription, start, Some(deadline)).await?;
+    // Park the subscription for the device's next sync, with what this response did not
+    // cover.
+    let key = park_key(&built.next_batch.to_string(), &shape);
+    s.rooms.notifier.park(&who.user_id, device, key, subscription, built.uncovered);
+    Ok(Json(built.body))
+}
+
+/// The filter of a sync request: inline, stored under an ID, or none.
+pub async fn resolve_filter(
+    s: &Services,
+    who: &Identity,
+    filter: Option<sync_events::v3::Filter>,
+) -> Result<FilterDefinition> {
+    Ok(match filter {
         Some(sync_events::v3::Filter::FilterDefinition(f)) => f,
         Some(sync_events::v3::Filter::FilterId(id)) => {
             let stored = s
@@ -169,61 +235,82 @@ pub async fn sync(
                 .map_err(|e| Error::Internal(format!("stored filter: {e}")))?
         }
         _ => FilterDefinition::default(),
-    };
-    let timeline_limit = filter
-        .room
-        .timeline
-        .limit
-        .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
-        .clamp(1, 1000);
-    let opts = Options {
-        since,
-        since_token,
-        since_account_data: since_token.map(|t| t.account_data),
-        full_state: req.full_state,
-        timeline_limit,
-        filter,
-    };
-    let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let _syncing = s.presence.syncing(&who.user_id, &req.set_presence);
+    })
+}
 
-    // Presenting a token acknowledges the to-device messages it covers.
-    let since_to_device = since_token.map_or(0, |t| t.to_device);
-    s.to_device.acknowledge(&who, since_to_device).await?;
+/// The `filter` query parameter as sent (empty without one).
+fn filter_shape(query: Option<&str>) -> String {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("filter="))
+        .unwrap_or_default()
+        .to_owned()
+}
 
-    // Subscribe before looking, so that a change committed meanwhile still wakes us. The
-    // first pass looks at everything; a later pass only at what was announced since (the
-    // earlier passes found nothing new, so the rest is still quiet). Writers announce a
-    // change before they publish its position, and a pass reads the positions *before* it
-    // takes the announcements: so every change at or below the positions it read has been
-    // announced to it or to an earlier pass of this request.
-    //
-    // The device's previous sync may have parked its subscription under this very token:
-    // then it has collected every change since that response, and this request's first
-    // pass looks only at those.
-    let device = who.device_id.as_str();
-    let resumed = match &req.since {
-        Some(since) if !opts.full_state => {
-            s.rooms.notifier.resume(&who.user_id, device, &park_key(since, &shape))
-        }
-        _ => None,
-    };
-    let resuming = resumed.is_some();
-    let subscription = resumed.unwrap_or_else(|| s.rooms.notifier.subscribe(&who.user_id));
-    // Changes announced before the subscription were not told to it: the first pass covers
-    // them, once their positions are published (at once, or after a concurrent writer with
-    // an earlier position finishes; bounded all the same).
-    let announced_before = if resuming { [0; Stream::COUNT] } else { s.rooms.notifier.announced() };
+/// How a subscription's first pass begins.
+#[derive(Clone, Copy)]
+pub enum Start {
+    /// A parked subscription (or a connection's, after a response): it has collected every
+    /// change since the previous response, and the pass looks only at those.
+    Resumed,
+    /// A new subscription: the pass looks at everything; the positions are those
+    /// announced before it subscribed.
+    Fresh([u64; Stream::COUNT]),
+}
+
+/// Subscribes to the user's changes before looking, so that a change committed meanwhile
+/// still wakes the sync. Changes announced before the subscription were not told to it: the
+/// first pass covers them, once their positions are published (at once, or after a
+/// concurrent writer with an earlier position finishes; bounded all the same).
+pub async fn start_subscription(s: &Services, who: &Identity) -> (Subscription, Start) {
+    let subscription = s.rooms.notifier.subscribe(&who.user_id);
+    let announced_before = s.rooms.notifier.announced();
     let publish_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while SyncToken::current(&s).positions().iter().zip(&announced_before).any(|(p, a)| p < a)
+    while SyncToken::current(s).positions().iter().zip(&announced_before).any(|(p, a)| p < a)
         && tokio::time::Instant::now() < publish_deadline
     {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let mut scope: Option<Changes> = resuming.then(Changes::default);
+    (subscription, Start::Fresh(announced_before))
+}
+
+/// One sync response, and what its subscription was told that it did not cover (to be
+/// given back to the subscription for the next response).
+pub struct Built {
+    pub body: Value,
+    pub next_batch: SyncToken,
+    pub uncovered: Changes,
+    /// Whether anything is in it for the client (an empty response only ends a long-poll).
+    pub news: bool,
+}
+
+/// Builds the next response for `opts.since`: at once when something is new for the user,
+/// otherwise when the subscription is woken with something new, or empty at `deadline`
+/// (`None`: no deadline).
+///
+/// A first pass looks at everything; a later pass only at what was announced since (the
+/// earlier passes found nothing new, so the rest is still quiet). Writers announce a change
+/// before they publish its position, and a pass reads the positions *before* it takes the
+/// announcements: so every change at or below the positions it read has been announced to it
+/// or to an earlier pass.
+pub async fn respond(
+    s: &Services,
+    who: &Identity,
+    opts: &Options,
+    subscription: &Subscription,
+    start: Start,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Built> {
+    let since_token = opts.since_token;
+    let since = opts.since;
+    let since_to_device = since_token.map_or(0, |t| t.to_device);
+    let (mut scope, announced_before) = match start {
+        Start::Resumed => (Some(Changes::default()), [0; Stream::COUNT]),
+        Start::Fresh(before) => (None, before),
+    };
     loop {
-        let current = SyncToken::current(&s);
+        let current = SyncToken::current(s);
         let announced = subscription.take();
         if let Some(scope) = scope.as_mut() {
             scope.merge(announced.clone());
@@ -231,7 +318,7 @@ pub async fn sync(
         let looks_at = |stream: Stream| scope.as_ref().is_none_or(|c| c.has(stream));
         let looks_at_rooms = scope.as_ref().is_none_or(Changes::any_room);
         let (to_device, to_device_seen) = if looks_at(Stream::ToDevice) {
-            s.to_device.pending(&who, since_to_device, current.to_device).await?
+            s.to_device.pending(who, since_to_device, current.to_device).await?
         } else {
             (Vec::new(), current.to_device)
         };
@@ -254,7 +341,7 @@ pub async fn sync(
             _ => None,
         };
         let (rooms, empty) =
-            build_rooms(&s, &who, &opts, &current, candidates.as_ref(), &by_room).await?;
+            build_rooms(s, who, opts, &current, candidates.as_ref(), &by_room).await?;
         let lists = match since_token {
             Some(t) if looks_at(Stream::DeviceLists) || looks_at_rooms => {
                 s.device_list_changes(&who.user_id, t.lists_pos(), current.lists_pos()).await?
@@ -276,7 +363,7 @@ pub async fn sync(
         } else {
             Vec::new()
         };
-        let waited_enough = tokio::time::Instant::now() >= deadline;
+        let waited_enough = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         // What this pass was told about (the first pass: about everything, and then
         // the announcements it took matter only where it could not cover them).
         // The first pass also answers for what was announced before the subscription: if
@@ -295,27 +382,23 @@ pub async fn sync(
             }
         };
         let covered = seen.covered_by(&current.positions());
-        if !empty
+        let news = !empty
             || !global.is_empty()
             || !to_device.is_empty()
             || !lists_empty
             || !presence.is_empty()
             || since.is_none()
-            || opts.full_state
-            || waited_enough
-        {
-            let one_time_keys_count = s.e2ee_keys.one_time_key_counts(&who).await?;
-            let unused_fallback_key_types = s.e2ee_keys.unused_fallback_key_types(&who).await?;
-            // Park the subscription for the device's next sync, with what this response
-            // did not cover: announcements not yet published, and to-device messages
-            // beyond this response's batch.
+            || opts.full_state;
+        if news || waited_enough {
+            let one_time_keys_count = s.e2ee_keys.one_time_key_counts(who).await?;
+            let unused_fallback_key_types = s.e2ee_keys.unused_fallback_key_types(who).await?;
+            // What this response did not cover: announcements not yet published, and
+            // to-device messages beyond this response's batch.
             let mut uncovered = if covered { Changes::default() } else { seen };
             if to_device_seen < current.to_device {
                 uncovered.upto[Stream::ToDevice as usize] = current.to_device;
             }
-            let key = park_key(&next_batch.to_string(), &shape);
-            s.rooms.notifier.park(&who.user_id, device, key, subscription, uncovered);
-            return Ok(Json(json!({
+            let body = json!({
                 "next_batch": next_batch.to_string(),
                 "rooms": rooms,
                 "presence": {"events": presence},
@@ -324,7 +407,8 @@ pub async fn sync(
                 "device_lists": {"changed": lists.changed, "left": lists.left},
                 "device_one_time_keys_count": one_time_keys_count,
                 "device_unused_fallback_key_types": unused_fallback_key_types,
-            })));
+            });
+            return Ok(Built { body, next_batch, uncovered, news });
         }
         if !covered {
             // A change was announced whose position is not published yet (its writer
@@ -335,7 +419,12 @@ pub async fn sync(
         } else {
             // Woken or timed out: the next pass looks at what was announced meanwhile
             // (perhaps nothing, and then answers with an empty response at the deadline).
-            let _ = tokio::time::timeout_at(deadline, subscription.changed()).await;
+            match deadline {
+                Some(deadline) => {
+                    let _ = tokio::time::timeout_at(deadline, subscription.changed()).await;
+                }
+                None => subscription.changed().await,
+            }
             scope = Some(Changes::default());
         }
     }
@@ -414,27 +503,38 @@ async fn build_rooms(
         if !everything && !moved {
             continue;
         }
-        let record = if everything {
+        // The hot path of a wake-up: the user is joined (in memory) and nobody's membership
+        // of the room changed since `since` (read after the membership: the position of a
+        // change is stored before the change is published), so they were joined all along.
+        let joined_all_along = !everything
+            && room.membership_of(&who.user_id).as_deref() == Some("join")
+            && opts.since.is_some_and(|since| room.membership_changed_at() <= since);
+        let record = if joined_all_along {
+            None
+        } else if everything {
             memberships.get(room.id.as_str()).cloned()
         } else {
             s.rooms.store().membership(room.id.as_str(), who.user_id.as_str()).await?
         };
-        let Some(record) = record else {
-            continue;
-        };
-        // The membership as of `current`: a change committed after `current` was read is
-        // the next sync's, and until then the previous membership holds.
-        let m = if record.pos <= current {
+        let m = if joined_all_along {
+            MembershipAt { membership: "join".into(), since: 0, pos: 0 }
+        } else if let Some(record) = &record
+            && record.pos <= current
+        {
             MembershipAt {
                 membership: record.membership.clone(),
                 since: record.since(),
                 pos: record.pos,
             }
-        } else {
+        } else if record.is_some() {
+            // The membership as of `current`: a change committed after `current` was read
+            // is the next sync's, and until then the previous membership holds.
             match s.rooms.membership_at(&room, &who.user_id, current).await? {
                 Some(m) => m,
                 None => continue,
             }
+        } else {
+            continue;
         };
         match m.membership.as_str() {
             "join" => {
@@ -506,7 +606,7 @@ async fn build_rooms(
             }
             // Departures since the last sync; in an initial sync only with `include_leave`.
             "leave" | "ban"
-                if !record.forgotten
+                if !record.as_ref().is_some_and(|r| r.forgotten)
                     && ((opts.since.is_some() && opts.changed_since(m.since)) || include_leave) =>
             {
                 // Joined at `since`: the timeline continues from there. Otherwise (joined
@@ -738,7 +838,8 @@ async fn room_entry(
             let Some(current) = room.state_event(&StateEventType::RoomMember, sender) else {
                 continue;
             };
-            let Some((mut record, mut pdu)) = s.rooms.event(current.event_id.as_str()).await?
+            let Some(SharedEvent { mut record, mut pdu }) =
+                s.rooms.shared_event(current.event_id.as_str()).await?
             else {
                 continue;
             };
@@ -748,8 +849,8 @@ async fn room_entry(
                 }
                 let key = (StateEventType::RoomMember, (*sender).to_owned());
                 let Some(id) = at_start.as_ref().and_then(|m| m.get(&key)) else { continue };
-                let Some(earlier) = s.rooms.event(id).await? else { continue };
-                (record, pdu) = earlier;
+                let Some(earlier) = s.rooms.shared_event(id).await? else { continue };
+                SharedEvent { record, pdu } = earlier;
             }
             let id = pdu.event_id.as_str();
             let already = in_timeline.contains(id)

@@ -128,7 +128,7 @@ fn fill_optional_fields<T: 'static>(bytes: Bytes) -> Bytes {
 /// Runs ruma's parsing of a request. A panic in it (a dependency's bug on odd input that
 /// [`check_known_panics`] does not know yet) is reported as the bad request it is, and logged
 /// loudly so it gets a pre-check; the fuzz run (`scripts/fuzz.sh`) fails on such log lines.
-fn parse_request<T: IncomingRequest>(
+pub(crate) fn parse_request<T: IncomingRequest>(
     request: http::Request<&[u8]>,
     args: &[&str],
 ) -> Result<T, Error> {

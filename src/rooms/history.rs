@@ -6,11 +6,13 @@
 //! or the visibility hides; it then stops and says where, so that the caller hands out a
 //! token to continue from (`/messages` `end`, a limited `/sync` timeline's `prev_batch`).
 
+use std::sync::Arc;
+
 use ruma::api::client::filter::RoomEventFilter;
 
 use super::pdu::Pdu;
 use super::visibility::HistoryAccess;
-use super::{Room, Rooms};
+use super::{Room, Rooms, SharedEvent};
 use crate::error::Result;
 use crate::storage::rooms::EventRecord;
 
@@ -26,8 +28,8 @@ const BATCH: usize = 128;
 /// A stored event with its stream position.
 pub struct StoredEvent {
     pub pos: u64,
-    pub record: EventRecord,
-    pub pdu: Pdu,
+    pub record: Arc<EventRecord>,
+    pub pdu: Arc<Pdu>,
 }
 
 /// Which way to read, and where to start and stop (stream positions).
@@ -62,8 +64,6 @@ impl Rooms {
         limit: usize,
         filter: Option<&RoomEventFilter>,
     ) -> Result<Scanned> {
-        let store = self.store();
-        let room_id = room.id.as_str();
         let mut events = Vec::new();
         let mut scanned = 0;
         let mut filtered_out = false;
@@ -88,20 +88,12 @@ impl Rooms {
                         (Some(a), Some(b)) => Some(a.max(b)),
                         (a, b) => a.or(b),
                     };
-                    store
-                        .room_events(room_id, lower, Some(cursor.saturating_add(1)), true, want)
+                    self.room_events(room, lower, Some(cursor.saturating_add(1)), true, want)
                         .await?
                 }
                 Direction::Forward { until, .. } => {
                     let top = until.unwrap_or(u64::MAX).min(access.until);
-                    store
-                        .room_events(
-                            room_id,
-                            Some(cursor),
-                            Some(top.saturating_add(1)),
-                            false,
-                            want,
-                        )
+                    self.room_events(room, Some(cursor), Some(top.saturating_add(1)), false, want)
                         .await?
                 }
             };
@@ -113,7 +105,9 @@ impl Rooms {
                     Direction::Backward { .. } => pos.saturating_sub(1),
                     Direction::Forward { .. } => pos,
                 };
-                let Some((record, pdu)) = self.event(&event_id).await? else { continue };
+                let Some(SharedEvent { record, pdu }) = self.shared_event(&event_id).await? else {
+                    continue;
+                };
                 let wanted = filter.is_none_or(|f| super::filter::allows(f, &pdu));
                 filtered_out |= !wanted;
                 if wanted && access.can_see(pos, &pdu) {
@@ -184,6 +178,11 @@ impl Rooms {
         } else {
             Direction::Forward { from: last, until: None }
         };
-        Ok(self.scan(room, access, direction, 1, None).await?.events.pop().map(|e| e.pdu))
+        Ok(self
+            .scan(room, access, direction, 1, None)
+            .await?
+            .events
+            .pop()
+            .map(|e| Arc::unwrap_or_clone(e.pdu)))
     }
 }

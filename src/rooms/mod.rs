@@ -18,6 +18,7 @@ pub mod membership;
 pub mod notify;
 pub mod pdu;
 pub mod profile;
+pub mod recent;
 pub mod redaction;
 pub mod relations;
 pub mod search;
@@ -74,6 +75,9 @@ pub struct Room {
     /// Annotations submitted but not yet durable (`relations::check_relation` refuses a
     /// second identical one meanwhile).
     pending_annotations: parking_lot::Mutex<HashSet<relations::AnnotationId>>,
+    /// The room's newest events (published view): the timeline reads of syncs and unread
+    /// counts after a wake-up come from here.
+    recent: RwLock<recent::Recent>,
 }
 
 #[derive(Clone)]
@@ -134,6 +138,11 @@ impl Room {
     /// The room's history-visibility changes, oldest first.
     pub fn visibility_history(&self) -> VisibilityHistory {
         self.visibility.read().clone()
+    }
+
+    /// Whether `event_id` is among the room's recent events and nothing relates to it.
+    pub fn recent_unrelated(&self, event_id: &str) -> bool {
+        self.recent.read().known_unrelated(event_id)
     }
 
     /// The position of the room's latest membership change (join, leave, invite, ban…;
@@ -209,8 +218,15 @@ pub struct Rooms {
 /// leaves the unredacted copy behind: a redaction counts, then evicts; a reader inserts,
 /// then evicts again if a redaction counted since it started reading.
 struct EventCache {
-    events: quick_cache::sync::Cache<OwnedEventId, Arc<(EventRecord, Pdu)>, EventBytes>,
+    events: quick_cache::sync::Cache<OwnedEventId, SharedEvent, EventBytes>,
     redactions: AtomicU64,
+}
+
+/// A stored event, parsed, shared with the event cache (cloning it is two reference counts).
+#[derive(Clone)]
+pub struct SharedEvent {
+    pub record: Arc<EventRecord>,
+    pub pdu: Arc<Pdu>,
 }
 
 /// An event weighs its JSON (kept twice: the stored record and the parsed PDU) plus a
@@ -218,9 +234,9 @@ struct EventCache {
 #[derive(Clone)]
 struct EventBytes;
 
-impl quick_cache::Weighter<OwnedEventId, Arc<(EventRecord, Pdu)>> for EventBytes {
-    fn weight(&self, _: &OwnedEventId, event: &Arc<(EventRecord, Pdu)>) -> u64 {
-        (2 * event.0.pdu.get().len() + event.1.content.get().len() + 512) as u64
+impl quick_cache::Weighter<OwnedEventId, SharedEvent> for EventBytes {
+    fn weight(&self, _: &OwnedEventId, event: &SharedEvent) -> u64 {
+        (2 * event.record.pdu.get().len() + event.pdu.content.get().len() + 512) as u64
     }
 }
 
@@ -307,6 +323,7 @@ impl Rooms {
                 visibility: RwLock::new(visibility),
                 membership_changed_at: AtomicU64::new(view_last_pos),
                 pending_annotations: parking_lot::Mutex::new(HashSet::new()),
+                recent: RwLock::new(recent::Recent::new(view_last_pos)),
             };
             rooms.insert(id, Arc::new(room));
         }
@@ -530,14 +547,18 @@ impl Rooms {
             visibility: RwLock::new(Arc::new(Vec::new())),
             membership_changed_at: AtomicU64::new(0),
             pending_annotations: parking_lot::Mutex::new(HashSet::new()),
+            recent: RwLock::new(recent::Recent::new(0)),
         });
         // Build and check every initial event first: a refused one (a bad power-level
         // override, say) leaves no half-created room behind. Then one request writes all.
         let mut builder = room.write.lock().await;
+        let create_id = write.event_id.clone();
         let mut writes = vec![write];
         let applied = room.clone();
-        let mut applies: Vec<commit::Apply> =
-            vec![Box::new(move |pos| applied.inner.write().head.last_pos = pos)];
+        let mut applies: Vec<commit::Apply> = vec![Box::new(move |pos| {
+            applied.recent.write().push(pos, create_id);
+            applied.inner.write().head.last_pos = pos;
+        })];
         for (i, event) in events.into_iter().enumerate() {
             // Building, signing and auth-checking is CPU work (about a millisecond per event
             // in a debug build): a room at the createRoom caps hands the worker back to other
@@ -945,9 +966,35 @@ impl Rooms {
         let notifier = self.notifier.clone();
         let (event_cache, redacted_target) = (self.event_cache.clone(), redacted_target);
         let on_membership = self.on_membership.clone();
+        // The event as the store keeps it, for the event cache: the members' syncs that
+        // this event wakes read it from memory.
+        let cached = SharedEvent {
+            record: Arc::new(EventRecord {
+                room_id: write.room_id.clone(),
+                pos: 0,
+                state_group: write.state_group,
+                pdu: write.pdu.clone(),
+                redacted_by: None,
+                txn: write.txn.as_ref().map(|t| (t.device_id.clone(), t.txn_id.clone())),
+                replaces_state: write.replaces_state.clone(),
+            }),
+            pdu: pdu.clone(),
+        };
+        let relates_to = write.relation.as_ref().map(|r| r.parent.clone());
         let apply: commit::Apply = Box::new(move |pos| {
             if let Some(target) = &redacted_target {
                 event_cache.redacted(target);
+            }
+            let mut cached = cached;
+            Arc::make_mut(&mut cached.record).pos = pos;
+            let event_id = cached.pdu.event_id.clone();
+            event_cache.events.insert(event_id.clone(), cached);
+            {
+                let mut recent = applied.recent.write();
+                if let Some(parent) = &relates_to {
+                    recent.mark_related(parent);
+                }
+                recent.push(pos, event_id.to_string());
             }
             if let Some(user) = new_member {
                 user_rooms.write().entry(user).or_default().insert(applied.id.clone());
@@ -1012,11 +1059,20 @@ impl Rooms {
 
     /// Loads a stored event of a room, or `None`.
     pub async fn event(&self, event_id: &str) -> Result<Option<(EventRecord, Pdu)>> {
+        Ok(self
+            .shared_event(event_id)
+            .await?
+            .map(|e| (Arc::unwrap_or_clone(e.record), Arc::unwrap_or_clone(e.pdu))))
+    }
+
+    /// Loads a stored event of a room, or `None`, shared with the event cache: what the
+    /// hot paths (sync, unread counts) use, as a copy of an event costs more than reading it.
+    pub async fn shared_event(&self, event_id: &str) -> Result<Option<SharedEvent>> {
         let Ok(id) = OwnedEventId::try_from(event_id) else {
             return Ok(None);
         };
         if let Some(cached) = self.event_cache.events.get(&id) {
-            return Ok(Some((*cached).clone()));
+            return Ok(Some(cached));
         }
         let redactions = self.event_cache.redactions.load(Ordering::SeqCst);
         let Some(record) = self.store.event(event_id).await? else {
@@ -1028,12 +1084,31 @@ impl Rooms {
             .try_into()
             .map_err(|e| Error::Internal(format!("stored room ID: {e}")))?;
         let pdu = Pdu::from_json(record.pdu.clone(), &id, &room)?;
-        let entry = Arc::new((record, pdu));
+        let entry = SharedEvent { record: Arc::new(record), pdu: Arc::new(pdu) };
         self.event_cache.events.insert(id.clone(), entry.clone());
         if self.event_cache.redactions.load(Ordering::SeqCst) != redactions {
             self.event_cache.events.remove(&id);
         }
-        Ok(Some(Arc::unwrap_or_clone(entry)))
+        Ok(Some(entry))
+    }
+
+    /// The IDs of the room's events at positions in `(after, before)` (either bound open),
+    /// oldest first (`reverse`: newest first), at most `limit`: from the room's recent
+    /// events in memory when they cover the range, otherwise from storage.
+    pub async fn room_events(
+        &self,
+        room: &Room,
+        after: Option<u64>,
+        before: Option<u64>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>> {
+        if let Some(events) = room.recent.read().range(after, before, reverse, limit) {
+            metrics::counter!("axon_room_events_reads_total", "from" => "memory").increment(1);
+            return Ok(events);
+        }
+        metrics::counter!("axon_room_events_reads_total", "from" => "storage").increment(1);
+        Ok(self.store.room_events(room.id.as_str(), after, before, reverse, limit).await?)
     }
 }
 

@@ -165,6 +165,13 @@ impl Subscription {
     pub fn take(&self) -> Changes {
         std::mem::take(&mut *self.subscriber.changes.lock())
     }
+
+    /// Gives back changes a response did not cover: the next pass looks at them again.
+    pub fn restore(&self, uncovered: Changes) {
+        if !uncovered.is_empty() {
+            self.subscriber.changes.lock().merge(uncovered);
+        }
+    }
 }
 
 /// A subscription between two syncs of one device.
@@ -215,9 +222,7 @@ impl Notifier {
         subscription: Subscription,
         uncovered: Changes,
     ) {
-        if !uncovered.is_empty() {
-            subscription.subscriber.changes.lock().merge(uncovered);
-        }
+        subscription.restore(uncovered);
         let now = Instant::now();
         let mut lot = self.parked.lock();
         if lot.swept.is_none_or(|at| now.duration_since(at) > PARK_TTL / 4) {

@@ -36,7 +36,7 @@ use super::client::Viewer;
 use super::history::StoredEvent;
 use super::pdu::{NewEvent, Pdu};
 use super::visibility::HistoryAccess;
-use super::{Room, Rooms};
+use super::{Room, Rooms, SharedEvent};
 use crate::error::{Error, Result};
 use crate::storage::relations::{AggregationRows, RelationRow, RelationWrite};
 use crate::storage::rooms::EventRecord;
@@ -183,6 +183,11 @@ impl Rooms {
         let own = relation_of(pdu);
         if own.as_ref().is_some_and(|r| matches!(r.rel_type.as_str(), "m.annotation" | "m.replace"))
         {
+            return Ok(event);
+        }
+        // A recent event that nothing relates to (most of what a sync delivers) has no
+        // bundle: no read of the index.
+        if room.recent_unrelated(pdu.event_id.as_str()) {
             return Ok(event);
         }
         let rows = self.store().aggregation_rows(
@@ -461,7 +466,9 @@ impl Rooms {
                 next = Some(last_examined);
                 continue;
             }
-            let Some((record, pdu)) = self.event(&row.event_id).await? else { continue };
+            let Some(SharedEvent { record, pdu }) = self.shared_event(&row.event_id).await? else {
+                continue;
+            };
             next = Some(last_examined);
             if !access.can_see(pos, &pdu) {
                 continue;
@@ -500,7 +507,9 @@ impl Rooms {
             let mut stopped = false;
             for (i, (latest, root)) in batch.into_iter().enumerate() {
                 before = Some(latest);
-                let Some((record, pdu)) = self.event(&root).await? else { continue };
+                let Some(SharedEvent { record, pdu }) = self.shared_event(&root).await? else {
+                    continue;
+                };
                 if record.room_id != room_id || !access.can_see(record.pos, &pdu) {
                     continue;
                 }

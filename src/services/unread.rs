@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
 use crate::error::Result;
-use crate::rooms::{Room, Rooms};
+use crate::rooms::{Room, Rooms, SharedEvent};
 use crate::services::push::{self, PushRules, UserRules};
 use crate::services::receipts::ReadMarks;
 
@@ -117,7 +117,7 @@ pub struct CountCtx<'a> {
 
 impl CountCtx<'_> {
     async fn effect(&self, pos: u64, event_id: &str) -> Result<Effect> {
-        let Some((record, pdu)) = self.rooms.event(event_id).await? else {
+        let Some(SharedEvent { record, pdu }) = self.rooms.shared_event(event_id).await? else {
             return Ok(Effect::Nothing);
         };
         if pdu.sender != self.user
@@ -145,7 +145,9 @@ impl Unread {
     /// The counts of the user in the room as of stream position `current`.
     pub async fn counts(&self, c: &CountCtx<'_>, current: u64) -> Result<RoomCounts> {
         let key = (c.user.to_owned(), c.room.id.clone());
-        let cached = self.cache.lock().get(&key).cloned();
+        // Taken out while counting (not copied: an entry may list a thousand events); a
+        // concurrent count of the same user and room counts from scratch meanwhile.
+        let cached = self.cache.lock().remove(&key);
         let floor = c.marks.unthreaded;
         let entry = match cached {
             Some(mut e) if e.floor <= floor && e.upto <= current => {
@@ -157,9 +159,8 @@ impl Unread {
                     // Only what arrived since the last count, oldest first.
                     let ids = c
                         .rooms
-                        .store()
                         .room_events(
-                            c.room.id.as_str(),
+                            c.room,
                             Some(e.upto.max(floor.unwrap_or(0))),
                             Some(current + 1),
                             false,
@@ -193,11 +194,8 @@ impl Unread {
     /// Examines the newest events after the unthreaded receipt, up to `current`.
     async fn count_from_scratch(&self, c: &CountCtx<'_>, current: u64) -> Result<Entry> {
         let floor = c.marks.unthreaded;
-        let mut ids = c
-            .rooms
-            .store()
-            .room_events(c.room.id.as_str(), floor, Some(current + 1), true, MAX_UNREAD_SCAN)
-            .await?;
+        let mut ids =
+            c.rooms.room_events(c.room, floor, Some(current + 1), true, MAX_UNREAD_SCAN).await?;
         ids.reverse();
         let mut entry = Entry { floor, upto: current, items: Vec::new() };
         for (pos, id) in ids {

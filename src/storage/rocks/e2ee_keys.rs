@@ -1,12 +1,14 @@
 //! [`E2eeKeyStore`] on RocksDB.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::{
-    RocksStore, cf, decode, get_json, handle, key, keys_with_prefix, prefix, scan, synced,
+    KeyCounts, RocksStore, cf, decode, get_json, handle, key, keys_with_prefix, prefix, scan,
+    synced,
 };
 use crate::storage::e2ee_keys::{DeviceListChange, E2eeKeyStore, FallbackKeyRecord, KeyUpload};
 use crate::storage::{StorageError, StorageResult};
@@ -98,6 +100,30 @@ fn claim_in(
     Ok(Some((record.key_id, record.key)))
 }
 
+impl RocksStore {
+    /// A device's key counts, from memory (read from storage once, after each change).
+    fn key_counts(&self, localpart: &str, device_id: &str) -> StorageResult<Arc<KeyCounts>> {
+        let cache_key = (localpart.to_owned(), device_id.to_owned());
+        let counts = self.key_counts.get(&cache_key, || {
+            let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+            let mut counts = KeyCounts::default();
+            for k in keys_with_prefix(&self.db, cf::ONE_TIME_KEYS, &p)? {
+                let id = utf8(cf::ONE_TIME_KEYS, &k[p.len()..])?;
+                let algorithm = id.split_once(':').map_or(id.as_str(), |(a, _)| a);
+                *counts.one_time.entry(algorithm.to_owned()).or_insert(0) += 1;
+            }
+            for (algorithm, v) in scan(&self.db, cf::FALLBACK_KEYS, &p)? {
+                let record: FallbackKeyRecord = decode(cf::FALLBACK_KEYS, &v)?;
+                if !record.used {
+                    counts.unused_fallback.push(utf8(cf::FALLBACK_KEYS, &algorithm)?);
+                }
+            }
+            Ok(Some(Arc::new(counts)))
+        })?;
+        Ok(counts.unwrap_or_default())
+    }
+}
+
 #[async_trait]
 impl E2eeKeyStore for RocksStore {
     async fn upload_keys(
@@ -107,6 +133,7 @@ impl E2eeKeyStore for RocksStore {
         upload: KeyUpload,
     ) -> StorageResult<bool> {
         let (localpart, device_id) = (localpart.to_owned(), device_id.to_owned());
+        let key_counts = self.key_counts.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let (lp, dev) = (localpart.as_bytes(), device_id.as_bytes());
@@ -151,6 +178,7 @@ impl E2eeKeyStore for RocksStore {
                 }
             }
             db.write_opt(batch, &synced())?;
+            key_counts.invalidate(&(localpart.clone(), device_id.clone()));
             Ok(new_device_keys)
         })
         .await
@@ -176,14 +204,7 @@ impl E2eeKeyStore for RocksStore {
         localpart: &str,
         device_id: &str,
     ) -> StorageResult<BTreeMap<String, u64>> {
-        let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
-        let mut counts = BTreeMap::new();
-        for k in keys_with_prefix(&self.db, cf::ONE_TIME_KEYS, &p)? {
-            let id = utf8(cf::ONE_TIME_KEYS, &k[p.len()..])?;
-            let algorithm = id.split_once(':').map_or(id.as_str(), |(a, _)| a);
-            *counts.entry(algorithm.to_owned()).or_insert(0) += 1;
-        }
-        Ok(counts)
+        Ok(self.key_counts(localpart, device_id)?.one_time.clone())
     }
 
     async fn unused_fallback_key_types(
@@ -191,21 +212,14 @@ impl E2eeKeyStore for RocksStore {
         localpart: &str,
         device_id: &str,
     ) -> StorageResult<Vec<String>> {
-        let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
-        let mut out = Vec::new();
-        for (algorithm, v) in scan(&self.db, cf::FALLBACK_KEYS, &p)? {
-            let record: FallbackKeyRecord = decode(cf::FALLBACK_KEYS, &v)?;
-            if !record.used {
-                out.push(utf8(cf::FALLBACK_KEYS, &algorithm)?);
-            }
-        }
-        Ok(out)
+        Ok(self.key_counts(localpart, device_id)?.unused_fallback.clone())
     }
 
     async fn claim_keys(
         &self,
         claims: Vec<(String, String, String)>,
     ) -> StorageResult<Vec<Option<(String, String)>>> {
+        let key_counts = self.key_counts.clone();
         self.blocking(move |db, lock| {
             // Under the write lock until written: two claims never get the same key.
             let _guard = lock.lock();
@@ -220,6 +234,9 @@ impl E2eeKeyStore for RocksStore {
             // Claims that found nothing, or only used fallback keys, write nothing.
             if !batch.is_empty() {
                 db.write_opt(batch, &synced())?;
+                for (localpart, device_id, _) in claims {
+                    key_counts.invalidate(&(localpart, device_id));
+                }
             }
             Ok(out)
         })

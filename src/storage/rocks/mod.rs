@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use read_cache::ReadCache;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
     WriteBatch, WriteOptions,
@@ -175,6 +176,7 @@ mod key_backup;
 mod media;
 mod moderation;
 mod push;
+mod read_cache;
 mod receipts;
 mod relations;
 mod rooms;
@@ -184,6 +186,24 @@ mod users;
 pub struct RocksStore {
     db: Arc<DB>,
     write_lock: Arc<Mutex<()>>,
+    /// Access tokens by hash (every authenticated request looks one up).
+    tokens: Arc<ReadCache<[u8; 32], AccessTokenRecord>>,
+    /// Key counts by `(localpart, device)` (every sync response reads them).
+    key_counts: Arc<ReadCache<(String, String), Arc<KeyCounts>>>,
+}
+
+/// Access tokens kept in memory: one per active device of a large server.
+const TOKEN_CACHE_ENTRIES: usize = 100_000;
+
+/// Devices whose key counts are kept in memory (the syncing ones).
+const KEY_COUNT_CACHE_ENTRIES: usize = 100_000;
+
+/// What every sync response tells a device about its keys: one-time keys left per
+/// algorithm, and the algorithms of its unused fallback keys.
+#[derive(Clone, Default)]
+pub(super) struct KeyCounts {
+    one_time: std::collections::BTreeMap<String, u64>,
+    unused_fallback: Vec<String>,
 }
 
 impl From<rocksdb::Error> for StorageError {
@@ -287,7 +307,12 @@ impl RocksStore {
         to_device::migrate(&db)?;
         push::migrate(&db)?;
         relations::migrate(&db)?;
-        Ok(Self { db: Arc::new(db), write_lock: Arc::new(Mutex::new(())) })
+        Ok(Self {
+            db: Arc::new(db),
+            write_lock: Arc::new(Mutex::new(())),
+            tokens: Arc::new(ReadCache::new(TOKEN_CACHE_ENTRIES)),
+            key_counts: Arc::new(ReadCache::new(KEY_COUNT_CACHE_ENTRIES)),
+        })
     }
 
     /// Runs a (possibly fsyncing) closure on the blocking pool.
@@ -497,6 +522,7 @@ impl AccountStore for RocksStore {
         registration_token: Option<String>,
     ) -> StorageResult<()> {
         let localpart = localpart.to_owned();
+        let token_cache = self.tokens.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let mut user: UserRecord =
@@ -527,6 +553,7 @@ impl AccountStore for RocksStore {
                 put_session_in(db, &mut batch, &localpart, session)?;
             }
             db.write_opt(batch, &synced())?;
+            token_cache.clear();
             Ok(())
         })
         .await
@@ -539,6 +566,8 @@ impl AccountStore for RocksStore {
         logout: DeviceLogout,
     ) -> StorageResult<()> {
         let localpart = localpart.to_owned();
+        let key_counts = self.key_counts.clone();
+        let token_cache = self.tokens.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let mut user: UserRecord =
@@ -555,6 +584,8 @@ impl AccountStore for RocksStore {
                 e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             }
             db.write_opt(batch, &synced())?;
+            token_cache.clear();
+            key_counts.clear(); // the deleted devices' keys
             Ok(())
         })
         .await
@@ -566,6 +597,8 @@ impl AccountStore for RocksStore {
         change: DeviceListChange,
     ) -> StorageResult<()> {
         let localpart = localpart.to_owned();
+        let key_counts = self.key_counts.clone();
+        let token_cache = self.tokens.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let mut user: UserRecord =
@@ -579,6 +612,8 @@ impl AccountStore for RocksStore {
             }
             e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             db.write_opt(batch, &synced())?;
+            token_cache.clear();
+            key_counts.clear(); // the deleted devices' keys
             Ok(())
         })
         .await
@@ -618,6 +653,7 @@ impl AccountStore for RocksStore {
 
     async fn create_session(&self, localpart: &str, session: NewSession) -> StorageResult<()> {
         let localpart = localpart.to_owned();
+        let token_cache = self.tokens.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let mut session = session;
@@ -627,6 +663,7 @@ impl AccountStore for RocksStore {
                 &key(&[localpart.as_bytes(), session.device.device_id.as_bytes()]),
             )?;
             let mut batch = WriteBatch::default();
+            let replaced = existing.is_some();
             if let Some(existing) = existing {
                 session.device.created_ts = existing.created_ts;
                 if session.device.display_name.is_none() {
@@ -636,13 +673,16 @@ impl AccountStore for RocksStore {
             }
             put_session_in(db, &mut batch, &localpart, &session)?;
             db.write_opt(batch, &synced())?;
+            if replaced {
+                token_cache.clear();
+            }
             Ok(())
         })
         .await
     }
 
     async fn access_token(&self, hash: &TokenHash) -> StorageResult<Option<AccessTokenRecord>> {
-        get_json(&self.db, cf::ACCESS_TOKENS, &hash.0)
+        self.tokens.get(&hash.0, || get_json(&self.db, cf::ACCESS_TOKENS, &hash.0))
     }
 
     async fn devices(&self, localpart: &str) -> StorageResult<Vec<DeviceRecord>> {
@@ -681,6 +721,8 @@ impl AccountStore for RocksStore {
         change: DeviceListChange,
     ) -> StorageResult<()> {
         let localpart = localpart.to_owned();
+        let key_counts = self.key_counts.clone();
+        let token_cache = self.tokens.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let mut batch = WriteBatch::default();
@@ -689,6 +731,8 @@ impl AccountStore for RocksStore {
             }
             e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             db.write_opt(batch, &synced())?;
+            token_cache.clear();
+            key_counts.clear(); // the deleted devices' keys
             Ok(())
         })
         .await

@@ -1,0 +1,154 @@
+//! The WebSocket transport of `/sync` (docs/websocket.md): one connection carries the
+//! responses of a sync loop, pushed as they happen, instead of one long-poll per response.
+//!
+//! `GET /_matrix/client/unstable/io.axon.sync_ws/sync` with the query parameters of
+//! `GET /sync` (`since`, `filter`, `full_state`, `set_presence`; `timeout` is ignored) and the
+//! access token (the `Authorization` header, or `access_token` in the query for browsers,
+//! which cannot set headers on a WebSocket). Each text frame the server sends is one `/sync`
+//! response, byte for byte what the long-poll would have answered for the previous frame's
+//! `next_batch`. The connection reuses one subscription ([`crate::rooms::notify`]) and
+//! [`sync::respond`]: a frame costs what changed, as a resumed long-poll does, minus the
+//! request.
+//!
+//! A client that reads slowly is sent fewer, larger frames: while a frame waits in the
+//! socket, changes accumulate in the subscription and the next frame covers them all.
+//!
+//! To-device messages are deleted only when acknowledged: by the `since` of a new
+//! connection (as with `/sync`), or by a text frame `{"ack": "<next_batch>"}` from the
+//! client once it has processed that frame. The server pings an idle connection every
+//! [`KEEPALIVE`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::Method;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use ruma::api::client::sync::sync_events;
+use tokio::sync::Notify;
+
+use super::sync::{self, Options, Start, SyncToken};
+use crate::error::{Error, Result};
+use crate::http::auth::Authed;
+use crate::http::ruma::{AppState, parse_request};
+use crate::services::accounts::Identity;
+
+/// How long a connection stays silent before the server pings it.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Largest frame a client may send (acknowledgements are about 60 bytes).
+const MAX_CLIENT_FRAME: usize = 4 * 1024;
+
+/// The path of the transport.
+pub const PATH: &str = "/_matrix/client/unstable/io.axon.sync_ws/sync";
+
+/// What a client sends: acknowledgements of the frames it processed.
+#[derive(serde::Deserialize)]
+struct ClientFrame {
+    ack: String,
+}
+
+/// Checks the request as `/sync` would (token, parameters, filter) before upgrading, so a
+/// bad request gets its HTTP error and no connection.
+pub async fn connect(
+    State(s): State<AppState>,
+    Authed(who): Authed,
+    RawQuery(query): RawQuery,
+    upgrade: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response> {
+    let upgrade = upgrade.map_err(|e| {
+        Error::Unknown(format!("This endpoint is a WebSocket (docs/websocket.md): {e}"))
+    })?;
+    let uri = format!("/_matrix/client/v3/sync?{}", query.unwrap_or_default());
+    let request = axum::http::Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .body(&[][..])
+        .map_err(|_| Error::InvalidParam("Invalid query string".into()))?;
+    let req: sync_events::v3::Request = parse_request(request, &[])?;
+    let since = req.since.as_deref().map(SyncToken::parse).transpose()?;
+    let filter = Arc::new(sync::resolve_filter(&s, &who, req.filter).await?);
+    let options = Options::new(since, req.full_state, filter);
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| run(s, who, socket, options, req.set_presence)))
+}
+
+/// The connection's sync loop: respond, send, continue from the response's `next_batch`.
+async fn run(
+    s: AppState,
+    who: Identity,
+    socket: WebSocket,
+    mut opts: Options,
+    set_presence: ruma::presence::PresenceState,
+) {
+    let _syncing = s.presence.syncing(&who.user_id, &set_presence);
+    if let Some(since) = opts.since_token()
+        && let Err(e) = s.to_device.acknowledge(&who, since.to_device).await
+    {
+        tracing::warn!(error = %e, "sync socket: acknowledging to-device messages failed");
+    }
+    let (mut tx, rx) = socket.split();
+    let closed = Arc::new(Notify::new());
+    let reader = tokio::spawn(read_acks(s.clone(), who.clone(), rx, closed.clone()));
+    let (subscription, mut start) = sync::start_subscription(&s, &who).await;
+    loop {
+        let deadline = tokio::time::Instant::now() + KEEPALIVE;
+        let built = tokio::select! {
+            built = sync::respond(&s, &who, &opts, &subscription, start, Some(deadline)) => built,
+            () = closed.notified() => break,
+        };
+        let built = match built {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::warn!(error = %e, "sync socket: building a response failed");
+                let reason = Utf8Bytes::from(e.to_string().chars().take(100).collect::<String>());
+                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1011, reason }))).await;
+                break;
+            }
+        };
+        subscription.restore(built.uncovered);
+        start = Start::Resumed;
+        let sent = if built.news {
+            let text = built.body.to_string();
+            opts = opts.continued(built.next_batch);
+            tx.send(Message::Text(text.into())).await
+        } else {
+            tx.send(Message::Ping(Default::default())).await
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+}
+
+/// Reads the client's frames: acknowledgements delete the to-device messages they cover; a
+/// close or an error ends the connection.
+async fn read_acks(
+    s: AppState,
+    who: Identity,
+    mut rx: futures_util::stream::SplitStream<WebSocket>,
+    closed: Arc<Notify>,
+) {
+    while let Some(Ok(message)) = rx.next().await {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            _ => continue, // pings are answered by the socket; pongs and binary ignored
+        };
+        let Ok(frame) = serde_json::from_str::<ClientFrame>(text.as_str()) else {
+            tracing::debug!("sync socket: ignoring a frame that is not an acknowledgement");
+            continue;
+        };
+        let Ok(token) = SyncToken::parse(&frame.ack) else { continue };
+        if let Err(e) = s.to_device.acknowledge(&who, token.to_device).await {
+            tracing::warn!(error = %e, "sync socket: acknowledging to-device messages failed");
+        }
+    }
+    closed.notify_one();
+}
