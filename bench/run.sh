@@ -6,7 +6,8 @@
 #   - send -> sync latency at 100 and 1 000 events/s, and with the receiver in 1 000 quiet rooms (axon-bench latency)
 #   - sustained events/s into one room and spread over 1 000 rooms (axon-bench throughput)
 #   - to-device messages/s delivered to 100 long-polling receivers (axon-bench to_device)
-#   - group fan-out: 16 senders -> 16 receivers closed loop, 1 sender -> 1 000 receivers at 20/s (axon-bench fanout)
+#   - group fan-out: 16 senders -> 16 receivers closed loop, 1 sender -> 1 000 receivers at 20/s (axon-bench fanout),
+#     with long-polls and over the WebSocket transport (fanout_ws)
 #   - /keys/query and /keys/claim requests/s over 1 000 devices with keys (axon-bench keys)
 #   - read receipts: 1 000 members of one room posting receipts, 100 of them long-polling (axon-bench receipts)
 #   - typing: 10 typers toggling -> 100 receivers; presence: one status change -> 1 000 room-mates
@@ -98,6 +99,9 @@ echo "== events"
 "$LOADGEN" "$base" to_device 100 16 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" fanout 16 16 0 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" fanout 1000 1 20 10 | tee -a "$work/events.txt"
+# The same two shapes with the receivers on the WebSocket transport of /sync.
+"$LOADGEN" "$base" fanout_ws 16 16 0 10 | tee -a "$work/events.txt"
+"$LOADGEN" "$base" fanout_ws 1000 1 20 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" keys 100 10 16 10 | tee -a "$work/events.txt"
 "$LOADGEN" "$base" receipts 1000 100 10 | tee -a "$work/events.txt"
 echo "== typing and presence"

@@ -25,7 +25,8 @@ async fn versions_claim_only_what_is_implemented() {
         .filter(|(_, on)| **on == true)
         .map(|(name, _)| name.as_str())
         .collect();
-    assert_eq!(claimed, ["org.matrix.msc3916.stable"]);
+    // Authenticated media, and this server's WebSocket transport of /sync (tests/sync_socket.rs).
+    assert_eq!(claimed, ["io.axon.sync_ws", "org.matrix.msc3916.stable"]);
     // The endpoints v1.3 and v1.4 announce are there.
     let alice = s.register("alice", "alice-password").await;
     let room = s.create_room(&alice, json!({})).await;

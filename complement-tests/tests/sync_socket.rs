@@ -204,3 +204,29 @@ async fn the_versions_endpoint_advertises_the_transport() {
     assert_eq!(status, 200);
     assert_eq!(body["unstable_features"]["io.axon.sync_ws"], true, "{body}");
 }
+
+#[tokio::test]
+async fn a_new_connection_of_the_device_closes_the_previous_one() {
+    let s = TestServer::start().await;
+    let bob = s.register("bob", "bob-password").await;
+    let mut first = connect(&s, &bob, "").await;
+    frame(&mut first).await;
+    let mut second = connect(&s, &bob, "").await;
+    frame(&mut second).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the first connection is closed");
+    assert_eq!(closed, 4000);
+    // The newer connection goes on.
+    let room = s.create_room(&bob, json!({})).await;
+    let f = frame_until(&mut second, |f| f["rooms"]["join"].get(&room).is_some()).await;
+    assert!(f["next_batch"].is_string());
+}

@@ -17,8 +17,14 @@
 //! connection (as with `/sync`), or by a text frame `{"ack": "<next_batch>"}` from the
 //! client once it has processed that frame. The server pings an idle connection every
 //! [`KEEPALIVE`].
+//!
+//! A device has at most one connection ([`Sockets`]): a new one closes the previous one
+//! (code 4000), so a client that reconnects after a network change does not leave a
+//! half-open connection being woken and written to, and a token cannot open thousands.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -44,6 +50,46 @@ const MAX_CLIENT_FRAME: usize = 4 * 1024;
 
 /// The path of the transport.
 pub const PATH: &str = "/_matrix/client/unstable/io.axon.sync_ws/sync";
+
+/// Close code of a connection replaced by a newer one of the same device.
+const CLOSE_REPLACED: u16 = 4000;
+
+/// The open connections, by device: each one's ID and the signal that ends it.
+#[derive(Default)]
+pub struct Sockets {
+    by_device: parking_lot::Mutex<HashMap<(String, String), (u64, Arc<Notify>)>>,
+    next_id: AtomicU64,
+}
+
+impl Sockets {
+    /// Registers a new connection of `who`'s device, ending the one it had.
+    fn open(&self, who: &Identity, end: Arc<Notify>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = (who.user_id.to_string(), who.device_id.to_string());
+        if let Some((_, previous)) = self.by_device.lock().insert(key, (id, end)) {
+            previous.notify_one();
+        }
+        id
+    }
+
+    /// Forgets a connection that ended (unless a newer one of the device replaced it).
+    fn close(&self, who: &Identity, id: u64) {
+        let key = (who.user_id.to_string(), who.device_id.to_string());
+        let mut by_device = self.by_device.lock();
+        if by_device.get(&key).is_some_and(|(current, _)| *current == id) {
+            by_device.remove(&key);
+        }
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.by_device.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// What a client sends: acknowledgements of the frames it processed.
 #[derive(serde::Deserialize)]
@@ -94,6 +140,9 @@ async fn run(
     }
     let (mut tx, rx) = socket.split();
     let closed = Arc::new(Notify::new());
+    let replaced = Arc::new(Notify::new());
+    let id = s.sync_sockets.open(&who, replaced.clone());
+    metrics::gauge!("axon_sync_sockets").set(s.sync_sockets.len() as f64);
     let reader = tokio::spawn(read_acks(s.clone(), who.clone(), rx, closed.clone()));
     let (subscription, mut start) = sync::start_subscription(&s, &who).await;
     loop {
@@ -101,6 +150,12 @@ async fn run(
         let built = tokio::select! {
             built = sync::respond(&s, &who, &opts, &subscription, start, Some(deadline)) => built,
             () = closed.notified() => break,
+            () = replaced.notified() => {
+                let reason = Utf8Bytes::from_static("replaced by a newer connection of the device");
+                let frame = CloseFrame { code: CLOSE_REPLACED, reason };
+                let _ = tx.send(Message::Close(Some(frame))).await;
+                break;
+            }
         };
         let built = match built {
             Ok(built) => built,
@@ -125,6 +180,8 @@ async fn run(
         }
     }
     reader.abort();
+    s.sync_sockets.close(&who, id);
+    metrics::gauge!("axon_sync_sockets").set(s.sync_sockets.len() as f64);
 }
 
 /// Reads the client's frames: acknowledgements delete the to-device messages they cover; a

@@ -52,6 +52,8 @@ pub struct Services {
     pub unread: unread::Unread,
     /// Member events each device was sent (lazy-loading in `/sync`).
     pub lazy_members: lazy_members::LazyMembers,
+    /// The open `/sync` WebSockets, one per device (`api::sync_socket`).
+    pub sync_sockets: crate::api::sync_socket::Sockets,
     /// Send-to-device messages and their stream.
     pub to_device: to_device::ToDevice,
     /// Server-side key backups (`/room_keys`).
@@ -142,6 +144,7 @@ impl Services {
             event_limiter,
             unread: unread::Unread::default(),
             lazy_members: lazy_members::LazyMembers::default(),
+            sync_sockets: crate::api::sync_socket::Sockets::default(),
             to_device,
             key_backup,
             typing: typing::Typing::start(rooms_notifier.clone()),
