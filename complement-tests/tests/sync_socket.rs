@@ -230,3 +230,31 @@ async fn a_new_connection_of_the_device_closes_the_previous_one() {
     let f = frame_until(&mut second, |f| f["rooms"]["join"].get(&room).is_some()).await;
     assert!(f["next_batch"].is_string());
 }
+
+#[tokio::test]
+async fn a_logged_out_device_gets_no_more_frames() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let mut socket = connect(&s, &bob, "").await;
+    frame(&mut socket).await;
+
+    let (status, body) = s.post("/_matrix/client/v3/logout", bob.token(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    s.send_text(&alice, &room, "t1", "after the logout").await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(text))) => panic!("a frame after the logout: {text}"),
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the connection is closed");
+    assert_eq!(closed, 4001);
+}

@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 
 use super::sync::{self, Options, Start, SyncToken};
 use crate::error::{Error, Result};
-use crate::http::auth::Authed;
+use crate::http::auth::{Authed, token_from};
 use crate::http::ruma::{AppState, parse_request};
 use crate::services::accounts::Identity;
 
@@ -54,12 +54,26 @@ pub const PATH: &str = "/_matrix/client/unstable/io.axon.sync_ws/sync";
 /// Close code of a connection replaced by a newer one of the same device.
 const CLOSE_REPLACED: u16 = 4000;
 
+/// Close code of a connection whose access token was revoked (logout, device deletion,
+/// deactivation): the client must log in again, as after `M_UNKNOWN_TOKEN`.
+const CLOSE_UNKNOWN_TOKEN: u16 = 4001;
+
 /// The open connections, by device: each one's ID and the signal that ends it.
 #[derive(Default)]
 pub struct Sockets {
-    by_device: parking_lot::Mutex<HashMap<(String, String), (u64, Arc<Notify>)>>,
+    by_device: parking_lot::Mutex<HashMap<DeviceKey, (u64, Arc<Notify>)>>,
     next_id: AtomicU64,
 }
+
+/// `(user ID, device ID)`.
+type DeviceKey = (String, String);
+
+/// Longest a frame may wait to be written to a client that does not read: then the
+/// connection is dropped (the client reconnects from its last `next_batch`).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The read buffer of a connection (client frames are at most [`MAX_CLIENT_FRAME`]).
+const READ_BUFFER: usize = 8 * 1024;
 
 impl Sockets {
     /// Registers a new connection of `who`'s device, ending the one it had.
@@ -103,8 +117,11 @@ pub async fn connect(
     State(s): State<AppState>,
     Authed(who): Authed,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     upgrade: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response> {
+    // Kept to check, before each frame, that the token was not revoked meanwhile.
+    let token = token_from(&headers, query.as_deref()).ok_or(Error::MissingToken)?;
     let upgrade = upgrade.map_err(|e| {
         Error::Unknown(format!("This endpoint is a WebSocket (docs/websocket.md): {e}"))
     })?;
@@ -119,20 +136,25 @@ pub async fn connect(
     let filter = Arc::new(sync::resolve_filter(&s, &who, req.filter).await?);
     let options = Options::new(since, req.full_state, filter);
     Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| run(s, who, socket, options, req.set_presence)))
+        .on_upgrade(move |socket| run(s, who, token, socket, options, req.set_presence)))
 }
 
 /// The connection's sync loop: respond, send, continue from the response's `next_batch`.
 async fn run(
     s: AppState,
     who: Identity,
+    token: String,
     socket: WebSocket,
     mut opts: Options,
     set_presence: ruma::presence::PresenceState,
 ) {
     let _syncing = s.presence.syncing(&who.user_id, &set_presence);
+    // The device starts from `since` again: member events a previous connection was sent
+    // in frames the client may not have processed are sent again when needed.
+    s.lazy_members.reset_device(who.user_id.as_str(), who.device_id.as_str());
     if let Some(since) = opts.since_token()
         && let Err(e) = s.to_device.acknowledge(&who, since.to_device).await
     {
@@ -153,7 +175,8 @@ async fn run(
             () = replaced.notified() => {
                 let reason = Utf8Bytes::from_static("replaced by a newer connection of the device");
                 let frame = CloseFrame { code: CLOSE_REPLACED, reason };
-                let _ = tx.send(Message::Close(Some(frame))).await;
+                let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame))))
+                    .await;
                 break;
             }
         };
@@ -168,15 +191,24 @@ async fn run(
         };
         subscription.restore(built.uncovered);
         start = Start::Resumed;
-        let sent = if built.news {
+        // A logged-out, deleted or deactivated device gets nothing more (a memory lookup).
+        if s.accounts.authenticate(&token).await.is_err() {
+            let reason = Utf8Bytes::from_static("the access token is no longer valid");
+            let frame = CloseFrame { code: CLOSE_UNKNOWN_TOKEN, reason };
+            let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+            break;
+        }
+        let message = if built.news {
             let text = built.body.to_string();
             opts = opts.continued(built.next_batch);
-            tx.send(Message::Text(text.into())).await
+            Message::Text(text.into())
         } else {
-            tx.send(Message::Ping(Default::default())).await
+            Message::Ping(Default::default())
         };
-        if sent.is_err() {
-            break;
+        // A client that does not read is dropped rather than holding the frame for ever.
+        match tokio::time::timeout(SEND_TIMEOUT, tx.send(message)).await {
+            Ok(Ok(())) => {}
+            _ => break,
         }
     }
     reader.abort();

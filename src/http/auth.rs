@@ -15,14 +15,18 @@ pub struct Authed(pub Identity);
 /// The access token from `Authorization: Bearer …`, or the deprecated `access_token` query
 /// parameter that some clients still send.
 pub fn access_token(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION)
+    token_from(&parts.headers, parts.uri.query())
+}
+
+/// [`access_token`] from a request's headers and query string.
+pub fn token_from(headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION)
         && let Ok(value) = value.to_str()
         && let Some(token) = value.strip_prefix("Bearer ")
     {
         return Some(token.trim().to_owned());
     }
-    let query = parts.uri.query()?;
-    url::form_urlencoded::parse(query.as_bytes())
+    url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.into_owned())
 }

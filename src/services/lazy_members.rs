@@ -30,6 +30,12 @@ impl LazyMembers {
         self.sent.lock().remove(&key(user, device, room));
     }
 
+    /// Forgets what the device was sent in every room (a new sync connection of the device,
+    /// which may not have processed what the previous one was sent).
+    pub fn reset_device(&self, user: &str, device: &str) {
+        self.sent.lock().retain(|(u, d, _), _| u != user || d != device);
+    }
+
     /// Whether the device was sent this member event in the room.
     pub fn was_sent(&self, user: &str, device: &str, room: &str, event_id: &str) -> bool {
         self.sent.lock().get(&key(user, device, room)).is_some_and(|s| s.contains(event_id))

@@ -89,9 +89,12 @@ impl Entry {
     }
 }
 
+/// One (user, room)'s entry, counted under its own lock.
+type Cell = Arc<tokio::sync::Mutex<Option<Entry>>>;
+
 #[derive(Default)]
 pub struct Unread {
-    cache: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Entry>>,
+    cache: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Cell>>,
 }
 
 /// What one event does to a user's counts.
@@ -145,50 +148,54 @@ impl Unread {
     /// The counts of the user in the room as of stream position `current`.
     pub async fn counts(&self, c: &CountCtx<'_>, current: u64) -> Result<RoomCounts> {
         let key = (c.user.to_owned(), c.room.id.clone());
-        // Taken out while counting (not copied: an entry may list a thousand events); a
-        // concurrent count of the same user and room counts from scratch meanwhile.
-        let cached = self.cache.lock().remove(&key);
+        // Each entry is counted under its own lock, in place (an entry may list a thousand
+        // events: no copy): a concurrent count of the same user and room (two devices woken
+        // by the same event) waits for this one and then finds it up to date.
+        let cell = {
+            let mut cache = self.cache.lock();
+            if cache.len() >= MAX_ENTRIES && !cache.contains_key(&key) {
+                cache.clear();
+            }
+            cache.entry(key).or_default().clone()
+        };
+        let mut slot = cell.lock().await;
         let floor = c.marks.unthreaded;
-        let entry = match cached {
-            Some(mut e) if e.floor <= floor && e.upto <= current => {
-                if e.floor < floor {
-                    e.items.retain(|i| floor.is_none_or(|f| i.pos > f));
-                    e.floor = floor;
-                }
-                if e.upto < current {
-                    // Only what arrived since the last count, oldest first.
-                    let ids = c
-                        .rooms
-                        .room_events(
-                            c.room,
-                            Some(e.upto.max(floor.unwrap_or(0))),
-                            Some(current + 1),
-                            false,
-                            MAX_UNREAD_SCAN + 1,
-                        )
-                        .await?;
-                    if ids.len() > MAX_UNREAD_SCAN {
-                        self.count_from_scratch(c, current).await?
-                    } else {
-                        for (pos, id) in ids {
-                            e.apply(c.effect(pos, &id).await?);
-                        }
-                        e.upto = current;
-                        e
-                    }
+        let reusable = slot.as_ref().is_some_and(|e| e.floor <= floor && e.upto <= current);
+        if !reusable {
+            *slot = Some(self.count_from_scratch(c, current).await?);
+        } else if let Some(e) = slot.as_mut() {
+            if e.floor < floor {
+                e.items.retain(|i| floor.is_none_or(|f| i.pos > f));
+                e.floor = floor;
+            }
+            if e.upto < current {
+                // Only what arrived since the last count, oldest first.
+                let ids = c
+                    .rooms
+                    .room_events(
+                        c.room,
+                        Some(e.upto.max(floor.unwrap_or(0))),
+                        Some(current + 1),
+                        false,
+                        MAX_UNREAD_SCAN + 1,
+                    )
+                    .await?;
+                if ids.len() > MAX_UNREAD_SCAN {
+                    *e = self.count_from_scratch(c, current).await?;
                 } else {
-                    e
+                    // Judged first, applied after: an error leaves the entry as it was.
+                    let mut effects = Vec::with_capacity(ids.len());
+                    for (pos, id) in ids {
+                        effects.push(c.effect(pos, &id).await?);
+                    }
+                    for effect in effects {
+                        e.apply(effect);
+                    }
+                    e.upto = current;
                 }
             }
-            _ => self.count_from_scratch(c, current).await?,
-        };
-        let counts = tally(&entry, c.marks);
-        let mut cache = self.cache.lock();
-        if cache.len() >= MAX_ENTRIES {
-            cache.clear();
         }
-        cache.insert(key, entry);
-        Ok(counts)
+        Ok(slot.as_ref().map(|e| tally(e, c.marks)).unwrap_or_default())
     }
 
     /// Examines the newest events after the unthreaded receipt, up to `current`.

@@ -3,9 +3,11 @@
 //!
 //! Every write that changes a cached record invalidates it *after* the write (in the
 //! writer's blocking closure, so a cancelled request cannot skip it). A reader that raced
-//! such a write does not leave its stale copy behind: a writer bumps the generation, then
-//! removes; a reader inserts, then removes its entry again if the generation moved since it
-//! began reading. Absent records are never cached (a flood of unknown keys cannot fill it).
+//! such a write never caches its stale copy: it notes the generation before reading, and
+//! inserts only if the generation is unchanged, checked and inserted under the same lock
+//! under which a writer bumps the generation and removes. So once an invalidation returned,
+//! no stale copy is or will be cached. Absent records are never cached (a flood of unknown
+//! keys cannot fill it).
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +17,17 @@ use crate::storage::StorageResult;
 pub struct ReadCache<K, V> {
     entries: quick_cache::sync::Cache<K, V>,
     generation: AtomicU64,
+    /// Held to insert a loaded record and to invalidate (not to read a cached one).
+    writing: parking_lot::Mutex<()>,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
     pub fn new(capacity: usize) -> Self {
-        Self { entries: quick_cache::sync::Cache::new(capacity), generation: AtomicU64::new(0) }
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity),
+            generation: AtomicU64::new(0),
+            writing: parking_lot::Mutex::new(()),
+        }
     }
 
     /// The cached record, or `load`'s (cached when present).
@@ -34,9 +42,9 @@ impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
         let generation = self.generation.load(Ordering::SeqCst);
         let value = load()?;
         if let Some(value) = &value {
-            self.entries.insert(key.clone(), value.clone());
-            if self.generation.load(Ordering::SeqCst) != generation {
-                self.entries.remove(key);
+            let _writing = self.writing.lock();
+            if self.generation.load(Ordering::SeqCst) == generation {
+                self.entries.insert(key.clone(), value.clone());
             }
         }
         Ok(value)
@@ -44,12 +52,14 @@ impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
 
     /// After a write that changed the record of `key`.
     pub fn invalidate(&self, key: &K) {
+        let _writing = self.writing.lock();
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(key);
     }
 
     /// After a write that changed records it does not name one by one.
     pub fn clear(&self) {
+        let _writing = self.writing.lock();
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
     }
