@@ -172,7 +172,12 @@ async fn to_device_messages_stay_until_acknowledged() {
     send("b", 2).await;
     let second = frame_until(&mut socket, |f| !to_device(f).is_empty()).await;
     assert_eq!(to_device(&second)[0]["content"]["n"], 2, "the next message, not the first");
-    drop(socket);
+    // A clean close: the server applies the frames sent before it, then ends.
+    socket.close(None).await.unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    });
+    drained.await.expect("the server ends the connection");
     let mut socket = connect(&s, &bob, &format!("since={start}")).await;
     let after_ack = frame(&mut socket).await;
     let got: Vec<Value> = to_device(&after_ack).iter().map(|e| e["content"]["n"].clone()).collect();
@@ -257,4 +262,74 @@ async fn a_logged_out_device_gets_no_more_frames() {
     .await
     .expect("the connection is closed");
     assert_eq!(closed, 4001);
+}
+
+/// Many sockets while several users send at once: every socket gets every message exactly
+/// once, in each sender's order (the frames chain `next_batch` to `since` with no gap and no
+/// repeat), whatever frames the sends fall into.
+#[tokio::test]
+async fn every_socket_gets_every_message_once_under_concurrent_senders() {
+    const SOCKETS: usize = 8;
+    const SENDERS: usize = 4;
+    const MESSAGES: usize = 30;
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let owner = s.register("owner", "owner-password").await;
+    let room = s.create_room(&owner, json!({"preset": "public_chat"})).await;
+    let mut readers = Vec::new();
+    for i in 0..SOCKETS {
+        let user = s.register(&format!("reader{i}"), "reader-password").await;
+        assert_eq!(s.join(&user, &room).await.0, 200);
+        // A timeline limit above the test's messages: a frame that covers many sends is
+        // never `limited`, so a gap would be the server's.
+        let filter = enc(&json!({"room": {"timeline": {"limit": 1000}}}).to_string());
+        let mut socket = connect(&s, &user, &format!("filter={filter}")).await;
+        frame(&mut socket).await;
+        readers.push(socket);
+    }
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let user = s.register(&format!("sender{i}"), "sender-password").await;
+        assert_eq!(s.join(&user, &room).await.0, 200);
+        senders.push(user);
+    }
+    let mut sends = Vec::new();
+    for (i, sender) in senders.into_iter().enumerate() {
+        let (s, room) = (s.clone(), room.clone());
+        sends.push(tokio::spawn(async move {
+            for n in 0..MESSAGES {
+                let (status, body) =
+                    s.send_text(&sender, &room, &format!("t{n}"), &format!("{i}:{n}")).await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }));
+    }
+    let mut checks = Vec::new();
+    for mut socket in readers {
+        let room = room.clone();
+        checks.push(tokio::spawn(async move {
+            let mut seen: Vec<String> = Vec::new();
+            while seen.len() < SENDERS * MESSAGES {
+                let f = frame(&mut socket).await;
+                assert_ne!(f["rooms"]["join"][&room]["timeline"]["limited"], true, "{f}");
+                seen.extend(bodies(&f, &room).into_iter().filter(|b| b.contains(':')));
+            }
+            seen
+        }));
+    }
+    for send in sends {
+        send.await.unwrap();
+    }
+    for check in checks {
+        let seen = tokio::time::timeout(Duration::from_secs(60), check)
+            .await
+            .expect("every message within a minute")
+            .unwrap();
+        assert_eq!(seen.len(), SENDERS * MESSAGES, "no repeats: {seen:?}");
+        for i in 0..SENDERS {
+            let from: Vec<String> =
+                seen.iter().filter(|b| b.starts_with(&format!("{i}:"))).cloned().collect();
+            let expected: Vec<String> = (0..MESSAGES).map(|n| format!("{i}:{n}")).collect();
+            assert_eq!(from, expected, "sender {i}'s messages once each, in order");
+        }
+    }
 }

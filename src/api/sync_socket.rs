@@ -72,6 +72,9 @@ type DeviceKey = (String, String);
 /// connection is dropped (the client reconnects from its last `next_batch`).
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long an ending connection waits for the client's remaining frames.
+const READER_DRAIN: Duration = Duration::from_secs(5);
+
 /// The read buffer of a connection (client frames are at most [`MAX_CLIENT_FRAME`]).
 const READ_BUFFER: usize = 8 * 1024;
 
@@ -211,7 +214,12 @@ async fn run(
             _ => break,
         }
     }
-    reader.abort();
+    // The client's last frames (an acknowledgement before its close) are still applied;
+    // a client that does not close is not waited for long.
+    let mut reader = reader;
+    if tokio::time::timeout(READER_DRAIN, &mut reader).await.is_err() {
+        reader.abort();
+    }
     s.sync_sockets.close(&who, id);
     metrics::gauge!("axon_sync_sockets").set(s.sync_sockets.len() as f64);
 }
