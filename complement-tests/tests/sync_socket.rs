@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use complement_tests::{Session, TestServer, Value, assert_error, enc, json};
+use complement_tests::{ServerOptions, Session, TestServer, Value, assert_error, enc, json};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -50,6 +50,21 @@ async fn frame_until(socket: &mut Socket, done: impl Fn(&Value) -> bool) -> Valu
             return f;
         }
     }
+}
+
+/// The code of the close frame that ends the connection (within 10 s); any other frame but
+/// a ping fails the test.
+async fn close_code(socket: &mut Socket) -> u16 {
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    });
+    closed.await.expect("the connection is closed")
 }
 
 fn timeline(sync: &Value, room: &str) -> Vec<Value> {
@@ -197,9 +212,29 @@ async fn the_upgrade_is_refused_with_the_spec_errors() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
     let (status, body) = refused(&s, &format!("access_token={token}&filter=unknown")).await;
     assert_eq!(status, 400, "{body}");
+    // A filter that is not JSON: the socket answers as /sync does.
+    let bad = "filter=%7Bnot%20json";
+    let (status, body) = refused(&s, &format!("access_token={token}&{bad}")).await;
+    let polled = s.get(&format!("/_matrix/client/v3/sync?{bad}"), bob.token()).await;
+    assert_eq!((status, &body["errcode"]), (polled.0.as_u16(), &polled.1["errcode"]));
+    assert_eq!(status, 400, "{body}");
     // A plain GET without the upgrade headers is not a sync.
     let res = s.get(PATH, bob.token()).await;
     assert_error(&res, 400, "M_UNKNOWN");
+}
+
+#[tokio::test]
+async fn guests_use_the_long_poll() {
+    let s = TestServer::start_with(ServerOptions {
+        extra_toml: "[guests]\nenabled = true\n".into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let (status, guest) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(status, 200, "{guest}");
+    let token = guest["access_token"].as_str().unwrap();
+    let (status, body) = refused(&s, &format!("access_token={token}")).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")));
 }
 
 #[tokio::test]
@@ -218,18 +253,7 @@ async fn a_new_connection_of_the_device_closes_the_previous_one() {
     frame(&mut first).await;
     let mut second = connect(&s, &bob, "").await;
     frame(&mut second).await;
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match first.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the first connection is closed");
-    assert_eq!(closed, 4000);
+    assert_eq!(close_code(&mut first).await, 4000);
     // The newer connection goes on.
     let room = s.create_room(&bob, json!({})).await;
     let f = frame_until(&mut second, |f| f["rooms"]["join"].get(&room).is_some()).await;
@@ -249,19 +273,7 @@ async fn a_logged_out_device_gets_no_more_frames() {
     let (status, body) = s.post("/_matrix/client/v3/logout", bob.token(), json!({})).await;
     assert_eq!(status, 200, "{body}");
     s.send_text(&alice, &room, "t1", "after the logout").await;
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(Message::Text(text))) => panic!("a frame after the logout: {text}"),
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the connection is closed");
-    assert_eq!(closed, 4001);
+    assert_eq!(close_code(&mut socket).await, 4001, "closed, with no frame after the logout");
 }
 
 /// Many sockets while several users send at once: every socket gets every message exactly

@@ -58,6 +58,9 @@ const CLOSE_REPLACED: u16 = 4000;
 /// deactivation): the client must log in again, as after `M_UNKNOWN_TOKEN`.
 const CLOSE_UNKNOWN_TOKEN: u16 = 4001;
 
+/// Close code of a connection whose response could not be built (RFC 6455 "internal error").
+const CLOSE_SERVER_ERROR: u16 = 1011;
+
 /// The open connections, by device: each one's ID and the signal that ends it.
 #[derive(Default)]
 pub struct Sockets {
@@ -176,10 +179,8 @@ async fn run(
             built = sync::respond(&s, &who, &opts, &subscription, start, Some(deadline)) => built,
             () = closed.notified() => break,
             () = replaced.notified() => {
-                let reason = Utf8Bytes::from_static("replaced by a newer connection of the device");
-                let frame = CloseFrame { code: CLOSE_REPLACED, reason };
-                let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame))))
-                    .await;
+                let reason = "replaced by a newer connection of the device";
+                close(&mut tx, CLOSE_REPLACED, reason.into()).await;
                 break;
             }
         };
@@ -187,8 +188,8 @@ async fn run(
             Ok(built) => built,
             Err(e) => {
                 tracing::warn!(error = %e, "sync socket: building a response failed");
-                let reason = Utf8Bytes::from(e.to_string().chars().take(100).collect::<String>());
-                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1011, reason }))).await;
+                let reason: String = e.to_string().chars().take(100).collect();
+                close(&mut tx, CLOSE_SERVER_ERROR, reason.into()).await;
                 break;
             }
         };
@@ -196,9 +197,7 @@ async fn run(
         start = Start::Resumed;
         // A logged-out, deleted or deactivated device gets nothing more (a memory lookup).
         if s.accounts.authenticate(&token).await.is_err() {
-            let reason = Utf8Bytes::from_static("the access token is no longer valid");
-            let frame = CloseFrame { code: CLOSE_UNKNOWN_TOKEN, reason };
-            let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+            close(&mut tx, CLOSE_UNKNOWN_TOKEN, "the access token is no longer valid".into()).await;
             break;
         }
         let message = if built.news {
@@ -222,6 +221,16 @@ async fn run(
     }
     s.sync_sockets.close(&who, id);
     metrics::gauge!("axon_sync_sockets").set(s.sync_sockets.len() as f64);
+}
+
+/// Sends a close frame, giving up after [`SEND_TIMEOUT`] (the connection ends either way).
+async fn close(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    code: u16,
+    reason: Utf8Bytes,
+) {
+    let frame = Message::Close(Some(CloseFrame { code, reason }));
+    let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(frame)).await;
 }
 
 /// Reads the client's frames: acknowledgements delete the to-device messages they cover; a
