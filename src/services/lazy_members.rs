@@ -4,9 +4,12 @@
 //! In memory and bounded: forgetting only means a member event is sent again, which the spec
 //! allows and clients handle. An initial sync (or a room new to the client) starts afresh.
 
-use std::collections::{HashMap, HashSet};
-
 use parking_lot::Mutex;
+
+/// Maps hashed with foldhash: every lazy-loading sync looks up a few IDs here under one
+/// global lock, so the hash is on the hot path (SipHash was a visible share of a fan-out).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Most `(device, room)` entries kept; past it the whole map starts afresh.
 const MAX_ENTRIES: usize = 100_000;

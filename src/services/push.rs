@@ -51,6 +51,10 @@ pub struct UserRules {
     /// Whether any rule has a `contains_display_name` condition (only then is the user's
     /// display name in the room looked up).
     needs_display_name: bool,
+    /// Per rule, in the ruleset's order: its slot in an event's [`Memo`] when its outcome is
+    /// the same for every user ([`user_independent`]), judged once here rather than per
+    /// rule per member per event.
+    memo_slots: Vec<Option<usize>>,
 }
 
 impl UserRules {
@@ -61,8 +65,31 @@ impl UserRules {
             ruleset.override_.iter().chain(ruleset.underride.iter()).any(|r| {
                 r.conditions.iter().any(|c| matches!(c, PushCondition::ContainsDisplayName))
             });
-        Self { ruleset, needs_display_name }
+        let shared = shared_rule_ids();
+        let memo_slots = ruleset
+            .iter()
+            .map(|rule| {
+                if !user_independent(rule) {
+                    return None;
+                }
+                shared.iter().position(|id| id == rule.rule_id()).filter(|i| *i < MEMO_SLOTS)
+            })
+            .collect();
+        Self { ruleset, needs_display_name, memo_slots }
     }
+}
+
+/// The IDs of the server-default rules whose outcome does not depend on the user, each with
+/// its slot in a [`Memo`].
+fn shared_rule_ids() -> &'static [String] {
+    static IDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        Ruleset::server_default(ruma::user_id!("@_:invalid"))
+            .iter()
+            .filter(|rule| user_independent(*rule))
+            .map(|rule| rule.rule_id().to_owned())
+            .collect()
+    });
+    &IDS
 }
 
 pub struct PushRules {
@@ -223,11 +250,22 @@ pub fn room_ctx(room: &Room, joined_members: usize) -> PushConditionRoomCtx {
 
 /// The user's display name in the room (their member event's, else their localpart).
 pub fn display_name_in(room: &Room, user: &UserId) -> String {
+    /// Only the name of the member event's content (the rest is skipped, not built).
+    #[derive(serde::Deserialize)]
+    struct Named {
+        displayname: Option<Value>,
+    }
     room.state_event(&StateEventType::RoomMember, user.as_str())
-        .and_then(|e| e.content_as::<Value>())
-        .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+        .and_then(|e| e.content_as::<Named>())
+        .and_then(|c| match c.displayname {
+            Some(Value::String(name)) => Some(name),
+            _ => None,
+        })
         .unwrap_or_else(|| user.localpart().to_owned())
 }
+
+/// Slots of a [`Memo`] (the server-default rules number about 20).
+const MEMO_SLOTS: usize = 64;
 
 /// Server-default rules whose conditions name the user (their ID, name or mentions).
 const USER_DEPENDENT_RULES: &[&str] = &[
@@ -238,10 +276,16 @@ const USER_DEPENDENT_RULES: &[&str] = &[
 ];
 
 /// Per event, what the conditions of the server-default rules that do not depend on the
-/// user said, by rule ID: evaluated for the first member, looked up for the others. (Users
-/// cannot change the conditions of server-default rules, only enable them and set actions.)
-#[derive(Default)]
-pub struct Memo(Mutex<HashMap<String, bool>>);
+/// user said, by slot ([`UserRules`]): evaluated for the first member, looked up for the
+/// others. (Users cannot change the conditions of server-default rules, only enable them and
+/// set actions.) Lock-free: 0 not yet known, 1 no, 2 yes.
+pub struct Memo([std::sync::atomic::AtomicU8; MEMO_SLOTS]);
+
+impl Default for Memo {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| std::sync::atomic::AtomicU8::new(0)))
+    }
+}
 
 /// An event made ready for evaluation against many users' rules, once: flattened, with the
 /// room context (member count, power levels) of its first evaluation, its thread, and the
@@ -321,18 +365,18 @@ pub async fn evaluate(
     ctx.user_id = user.to_owned();
     ctx.user_display_name =
         if rules.needs_display_name { display_name_in(room, user) } else { String::new() };
-    for rule in &rules.ruleset {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (rule, slot) in rules.ruleset.iter().zip(&rules.memo_slots) {
         let applies = if !rule.enabled() {
             false
-        } else if user_independent(rule) {
-            let known = memo.0.lock().get(rule.rule_id()).copied();
-            match known {
-                Some(hit) => hit,
-                None => {
+        } else if let Some(cell) = slot.and_then(|i| memo.0.get(i)) {
+            match cell.load(Relaxed) {
+                0 => {
                     let hit = rule.applies(&event.0, ctx).await;
-                    memo.0.lock().insert(rule.rule_id().to_owned(), hit);
+                    cell.store(1 + u8::from(hit), Relaxed);
                     hit
                 }
+                known => known == 2,
             }
         } else {
             rule.applies(&event.0, ctx).await
