@@ -17,7 +17,7 @@
 //! (the spec wants an event's count in the same response as the event); the background
 //! evaluation ([`crate::services::notifications`]) stores `/notifications` and pushes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -69,23 +69,54 @@ struct Entry {
     floor: Option<u64>,
     /// The last stream position examined.
     upto: u64,
-    items: Vec<Item>,
+    /// Oldest first.
+    items: VecDeque<Item>,
+    /// The items' counts (all of them: each is after `floor`), kept up to date with them, so
+    /// that a user without threaded receipts (most) is answered without a pass over a
+    /// thousand items per sync.
+    all: Counts,
+    /// How many items are in threads.
+    in_threads: usize,
 }
 
 impl Entry {
+    fn new(floor: Option<u64>, upto: u64) -> Self {
+        Self { floor, upto, items: VecDeque::new(), all: Counts::default(), in_threads: 0 }
+    }
+
     fn apply(&mut self, effect: Effect) {
         match effect {
             Effect::Own { pos, thread } => {
-                self.items.retain(|i| i.pos > pos || i.thread.as_deref() != thread.as_deref());
+                self.retain(|i| i.pos > pos || i.thread.as_deref() != thread.as_deref());
             }
             Effect::Notify(item) => {
-                if self.items.len() >= MAX_ITEMS {
-                    self.items.remove(0);
+                if self.items.len() >= MAX_ITEMS
+                    && let Some(oldest) = self.items.pop_front()
+                {
+                    self.uncount(&oldest);
                 }
-                self.items.push(item);
+                self.all.add(item.highlight);
+                self.in_threads += usize::from(item.thread.is_some());
+                self.items.push_back(item);
             }
             Effect::Nothing => {}
         }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Item) -> bool) {
+        self.items.retain(keep);
+        self.all = Counts::default();
+        self.in_threads = 0;
+        for item in &self.items {
+            self.all.add(item.highlight);
+            self.in_threads += usize::from(item.thread.is_some());
+        }
+    }
+
+    fn uncount(&mut self, item: &Item) {
+        self.all.notifications -= 1;
+        self.all.highlights -= u64::from(item.highlight);
+        self.in_threads -= usize::from(item.thread.is_some());
     }
 }
 
@@ -94,8 +125,19 @@ type Cell = Arc<tokio::sync::Mutex<Option<Entry>>>;
 
 #[derive(Default)]
 pub struct Unread {
-    cache: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Cell>>,
+    cache: Mutex<Cache>,
 }
+
+/// The entries by user and room (looked up without building a key: every sync of a joined
+/// room that moved asks), hashed with foldhash.
+#[derive(Default)]
+struct Cache {
+    by_user: FastMap<OwnedUserId, FastMap<OwnedRoomId, Cell>>,
+    /// Entries in all.
+    entries: usize,
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What one event does to a user's counts.
 enum Effect {
@@ -147,16 +189,23 @@ impl CountCtx<'_> {
 impl Unread {
     /// The counts of the user in the room as of stream position `current`.
     pub async fn counts(&self, c: &CountCtx<'_>, current: u64) -> Result<RoomCounts> {
-        let key = (c.user.to_owned(), c.room.id.clone());
         // Each entry is counted under its own lock, in place (an entry may list a thousand
         // events: no copy): a concurrent count of the same user and room (two devices woken
         // by the same event) waits for this one and then finds it up to date.
         let cell = {
             let mut cache = self.cache.lock();
-            if cache.len() >= MAX_ENTRIES && !cache.contains_key(&key) {
-                cache.clear();
+            let known = cache.by_user.get(c.user).and_then(|rooms| rooms.get(&c.room.id));
+            match known {
+                Some(cell) => cell.clone(),
+                None => {
+                    if cache.entries >= MAX_ENTRIES {
+                        *cache = Cache::default();
+                    }
+                    cache.entries += 1;
+                    let rooms = cache.by_user.entry(c.user.to_owned()).or_default();
+                    rooms.entry(c.room.id.clone()).or_default().clone()
+                }
             }
-            cache.entry(key).or_default().clone()
         };
         let mut slot = cell.lock().await;
         let floor = c.marks.unthreaded;
@@ -165,7 +214,7 @@ impl Unread {
             *slot = Some(self.count_from_scratch(c, current).await?);
         } else if let Some(e) = slot.as_mut() {
             if e.floor < floor {
-                e.items.retain(|i| floor.is_none_or(|f| i.pos > f));
+                e.retain(|i| floor.is_none_or(|f| i.pos > f));
                 e.floor = floor;
             }
             if e.upto < current {
@@ -204,7 +253,7 @@ impl Unread {
         let mut ids =
             c.rooms.room_events(c.room, floor, Some(current + 1), true, MAX_UNREAD_SCAN).await?;
         ids.reverse();
-        let mut entry = Entry { floor, upto: current, items: Vec::new() };
+        let mut entry = Entry::new(floor, current);
         for (pos, id) in ids {
             entry.apply(c.effect(pos, &id).await?);
         }
@@ -213,12 +262,20 @@ impl Unread {
 
     /// Forgets the cached counts of a user (their push rules changed).
     pub fn forget_user(&self, user: &UserId) {
-        self.cache.lock().retain(|(u, _), _| u != user);
+        let mut cache = self.cache.lock();
+        if let Some(rooms) = cache.by_user.remove(user) {
+            cache.entries -= rooms.len();
+        }
     }
 }
 
 /// The counts of the unread items.
 fn tally(entry: &Entry, marks: &ReadMarks) -> RoomCounts {
+    // Every item is after the unthreaded receipt: without `main` or thread receipts, and
+    // with no item in a thread, all of them are unread, in the main timeline.
+    if marks.main.is_none() && marks.threads.is_empty() && entry.in_threads == 0 {
+        return RoomCounts { total: entry.all, main: entry.all, threads: BTreeMap::new() };
+    }
     let mut counts = RoomCounts::default();
     for item in &entry.items {
         if marks.is_read(item.pos, item.thread.as_deref()) {
@@ -241,19 +298,23 @@ mod tests {
         Item { pos, highlight, thread: thread.map(Arc::from) }
     }
 
+    fn entry_of(items: Vec<Item>) -> Entry {
+        let mut entry = Entry::new(None, 10);
+        for item in items {
+            entry.apply(Effect::Notify(item));
+        }
+        entry
+    }
+
     #[test]
     fn receipts_partition_counts_by_thread() {
-        let entry = Entry {
-            floor: None,
-            upto: 10,
-            items: vec![
-                item(1, false, None),
-                item(2, true, Some("$root")),
-                item(3, false, None),
-                item(4, false, Some("$root")),
-                item(5, false, Some("$other")),
-            ],
-        };
+        let entry = entry_of(vec![
+            item(1, false, None),
+            item(2, true, Some("$root")),
+            item(3, false, None),
+            item(4, false, Some("$root")),
+            item(5, false, Some("$other")),
+        ]);
         let none = ReadMarks::default();
         let all = tally(&entry, &none);
         assert_eq!(all.total, Counts { notifications: 5, highlights: 1 });
@@ -271,13 +332,36 @@ mod tests {
         assert_eq!(tally(&entry, &marks).total, Counts { notifications: 1, highlights: 0 });
     }
 
+    /// The counts kept with the items equal a pass over them, through evictions and reads.
+    #[test]
+    fn kept_counts_follow_the_items() {
+        let brute = |e: &Entry| {
+            let mut c = Counts::default();
+            for i in &e.items {
+                c.add(i.highlight);
+            }
+            c
+        };
+        let mut entry = Entry::new(None, 0);
+        for pos in 1..=(MAX_ITEMS as u64 + 10) {
+            entry.apply(Effect::Notify(item(pos, pos % 7 == 0, None)));
+        }
+        assert_eq!(entry.items.len(), MAX_ITEMS);
+        assert_eq!(entry.all, brute(&entry));
+        let none = ReadMarks::default();
+        assert_eq!(tally(&entry, &none).total, brute(&entry));
+        assert_eq!(tally(&entry, &none).main, brute(&entry));
+        entry.apply(Effect::Own { pos: 500, thread: None });
+        assert_eq!(entry.all, brute(&entry));
+        assert_eq!(tally(&entry, &none).total.notifications, MAX_ITEMS as u64 + 10 - 500);
+        // A `main` receipt takes the full pass.
+        let marks = ReadMarks { main: Some(600), ..Default::default() };
+        assert_eq!(tally(&entry, &marks).total.notifications, MAX_ITEMS as u64 + 10 - 600);
+    }
+
     #[test]
     fn own_event_reads_its_thread_only() {
-        let mut entry = Entry {
-            floor: None,
-            upto: 10,
-            items: vec![item(1, false, None), item(2, false, Some("$t"))],
-        };
+        let mut entry = entry_of(vec![item(1, false, None), item(2, false, Some("$t"))]);
         entry.apply(Effect::Own { pos: 3, thread: None });
         assert_eq!(entry.items.len(), 1);
         assert_eq!(entry.items[0].thread.as_deref(), Some("$t"));
