@@ -4,23 +4,25 @@
 //! covers (since, current] where `current` is the committed position read when it is built;
 //! the committer publishes positions in order, so nothing ≤ current can still appear later.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use ruma::api::client::sync::sync_events;
 use ruma::events::{StateEventType, TimelineEventType};
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OneTimeKeyAlgorithm, OwnedRoomId, RoomId, UInt};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::api::rooms::token;
 use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma};
-use crate::rooms::client::Viewer;
+use crate::rooms::client::{ClientEvent, Viewer};
 use crate::rooms::filter;
 use crate::rooms::history::Direction;
 use crate::rooms::notify::{Changes, Stream, Subscription};
@@ -180,7 +182,7 @@ pub async fn sync(
     Authed(who): Authed,
     RawQuery(query): RawQuery,
     Ruma(req): Ruma<sync_events::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let since_token = req.since.as_deref().map(SyncToken::parse).transpose()?;
     // What, besides `since`, shapes the response: a parked subscription is resumed only by a
     // request that asks the same way (see `rooms::notify`). The filter as the client wrote
@@ -214,7 +216,7 @@ pub async fn sync(
     // cover.
     let key = park_key(&built.next_batch.to_string(), &shape);
     s.rooms.notifier.park(&who.user_id, device, key, subscription, built.uncovered);
-    Ok(Json(built.body))
+    Ok(([(header::CONTENT_TYPE, "application/json")], built.body).into_response())
 }
 
 /// The filter of a sync request: inline, stored under an ID, or none.
@@ -278,11 +280,87 @@ pub async fn start_subscription(s: &Services, who: &Identity) -> (Subscription, 
 /// One sync response, and what its subscription was told that it did not cover (to be
 /// given back to the subscription for the next response).
 pub struct Built {
-    pub body: Value,
+    /// The response, serialised.
+    pub body: String,
     pub next_batch: SyncToken,
     pub uncovered: Changes,
     /// Whether anything is in it for the client (an empty response only ends a long-poll).
     pub news: bool,
+}
+
+/// A `/sync` response as it is serialised: typed, so that timeline events are written
+/// straight from the shared parsed events ([`ClientEvent`]) instead of through a JSON tree
+/// built per receiver. Keys come out in the order a JSON object would sort them.
+#[derive(Serialize)]
+struct Body {
+    account_data: Events<Value>,
+    device_lists: ListChanges,
+    device_one_time_keys_count: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    device_unused_fallback_key_types: Vec<String>,
+    next_batch: String,
+    presence: Events<Value>,
+    rooms: RoomsBody,
+    to_device: Events<Value>,
+}
+
+/// `{"events": [...]}`.
+#[derive(Serialize)]
+struct Events<T> {
+    events: Vec<T>,
+}
+
+impl<T> Default for Events<T> {
+    fn default() -> Self {
+        Self { events: Vec::new() }
+    }
+}
+
+#[derive(Serialize, Default)]
+struct RoomsBody {
+    invite: BTreeMap<String, Value>,
+    join: BTreeMap<String, JoinedRoom>,
+    knock: BTreeMap<String, Value>,
+    leave: BTreeMap<String, LeftRoom>,
+}
+
+impl RoomsBody {
+    fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct Timeline {
+    events: Vec<ClientEvent>,
+    limited: bool,
+    prev_batch: String,
+}
+
+/// A room's `timeline` and `state` in one sync ([`room_entry`]).
+struct RoomEntry {
+    timeline: Timeline,
+    state: Vec<ClientEvent>,
+}
+
+#[derive(Serialize)]
+struct JoinedRoom {
+    account_data: Events<Value>,
+    ephemeral: Events<Value>,
+    state: Events<ClientEvent>,
+    /// Only when it may have changed (the spec lets clients keep the last one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<Value>,
+    timeline: Timeline,
+    unread_notifications: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unread_thread_notifications: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct LeftRoom {
+    account_data: Events<Value>,
+    state: Events<ClientEvent>,
+    timeline: Timeline,
 }
 
 /// Builds the next response for `opts.since`: at once when something is new for the user,
@@ -340,8 +418,8 @@ pub async fn respond(
             }
             _ => None,
         };
-        let (rooms, empty) =
-            build_rooms(s, who, opts, &current, candidates.as_ref(), &by_room).await?;
+        let rooms = build_rooms(s, who, opts, &current, candidates.as_ref(), &by_room).await?;
+        let empty = rooms.is_empty();
         let lists = match since_token {
             Some(t) if looks_at(Stream::DeviceLists) || looks_at_rooms => {
                 s.device_list_changes(&who.user_id, t.lists_pos(), current.lists_pos()).await?
@@ -398,16 +476,22 @@ pub async fn respond(
             if to_device_seen < current.to_device {
                 uncovered.upto[Stream::ToDevice as usize] = current.to_device;
             }
-            let body = json!({
-                "next_batch": next_batch.to_string(),
-                "rooms": rooms,
-                "presence": {"events": presence},
-                "account_data": {"events": global},
-                "to_device": {"events": to_device},
-                "device_lists": {"changed": lists.changed, "left": lists.left},
-                "device_one_time_keys_count": one_time_keys_count,
-                "device_unused_fallback_key_types": unused_fallback_key_types,
-            });
+            let body = Body {
+                next_batch: next_batch.to_string(),
+                rooms,
+                presence: Events { events: presence },
+                account_data: Events { events: global },
+                // As JSON values: the content comes out normalised (sorted keys, one of
+                // each), as it always has, not as the sender's bytes.
+                to_device: Events {
+                    events: to_device.iter().filter_map(|m| serde_json::to_value(m).ok()).collect(),
+                },
+                device_lists: lists,
+                device_one_time_keys_count: one_time_keys_count,
+                device_unused_fallback_key_types: unused_fallback_key_types,
+            };
+            let body = serde_json::to_string(&body)
+                .map_err(|e| Error::Internal(format!("serialising a sync response: {e}")))?;
             return Ok(Built { body, next_batch, uncovered, news });
         }
         if !covered {
@@ -463,7 +547,7 @@ fn split_account_data(
 }
 
 /// Builds `rooms` from the rooms the user has a membership in (`only`: just these, after a
-/// wake-up); the flag says whether nothing at all changed.
+/// wake-up).
 async fn build_rooms(
     s: &Services,
     who: &Identity,
@@ -471,7 +555,7 @@ async fn build_rooms(
     tokens: &SyncToken,
     only: Option<&HashSet<OwnedRoomId>>,
     room_account_data: &HashMap<String, Vec<Value>>,
-) -> Result<(Value, bool)> {
+) -> Result<RoomsBody> {
     let current = tokens.events;
     let include_leave = opts.since.is_none() && opts.filter.room.include_leave;
     // An initial or full-state sync reads every membership at once; an incremental one
@@ -483,9 +567,7 @@ async fn build_rooms(
         Some(ids) => ids.iter().filter_map(|id| s.rooms.get(id)).collect(),
         None => s.rooms.rooms_of(&who.user_id),
     };
-    let mut join = serde_json::Map::new();
-    let mut invite = serde_json::Map::new();
-    let mut leave = serde_json::Map::new();
+    let mut out = RoomsBody::default();
 
     for room in rooms {
         if !filter::includes_room(&opts.filter.room, &room.id) {
@@ -566,43 +648,45 @@ async fn build_rooms(
                     after: if newly_joined { None } else { opts.since },
                     full: newly_joined || opts.full_state,
                 };
-                let mut entry = room_entry(s, &room, who, opts, &access, span).await?;
-                let Some(obj) = entry.as_object_mut() else { continue };
+                let entry = room_entry(s, &room, who, opts, &access, span).await?;
                 let quiet = !newly_joined
                     && !opts.full_state
                     && account_data.is_none()
                     && !read_moved
                     && ephemeral.is_empty()
-                    && obj["timeline"]["events"].as_array().is_some_and(Vec::is_empty)
-                    && obj["state"]["events"].as_array().is_some_and(Vec::is_empty);
+                    && entry.timeline.events.is_empty()
+                    && entry.state.is_empty();
                 if quiet {
                     continue; // the room moved, but nothing in it is for this user
                 }
-                obj.insert(
-                    "account_data".into(),
-                    json!({"events": account_data.cloned().unwrap_or_default()}),
-                );
                 // The summary (O(members) to build) only when it may have changed, as the
                 // spec allows: clients keep the last one they were sent.
-                if newly_joined
+                let summary = (newly_joined
                     || opts.full_state
-                    || opts.changed_since(room.membership_changed_at())
-                {
-                    obj.insert("summary".into(), summary(&room, &who.user_id));
-                }
+                    || opts.changed_since(room.membership_changed_at()))
+                .then(|| summary(&room, &who.user_id));
                 let unread =
                     notifications::room_counts(s, &room, &who.user_id, &read, current).await?;
                 let threads = opts.filter.room.timeline.unread_thread_notifications;
-                notifications::insert_counts(obj, &unread, threads);
-                obj.insert("ephemeral".into(), json!({"events": ephemeral}));
-                join.insert(room.id.to_string(), entry);
+                let (unread_notifications, unread_thread_notifications) =
+                    notifications::counts_json(&unread, threads);
+                let joined = JoinedRoom {
+                    account_data: Events { events: account_data.cloned().unwrap_or_default() },
+                    ephemeral: Events { events: ephemeral },
+                    state: Events { events: entry.state },
+                    summary,
+                    timeline: entry.timeline,
+                    unread_notifications,
+                    unread_thread_notifications,
+                };
+                out.join.insert(room.id.to_string(), joined);
             }
             // Invites from ignored users are hidden, as Synapse does.
             "invite"
                 if opts.changed_since(m.since)
                     && !invited_by_ignored(s, &room, &who.user_id).await? =>
             {
-                invite.insert(room.id.to_string(), invite_entry(&room, &who.user_id));
+                out.invite.insert(room.id.to_string(), invite_entry(&room, &who.user_id));
             }
             // Departures since the last sync; in an initial sync only with `include_leave`.
             "leave" | "ban"
@@ -625,15 +709,18 @@ async fn build_rooms(
                     after: if joined_at_since { opts.since } else { None },
                     full: !joined_at_since && access.ever_joined(),
                 };
-                let mut entry = room_entry(s, &room, who, opts, &access, span).await?;
-                entry["account_data"] = json!({"events": []});
-                leave.insert(room.id.to_string(), entry);
+                let entry = room_entry(s, &room, who, opts, &access, span).await?;
+                let left = LeftRoom {
+                    account_data: Events::default(),
+                    state: Events { events: entry.state },
+                    timeline: entry.timeline,
+                };
+                out.leave.insert(room.id.to_string(), left);
             }
             _ => {}
         }
     }
-    let empty = join.is_empty() && invite.is_empty() && leave.is_empty();
-    Ok((json!({"join": join, "invite": invite, "leave": leave, "knock": {}}), empty))
+    Ok(out)
 }
 
 /// A joined room's ephemeral events for a sync from `since` (`None`: all current ones):
@@ -740,7 +827,7 @@ async fn room_entry(
     opts: &Options,
     access: &HistoryAccess,
     span: Span,
-) -> Result<Value> {
+) -> Result<RoomEntry> {
     let limit = opts.timeline_limit;
     let timeline_filter = &opts.filter.room.timeline;
     let mut scanned = s
@@ -765,9 +852,8 @@ async fn room_entry(
     let mut timeline = Vec::with_capacity(events.len());
     let in_timeline: HashSet<&str> = events.iter().map(|e| e.pdu.event_id.as_str()).collect();
     for e in &events {
-        timeline.push(
-            s.rooms.client_event_bundled(room, access, &e.record, &e.pdu, viewer, false).await?,
-        );
+        timeline
+            .push(s.rooms.client_event_sync(room, access, &e.record, &e.pdu, viewer, false).await?);
     }
 
     // State: what the client lacks to know the state at the timeline's start. In full for
@@ -817,7 +903,9 @@ async fn room_entry(
         if in_timeline.contains(id.as_str()) {
             continue;
         }
-        let Some((record, pdu)) = s.rooms.event(&id).await? else { continue };
+        let Some(SharedEvent { record, pdu }) = s.rooms.shared_event(&id).await? else {
+            continue;
+        };
         if !filter::allows(state_filter, &pdu) {
             continue;
         }
@@ -828,7 +916,8 @@ async fn room_entry(
             }
             sent_members.push(id.clone());
         }
-        state_events.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
+        state_events
+            .push(s.rooms.client_event_unbundled(room, &record, &pdu, viewer, false).await?);
     }
     if lazy && !span.full {
         // The timeline's senders' member events as of the timeline's start, which the device
@@ -861,7 +950,8 @@ async fn room_entry(
                 continue;
             }
             sent_members.push(id.to_owned());
-            state_events.push(s.rooms.client_event(room, &record, &pdu, viewer, false).await?);
+            state_events
+                .push(s.rooms.client_event_unbundled(room, &record, &pdu, viewer, false).await?);
         }
     }
     if lazy {
@@ -877,14 +967,10 @@ async fn room_entry(
         );
     }
 
-    Ok(json!({
-        "timeline": {
-            "events": timeline,
-            "limited": limited,
-            "prev_batch": token(prev_batch),
-        },
-        "state": {"events": state_events},
-    }))
+    Ok(RoomEntry {
+        timeline: Timeline { events: timeline, limited, prev_batch: token(prev_batch) },
+        state: state_events,
+    })
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ async fn run(
             break;
         }
         let message = if built.news {
-            let text = built.body.to_string();
+            let text = built.body;
             opts = opts.continued(built.next_batch);
             Message::Text(text.into())
         } else {

@@ -129,7 +129,7 @@ pub struct ListsPos {
 }
 
 /// What `/sync`'s `device_lists` and `/keys/changes` report.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct ListChanges {
     /// Users sharing a room with the user whose device list changed, users the user started
     /// sharing a room with, and the user themselves if their own list changed.

@@ -369,20 +369,17 @@ pub async fn badge(s: &Services, user: &UserId) -> Result<u64> {
     Ok(total)
 }
 
-/// Adds a joined room's counts to its `/sync` entry: `unread_notifications` (all of the
+/// A joined room's counts as its `/sync` entry has them: `unread_notifications` (all of the
 /// room's, or with `threads` the main timeline's) and, with `threads`,
-/// `unread_thread_notifications` by thread root.
-pub fn insert_counts(entry: &mut Map<String, Value>, counts: &RoomCounts, threads: bool) {
-    let json = |c: &crate::services::unread::Counts| json!({"notification_count": c.notifications, "highlight_count": c.highlights});
+/// `unread_thread_notifications` by thread root (`None` when there are none).
+pub fn counts_json(counts: &RoomCounts, threads: bool) -> (Value, Option<Value>) {
+    let json = |c: &crate::services::unread::Counts| json!({"highlight_count": c.highlights, "notification_count": c.notifications});
     if threads {
-        entry.insert("unread_notifications".into(), json(&counts.main));
         let by_thread: Map<String, Value> =
             counts.threads.iter().map(|(root, c)| (root.clone(), json(c))).collect();
-        if !by_thread.is_empty() {
-            entry.insert("unread_thread_notifications".into(), Value::Object(by_thread));
-        }
+        (json(&counts.main), (!by_thread.is_empty()).then_some(Value::Object(by_thread)))
     } else {
-        entry.insert("unread_notifications".into(), json(&counts.total));
+        (json(&counts.total), None)
     }
 }
 
