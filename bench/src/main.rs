@@ -794,7 +794,6 @@ async fn fanout(
     let sent = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let deliveries = Arc::new(AtomicU64::new(0));
-    let stop_sending = epoch + Duration::from_secs(secs);
     let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // Receivers: an initial sync, then long-polls back to back, with the filter Element
@@ -889,6 +888,8 @@ async fn fanout(
 
     let cpu_before = server_cpu();
     let started = Instant::now();
+    // Sending lasts SECONDS from here, however long the receivers' initial syncs took.
+    let stop_sending = started + Duration::from_secs(secs);
     let mut tx_tasks = Vec::new();
     for (w, u) in sender_users.iter().enumerate() {
         let (server, u, room, sent_at, next_seq, sent, errors) = (
