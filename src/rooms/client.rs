@@ -71,20 +71,6 @@ impl PlainEvent {
             age: now.saturating_sub(ts),
         })
     }
-
-    pub fn pdu(&self) -> &Pdu {
-        &self.pdu
-    }
-}
-
-impl ClientEvent {
-    /// The event's ID.
-    pub fn event_id(&self) -> Option<&str> {
-        match self {
-            ClientEvent::Plain(e) => Some(e.pdu.event_id.as_str()),
-            ClientEvent::Built(v) => v["event_id"].as_str(),
-        }
-    }
 }
 
 /// `unsigned` of a [`PlainEvent`].
