@@ -246,3 +246,29 @@ async fn one_event_is_judged_for_each_member_by_their_own_rules() {
     let (_, daves) = s.get("/_matrix/client/v3/notifications", dave.token()).await;
     assert_eq!(daves["notifications"], json!([]), "dave muted the room");
 }
+
+#[tokio::test]
+async fn a_rule_change_is_judged_again_not_answered_from_the_shared_outcome() {
+    // `/sync`'s counts and the background evaluation share each member's outcome for an
+    // event; one judged under rules the member has since changed is judged again.
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = room_of_two(&s, &alice, &bob).await;
+    let event = send(&s, &alice, &room, "t1", json!({"msgtype": "m.text", "body": "hi"})).await;
+    let before = sync_with(&s, &bob, json!({})).await;
+    assert_eq!(count(&before, &room)["notification_count"], 1, "{before}");
+    let listed = notifications(&s, &bob, "", 1).await;
+    assert_eq!(listed["notifications"][0]["event"]["event_id"], event.as_str());
+    // bob mutes the room: the same event, judged by his new rules, no longer counts.
+    let (status, body) = s
+        .put(
+            &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room)),
+            bob.token(),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let after = sync_with(&s, &bob, json!({})).await;
+    assert_eq!(count(&after, &room)["notification_count"], 0, "{after}");
+}

@@ -309,12 +309,12 @@ async fn evaluate_event(
             continue;
         }
         let rules = s.push_rules.get(&s.user_data, &user).await?;
-        let actions = prepared.evaluate(&rules, &pdu.sender, &room, &user).await;
-        let (notify, highlight) = push::notify_highlight(&actions);
+        let outcome = prepared.evaluate(&rules, &pdu.sender, &room, &user).await;
+        let (notify, highlight) = outcome.notify_highlight();
         if !notify {
             continue;
         }
-        let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
+        let actions_json = serde_json::to_value(outcome.actions()).unwrap_or_else(|_| json!([]));
         records.push((
             user.localpart().to_owned(),
             NotificationRecord {
@@ -334,7 +334,7 @@ async fn evaluate_event(
                 event_id: c.event_id.clone(),
                 pos: c.pos,
                 thread: thread.clone(),
-                actions,
+                actions: outcome.actions().to_vec(),
                 done: None,
             });
         }

@@ -96,6 +96,8 @@ pub struct PushRules {
     cache: Mutex<HashMap<OwnedUserId, Arc<UserRules>>>,
     /// Events prepared for evaluation, by stream position.
     prepared: quick_cache::sync::Cache<u64, Arc<Prepared>>,
+    /// The newest prepared events, oldest first: only these keep their users' outcomes.
+    newest: Mutex<std::collections::VecDeque<Arc<Prepared>>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -105,6 +107,7 @@ impl Default for PushRules {
         Self {
             cache: Mutex::new(HashMap::new()),
             prepared: quick_cache::sync::Cache::new(PREPARED_CACHED),
+            newest: Mutex::default(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
         }
@@ -138,8 +141,26 @@ impl PushRules {
         if let Some(p) = self.prepared.get(&pos) {
             return Ok(p);
         }
-        let p = Arc::new(Prepared::new(rooms, room, pdu).await?);
-        self.prepared.insert(pos, p.clone());
+        // One per event even when several ask at once, so that they share its outcomes.
+        let mut created = None;
+        let p = self
+            .prepared
+            .get_or_insert_async(&pos, async {
+                let p = Arc::new(Prepared::new(rooms, room, pdu).await?);
+                created = Some(p.clone());
+                Ok::<_, Error>(p)
+            })
+            .await?;
+        if let Some(new) = created {
+            // Outcomes are kept for the newest events only (bounded memory).
+            let mut newest = self.newest.lock();
+            newest.push_back(new);
+            while newest.len() > OUTCOMES_KEPT {
+                if let Some(old) = newest.pop_front() {
+                    old.outcomes.lock().take();
+                }
+            }
+        }
         Ok(p)
     }
 
@@ -296,6 +317,37 @@ pub struct Prepared {
     ctx: PushConditionRoomCtx,
     pub thread: Option<Arc<str>>,
     memo: Memo,
+    /// Each user's [`Outcome`], judged once: the background evaluation (notifications and
+    /// pushes) and `/sync`'s unread counts ask the same question about every member, and
+    /// whichever comes second looks the answer up. `None` once the event is no longer among
+    /// the newest [`OUTCOMES_KEPT`] prepared ones (bounded memory; older events are
+    /// seldom asked about twice, and are then judged again).
+    outcomes: Mutex<Option<OutcomeMap>>,
+}
+
+type OutcomeMap = HashMap<OwnedUserId, Outcome, foldhash::fast::RandomState>;
+
+/// Events whose outcomes are kept (the newest prepared).
+const OUTCOMES_KEPT: usize = 64;
+
+/// What a user's rules say about an event: the first rule that applies (`None`: none does,
+/// or the user sent the event), by its index in the ruleset judged.
+#[derive(Clone)]
+pub struct Outcome {
+    rules: Arc<UserRules>,
+    rule: Option<usize>,
+}
+
+impl Outcome {
+    /// The matching rule's actions (empty when none matched).
+    pub fn actions(&self) -> &[Action] {
+        self.rule.and_then(|i| self.rules.ruleset.iter().nth(i)).map_or(&[], |r| r.actions())
+    }
+
+    /// Whether the actions notify, and whether they highlight.
+    pub fn notify_highlight(&self) -> (bool, bool) {
+        notify_highlight(self.actions())
+    }
 }
 
 impl Prepared {
@@ -305,19 +357,32 @@ impl Prepared {
             ctx: room_ctx(room, room.joined_count()),
             thread: thread_of(rooms, pdu).await?.map(Arc::from),
             memo: Memo::default(),
+            outcomes: Mutex::new(Some(OutcomeMap::default())),
         })
     }
 
-    /// What the user's rules say about the event (see [`evaluate`]).
+    /// What the user's rules say about the event (see [`evaluate`]), judged once per user
+    /// and ruleset: a user whose rules changed meanwhile is judged again.
     pub async fn evaluate(
         &self,
-        rules: &UserRules,
+        rules: &Arc<UserRules>,
         sender: &UserId,
         room: &Room,
         user: &UserId,
-    ) -> Vec<Action> {
+    ) -> Outcome {
+        let known = self.outcomes.lock().as_ref().and_then(|m| m.get(user).cloned());
+        if let Some(known) = known
+            && Arc::ptr_eq(&known.rules, rules)
+        {
+            return known;
+        }
         let mut ctx = self.ctx.clone();
-        evaluate(rules, &self.flat, sender, &mut ctx, room, user, &self.memo).await
+        let rule = evaluate(rules, &self.flat, sender, &mut ctx, room, user, &self.memo).await;
+        let outcome = Outcome { rules: rules.clone(), rule };
+        if let Some(map) = self.outcomes.lock().as_mut() {
+            map.insert(user.to_owned(), outcome.clone());
+        }
+        outcome
     }
 }
 
@@ -347,8 +412,8 @@ fn user_independent(rule: AnyPushRuleRef<'_>) -> bool {
     }
 }
 
-/// What the user's rules say about the event: the matching rule's actions (empty: no rule
-/// matched, or the user sent it). `memo` is the event's, shared by every user it is
+/// What the user's rules say about the event: the index in the ruleset of the first rule that
+/// applies (`None`: no rule does, or the user sent it). `memo` is the event's, shared by every user it is
 /// evaluated for.
 pub async fn evaluate(
     rules: &UserRules,
@@ -358,15 +423,15 @@ pub async fn evaluate(
     room: &Room,
     user: &UserId,
     memo: &Memo,
-) -> Vec<Action> {
+) -> Option<usize> {
     if sender == user {
-        return Vec::new();
+        return None;
     }
     ctx.user_id = user.to_owned();
     ctx.user_display_name =
         if rules.needs_display_name { display_name_in(room, user) } else { String::new() };
     use std::sync::atomic::Ordering::Relaxed;
-    for (rule, slot) in rules.ruleset.iter().zip(&rules.memo_slots) {
+    for (index, (rule, slot)) in rules.ruleset.iter().zip(&rules.memo_slots).enumerate() {
         let applies = if !rule.enabled() {
             false
         } else if let Some(cell) = slot.and_then(|i| memo.0.get(i)) {
@@ -382,10 +447,10 @@ pub async fn evaluate(
             rule.applies(&event.0, ctx).await
         };
         if applies {
-            return rule.actions().to_vec();
+            return Some(index);
         }
     }
-    Vec::new()
+    None
 }
 
 /// Whether the actions notify, and whether they highlight.
