@@ -9,9 +9,10 @@
 //! stored (CF `notifications`, one write per batch) and, for users with pushers, handed to
 //! [`crate::services::pushers`] for delivery.
 //!
-//! Unread counts are not taken from here: `/sync` evaluates the same rules itself
+//! Unread counts are not taken from here: `/sync` asks the same question itself
 //! ([`crate::services::unread`]), so an event's count is in the same response as the
-//! event, however far behind this task is.
+//! event, however far behind this task is. Each (event, member) is judged once all the same:
+//! the event's [`push::Prepared`] keeps the outcome for whichever asks second.
 
 use std::sync::Arc;
 use std::sync::Weak;

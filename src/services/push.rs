@@ -412,9 +412,9 @@ fn user_independent(rule: AnyPushRuleRef<'_>) -> bool {
     }
 }
 
-/// What the user's rules say about the event: the index in the ruleset of the first rule that
-/// applies (`None`: no rule does, or the user sent it). `memo` is the event's, shared by every user it is
-/// evaluated for.
+/// What the user's rules say about the event: the index in the ruleset of the first rule
+/// that applies (`None`: no rule does, or the user sent it). `memo` is the event's, shared by
+/// every user it is evaluated for.
 pub async fn evaluate(
     rules: &UserRules,
     event: &FlatEvent,
