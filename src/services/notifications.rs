@@ -11,8 +11,8 @@
 //!
 //! Unread counts are not taken from here: `/sync` asks the same question itself
 //! ([`crate::services::unread`]), so an event's count is in the same response as the
-//! event, however far behind this task is. Each (event, member) is judged once all the same:
-//! the event's [`push::Prepared`] keeps the outcome for whichever asks second.
+//! event, however far behind this task is. A recent event's [`push::Prepared`] keeps each
+//! member's outcome for whichever asks second, so the two rarely judge the same member twice.
 
 use std::sync::Arc;
 use std::sync::Weak;

@@ -96,8 +96,8 @@ pub struct PushRules {
     cache: Mutex<HashMap<OwnedUserId, Arc<UserRules>>>,
     /// Events prepared for evaluation, by stream position.
     prepared: quick_cache::sync::Cache<u64, Arc<Prepared>>,
-    /// The newest prepared events, oldest first: only these keep their users' outcomes.
-    newest: Mutex<std::collections::VecDeque<Arc<Prepared>>>,
+    /// The prepared events of the highest positions: only these keep their users' outcomes.
+    newest: Mutex<std::collections::BTreeMap<u64, Arc<Prepared>>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -125,8 +125,8 @@ impl PushRules {
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(user.to_owned(), rules.clone());
-        Ok(rules)
+        // An edit stored meanwhile (`update`) is newer than what was loaded: it stays.
+        Ok(cache.entry(user.to_owned()).or_insert(rules).clone())
     }
 
     /// The event at stream position `pos`, prepared for evaluation (cached: the members of a
@@ -152,14 +152,21 @@ impl PushRules {
             })
             .await?;
         if let Some(new) = created {
-            // Outcomes are kept for the newest events only (bounded memory).
-            let mut newest = self.newest.lock();
-            newest.push_back(new);
-            while newest.len() > OUTCOMES_KEPT {
-                if let Some(old) = newest.pop_front() {
-                    old.outcomes.lock().take();
+            // Outcomes are kept for the events of the highest positions only (bounded
+            // memory): an old event prepared for one user's count from scratch does not
+            // push a live one out. Dropped outside the lock.
+            let dropped = {
+                let mut newest = self.newest.lock();
+                newest.insert(pos, new);
+                let mut dropped = Vec::new();
+                while newest.len() > OUTCOMES_KEPT {
+                    if let Some((_, old)) = newest.pop_first() {
+                        dropped.push(old.outcomes.lock().take());
+                    }
                 }
-            }
+                dropped
+            };
+            drop(dropped);
         }
         Ok(p)
     }
@@ -317,18 +324,21 @@ pub struct Prepared {
     ctx: PushConditionRoomCtx,
     pub thread: Option<Arc<str>>,
     memo: Memo,
-    /// Each user's [`Outcome`], judged once: the background evaluation (notifications and
-    /// pushes) and `/sync`'s unread counts ask the same question about every member, and
-    /// whichever comes second looks the answer up. `None` once the event is no longer among
-    /// the newest [`OUTCOMES_KEPT`] prepared ones (bounded memory; older events are
-    /// seldom asked about twice, and are then judged again).
+    /// Each user's [`Outcome`]: the background evaluation (notifications and pushes) and
+    /// `/sync`'s unread counts ask the same question about every member, and whichever comes
+    /// second looks the answer up (two asking at the same moment may both judge). `None`
+    /// once the event is no longer among the [`OUTCOMES_KEPT`] prepared events of the
+    /// highest positions; at most [`OUTCOMES_PER_EVENT`] users each (bounded memory; an
+    /// event asked about past that is judged again).
     outcomes: Mutex<Option<OutcomeMap>>,
 }
 
 type OutcomeMap = HashMap<OwnedUserId, Outcome, foldhash::fast::RandomState>;
 
-/// Events whose outcomes are kept (the newest prepared).
-const OUTCOMES_KEPT: usize = 64;
+/// Events whose outcomes are kept (those of the highest stream positions).
+const OUTCOMES_KEPT: usize = 32;
+/// Users whose outcome one event keeps.
+const OUTCOMES_PER_EVENT: usize = 10_000;
 
 /// What a user's rules say about an event: the first rule that applies (`None`: none does,
 /// or the user sent the event), by its index in the ruleset judged.
@@ -361,8 +371,9 @@ impl Prepared {
         })
     }
 
-    /// What the user's rules say about the event (see [`evaluate`]), judged once per user
-    /// and ruleset: a user whose rules changed meanwhile is judged again.
+    /// What the user's rules say about the event (see [`evaluate`]), looked up when the
+    /// user was judged already by the same ruleset (a user whose rules changed since is
+    /// judged again).
     pub async fn evaluate(
         &self,
         rules: &Arc<UserRules>,
@@ -379,7 +390,9 @@ impl Prepared {
         let mut ctx = self.ctx.clone();
         let rule = evaluate(rules, &self.flat, sender, &mut ctx, room, user, &self.memo).await;
         let outcome = Outcome { rules: rules.clone(), rule };
-        if let Some(map) = self.outcomes.lock().as_mut() {
+        if let Some(map) = self.outcomes.lock().as_mut()
+            && map.len() < OUTCOMES_PER_EVENT
+        {
             map.insert(user.to_owned(), outcome.clone());
         }
         outcome
