@@ -248,9 +248,8 @@ async fn one_event_is_judged_for_each_member_by_their_own_rules() {
 }
 
 #[tokio::test]
-async fn a_rule_change_is_judged_again_not_answered_from_the_shared_outcome() {
-    // `/sync`'s counts and the background evaluation share each member's outcome for an
-    // event; one judged under rules the member has since changed is judged again.
+async fn a_rule_change_is_judged_again_for_events_already_counted() {
+    // An event counted under rules the member has since changed is judged again.
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;

@@ -9,10 +9,9 @@
 //! stored (CF `notifications`, one write per batch) and, for users with pushers, handed to
 //! [`crate::services::pushers`] for delivery.
 //!
-//! Unread counts are not taken from here: `/sync` asks the same question itself
+//! Unread counts are not taken from here: `/sync` evaluates the same rules itself
 //! ([`crate::services::unread`]), so an event's count is in the same response as the
-//! event, however far behind this task is. A recent event's [`push::Prepared`] keeps each
-//! member's outcome for whichever asks second, so the two rarely judge the same member twice.
+//! event, however far behind this task is.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -310,12 +309,12 @@ async fn evaluate_event(
             continue;
         }
         let rules = s.push_rules.get(&s.user_data, &user).await?;
-        let outcome = prepared.evaluate(&rules, &pdu.sender, &room, &user).await;
-        let (notify, highlight) = outcome.notify_highlight();
+        let actions = prepared.evaluate(&rules, &pdu.sender, &room, &user).await;
+        let (notify, highlight) = push::notify_highlight(&actions);
         if !notify {
             continue;
         }
-        let actions_json = serde_json::to_value(outcome.actions()).unwrap_or_else(|_| json!([]));
+        let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
         records.push((
             user.localpart().to_owned(),
             NotificationRecord {
@@ -335,7 +334,7 @@ async fn evaluate_event(
                 event_id: c.event_id.clone(),
                 pos: c.pos,
                 thread: thread.clone(),
-                actions: outcome.actions().to_vec(),
+                actions,
                 done: None,
             });
         }

@@ -96,8 +96,6 @@ pub struct PushRules {
     cache: Mutex<HashMap<OwnedUserId, Arc<UserRules>>>,
     /// Events prepared for evaluation, by stream position.
     prepared: quick_cache::sync::Cache<u64, Arc<Prepared>>,
-    /// The prepared events of the highest positions: only these keep their users' outcomes.
-    newest: Mutex<std::collections::BTreeMap<u64, Arc<Prepared>>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -107,7 +105,6 @@ impl Default for PushRules {
         Self {
             cache: Mutex::new(HashMap::new()),
             prepared: quick_cache::sync::Cache::new(PREPARED_CACHED),
-            newest: Mutex::default(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
         }
@@ -141,33 +138,8 @@ impl PushRules {
         if let Some(p) = self.prepared.get(&pos) {
             return Ok(p);
         }
-        // One per event even when several ask at once, so that they share its outcomes.
-        let mut created = None;
-        let p = self
-            .prepared
-            .get_or_insert_async(&pos, async {
-                let p = Arc::new(Prepared::new(rooms, room, pdu).await?);
-                created = Some(p.clone());
-                Ok::<_, Error>(p)
-            })
-            .await?;
-        if let Some(new) = created {
-            // Outcomes are kept for the events of the highest positions only (bounded
-            // memory): an old event prepared for one user's count from scratch does not
-            // push a live one out. Dropped outside the lock.
-            let dropped = {
-                let mut newest = self.newest.lock();
-                newest.insert(pos, new);
-                let mut dropped = Vec::new();
-                while newest.len() > OUTCOMES_KEPT {
-                    if let Some((_, old)) = newest.pop_first() {
-                        dropped.push(old.outcomes.lock().take());
-                    }
-                }
-                dropped
-            };
-            drop(dropped);
-        }
+        let p = Arc::new(Prepared::new(rooms, room, pdu).await?);
+        self.prepared.insert(pos, p.clone());
         Ok(p)
     }
 
@@ -324,40 +296,6 @@ pub struct Prepared {
     ctx: PushConditionRoomCtx,
     pub thread: Option<Arc<str>>,
     memo: Memo,
-    /// Each user's [`Outcome`]: the background evaluation (notifications and pushes) and
-    /// `/sync`'s unread counts ask the same question about every member, and whichever comes
-    /// second looks the answer up (two asking at the same moment may both judge). `None`
-    /// once the event is no longer among the [`OUTCOMES_KEPT`] prepared events of the
-    /// highest positions; at most [`OUTCOMES_PER_EVENT`] users each (bounded memory; an
-    /// event asked about past that is judged again).
-    outcomes: Mutex<Option<OutcomeMap>>,
-}
-
-type OutcomeMap = HashMap<OwnedUserId, Outcome, foldhash::fast::RandomState>;
-
-/// Events whose outcomes are kept (those of the highest stream positions).
-const OUTCOMES_KEPT: usize = 32;
-/// Users whose outcome one event keeps.
-const OUTCOMES_PER_EVENT: usize = 10_000;
-
-/// What a user's rules say about an event: the first rule that applies (`None`: none does,
-/// or the user sent the event), by its index in the ruleset judged.
-#[derive(Clone)]
-pub struct Outcome {
-    rules: Arc<UserRules>,
-    rule: Option<usize>,
-}
-
-impl Outcome {
-    /// The matching rule's actions (empty when none matched).
-    pub fn actions(&self) -> &[Action] {
-        self.rule.and_then(|i| self.rules.ruleset.iter().nth(i)).map_or(&[], |r| r.actions())
-    }
-
-    /// Whether the actions notify, and whether they highlight.
-    pub fn notify_highlight(&self) -> (bool, bool) {
-        notify_highlight(self.actions())
-    }
 }
 
 impl Prepared {
@@ -367,35 +305,19 @@ impl Prepared {
             ctx: room_ctx(room, room.joined_count()),
             thread: thread_of(rooms, pdu).await?.map(Arc::from),
             memo: Memo::default(),
-            outcomes: Mutex::new(Some(OutcomeMap::default())),
         })
     }
 
-    /// What the user's rules say about the event (see [`evaluate`]), looked up when the
-    /// user was judged already by the same ruleset (a user whose rules changed since is
-    /// judged again).
+    /// What the user's rules say about the event (see [`evaluate`]).
     pub async fn evaluate(
         &self,
-        rules: &Arc<UserRules>,
+        rules: &UserRules,
         sender: &UserId,
         room: &Room,
         user: &UserId,
-    ) -> Outcome {
-        let known = self.outcomes.lock().as_ref().and_then(|m| m.get(user).cloned());
-        if let Some(known) = known
-            && Arc::ptr_eq(&known.rules, rules)
-        {
-            return known;
-        }
+    ) -> Vec<Action> {
         let mut ctx = self.ctx.clone();
-        let rule = evaluate(rules, &self.flat, sender, &mut ctx, room, user, &self.memo).await;
-        let outcome = Outcome { rules: rules.clone(), rule };
-        if let Some(map) = self.outcomes.lock().as_mut()
-            && map.len() < OUTCOMES_PER_EVENT
-        {
-            map.insert(user.to_owned(), outcome.clone());
-        }
-        outcome
+        evaluate(rules, &self.flat, sender, &mut ctx, room, user, &self.memo).await
     }
 }
 
@@ -425,9 +347,9 @@ fn user_independent(rule: AnyPushRuleRef<'_>) -> bool {
     }
 }
 
-/// What the user's rules say about the event: the index in the ruleset of the first rule
-/// that applies (`None`: no rule does, or the user sent it). `memo` is the event's, shared by
-/// every user it is evaluated for.
+/// What the user's rules say about the event: the matching rule's actions (empty: no rule
+/// matched, or the user sent it). `memo` is the event's, shared by every user it is
+/// evaluated for.
 pub async fn evaluate(
     rules: &UserRules,
     event: &FlatEvent,
@@ -436,15 +358,15 @@ pub async fn evaluate(
     room: &Room,
     user: &UserId,
     memo: &Memo,
-) -> Option<usize> {
+) -> Vec<Action> {
     if sender == user {
-        return None;
+        return Vec::new();
     }
     ctx.user_id = user.to_owned();
     ctx.user_display_name =
         if rules.needs_display_name { display_name_in(room, user) } else { String::new() };
     use std::sync::atomic::Ordering::Relaxed;
-    for (index, (rule, slot)) in rules.ruleset.iter().zip(&rules.memo_slots).enumerate() {
+    for (rule, slot) in rules.ruleset.iter().zip(&rules.memo_slots) {
         let applies = if !rule.enabled() {
             false
         } else if let Some(cell) = slot.and_then(|i| memo.0.get(i)) {
@@ -460,10 +382,10 @@ pub async fn evaluate(
             rule.applies(&event.0, ctx).await
         };
         if applies {
-            return Some(index);
+            return rule.actions().to_vec();
         }
     }
-    None
+    Vec::new()
 }
 
 /// Whether the actions notify, and whether they highlight.

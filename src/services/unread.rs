@@ -25,7 +25,7 @@ use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
 use crate::error::Result;
 use crate::rooms::{Room, Rooms, SharedEvent};
-use crate::services::push::{PushRules, UserRules};
+use crate::services::push::{self, PushRules, UserRules};
 use crate::services::receipts::ReadMarks;
 
 /// Most recent events examined when counting from scratch.
@@ -156,7 +156,7 @@ pub struct CountCtx<'a> {
     pub push: &'a PushRules,
     pub room: &'a Room,
     pub user: &'a UserId,
-    pub rules: &'a Arc<UserRules>,
+    pub rules: &'a UserRules,
     pub marks: &'a ReadMarks,
 }
 
@@ -177,8 +177,8 @@ impl CountCtx<'_> {
         if pdu.sender == self.user {
             return Ok(Effect::Own { pos, thread: prepared.thread.clone() });
         }
-        let outcome = prepared.evaluate(self.rules, &pdu.sender, self.room, self.user).await;
-        let (notify, highlight) = outcome.notify_highlight();
+        let actions = prepared.evaluate(self.rules, &pdu.sender, self.room, self.user).await;
+        let (notify, highlight) = push::notify_highlight(&actions);
         if !notify {
             return Ok(Effect::Nothing);
         }
