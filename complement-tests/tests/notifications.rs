@@ -26,6 +26,18 @@ async fn room_of_two(s: &TestServer, alice: &Session, bob: &Session) -> String {
     room
 }
 
+/// A room rule with no actions: nothing in the room notifies `who`.
+async fn mute_room(s: &TestServer, who: &Session, room: &str) {
+    let (status, body) = s
+        .put(
+            &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(room)),
+            who.token(),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// An initial sync with a filter.
 async fn sync_with(s: &TestServer, who: &Session, filter: Value) -> Value {
     let path = format!("/_matrix/client/v3/sync?timeout=0&filter={}", enc(&filter.to_string()));
@@ -210,14 +222,7 @@ async fn one_event_is_judged_for_each_member_by_their_own_rules() {
         assert_eq!(s.join(who, &room).await.0, 200);
     }
     // dave mutes the room with a room rule.
-    let (status, body) = s
-        .put(
-            &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room)),
-            dave.token(),
-            json!({"actions": []}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    mute_room(&s, &dave, &room).await;
     let mut content = json!({"msgtype": "m.text", "body": "lunch?"});
     content["m.mentions"] = json!({"user_ids": [bob.user_id]});
     let mentioned = send(&s, &alice, &room, "t1", content).await;
@@ -260,14 +265,7 @@ async fn a_rule_change_is_judged_again_for_events_already_counted() {
     let listed = notifications(&s, &bob, "", 1).await;
     assert_eq!(listed["notifications"][0]["event"]["event_id"], event.as_str());
     // bob mutes the room: the same event, judged by his new rules, no longer counts.
-    let (status, body) = s
-        .put(
-            &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room)),
-            bob.token(),
-            json!({"actions": []}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    mute_room(&s, &bob, &room).await;
     let after = sync_with(&s, &bob, json!({})).await;
     assert_eq!(count(&after, &room)["notification_count"], 0, "{after}");
 }
