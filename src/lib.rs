@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod listeners;
 pub mod outbound;
 pub mod rooms;
 pub mod services;
@@ -18,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axon_federation::keys::SigningKey;
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::services::Services;
@@ -89,20 +89,22 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
     });
 
     // Bind every listener before serving any, so that a client who can reach one can
-    // reach all of them.
+    // reach all of them. A socket a service manager passed is used for its address.
+    let mut inherited = listeners::Inherited::from_environment();
     let mut listeners = Vec::new();
     for addr in &config.http.listen {
-        let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(*addr, e))?;
+        let listener = inherited.listen(*addr).await.map_err(|e| StartError::Bind(*addr, e))?;
         listeners.push((*addr, listener));
     }
     let metrics_listener = match metrics {
         Some(handle) => {
             let addr = config.metrics.listen;
-            let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
+            let listener = inherited.listen(addr).await.map_err(|e| StartError::Bind(addr, e))?;
             Some((addr, listener, handle))
         }
         None => None,
     };
+    inherited.close_unused();
 
     let app = http::app(services.clone());
     let mut servers = tokio::task::JoinSet::new();

@@ -36,8 +36,13 @@ pub struct Garage {
     pub secret: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+/// `N` distinct ports free now (all held until all are picked: the kernel may hand out a
+/// port just released again). Garage binds them itself, so another process may still take
+/// one first; Garage then fails to start, loudly.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -48,7 +53,7 @@ impl Garage {
     pub async fn start() -> Self {
         let binary = garage_binary();
         let dir = tempfile::tempdir().expect("tempdir");
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let [rpc, s3, admin] = free_ports();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -1,6 +1,6 @@
 //! Black-box conformance tests for Axon.
 //!
-//! Every test starts the real `axon` binary on a free port with a temporary data directory
+//! Every test starts the real `axon` binary on a port of its own with a temporary data directory
 //! and speaks HTTP to it, as a client would. This crate holds the harness; the tests live in
 //! `tests/`, one file per area, one test per behaviour.
 //!
@@ -11,6 +11,8 @@ pub mod garage;
 pub mod media;
 
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,19 +37,35 @@ pub fn axon_binary() -> PathBuf {
     }
 }
 
-/// A port free now, picked at random below the kernel's ephemeral range (32768 and up):
-/// ports the kernel hands out for port 0 and for outgoing connections come in sequence, so
-/// servers of tests starting at once were often handed the same one.
-fn free_port() -> u16 {
-    use std::hash::{BuildHasher, RandomState};
-    let state = RandomState::new();
-    for attempt in 0u32.. {
-        let port = 15_000 + (state.hash_one((attempt, Instant::now())) % 17_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+/// The metrics listener's port when the configuration leaves `[metrics] listen` out.
+const DEFAULT_METRICS_PORT: u16 = 9108;
+
+/// In a child between fork and exec: places `fds` at descriptors 3, 4, … without the
+/// close-on-exec flag, for the server to inherit (LISTEN_FDS). Async-signal-safe.
+fn pass_fds(fds: &[RawFd]) -> std::io::Result<()> {
+    const MAX: usize = 8;
+    const FIRST: RawFd = 3;
+    // First copy each one above every target, so that placing one cannot overwrite another
+    // still to be placed. The copies are close-on-exec and vanish at exec.
+    if fds.len() > MAX {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    let mut copies = [0; MAX];
+    for (copy, &fd) in copies.iter_mut().zip(fds) {
+        // SAFETY: fcntl on a descriptor open in this process.
+        *copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64) };
+        if *copy == -1 {
+            return Err(std::io::Error::last_os_error());
         }
     }
-    unreachable!("some port between 15000 and 32000 is free")
+    for (target, &copy) in (FIRST..).zip(&copies[..fds.len()]) {
+        // SAFETY: dup2 between descriptors of this process; the copy (≥ 64) is never the
+        // target, so dup2 clears close-on-exec on it.
+        if unsafe { libc::dup2(copy, target) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Configuration of a test server, turned into a TOML file.
@@ -91,28 +109,10 @@ pub struct TestServer {
     pub base: String,
     pub data: tempfile::TempDir,
     config_path: PathBuf,
+    /// The listening sockets every server process of this test inherits (HTTP, metrics).
+    sockets: Vec<TcpListener>,
     child: Option<Child>,
     pub client: reqwest::Client,
-}
-
-/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (so an answer on
-/// that port is its, not another test's server that took the port first). Where `/proc`
-/// cannot tell, assumes it does.
-fn listens(pid: u32, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return true };
-    let local = format!("0100007F:{port:04X}");
-    let Some(inode) = table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        (cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A"))
-            .then(|| cols.get(9).map(|i| format!("socket:[{i}]")))
-            .flatten()
-    }) else {
-        return false;
-    };
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return true };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == inode)
-    })
 }
 
 impl TestServer {
@@ -122,13 +122,20 @@ impl TestServer {
 
     pub async fn start_with(options: ServerOptions) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let metrics_port = free_port();
+        // The harness binds the server's sockets and passes them to every process it starts
+        // on them (socket activation): no other process can take the ports meanwhile, and
+        // connections made while the server restarts wait in the backlog.
+        let bind = || TcpListener::bind("127.0.0.1:0").expect("bind a port on 127.0.0.1");
+        let port_of = |l: &TcpListener| l.local_addr().expect("local address").port();
+        let mut sockets = vec![bind()];
+        let port = port_of(&sockets[0]);
         let metrics_listen = if options.metrics_default_listen {
             String::new()
         } else {
-            format!("listen = \"127.0.0.1:{metrics_port}\"")
+            sockets.push(bind());
+            format!("listen = \"127.0.0.1:{}\"", port_of(&sockets[1]))
         };
+        let metrics_port = sockets.get(1).map_or(DEFAULT_METRICS_PORT, port_of);
         let config_path = data.path().join("axon.toml");
         let db = data.path().join("db");
         let config = format!(
@@ -171,35 +178,11 @@ level = "warn"
             base: format!("http://127.0.0.1:{port}"),
             data,
             config_path,
+            sockets,
             child: None,
             client: reqwest::Client::builder().build().expect("client"),
         };
-        // The free ports were only free when picked: another test's server may take one
-        // before this one binds it. Then it exits at start-up, and gets other ports.
-        for attempt in 1.. {
-            match server.try_spawn().await {
-                Ok(()) => break,
-                Err(status) if attempt < 5 => {
-                    let (port, metrics_port) = (free_port(), free_port());
-                    let config = std::fs::read_to_string(&server.config_path).expect("config");
-                    let config = config
-                        .replace(
-                            &format!("127.0.0.1:{}\"", server.port),
-                            &format!("127.0.0.1:{port}\""),
-                        )
-                        .replace(
-                            &format!("127.0.0.1:{}\"", server.metrics_port),
-                            &format!("127.0.0.1:{metrics_port}\""),
-                        );
-                    std::fs::write(&server.config_path, config).expect("write config");
-                    eprintln!("axon exited during start-up ({status}); again on other ports");
-                    server.port = port;
-                    server.metrics_port = metrics_port;
-                    server.base = format!("http://127.0.0.1:{port}");
-                }
-                Err(status) => panic!("axon exited during start-up: {status}"),
-            }
-        }
+        server.spawn().await;
         server
     }
 
@@ -217,36 +200,38 @@ level = "warn"
         &self.config_path
     }
 
+    /// Starts the server on this harness's sockets and waits until it answers.
     async fn spawn(&mut self) {
-        if let Err(status) = self.try_spawn().await {
-            panic!("axon exited during start-up: {status}");
-        }
-    }
-
-    /// Starts the server and waits until it answers; `Err` if it exited meanwhile.
-    async fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
-        let child = Command::new(axon_binary())
+        // `sh` learns the process ID that `exec` keeps, for LISTEN_PID.
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"export LISTEN_PID=$$; exec "$0" "$@""#)
+            .arg(axon_binary())
             .arg("--config")
             .arg(&self.config_path)
+            .env("LISTEN_FDS", self.sockets.len().to_string())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn axon");
-        self.child = Some(child);
+            .stderr(Stdio::inherit());
+        let fds: Vec<RawFd> = self.sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: the closure only calls fcntl and dup2 (async-signal-safe) on descriptors
+        // this process holds open, and allocates nothing.
+        unsafe { command.pre_exec(move || pass_fds(&fds)) };
+        self.child = Some(command.spawn().expect("spawn axon"));
         let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/_matrix/client/versions", self.base);
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(status);
+                panic!("axon exited during start-up: {status}");
             }
-            let url = format!("{}/_matrix/client/versions", self.base);
-            if let Ok(r) = self.client.get(&url).send().await
-                && r.status().is_success()
-                && self.child.as_ref().is_some_and(|c| listens(c.id(), self.port))
-            {
-                return Ok(());
+            // Until the server accepts, a connection waits in the harness's backlog: ask
+            // with a timeout, so that a server that exits meanwhile is noticed.
+            let probe = self.client.get(&url).timeout(Duration::from_secs(1)).send().await;
+            if probe.is_ok_and(|r| r.status().is_success()) {
+                return;
             }
             assert!(Instant::now() < deadline, "axon did not start within 30 s");
             tokio::time::sleep(Duration::from_millis(20)).await;

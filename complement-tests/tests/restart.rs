@@ -46,7 +46,11 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
                     enc(&room)
                 );
                 let body = json!({"msgtype": "m.text", "body": format!("{w}/{i}")});
-                match client.put(url).bearer_auth(&token).json(&body).send().await {
+                // The harness holds the listening socket: once the server is killed, a new
+                // connection waits in its backlog, so a request without a timeout would wait
+                // for the restart that waits for this task.
+                let request = client.put(url).bearer_auth(&token).json(&body);
+                match request.timeout(std::time::Duration::from_secs(5)).send().await {
                     Ok(res) if res.status() == 200 => {
                         let v: serde_json::Value = match res.json().await {
                             Ok(v) => v,
@@ -86,4 +90,20 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
         )
         .await;
     assert_eq!(msgs["chunk"][0]["content"]["body"], "still works");
+}
+
+/// The harness passes its listening socket to every server process (socket activation, as
+/// systemd does it): a request made while the server is down waits in the socket's backlog
+/// and is answered by the restarted server, instead of being refused.
+#[tokio::test]
+async fn a_request_made_while_the_server_is_down_is_answered_after_the_restart() {
+    let mut s = TestServer::start().await;
+    s.kill9();
+    let url = format!("{}/_matrix/client/versions", s.base);
+    let pending = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "with the server down, the request should wait");
+    s.crash_and_restart().await;
+    let status = pending.await.expect("task").expect("the request should be answered");
+    assert_eq!(status, 200);
 }

@@ -1,0 +1,162 @@
+//! The server's listening sockets: inherited from a service manager (socket activation,
+//! as systemd's `sd_listen_fds(3)` describes it) or bound from the configuration.
+//!
+//! A service manager that holds the sockets lets the server restart without refusing a
+//! single connection: connections made meanwhile wait in the socket's backlog. The test
+//! harness (complement-tests) starts every server this way, so that no other process can
+//! take a port between picking it and binding it.
+//!
+//! Protocol: `LISTEN_PID` is this process's ID and `LISTEN_FDS` the number of sockets,
+//! passed as file descriptors 3, 4, …. A socket is used for the configured address
+//! (`[http] listen`, `[metrics] listen`) that it is bound to; the others are bound as
+//! usual, and an inherited socket that no address takes is closed with a warning.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+
+/// The first file descriptor a service manager passes.
+const FIRST_FD: RawFd = 3;
+/// More than any configuration lists; a larger `LISTEN_FDS` is not believed.
+const MAX_FDS: usize = 64;
+
+/// Listening sockets passed to this process, each with the address it is bound to.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    sockets: Vec<(SocketAddr, std::net::TcpListener)>,
+}
+
+impl Inherited {
+    /// Takes the sockets a service manager passed to this process: none unless `LISTEN_PID`
+    /// names it, and none after the first call (each descriptor has one owner).
+    pub fn from_environment() -> Self {
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        if TAKEN.swap(true, Ordering::SeqCst) {
+            return Self::default();
+        }
+        // The variables stay: a child process has another ID, so they do not name it.
+        let pid = std::env::var("LISTEN_PID").ok();
+        let count = std::env::var("LISTEN_FDS").ok();
+        if pid.and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+            return Self::default();
+        }
+        let count = match count.map(|c| c.parse::<usize>()) {
+            Some(Ok(n)) if n <= MAX_FDS => n,
+            other => {
+                tracing::warn!(listen_fds = ?other, "LISTEN_FDS is not a number up to 64; no socket is inherited");
+                return Self::default();
+            }
+        };
+        let mut sockets = Vec::new();
+        for fd in (FIRST_FD..).take(count) {
+            match adopt(fd) {
+                Ok(Some(socket)) => sockets.push(socket),
+                Ok(None) => tracing::warn!(fd, "inherited descriptor is not a listening TCP socket; left alone"),
+                Err(e) => tracing::warn!(fd, error = %e, "inherited descriptor unusable; left alone"),
+            }
+        }
+        Self { sockets }
+    }
+
+    /// The listener for `addr`: the inherited socket bound to it, else a newly bound one.
+    pub async fn listen(&mut self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        if let Some(i) = self.sockets.iter().position(|(bound, _)| *bound == addr) {
+            let (_, socket) = self.sockets.swap_remove(i);
+            socket.set_nonblocking(true)?;
+            tracing::info!(%addr, "listening on an inherited socket");
+            return TcpListener::from_std(socket);
+        }
+        TcpListener::bind(addr).await
+    }
+
+    /// Closes the inherited sockets that no configured address took.
+    pub fn close_unused(self) {
+        for (addr, _) in self.sockets {
+            tracing::warn!(%addr, "an inherited socket matches no configured address; closed");
+        }
+    }
+}
+
+/// The socket at `fd` if it is a listening TCP socket (IPv4 or IPv6), now close-on-exec.
+fn adopt(fd: RawFd) -> std::io::Result<Option<(SocketAddr, std::net::TcpListener)>> {
+    if !is_listening_stream_socket(fd)? {
+        return Ok(None);
+    }
+    // SAFETY: `fd` was passed to this process to own (LISTEN_PID names it), is open (fstat
+    // succeeded) and is a listening stream socket; nothing else in the process wraps it.
+    let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    // Children the server may start must not hold the socket open.
+    // SAFETY: fcntl on a descriptor this function now owns.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    match socket.local_addr() {
+        Ok(addr) => Ok(Some((addr, socket))),
+        // A Unix-domain socket has no IP address: give the descriptor back unclosed.
+        Err(_) => {
+            std::mem::forget(socket);
+            Ok(None)
+        }
+    }
+}
+
+/// Whether `fd` is a socket of type `SOCK_STREAM` that `listen` was called on.
+fn is_listening_stream_socket(fd: RawFd) -> std::io::Result<bool> {
+    // SAFETY: fstat writes into a zeroed stat buffer owned by this frame.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Ok(false);
+    }
+    Ok(socket_option(fd, libc::SO_TYPE)? == libc::SOCK_STREAM
+        && socket_option(fd, libc::SO_ACCEPTCONN)? == 1)
+}
+
+fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, owned by this frame.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, option, (&raw mut value).cast(), &mut len)
+    };
+    if rc == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listening_stream_sockets_are_adopted() {
+        use std::os::fd::AsRawFd;
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(is_listening_stream_socket(listening.as_raw_fd()).unwrap());
+        let connected = std::net::TcpStream::connect(listening.local_addr().unwrap()).unwrap();
+        assert!(!is_listening_stream_socket(connected.as_raw_fd()).unwrap());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(!is_listening_stream_socket(udp.as_raw_fd()).unwrap());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_listening_stream_socket(file.as_raw_fd()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_address_takes_the_socket_bound_to_it_and_others_are_bound_anew() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let mut inherited = Inherited { sockets: vec![(addr, held)] };
+        let other: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let fresh = inherited.listen(other).await.unwrap();
+        assert_ne!(fresh.local_addr().unwrap(), addr);
+        assert_eq!(inherited.sockets.len(), 1, "an address it is not bound to leaves it");
+        let taken = inherited.listen(addr).await.unwrap();
+        assert_eq!(taken.local_addr().unwrap(), addr);
+        assert!(inherited.sockets.is_empty());
+    }
+}
