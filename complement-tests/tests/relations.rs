@@ -352,6 +352,40 @@ async fn a_reaction_is_accepted_once_per_sender_and_key() {
     assert!(!ids.contains(&first));
 }
 
+/// A relation to an event the sender may not read (another room's, or one before they
+/// joined a room whose history is for members since joining) is answered exactly as one to
+/// an event that does not exist, and stores nothing.
+#[tokio::test]
+async fn a_relation_reveals_nothing_of_events_the_sender_cannot_see() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let room = s.create_room(
+        &alice,
+        json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility",
+            "state_key": "", "content": {"history_visibility": "joined"}}]}),
+    )
+    .await;
+    let hidden = sent(&s, &alice, &room, "m.room.message", "h", text("before bob")).await;
+    let hidden_like = sent(&s, &alice, &room, "m.reaction", "l", reaction(&hidden, "k")).await;
+    let private = s.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let elsewhere = sent(&s, &alice, &private, "m.room.message", "e", text("elsewhere")).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let unknown = send(&s, &bob, &room, "m.reaction", "1", reaction("$nope:test.local", "k")).await;
+    assert_error(&unknown, 400, "M_UNKNOWN");
+    for (txn, parent) in [("2", &hidden), ("3", &elsewhere)] {
+        let res = send(&s, &bob, &room, "m.reaction", txn, reaction(parent, "k")).await;
+        assert_eq!(res, unknown, "relating to {parent}");
+    }
+    // Nor does a thread reveal that a hidden event has a relation of its own.
+    let thread = json!({"msgtype": "m.text", "body": "t", "m.relates_to": {"rel_type": "m.thread", "event_id": hidden_like}});
+    assert_eq!(send(&s, &bob, &room, "m.room.message", "4", thread).await, unknown);
+    // Alice, who sees the event, may relate to it; nothing of Bob's was stored.
+    sent(&s, &alice, &room, "m.reaction", "5", reaction(&hidden, "j")).await;
+    let (ids, _) = relation_ids(&s, &alice, &room, &hidden, "?limit=10").await;
+    assert_eq!(ids.len(), 2, "{ids:?}");
+}
+
 #[tokio::test]
 async fn bad_relations_are_refused_and_store_nothing() {
     let s = TestServer::start().await;

@@ -681,7 +681,7 @@ impl Rooms {
             Some(redacts) => Some(self.redaction_target(&room, &builder, sender, redacts).await?),
             None => None,
         };
-        let annotation = self.check_relation(&room, sender.as_str(), &event).await?;
+        let annotation = self.check_relation(&room, sender, &event).await?;
         let mut prepared =
             self.prepare(&room, &mut builder, sender, event, txn.clone(), target.as_ref())?;
         if let Some(key) = txn {

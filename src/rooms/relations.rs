@@ -8,7 +8,9 @@
 //! rows per relation type and a couple of point reads.
 //!
 //! Rules, as Synapse applies them (its `_validate_event_relation`): the related event must
-//! exist in the same room (400 `M_UNKNOWN` otherwise, as Synapse); an annotation needs a
+//! exist in the same room and be visible to the sender under the history visibility (400
+//! `M_UNKNOWN` "unknown event" otherwise, the same answer for all three, so that it reveals
+//! nothing of events in other rooms or hidden history); an annotation needs a
 //! `key` (400 `M_UNKNOWN`, at most 500 bytes) and a sender may not annotate an event twice
 //! with the same type and key (400 `M_DUPLICATE_ANNOTATION`); a thread cannot start from an
 //! event that itself has a relation (400 `M_UNKNOWN`: no thread of a thread, no thread on a
@@ -29,7 +31,7 @@
 
 use std::collections::HashSet;
 
-use ruma::EventId;
+use ruma::{EventId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::client::Viewer;
@@ -125,17 +127,22 @@ impl Rooms {
     pub(super) async fn check_relation(
         &self,
         room: &Room,
-        sender: &str,
+        sender: &UserId,
         event: &NewEvent,
     ) -> Result<Option<AnnotationId>> {
         if event.state_key.is_some() {
             return Ok(None);
         }
         let Some(relation) = relation_in(&event.content) else { return Ok(None) };
+        // Another room's event, and one the sender may not see, look unknown: the answer
+        // reveals nothing about an event the sender could not read.
         let unknown = || Error::Unknown("Can't send relation to unknown event".into());
         let (record, parent) = self.event(&relation.parent).await?.ok_or_else(unknown)?;
         if record.room_id != room.id.as_str() {
-            return Err(Error::Unknown("Relations must be in the same room".into()));
+            return Err(unknown());
+        }
+        if !self.readable(room, sender).await?.history_allows(record.pos, &parent) {
+            return Err(unknown());
         }
         match relation.rel_type.as_str() {
             "m.annotation" => {
@@ -145,7 +152,7 @@ impl Rooms {
                     return Err(Error::Unknown("Aggregation key is too long".into()));
                 }
                 let kind = event.kind.to_string();
-                let id: AnnotationId = (relation.parent.clone(), kind, key, sender.to_owned());
+                let id: AnnotationId = (relation.parent.clone(), kind, key, sender.as_str().to_owned());
                 let stored =
                     self.store().annotation(room.id.as_str(), &id.0, &id.1, &id.2, &id.3)?;
                 if stored.is_some() || room.pending_annotations.lock().contains(&id) {
