@@ -57,6 +57,15 @@ async fn a_member_reports_an_event_and_admins_list_it() {
     let (_, page) = s.get("/_synapse/admin/v1/event_reports?limit=1&dir=f", root.token()).await;
     assert_eq!(page["event_reports"][0]["id"], id);
     assert_eq!(page["next_token"], 1);
+    assert_eq!(page["total"], 2);
+    let (_, last) =
+        s.get("/_synapse/admin/v1/event_reports?limit=1&from=1&dir=f", root.token()).await;
+    assert_eq!(last["event_reports"].as_array().map(Vec::len), Some(1), "{last}");
+    assert_ne!(last["event_reports"][0]["id"], id);
+    assert!(last.get("next_token").is_none(), "{last}");
+    let (_, past) = s.get("/_synapse/admin/v1/event_reports?from=5", root.token()).await;
+    assert_eq!(past["event_reports"], json!([]));
+    assert_eq!(past["total"], 2);
     let (_, none) = s
         .get(
             &format!("/_synapse/admin/v1/event_reports?user_id={}", enc(&bob.user_id)),

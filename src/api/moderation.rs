@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::http::auth::{Authed, ServerAdmin};
 use crate::http::ruma::{AppState, JsonBody, PathArgs, Ruma};
 use crate::services::moderation::OPENID_TOKEN_SECS;
-use crate::storage::moderation::ReportRecord;
+use crate::storage::moderation::{ReportQuery, ReportRecord};
 
 #[derive(Deserialize)]
 pub struct EventReportBody {
@@ -126,18 +126,10 @@ fn report_json(s: &crate::services::Services, r: &ReportRecord) -> Value {
     out
 }
 
-/// Synapse's listing parameters: `from` (an offset), `limit` (default 100), `dir` (`b`,
-/// newest first, by default), `user_id` and `room_id` filters.
-struct Listing {
-    from: usize,
-    limit: usize,
-    forwards: bool,
-    user_id: Option<String>,
-    room_id: Option<String>,
-}
-
-fn listing(query: Option<String>) -> Result<Listing> {
-    let mut l = Listing { from: 0, limit: 100, forwards: false, user_id: None, room_id: None };
+/// Synapse's listing parameters: `from` (an offset), `limit` (default 100, at most 1 000),
+/// `dir` (`b`, newest first, by default), `user_id` and `room_id` filters.
+fn listing(query: Option<String>, events: bool) -> Result<ReportQuery> {
+    let mut l = ReportQuery { events, limit: 100, ..Default::default() };
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let number = || {
             v.parse::<usize>()
@@ -165,25 +157,13 @@ async fn list_reports(
     events: bool,
     key: &str,
 ) -> Result<Json<Value>> {
-    let l = listing(query)?;
-    let mut reports: Vec<ReportRecord> = s
-        .store
-        .reports()
-        .await?
-        .into_iter()
-        .filter(|r| r.event_id.is_some() == events)
-        .filter(|r| l.user_id.as_ref().is_none_or(|u| *u == r.user_id))
-        .filter(|r| l.room_id.as_ref().is_none_or(|room| *room == r.room_id))
-        .collect();
-    if !l.forwards {
-        reports.reverse();
-    }
-    let total = reports.len();
-    let page: Vec<Value> =
-        reports.iter().skip(l.from).take(l.limit).map(|r| report_json(s, r)).collect();
+    let query = listing(query, events)?;
+    let from = query.from;
+    let (reports, total) = s.store.reports(query).await?;
+    let page: Vec<Value> = reports.iter().map(|r| report_json(s, r)).collect();
     let mut body = json!({key: page, "total": total});
-    if l.from + page.len() < total {
-        body["next_token"] = json!(l.from + page.len());
+    if from + page.len() < total {
+        body["next_token"] = json!(from + page.len());
     }
     Ok(Json(body))
 }

@@ -28,6 +28,26 @@ pub struct ReportRecord {
     pub score: Option<i64>,
 }
 
+/// Which reports a listing wants: of events or of rooms, optionally of one reporter or
+/// one room, `limit` of them after skipping `from`, oldest first when `forwards`.
+#[derive(Debug, Clone, Default)]
+pub struct ReportQuery {
+    pub events: bool,
+    pub user_id: Option<String>,
+    pub room_id: Option<String>,
+    pub from: usize,
+    pub limit: usize,
+    pub forwards: bool,
+}
+
+impl ReportQuery {
+    pub fn selects(&self, r: &ReportRecord) -> bool {
+        r.event_id.is_some() == self.events
+            && self.user_id.as_ref().is_none_or(|u| *u == r.user_id)
+            && self.room_id.as_ref().is_none_or(|room| *room == r.room_id)
+    }
+}
+
 /// An OpenID token: whose it is and until when it is valid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenIdTokenRecord {
@@ -41,8 +61,9 @@ pub trait ModerationStore: Send + Sync {
     /// Stores a report under the next ID; returns the ID.
     async fn add_report(&self, report: ReportRecord) -> StorageResult<u64>;
 
-    /// Every report, oldest first.
-    async fn reports(&self) -> StorageResult<Vec<ReportRecord>>;
+    /// A page of the reports `query` selects, and how many it selects in all. Holds at most
+    /// a page in memory, however many reports there are.
+    async fn reports(&self, query: ReportQuery) -> StorageResult<(Vec<ReportRecord>, usize)>;
 
     async fn report(&self, id: u64) -> StorageResult<Option<ReportRecord>>;
 

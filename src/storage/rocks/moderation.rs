@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::{RocksStore, cf, decode, encode, get_json, handle, synced};
-use crate::storage::moderation::{ModerationStore, OpenIdTokenRecord, ReportRecord};
+use crate::storage::moderation::{
+    ModerationStore, OpenIdTokenRecord, ReportQuery, ReportRecord,
+};
 use crate::storage::{StorageResult, TokenHash};
 
 /// `meta` key: the last report ID handed out (big-endian u64, merged as a maximum).
@@ -44,14 +46,23 @@ impl ModerationStore for RocksStore {
         .await
     }
 
-    async fn reports(&self) -> StorageResult<Vec<ReportRecord>> {
+    async fn reports(&self, query: ReportQuery) -> StorageResult<(Vec<ReportRecord>, usize)> {
         self.blocking(move |db, _| {
-            let mut out = Vec::new();
-            for item in db.iterator_cf(handle(db, cf::REPORTS)?, IteratorMode::Start) {
+            let mode = if query.forwards { IteratorMode::Start } else { IteratorMode::End };
+            let mut page = Vec::new();
+            let mut total = 0;
+            for item in db.iterator_cf(handle(db, cf::REPORTS)?, mode) {
                 let (_, v) = item?;
-                out.push(decode(cf::REPORTS, &v)?);
+                let report: ReportRecord = decode(cf::REPORTS, &v)?;
+                if !query.selects(&report) {
+                    continue;
+                }
+                if total >= query.from && page.len() < query.limit {
+                    page.push(report);
+                }
+                total += 1;
             }
-            Ok(out)
+            Ok((page, total))
         })
         .await
     }
