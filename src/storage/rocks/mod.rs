@@ -403,33 +403,81 @@ pub(super) fn scan(db: &DB, cf_name: &'static str, p: &[u8]) -> StorageResult<Ve
     Ok(out)
 }
 
+/// What a write deleted or changed among the cached records: once it is written, the caches
+/// drop exactly these ([`forget`]), not every user's.
+#[derive(Debug, Default)]
+struct Revoked {
+    localpart: String,
+    /// Access tokens (by hash) deleted or changed.
+    tokens: Vec<[u8; 32]>,
+    /// Devices deleted (their key counts).
+    devices: Vec<String>,
+    /// A token key of an unexpected length was met: drop every cached token.
+    all_tokens: bool,
+}
+
+impl Revoked {
+    fn of(localpart: &str) -> Self {
+        Self { localpart: localpart.to_owned(), ..Default::default() }
+    }
+
+    fn token(&mut self, hash: &[u8]) {
+        match <[u8; 32]>::try_from(hash) {
+            Ok(hash) => self.tokens.push(hash),
+            Err(_) => self.all_tokens = true,
+        }
+    }
+}
+
+/// After the write: drops from the caches what it revoked.
+fn forget(
+    tokens: &ReadCache<[u8; 32], AccessTokenRecord>,
+    key_counts: &ReadCache<(String, String), Arc<KeyCounts>>,
+    revoked: Revoked,
+) {
+    if revoked.all_tokens {
+        tokens.clear();
+    } else if !revoked.tokens.is_empty() {
+        tokens.invalidate_all(&revoked.tokens);
+    }
+    if !revoked.devices.is_empty() {
+        let keys: Vec<(String, String)> =
+            revoked.devices.into_iter().map(|d| (revoked.localpart.clone(), d)).collect();
+        key_counts.invalidate_all(&keys);
+    }
+}
+
 /// Adds to `batch` the deletion of one device, its end-to-end keys, every token issued to
 /// it, the to-device messages waiting for it and the pushers it created.
 fn delete_device_in(
     db: &DB,
     batch: &mut WriteBatch,
-    localpart: &str,
+    revoked: &mut Revoked,
     device_id: &str,
 ) -> StorageResult<()> {
+    let localpart = revoked.localpart.clone();
+    let localpart = localpart.as_str();
     batch.delete_cf(handle(db, cf::DEVICES)?, key(&[localpart.as_bytes(), device_id.as_bytes()]));
     to_device::delete_device_messages_in(db, batch, localpart, device_id)?;
     e2ee_keys::delete_device_keys_in(db, batch, localpart, device_id)?;
     push::delete_device_pushers_in(db, batch, localpart, device_id)?;
-    revoke_device_tokens_in(db, batch, localpart, device_id)
+    revoked.devices.push(device_id.to_owned());
+    revoke_device_tokens_in(db, batch, revoked, device_id)
 }
 
 fn revoke_device_tokens_in(
     db: &DB,
     batch: &mut WriteBatch,
-    localpart: &str,
+    revoked: &mut Revoked,
     device_id: &str,
 ) -> StorageResult<()> {
-    let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);
+    let p = prefix(&[revoked.localpart.as_bytes(), device_id.as_bytes()]);
     let tokens = handle(db, cf::ACCESS_TOKENS)?;
     let index = handle(db, cf::DEVICE_TOKENS)?;
     for k in keys_with_prefix(db, cf::DEVICE_TOKENS, &p)? {
         batch.delete_cf(tokens, &k[p.len()..]);
         batch.delete_cf(index, &k);
+        revoked.token(&k[p.len()..]);
     }
     Ok(())
 }
@@ -522,6 +570,7 @@ impl AccountStore for RocksStore {
         registration_token: Option<String>,
     ) -> StorageResult<()> {
         let localpart = localpart.to_owned();
+        let key_counts = self.key_counts.clone();
         let token_cache = self.tokens.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
@@ -540,6 +589,7 @@ impl AccountStore for RocksStore {
             // Every token of the user's (`localpart 0xFF device 0xFF hash`) stops being a
             // guest's.
             let tokens = handle(db, cf::ACCESS_TOKENS)?;
+            let mut revoked = Revoked::of(&localpart);
             for k in keys_with_prefix(db, cf::DEVICE_TOKENS, &prefix(&[localpart.as_bytes()]))? {
                 let Some(hash) = k.len().checked_sub(32).map(|at| &k[at..]) else { continue };
                 if let Some(mut record) =
@@ -547,13 +597,14 @@ impl AccountStore for RocksStore {
                 {
                     record.guest = false;
                     batch.put_cf(tokens, hash, encode(&record));
+                    revoked.token(hash);
                 }
             }
             if let Some(session) = &session {
                 put_session_in(db, &mut batch, &localpart, session)?;
             }
             db.write_opt(batch, &synced())?;
-            token_cache.clear();
+            forget(&token_cache, &key_counts, revoked);
             Ok(())
         })
         .await
@@ -575,17 +626,17 @@ impl AccountStore for RocksStore {
             user.password_hash = Some(password_hash);
             let mut batch = WriteBatch::default();
             batch.put_cf(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user));
+            let mut revoked = Revoked::of(&localpart);
             if let DeviceLogout::AllExcept(keep, change) = logout {
                 for device_id in device_ids(db, &localpart)? {
                     if keep.as_deref() != Some(device_id.as_str()) {
-                        delete_device_in(db, &mut batch, &localpart, &device_id)?;
+                        delete_device_in(db, &mut batch, &mut revoked, &device_id)?;
                     }
                 }
                 e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             }
             db.write_opt(batch, &synced())?;
-            token_cache.clear();
-            key_counts.clear(); // the deleted devices' keys
+            forget(&token_cache, &key_counts, revoked);
             Ok(())
         })
         .await
@@ -607,13 +658,13 @@ impl AccountStore for RocksStore {
             user.password_hash = None;
             let mut batch = WriteBatch::default();
             batch.put_cf(handle(db, cf::USERS)?, localpart.as_bytes(), encode(&user));
+            let mut revoked = Revoked::of(&localpart);
             for device_id in device_ids(db, &localpart)? {
-                delete_device_in(db, &mut batch, &localpart, &device_id)?;
+                delete_device_in(db, &mut batch, &mut revoked, &device_id)?;
             }
             e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             db.write_opt(batch, &synced())?;
-            token_cache.clear();
-            key_counts.clear(); // the deleted devices' keys
+            forget(&token_cache, &key_counts, revoked);
             Ok(())
         })
         .await
@@ -653,6 +704,7 @@ impl AccountStore for RocksStore {
 
     async fn create_session(&self, localpart: &str, session: NewSession) -> StorageResult<()> {
         let localpart = localpart.to_owned();
+        let key_counts = self.key_counts.clone();
         let token_cache = self.tokens.clone();
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
@@ -663,19 +715,17 @@ impl AccountStore for RocksStore {
                 &key(&[localpart.as_bytes(), session.device.device_id.as_bytes()]),
             )?;
             let mut batch = WriteBatch::default();
-            let replaced = existing.is_some();
+            let mut revoked = Revoked::of(&localpart);
             if let Some(existing) = existing {
                 session.device.created_ts = existing.created_ts;
                 if session.device.display_name.is_none() {
                     session.device.display_name = existing.display_name;
                 }
-                revoke_device_tokens_in(db, &mut batch, &localpart, &session.device.device_id)?;
+                revoke_device_tokens_in(db, &mut batch, &mut revoked, &session.device.device_id)?;
             }
             put_session_in(db, &mut batch, &localpart, &session)?;
             db.write_opt(batch, &synced())?;
-            if replaced {
-                token_cache.clear();
-            }
+            forget(&token_cache, &key_counts, revoked);
             Ok(())
         })
         .await
@@ -726,13 +776,13 @@ impl AccountStore for RocksStore {
         self.blocking(move |db, lock| {
             let _guard = lock.lock();
             let mut batch = WriteBatch::default();
+            let mut revoked = Revoked::of(&localpart);
             for device_id in &device_ids {
-                delete_device_in(db, &mut batch, &localpart, device_id)?;
+                delete_device_in(db, &mut batch, &mut revoked, device_id)?;
             }
             e2ee_keys::put_device_list_change_in(db, &mut batch, &change)?;
             db.write_opt(batch, &synced())?;
-            token_cache.clear();
-            key_counts.clear(); // the deleted devices' keys
+            forget(&token_cache, &key_counts, revoked);
             Ok(())
         })
         .await
@@ -839,6 +889,38 @@ mod tests {
                 guest: false,
             },
         }
+    }
+
+    /// Deleting a device drops its tokens and key counts from the caches, and nobody
+    /// else's: other devices' requests stay memory lookups.
+    #[tokio::test]
+    async fn deleting_a_device_forgets_only_its_cached_records() {
+        use crate::storage::e2ee_keys::{DeviceListChange, E2eeKeyStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        store.create_user(user("alice"), Some(session("A", "ta")), None).await.unwrap();
+        store.create_session("alice", session("B", "tb")).await.unwrap();
+        let (a, b) = (TokenHash::of("ta"), TokenHash::of("tb"));
+        for hash in [&a, &b] {
+            assert!(store.access_token(hash).await.unwrap().is_some());
+            assert!(store.tokens.contains(&hash.0));
+        }
+        for device in ["A", "B"] {
+            store.key_counts("alice", device).unwrap();
+            assert!(store.key_counts.contains(&("alice".into(), device.into())));
+        }
+        let change = DeviceListChange { user_id: "@alice:x".into(), pos: 1 };
+        store.delete_devices("alice", vec!["A".into()], change).await.unwrap();
+        assert!(!store.tokens.contains(&a.0));
+        assert!(store.access_token(&a).await.unwrap().is_none(), "the token is revoked");
+        assert!(!store.key_counts.contains(&("alice".into(), "A".into())));
+        assert!(store.tokens.contains(&b.0), "another device's token stays cached");
+        assert!(store.key_counts.contains(&("alice".into(), "B".into())));
+        // A new login on a device replaces its token: the old one is forgotten too.
+        store.create_session("alice", session("B", "tb2")).await.unwrap();
+        assert!(!store.tokens.contains(&b.0));
+        assert!(store.access_token(&b).await.unwrap().is_none());
+        assert!(store.access_token(&TokenHash::of("tb2")).await.unwrap().is_some());
     }
 
     #[tokio::test]

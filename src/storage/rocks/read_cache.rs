@@ -57,6 +57,24 @@ impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
         self.entries.remove(key);
     }
 
+    /// After a write that changed the records of `keys`.
+    pub fn invalidate_all<'a>(&self, keys: impl IntoIterator<Item = &'a K>)
+    where
+        K: 'a,
+    {
+        let _writing = self.writing.lock();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for key in keys {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Whether `key`'s record is cached (for tests).
+    #[cfg(test)]
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.get(key).is_some()
+    }
+
     /// After a write that changed records it does not name one by one.
     pub fn clear(&self) {
         let _writing = self.writing.lock();
