@@ -6,7 +6,8 @@
 //! evaluation is never on the send path. One background task drains the queue in batches:
 //! for each event, for each joined local member but the sender (and the invited user of an
 //! invite), it evaluates the user's push rules ([`crate::services::push`]); what notifies is
-//! stored (CF `notifications`, one write per batch) and, for users with pushers, handed to
+//! stored (CF `notifications`, a few bytes per user, and `notification_events`, what
+//! the users' rows share; one write per batch) and, for users with pushers, handed to
 //! [`crate::services::pushers`] for delivery.
 //!
 //! Unread counts are not taken from here: `/sync` evaluates the same rules itself
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use ruma::push::Action;
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -31,7 +33,7 @@ use crate::services::pushers::PushJob;
 use crate::services::receipts::ReadMarks;
 use crate::services::unread::{CountCtx, RoomCounts};
 use crate::storage::now_ms;
-use crate::storage::push::NotificationRecord;
+use crate::storage::push::{EventNotifications, NotificationRecord, UserNotification};
 
 /// Events evaluated in one batch at most (one notifications write each).
 const MAX_BATCH: usize = 256;
@@ -242,14 +244,18 @@ async fn flush_progress(services: Weak<Services>, progress: Arc<Progress>) {
 /// Evaluates every member's rules against a batch of committed events (an event that
 /// fails is logged and skipped; the others go on).
 async fn evaluate_batch(s: &Services, batch: &[Committed], done: &Arc<BatchDone>) -> Result<()> {
-    let mut records = Vec::new();
+    let mut notified = Vec::with_capacity(batch.len());
     let mut jobs = Vec::new();
     for c in batch {
-        if let Err(e) = evaluate_event(s, c, &mut records, &mut jobs).await {
-            tracing::warn!(event = %c.event_id, error = %e, "push-rule evaluation of an event failed");
+        match evaluate_event(s, c, &mut jobs).await {
+            Ok(Some(event)) => notified.push(event),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(event = %c.event_id, error = %e, "push-rule evaluation of an event failed")
+            }
         }
     }
-    s.store.put_notifications(records).await?;
+    s.store.put_notifications(notified).await?;
     for mut job in jobs {
         job.done = Some(done.clone());
         s.pushers.enqueue(job);
@@ -257,18 +263,18 @@ async fn evaluate_batch(s: &Services, batch: &[Committed], done: &Arc<BatchDone>
     Ok(())
 }
 
+/// The notifications `c` makes (`None`: it notifies nobody), and its pushes into `jobs`.
 async fn evaluate_event(
     s: &Services,
     c: &Committed,
-    records: &mut Vec<(String, NotificationRecord)>,
     jobs: &mut Vec<PushJob>,
-) -> Result<()> {
+) -> Result<Option<EventNotifications>> {
     let room_id = <&RoomId>::try_from(c.room_id.as_str())
         .map_err(|e| Error::Internal(format!("committed event with bad room ID: {e}")))?;
-    let Some(room) = s.rooms.get(room_id) else { return Ok(()) };
-    let Some((record, pdu)) = s.rooms.event(&c.event_id).await? else { return Ok(()) };
+    let Some(room) = s.rooms.get(room_id) else { return Ok(None) };
+    let Some((record, pdu)) = s.rooms.event(&c.event_id).await? else { return Ok(None) };
     if record.redacted_by.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let server = s.config.server_name.as_str();
     let mut targets: Vec<OwnedUserId> = room
@@ -288,10 +294,20 @@ async fn evaluate_event(
         targets.push(target.to_owned());
     }
     if targets.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let prepared = s.push_rules.prepared(&s.rooms, &room, record.pos, &pdu).await?;
     let thread: Option<String> = prepared.thread.as_deref().map(str::to_owned);
+    let mut notified = EventNotifications {
+        room_id: c.room_id.clone(),
+        event_id: c.event_id.clone(),
+        pos: c.pos,
+        ts: now_ms(),
+        thread_id: thread.clone(),
+        users: Vec::new(),
+    };
+    // Most members' rules give the same actions: each distinct list is serialised once.
+    let mut serialised: Vec<(Vec<Action>, Arc<str>)> = Vec::new();
     let invitee = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
         .then(|| pdu.state_key.clone())
         .flatten();
@@ -314,19 +330,20 @@ async fn evaluate_event(
         if !notify {
             continue;
         }
-        let actions_json = serde_json::to_value(&actions).unwrap_or_else(|_| json!([]));
-        records.push((
-            user.localpart().to_owned(),
-            NotificationRecord {
-                room_id: c.room_id.clone(),
-                event_id: c.event_id.clone(),
-                pos: c.pos,
-                ts: now_ms(),
-                actions: actions_json,
-                highlight,
-                thread_id: thread.clone(),
-            },
-        ));
+        let actions_json = match serialised.iter().find(|(a, _)| push::same_actions(a, &actions)) {
+            Some((_, json)) => json.clone(),
+            None => {
+                let json: Arc<str> =
+                    serde_json::to_string(&actions).unwrap_or_else(|_| "[]".into()).into();
+                serialised.push((actions.clone(), json.clone()));
+                json
+            }
+        };
+        notified.users.push(UserNotification {
+            localpart: user.localpart().to_owned(),
+            highlight,
+            actions: actions_json,
+        });
         if s.pushers.has_pushers(&user) {
             jobs.push(PushJob {
                 user,
@@ -339,7 +356,7 @@ async fn evaluate_event(
             });
         }
     }
-    Ok(())
+    Ok((!notified.users.is_empty()).then_some(notified))
 }
 
 /// The user's unread counts in a room as of `current` (see [`crate::services::unread`]).

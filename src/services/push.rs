@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use ruma::events::StateEventType;
 use ruma::push::{
     Action, AnyPushRuleRef, FlattenedJson, PushCondition, PushConditionPowerLevelsCtx,
-    PushConditionRoomCtx, Ruleset,
+    PushConditionRoomCtx, Ruleset, Tweak,
 };
 use ruma::serde::Raw;
 use ruma::{OwnedUserId, UInt, UserId};
@@ -392,6 +392,42 @@ pub async fn evaluate(
 pub fn notify_highlight(actions: &[Action]) -> (bool, bool) {
     let notify = actions.iter().any(Action::should_notify);
     (notify, notify && actions.iter().any(Action::is_highlight))
+}
+
+/// Whether two action lists are the same. Lists with custom actions or tweaks never count
+/// as the same (callers only use this to share work, never to decide an outcome).
+pub fn same_actions(a: &[Action], b: &[Action]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|pair| match pair {
+            (Action::Notify, Action::Notify) => true,
+            (Action::SetTweak(Tweak::Sound(x)), Action::SetTweak(Tweak::Sound(y))) => {
+                x.as_str() == y.as_str()
+            }
+            (Action::SetTweak(Tweak::Highlight(x)), Action::SetTweak(Tweak::Highlight(y))) => {
+                x == y
+            }
+            _ => false,
+        })
+}
+
+#[cfg(test)]
+mod same_actions_tests {
+    use ruma::push::{Action, Tweak};
+
+    use super::same_actions;
+
+    #[test]
+    fn lists_are_the_same_only_with_the_same_actions_in_the_same_order() {
+        let sound = |s: &str| Action::SetTweak(Tweak::Sound(s.into()));
+        let highlight = |h: bool| Action::SetTweak(Tweak::Highlight(h.into()));
+        let a = vec![Action::Notify, sound("default"), highlight(true)];
+        assert!(same_actions(&a, &a.clone()));
+        assert!(same_actions(&[], &[]));
+        assert!(!same_actions(&a, &a[..2]));
+        assert!(!same_actions(&a, &[Action::Notify, sound("ring"), highlight(true)]));
+        assert!(!same_actions(&a, &[Action::Notify, sound("default"), highlight(false)]));
+        assert!(!same_actions(&a, &[sound("default"), Action::Notify, highlight(true)]));
+    }
 }
 
 /// The thread root the event belongs to: an `m.thread` relation, else (for relations such as

@@ -22,6 +22,41 @@ pub struct NotificationRecord {
     pub thread_id: Option<String>,
 }
 
+/// The notifications one event made: what they share, stored once, and each notified
+/// user's part, a few bytes (the push path writes one per member of the room).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventNotifications {
+    pub room_id: String,
+    pub event_id: String,
+    /// The event's stream position.
+    pub pos: u64,
+    /// When the notifications were made, in milliseconds since the UNIX epoch.
+    pub ts: u64,
+    /// The thread root the event belongs to (`None`: the main timeline).
+    pub thread_id: Option<String>,
+    pub users: Vec<UserNotification>,
+}
+
+/// One user's part of an event's notifications.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserNotification {
+    pub localpart: String,
+    pub highlight: bool,
+    /// The push rule's actions, serialised as the spec's JSON (users whose rules gave the
+    /// same actions share the bytes).
+    pub actions: std::sync::Arc<str>,
+}
+
+/// What an event's notifications share, as stored (`notification_events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifiedEventRecord {
+    pub room_id: String,
+    pub event_id: String,
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+}
+
 /// A pusher (`/pushers/set`), owned by the device whose access token created it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PusherRecord {
@@ -39,11 +74,8 @@ pub struct PusherRecord {
 
 #[async_trait]
 pub trait PushStore: Send + Sync {
-    /// Stores notifications of several users in one batch (`localpart`, record).
-    async fn put_notifications(
-        &self,
-        records: Vec<(String, NotificationRecord)>,
-    ) -> StorageResult<()>;
+    /// Stores the notifications of several events in one batch.
+    async fn put_notifications(&self, events: Vec<EventNotifications>) -> StorageResult<()>;
 
     /// A user's notifications, newest first, before stream position `before` (exclusive).
     async fn notifications(

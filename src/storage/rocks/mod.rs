@@ -107,8 +107,12 @@ mod cf {
     pub const MEDIA_BLOB_REFS: &str = "media_blob_refs";
     /// `uploader 0xFF media_id` → expiry (be64 ms) of a pending upload (`/create`).
     pub const MEDIA_PENDING: &str = "media_pending";
-    /// `localpart 0xFF event stream position (u64 BE)` → notification JSON (`/notifications`).
+    /// `localpart 0xFF event stream position (u64 BE)` → the user's part of a notification
+    /// (`/notifications`; `storage::rocks::push` has the format).
     pub const NOTIFICATIONS: &str = "notifications";
+    /// Event stream position (u64 BE) → what its notifications share
+    /// ([`NotifiedEventRecord`](crate::storage::push::NotifiedEventRecord)).
+    pub const NOTIFICATION_EVENTS: &str = "notification_events";
     /// `localpart 0xFF app_id 0xFF pushkey` → pusher JSON.
     pub const PUSHERS: &str = "pushers";
     /// `term 0xFF room_id 0xFF pos(be64)` → count (be32) ++ event_id: the message search
@@ -162,6 +166,7 @@ mod cf {
         MEDIA_BLOB_REFS,
         MEDIA_PENDING,
         NOTIFICATIONS,
+        NOTIFICATION_EVENTS,
         PUSHERS,
         SEARCH_INDEX,
         PUSHER_KEYS,

@@ -4,8 +4,25 @@ use async_trait::async_trait;
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use super::{RocksStore, cf, decode, encode, handle, key, prefix, scan, synced};
-use crate::storage::StorageResult;
-use crate::storage::push::{NotificationRecord, PushStore, PusherRecord};
+use crate::storage::push::{
+    EventNotifications, NotificationRecord, NotifiedEventRecord, PushStore, PusherRecord,
+};
+use crate::storage::{StorageError, StorageResult};
+
+/// First byte of a user's notification row: `[COMPACT_ROW, highlight]` then the actions'
+/// JSON; the event's shared part is in `notification_events` under its position. Rows
+/// written before (a whole [`NotificationRecord`] in JSON) start with `{`.
+const COMPACT_ROW: u8 = 1;
+
+/// The stream position at the end of a `notifications` key.
+fn row_pos(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
+    <[u8; 8]>::try_from(tail).ok().map(u64::from_be_bytes)
+}
+
+fn corrupt(detail: &str) -> StorageError {
+    StorageError::Corrupt { what: cf::NOTIFICATIONS, detail: detail.to_owned() }
+}
 
 fn pusher_key(localpart: &str, app_id: &str, pushkey: &str) -> Vec<u8> {
     key(&[localpart.as_bytes(), app_id.as_bytes(), pushkey.as_bytes()])
@@ -64,22 +81,33 @@ pub(super) fn delete_device_pushers_in(
 
 #[async_trait]
 impl PushStore for RocksStore {
-    async fn put_notifications(
-        &self,
-        records: Vec<(String, NotificationRecord)>,
-    ) -> StorageResult<()> {
-        if records.is_empty() {
+    async fn put_notifications(&self, events: Vec<EventNotifications>) -> StorageResult<()> {
+        if events.iter().all(|e| e.users.is_empty()) {
             return Ok(());
         }
         self.blocking(move |db, _| {
             let mut batch = WriteBatch::default();
             let notifications = handle(db, cf::NOTIFICATIONS)?;
-            for (localpart, r) in &records {
-                batch.put_cf(
-                    notifications,
-                    key(&[localpart.as_bytes(), &r.pos.to_be_bytes()]),
-                    encode(r),
-                );
+            let shared = handle(db, cf::NOTIFICATION_EVENTS)?;
+            let mut value = Vec::new();
+            for e in events.iter().filter(|e| !e.users.is_empty()) {
+                let record = NotifiedEventRecord {
+                    room_id: e.room_id.clone(),
+                    event_id: e.event_id.clone(),
+                    ts: e.ts,
+                    thread_id: e.thread_id.clone(),
+                };
+                batch.put_cf(shared, e.pos.to_be_bytes(), encode(&record));
+                for u in &e.users {
+                    value.clear();
+                    value.extend_from_slice(&[COMPACT_ROW, u8::from(u.highlight)]);
+                    value.extend_from_slice(u.actions.as_bytes());
+                    batch.put_cf(
+                        notifications,
+                        key(&[u.localpart.as_bytes(), &e.pos.to_be_bytes()]),
+                        &value,
+                    );
+                }
             }
             db.write_opt(batch, &synced())?;
             Ok(())
@@ -100,6 +128,7 @@ impl PushStore for RocksStore {
                 Some(b) => start.extend_from_slice(&b.to_be_bytes()),
                 None => start.extend_from_slice(&[0xFF; 9]),
             }
+            let shared = handle(db, cf::NOTIFICATION_EVENTS)?;
             let mut out = Vec::new();
             let iter = db.iterator_cf(
                 handle(db, cf::NOTIFICATIONS)?,
@@ -113,7 +142,28 @@ impl PushStore for RocksStore {
                 if k.as_ref() >= start.as_slice() {
                     continue; // `before` is exclusive
                 }
-                out.push(decode(cf::NOTIFICATIONS, &v)?);
+                let Some(pos) = row_pos(&k) else { continue };
+                let Some((&COMPACT_ROW, rest)) = v.split_first() else {
+                    // A row written before events' shared parts were kept apart.
+                    out.push(decode(cf::NOTIFICATIONS, &v)?);
+                    continue;
+                };
+                let Some((&highlight, actions)) = rest.split_first() else {
+                    return Err(corrupt("notification row without its flags"));
+                };
+                // Pruned meanwhile: the user's row goes in the same pass.
+                let Some(event) = db.get_pinned_cf(shared, pos.to_be_bytes())? else { continue };
+                let event: NotifiedEventRecord = decode(cf::NOTIFICATION_EVENTS, &event)?;
+                out.push(NotificationRecord {
+                    room_id: event.room_id,
+                    event_id: event.event_id,
+                    pos,
+                    ts: event.ts,
+                    actions: serde_json::from_slice(actions)
+                        .map_err(|e| corrupt(&format!("notification actions: {e}")))?,
+                    highlight: highlight != 0,
+                    thread_id: event.thread_id,
+                });
             }
             Ok(out)
         })
@@ -123,24 +173,38 @@ impl PushStore for RocksStore {
     async fn prune_notifications(&self, before_ts: u64) -> StorageResult<u64> {
         self.blocking(move |db, _| {
             let notifications = handle(db, cf::NOTIFICATIONS)?;
+            let shared = handle(db, cf::NOTIFICATION_EVENTS)?;
+            // Events are notified in stream order, so their times rise with their positions:
+            // the old ones are a prefix.
+            let mut cutoff = None;
+            for item in db.iterator_cf(shared, IteratorMode::Start) {
+                let (k, v) = item?;
+                // An unreadable row counts as old: it goes.
+                let ts = decode::<NotifiedEventRecord>(cf::NOTIFICATION_EVENTS, &v).map_or(0, |e| e.ts);
+                if ts >= before_ts {
+                    break;
+                }
+                cutoff = <[u8; 8]>::try_from(&k[..]).ok().map(u64::from_be_bytes);
+            }
             let mut batch = WriteBatch::default();
             let mut n = 0;
             for item in db.iterator_cf(notifications, IteratorMode::Start) {
                 let (k, v) = item?;
-                let record: NotificationRecord = match decode(cf::NOTIFICATIONS, &v) {
-                    Ok(r) => r,
-                    Err(_) => {
-                        batch.delete_cf(notifications, &k);
-                        continue;
-                    }
+                let old = match v.first() {
+                    Some(&COMPACT_ROW) => row_pos(&k).is_none_or(|pos| Some(pos) <= cutoff),
+                    _ => decode::<NotificationRecord>(cf::NOTIFICATIONS, &v)
+                        .map_or(true, |r| r.ts < before_ts),
                 };
-                if record.ts < before_ts {
+                if old {
                     batch.delete_cf(notifications, &k);
                     n += 1;
                 }
                 if batch.len() >= 10_000 {
                     db.write_opt(std::mem::take(&mut batch), &synced())?;
                 }
+            }
+            if let Some(cutoff) = cutoff {
+                batch.delete_range_cf(shared, 0u64.to_be_bytes(), (cutoff + 1).to_be_bytes());
             }
             db.write_opt(batch, &synced())?;
             Ok(n)
@@ -232,5 +296,92 @@ impl PushStore for RocksStore {
             Ok(owners)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::push::UserNotification;
+
+    fn event(pos: u64, ts: u64, users: &[(&str, bool)]) -> EventNotifications {
+        let notify: Arc<str> = r#"["notify"]"#.into();
+        EventNotifications {
+            room_id: "!r:x".into(),
+            event_id: format!("$e{pos}"),
+            pos,
+            ts,
+            thread_id: (pos == 3).then(|| "$root".to_owned()),
+            users: users
+                .iter()
+                .map(|(u, highlight)| UserNotification {
+                    localpart: (*u).to_owned(),
+                    highlight: *highlight,
+                    actions: notify.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Compact rows read back as whole records, newest first, next to rows of the older
+    /// format; pruning removes both kinds by age, and the events' shared parts with them.
+    #[tokio::test]
+    async fn notifications_read_back_whole_and_prune_by_age_in_both_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), 1).unwrap();
+        let legacy = NotificationRecord {
+            room_id: "!old:x".into(),
+            event_id: "$e1".into(),
+            pos: 1,
+            ts: 100,
+            actions: serde_json::json!(["notify"]),
+            highlight: false,
+            thread_id: None,
+        };
+        let db = store.db.clone();
+        let notifications = handle(&db, cf::NOTIFICATIONS).unwrap();
+        db.put_cf(notifications, key(&[b"bob", &1u64.to_be_bytes()]), encode(&legacy)).unwrap();
+        store
+            .put_notifications(vec![
+                event(2, 200, &[("bob", false), ("carol", true)]),
+                event(3, 300, &[("bob", true)]),
+                event(4, 400, &[]),
+            ])
+            .await
+            .unwrap();
+
+        let bob = store.notifications("bob", None, 10).await.unwrap();
+        assert_eq!(bob.iter().map(|n| n.pos).collect::<Vec<_>>(), vec![3, 2, 1]);
+        assert_eq!(bob[2], legacy);
+        assert_eq!(
+            bob[0],
+            NotificationRecord {
+                room_id: "!r:x".into(),
+                event_id: "$e3".into(),
+                pos: 3,
+                ts: 300,
+                actions: serde_json::json!(["notify"]),
+                highlight: true,
+                thread_id: Some("$root".into()),
+            }
+        );
+        let page = store.notifications("bob", Some(3), 1).await.unwrap();
+        assert_eq!(page.iter().map(|n| n.pos).collect::<Vec<_>>(), vec![2]);
+        let carol = store.notifications("carol", None, 10).await.unwrap();
+        assert_eq!(carol.len(), 1);
+        assert!(carol[0].highlight);
+        // An event that notified nobody stored nothing.
+        let shared = handle(&db, cf::NOTIFICATION_EVENTS).unwrap();
+        assert!(db.get_cf(shared, 4u64.to_be_bytes()).unwrap().is_none());
+
+        // Older than 250: the legacy row, bob's and carol's rows of event 2.
+        assert_eq!(store.prune_notifications(250).await.unwrap(), 3);
+        let bob = store.notifications("bob", None, 10).await.unwrap();
+        assert_eq!(bob.iter().map(|n| n.pos).collect::<Vec<_>>(), vec![3]);
+        assert!(store.notifications("carol", None, 10).await.unwrap().is_empty());
+        assert!(db.get_cf(shared, 2u64.to_be_bytes()).unwrap().is_none());
+        assert!(db.get_cf(shared, 3u64.to_be_bytes()).unwrap().is_some());
     }
 }
