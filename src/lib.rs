@@ -64,8 +64,13 @@ pub async fn signing_key(store: &dyn Store) -> Result<SigningKey, StartError> {
     Ok(key)
 }
 
-/// Runs the homeserver until SIGINT/SIGTERM.
-pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
+/// Runs the homeserver until SIGINT/SIGTERM, on the `inherited` sockets where they match
+/// the configured addresses ([`listeners::Inherited::from_environment`]).
+pub async fn serve(
+    config: Arc<Config>,
+    mut inherited: listeners::Inherited,
+) -> Result<(), StartError> {
+    inherited.report();
     let metrics = if config.metrics.enabled {
         match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
             Ok(handle) => Some(handle),
@@ -90,7 +95,6 @@ pub async fn serve(config: Arc<Config>) -> Result<(), StartError> {
 
     // Bind every listener before serving any, so that a client who can reach one can
     // reach all of them. A socket a service manager passed is used for its address.
-    let mut inherited = listeners::Inherited::from_environment();
     let mut listeners = Vec::new();
     for addr in &config.http.listen {
         let listener = inherited.listen(*addr).await.map_err(|e| StartError::Bind(*addr, e))?;

@@ -26,38 +26,57 @@ const MAX_FDS: usize = 64;
 #[derive(Debug, Default)]
 pub struct Inherited {
     sockets: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// What was wrong with the environment or a descriptor, logged by [`Inherited::report`]
+    /// (adoption runs before logging is set up).
+    problems: Vec<String>,
 }
 
 impl Inherited {
     /// Takes the sockets a service manager passed to this process: none unless `LISTEN_PID`
     /// names it, and none after the first call (each descriptor has one owner).
+    ///
+    /// Call it first thing in `main`, before anything opens a file: a descriptor from 3 on
+    /// is then either passed or not open, never one of the server's own.
     pub fn from_environment() -> Self {
         static TAKEN: AtomicBool = AtomicBool::new(false);
+        let mut inherited = Self::default();
         if TAKEN.swap(true, Ordering::SeqCst) {
-            return Self::default();
+            return inherited;
         }
         // The variables stay: a child process has another ID, so they do not name it.
         let pid = std::env::var("LISTEN_PID").ok();
         let count = std::env::var("LISTEN_FDS").ok();
         if pid.and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
-            return Self::default();
+            return inherited;
         }
-        let count = match count.map(|c| c.parse::<usize>()) {
+        let count = match count.as_deref().map(str::parse::<usize>) {
             Some(Ok(n)) if n <= MAX_FDS => n,
-            other => {
-                tracing::warn!(listen_fds = ?other, "LISTEN_FDS is not a number up to 64; no socket is inherited");
-                return Self::default();
+            _ => {
+                inherited.problems.push(format!(
+                    "LISTEN_FDS={count:?} is not a number up to {MAX_FDS}: no socket is inherited"
+                ));
+                return inherited;
             }
         };
-        let mut sockets = Vec::new();
         for fd in (FIRST_FD..).take(count) {
             match adopt(fd) {
-                Ok(Some(socket)) => sockets.push(socket),
-                Ok(None) => tracing::warn!(fd, "inherited descriptor is not a listening TCP socket; left alone"),
-                Err(e) => tracing::warn!(fd, error = %e, "inherited descriptor unusable; left alone"),
+                Ok(Some(socket)) => inherited.sockets.push(socket),
+                Ok(None) => inherited.problems.push(format!(
+                    "inherited descriptor {fd} is not a listening TCP socket: left open, unused"
+                )),
+                Err(e) => inherited
+                    .problems
+                    .push(format!("inherited descriptor {fd} is unusable ({e}): closed")),
             }
         }
-        Self { sockets }
+        inherited
+    }
+
+    /// Logs what was wrong with the inherited descriptors.
+    pub fn report(&self) {
+        for problem in &self.problems {
+            tracing::warn!("socket activation: {problem}");
+        }
     }
 
     /// The listener for `addr`: the inherited socket bound to it, else a newly bound one.
@@ -81,29 +100,23 @@ impl Inherited {
 
 /// The socket at `fd` if it is a listening TCP socket (IPv4 or IPv6), now close-on-exec.
 fn adopt(fd: RawFd) -> std::io::Result<Option<(SocketAddr, std::net::TcpListener)>> {
-    if !is_listening_stream_socket(fd)? {
+    if !is_listening_tcp_socket(fd)? {
         return Ok(None);
     }
-    // SAFETY: `fd` was passed to this process to own (LISTEN_PID names it), is open (fstat
-    // succeeded) and is a listening stream socket; nothing else in the process wraps it.
+    // SAFETY: `fd` was passed to this process to own (LISTEN_PID names it; adoption runs
+    // before the process opens any descriptor of its own), is open and is a listening
+    // TCP socket; this is the only place that wraps it.
     let socket = unsafe { std::net::TcpListener::from_raw_fd(fd) };
     // Children the server may start must not hold the socket open.
     // SAFETY: fcntl on a descriptor this function now owns.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
         return Err(std::io::Error::last_os_error());
     }
-    match socket.local_addr() {
-        Ok(addr) => Ok(Some((addr, socket))),
-        // A Unix-domain socket has no IP address: give the descriptor back unclosed.
-        Err(_) => {
-            std::mem::forget(socket);
-            Ok(None)
-        }
-    }
+    Ok(Some((socket.local_addr()?, socket)))
 }
 
-/// Whether `fd` is a socket of type `SOCK_STREAM` that `listen` was called on.
-fn is_listening_stream_socket(fd: RawFd) -> std::io::Result<bool> {
+/// Whether `fd` is an IPv4 or IPv6 stream socket that `listen` was called on.
+fn is_listening_tcp_socket(fd: RawFd) -> std::io::Result<bool> {
     // SAFETY: fstat writes into a zeroed stat buffer owned by this frame.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut stat) } == -1 {
@@ -112,7 +125,9 @@ fn is_listening_stream_socket(fd: RawFd) -> std::io::Result<bool> {
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Ok(false);
     }
-    Ok(socket_option(fd, libc::SO_TYPE)? == libc::SOCK_STREAM
+    let domain = socket_option(fd, libc::SO_DOMAIN)?;
+    Ok((domain == libc::AF_INET || domain == libc::AF_INET6)
+        && socket_option(fd, libc::SO_TYPE)? == libc::SOCK_STREAM
         && socket_option(fd, libc::SO_ACCEPTCONN)? == 1)
 }
 
@@ -134,23 +149,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_listening_stream_sockets_are_adopted() {
+    fn only_listening_tcp_sockets_are_adopted() {
         use std::os::fd::AsRawFd;
         let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(is_listening_stream_socket(listening.as_raw_fd()).unwrap());
+        assert!(is_listening_tcp_socket(listening.as_raw_fd()).unwrap());
         let connected = std::net::TcpStream::connect(listening.local_addr().unwrap()).unwrap();
-        assert!(!is_listening_stream_socket(connected.as_raw_fd()).unwrap());
+        assert!(!is_listening_tcp_socket(connected.as_raw_fd()).unwrap());
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(!is_listening_stream_socket(udp.as_raw_fd()).unwrap());
+        assert!(!is_listening_tcp_socket(udp.as_raw_fd()).unwrap());
         let file = std::fs::File::open("/dev/null").unwrap();
-        assert!(!is_listening_stream_socket(file.as_raw_fd()).unwrap());
+        assert!(!is_listening_tcp_socket(file.as_raw_fd()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        assert!(!is_listening_tcp_socket(unix.as_raw_fd()).unwrap());
     }
 
     #[tokio::test]
     async fn an_address_takes_the_socket_bound_to_it_and_others_are_bound_anew() {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = held.local_addr().unwrap();
-        let mut inherited = Inherited { sockets: vec![(addr, held)] };
+        let mut inherited = Inherited { sockets: vec![(addr, held)], problems: Vec::new() };
         let other: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let fresh = inherited.listen(other).await.unwrap();
         assert_ne!(fresh.local_addr().unwrap(), addr);

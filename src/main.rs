@@ -125,6 +125,8 @@ fn tune_allocator() {
 }
 
 fn main() -> ExitCode {
+    // Before anything opens a descriptor: from 3 on, they are the service manager's.
+    let inherited = axon::listeners::Inherited::from_environment();
     tune_allocator();
     let cli = Cli::parse();
     let (config, file) = match Config::load(cli.config.as_deref()) {
@@ -149,7 +151,7 @@ fn main() -> ExitCode {
                 Some(f) => tracing::info!(file = %f.display(), "configuration loaded"),
                 None => tracing::info!("no configuration file; using defaults"),
             }
-            match runtime.block_on(axon::serve(config)) {
+            match runtime.block_on(axon::serve(config, inherited)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "axon stopped");

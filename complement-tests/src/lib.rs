@@ -180,7 +180,12 @@ level = "warn"
             config_path,
             sockets,
             child: None,
-            client: reqwest::Client::builder().build().expect("client"),
+            // A request to a server that died waits in the harness's backlog: the timeout
+            // makes that a failure, not a hang (long-polls in tests are far shorter).
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
         };
         server.spawn().await;
         server

@@ -360,12 +360,13 @@ async fn a_relation_reveals_nothing_of_events_the_sender_cannot_see() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "alice-password").await;
     let bob = s.register("bob", "bob-password").await;
-    let room = s.create_room(
-        &alice,
-        json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility",
+    let room = s
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility",
             "state_key": "", "content": {"history_visibility": "joined"}}]}),
-    )
-    .await;
+        )
+        .await;
     let hidden = sent(&s, &alice, &room, "m.room.message", "h", text("before bob")).await;
     let hidden_like = sent(&s, &alice, &room, "m.reaction", "l", reaction(&hidden, "k")).await;
     let private = s.create_room(&alice, json!({"preset": "private_chat"})).await;

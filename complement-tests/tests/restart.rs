@@ -48,9 +48,10 @@ async fn every_acknowledged_event_survives_kill_9_under_load() {
                 let body = json!({"msgtype": "m.text", "body": format!("{w}/{i}")});
                 // The harness holds the listening socket: once the server is killed, a new
                 // connection waits in its backlog, so a request without a timeout would wait
-                // for the restart that waits for this task.
+                // for the restart that waits for this task. (The restarted server may still
+                // accept and store such a request: only acknowledged events are checked.)
                 let request = client.put(url).bearer_auth(&token).json(&body);
-                match request.timeout(std::time::Duration::from_secs(5)).send().await {
+                match request.timeout(std::time::Duration::from_secs(10)).send().await {
                     Ok(res) if res.status() == 200 => {
                         let v: serde_json::Value = match res.json().await {
                             Ok(v) => v,

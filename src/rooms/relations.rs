@@ -152,7 +152,8 @@ impl Rooms {
                     return Err(Error::Unknown("Aggregation key is too long".into()));
                 }
                 let kind = event.kind.to_string();
-                let id: AnnotationId = (relation.parent.clone(), kind, key, sender.as_str().to_owned());
+                let id: AnnotationId =
+                    (relation.parent.clone(), kind, key, sender.as_str().to_owned());
                 let stored =
                     self.store().annotation(room.id.as_str(), &id.0, &id.1, &id.2, &id.3)?;
                 if stored.is_some() || room.pending_annotations.lock().contains(&id) {

@@ -308,6 +308,8 @@ async fn evaluate_event(
     };
     // Most members' rules give the same actions: each distinct list is serialised once.
     let mut serialised: Vec<(Vec<Action>, Arc<str>)> = Vec::new();
+    // Pushes join `jobs` only with the event's notifications (an error drops both).
+    let mut pushes = Vec::new();
     let invitee = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
         .then(|| pdu.state_key.clone())
         .flatten();
@@ -345,7 +347,7 @@ async fn evaluate_event(
             actions: actions_json,
         });
         if s.pushers.has_pushers(&user) {
-            jobs.push(PushJob {
+            pushes.push(PushJob {
                 user,
                 room_id: room.id.clone(),
                 event_id: c.event_id.clone(),
@@ -356,6 +358,7 @@ async fn evaluate_event(
             });
         }
     }
+    jobs.append(&mut pushes);
     Ok((!notified.users.is_empty()).then_some(notified))
 }
 

@@ -102,7 +102,11 @@ fn claim_in(
 
 impl RocksStore {
     /// A device's key counts, from memory (read from storage once, after each change).
-    pub(super) fn key_counts(&self, localpart: &str, device_id: &str) -> StorageResult<Arc<KeyCounts>> {
+    pub(super) fn key_counts(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> StorageResult<Arc<KeyCounts>> {
         let cache_key = (localpart.to_owned(), device_id.to_owned());
         let counts = self.key_counts.get(&cache_key, || {
             let p = prefix(&[localpart.as_bytes(), device_id.as_bytes()]);

@@ -4,9 +4,7 @@ use async_trait::async_trait;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::{RocksStore, cf, decode, encode, get_json, handle, synced};
-use crate::storage::moderation::{
-    ModerationStore, OpenIdTokenRecord, ReportQuery, ReportRecord,
-};
+use crate::storage::moderation::{ModerationStore, OpenIdTokenRecord, ReportQuery, ReportRecord};
 use crate::storage::{StorageResult, TokenHash};
 
 /// `meta` key: the last report ID handed out (big-endian u64, merged as a maximum).

@@ -180,11 +180,14 @@ impl PushStore for RocksStore {
             for item in db.iterator_cf(shared, IteratorMode::Start) {
                 let (k, v) = item?;
                 // An unreadable row counts as old: it goes.
-                let ts = decode::<NotifiedEventRecord>(cf::NOTIFICATION_EVENTS, &v).map_or(0, |e| e.ts);
+                let ts =
+                    decode::<NotifiedEventRecord>(cf::NOTIFICATION_EVENTS, &v).map_or(0, |e| e.ts);
                 if ts >= before_ts {
                     break;
                 }
-                cutoff = <[u8; 8]>::try_from(&k[..]).ok().map(u64::from_be_bytes);
+                if let Ok(pos) = <[u8; 8]>::try_from(&k[..]) {
+                    cutoff = Some(u64::from_be_bytes(pos));
+                }
             }
             let mut batch = WriteBatch::default();
             let mut n = 0;
