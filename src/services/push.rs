@@ -410,6 +410,25 @@ pub fn same_actions(a: &[Action], b: &[Action]) -> bool {
         })
 }
 
+/// The thread root the event belongs to: an `m.thread` relation, else (for relations such as
+/// reactions and edits) the thread of the related event, at most [`MAX_THREAD_HOPS`] away.
+pub async fn thread_of(rooms: &Rooms, pdu: &Pdu) -> Result<Option<String>> {
+    let mut content: Value = pdu.content_as().unwrap_or_default();
+    for _ in 0..MAX_THREAD_HOPS {
+        let relates = &content["m.relates_to"];
+        let Some(target) = relates["event_id"].as_str() else { return Ok(None) };
+        if relates["rel_type"] == "m.thread" {
+            return Ok(Some(target.to_owned()));
+        }
+        let Some((_, parent)) = rooms.event(target).await? else { return Ok(None) };
+        if parent.room_id != pdu.room_id {
+            return Ok(None);
+        }
+        content = parent.content_as().unwrap_or_default();
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod same_actions_tests {
     use ruma::push::{Action, Tweak};
@@ -428,23 +447,4 @@ mod same_actions_tests {
         assert!(!same_actions(&a, &[Action::Notify, sound("default"), highlight(false)]));
         assert!(!same_actions(&a, &[sound("default"), Action::Notify, highlight(true)]));
     }
-}
-
-/// The thread root the event belongs to: an `m.thread` relation, else (for relations such as
-/// reactions and edits) the thread of the related event, at most [`MAX_THREAD_HOPS`] away.
-pub async fn thread_of(rooms: &Rooms, pdu: &Pdu) -> Result<Option<String>> {
-    let mut content: Value = pdu.content_as().unwrap_or_default();
-    for _ in 0..MAX_THREAD_HOPS {
-        let relates = &content["m.relates_to"];
-        let Some(target) = relates["event_id"].as_str() else { return Ok(None) };
-        if relates["rel_type"] == "m.thread" {
-            return Ok(Some(target.to_owned()));
-        }
-        let Some((_, parent)) = rooms.event(target).await? else { return Ok(None) };
-        if parent.room_id != pdu.room_id {
-            return Ok(None);
-        }
-        content = parent.content_as().unwrap_or_default();
-    }
-    Ok(None)
 }

@@ -900,7 +900,7 @@ mod tests {
     /// else's: other devices' requests stay memory lookups.
     #[tokio::test]
     async fn deleting_a_device_forgets_only_its_cached_records() {
-        use crate::storage::e2ee_keys::{DeviceListChange, E2eeKeyStore};
+        use crate::storage::e2ee_keys::DeviceListChange;
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path(), 1).unwrap();
         store.create_user(user("alice"), Some(session("A", "ta")), None).await.unwrap();
