@@ -34,7 +34,7 @@ lint: deps
 
 ## Fuzz the server against the spec's OpenAPI with schemathesis (see docs/testing.md).
 fuzz: deps
-	cargo build --bin axon
+	cargo build --workspace --bins --tests
 	scripts/fuzz.sh
 
 ## Benchmarks against the release binary (see bench/README.md).

@@ -48,7 +48,9 @@ python=$venv/bin/python
 bin=${AXON_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/axon-target}/debug/axon}
 if [[ ! -x $bin ]]; then
     echo "fuzz: building $bin" >&2
-    (cd "$root" && cargo build --bin axon)
+    # The workspace build with tests, as `make test` builds it: `cargo build --bin axon` alone
+    # resolves other features and would compile RocksDB a second time.
+    (cd "$root" && cargo build --workspace --bins --tests)
 fi
 
 work=$(mktemp -d)
