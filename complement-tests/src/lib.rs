@@ -80,7 +80,7 @@ pub struct ServerOptions {
     /// Extra TOML lines inside the `[limits]` section (`key = value`, one per line).
     pub extra_limits: String,
     /// Keys added to the `[metrics]` section (e.g. `path = "/m"`). The harness sets
-    /// `listen` to a free port ([`TestServer::metrics_port`]).
+    /// `listen` to a port it binds ([`TestServer::metrics_port`]).
     pub metrics_toml: String,
     /// Leave `metrics.listen` at the server's default (127.0.0.1:9108) instead. Only for
     /// the test of that default: two such servers cannot run at once.
