@@ -125,9 +125,16 @@ fn is_listening_tcp_socket(fd: RawFd) -> std::io::Result<bool> {
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Ok(false);
     }
-    let domain = socket_option(fd, libc::SO_DOMAIN)?;
-    Ok((domain == libc::AF_INET || domain == libc::AF_INET6)
-        && socket_option(fd, libc::SO_TYPE)? == libc::SOCK_STREAM
+    // Elsewhere than Linux (no SO_DOMAIN), a Unix socket is refused by `local_addr` in
+    // `adopt`, which then closes it.
+    #[cfg(target_os = "linux")]
+    {
+        let domain = socket_option(fd, libc::SO_DOMAIN)?;
+        if domain != libc::AF_INET && domain != libc::AF_INET6 {
+            return Ok(false);
+        }
+    }
+    Ok(socket_option(fd, libc::SO_TYPE)? == libc::SOCK_STREAM
         && socket_option(fd, libc::SO_ACCEPTCONN)? == 1)
 }
 
