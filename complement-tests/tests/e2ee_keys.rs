@@ -525,6 +525,40 @@ async fn joining_and_leaving_a_room_report_device_lists_changed_and_left() {
     assert!(!has(&lists["changed"], &bob.session), "{lists}");
 }
 
+/// The same news for a sync that was already waiting (a woken pass looks only at the rooms
+/// announced to it), including when the user is in many other rooms.
+#[tokio::test]
+async fn a_waiting_sync_reports_a_join_and_a_leave_in_one_of_many_rooms() {
+    let s = TestServer::start().await;
+    let alice = device(&s, "alice", 1).await;
+    let bob = device(&s, "bob", 2).await;
+    for _ in 0..5 {
+        s.create_room(&alice.session, json!({})).await;
+    }
+    let room = s.create_room(&alice.session, json!({"preset": "public_chat"})).await;
+    let alice_since = next_batch(&s, &alice).await;
+    // Parks Alice's subscription under `alice_since`: the next sync resumes it, scoped.
+    let idle = s.sync(&alice.session, Some(&alice_since), 0).await;
+    let alice_since = idle["next_batch"].as_str().unwrap().to_owned();
+
+    let waiting = lists_since(&s, &alice, &alice_since);
+    let join = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(s.join(&bob.session, &room).await.0, 200);
+    };
+    let ((lists, alice_since), ()) = tokio::join!(waiting, join);
+    assert!(has(&lists["changed"], &bob.session), "joiner: {lists}");
+
+    let waiting = lists_since(&s, &alice, &alice_since);
+    let leave = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let path = format!("/_matrix/client/v3/rooms/{}/leave", complement_tests::enc(&room));
+        assert_eq!(s.post(&path, bob.token(), json!({})).await.0, 200);
+    };
+    let ((lists, _), ()) = tokio::join!(waiting, leave);
+    assert!(has(&lists["left"], &bob.session), "leaver: {lists}");
+}
+
 #[tokio::test]
 async fn deleting_a_device_reports_the_device_list_changed() {
     let s = TestServer::start().await;

@@ -45,7 +45,7 @@ pub async fn changes(
 ) -> Result<RumaResponse<get_key_changes::v3::Response>> {
     let from = SyncToken::parse(&req.from)?;
     let to = SyncToken::parse(&req.to)?;
-    let lists = s.device_list_changes(&who.user_id, from.lists_pos(), to.lists_pos()).await?;
+    let lists = s.device_list_changes(&who.user_id, from.lists_pos(), to.lists_pos(), None).await?;
     Ok(RumaResponse(get_key_changes::v3::Response::new(
         lists.changed.into_iter().collect(),
         lists.left.into_iter().collect(),

@@ -188,7 +188,7 @@ pub async fn sync(
     // request that asks the same way (see `rooms::notify`). The filter as the client wrote
     // it: a client repeats the same query string in its loop.
     let shape = filter_shape(query.as_deref());
-    let filter = Arc::new(resolve_filter(&s, &who, req.filter).await?);
+    let filter = resolve_filter(&s, &who, req.filter).await?;
     let opts = Options::new(since_token, req.full_state, filter);
     let timeout = req.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -224,19 +224,15 @@ pub async fn resolve_filter(
     s: &Services,
     who: &Identity,
     filter: Option<sync_events::v3::Filter>,
-) -> Result<FilterDefinition> {
+) -> Result<Arc<FilterDefinition>> {
     Ok(match filter {
-        Some(sync_events::v3::Filter::FilterDefinition(f)) => f,
-        Some(sync_events::v3::Filter::FilterId(id)) => {
-            let stored = s
-                .user_data
-                .filter(&who.user_id, &id)
-                .await?
-                .ok_or_else(|| Error::InvalidParam(format!("Unknown filter {id:?}")))?;
-            serde_json::from_value(stored)
-                .map_err(|e| Error::Internal(format!("stored filter: {e}")))?
-        }
-        _ => FilterDefinition::default(),
+        Some(sync_events::v3::Filter::FilterDefinition(f)) => Arc::new(f),
+        Some(sync_events::v3::Filter::FilterId(id)) => s
+            .user_data
+            .filter_definition(&who.user_id, &id)
+            .await?
+            .ok_or_else(|| Error::InvalidParam(format!("Unknown filter {id:?}")))?,
+        _ => Arc::new(FilterDefinition::default()),
     })
 }
 
@@ -387,6 +383,9 @@ pub async fn respond(
         Start::Resumed => (Some(Changes::default()), [0; Stream::COUNT]),
         Start::Fresh(before) => (None, before),
     };
+    // Every room any pass of this response was told about (`None`: a pass looked at all
+    // rooms), for the device lists, whose window is all of (since, current].
+    let mut rooms_told: Option<HashSet<OwnedRoomId>> = scope.as_ref().map(|_| HashSet::new());
     loop {
         let current = SyncToken::current(s);
         let announced = subscription.take();
@@ -418,11 +417,16 @@ pub async fn respond(
             }
             _ => None,
         };
+        match (&candidates, rooms_told.as_mut()) {
+            (Some(rooms), Some(told)) => told.extend(rooms.iter().cloned()),
+            _ => rooms_told = None,
+        }
         let rooms = build_rooms(s, who, opts, &current, candidates.as_ref(), &by_room).await?;
         let empty = rooms.is_empty();
         let lists = match since_token {
             Some(t) if looks_at(Stream::DeviceLists) || looks_at_rooms => {
-                s.device_list_changes(&who.user_id, t.lists_pos(), current.lists_pos()).await?
+                let (from, to) = (t.lists_pos(), current.lists_pos());
+                s.device_list_changes(&who.user_id, from, to, rooms_told.as_ref()).await?
             }
             _ => ListChanges::default(),
         };
@@ -589,7 +593,7 @@ async fn build_rooms(
         // of the room changed since `since` (read after the membership: the position of a
         // change is stored before the change is published), so they were joined all along.
         let joined_all_along = !everything
-            && room.membership_of(&who.user_id).as_deref() == Some("join")
+            && room.is_joined(&who.user_id)
             && opts.since.is_some_and(|since| room.membership_changed_at() <= since);
         let record = if joined_all_along {
             None

@@ -139,7 +139,7 @@ pub async fn connect(
         .map_err(|_| Error::InvalidParam("Invalid query string".into()))?;
     let req: sync_events::v3::Request = parse_request(request, &[])?;
     let since = req.since.as_deref().map(SyncToken::parse).transpose()?;
-    let filter = Arc::new(sync::resolve_filter(&s, &who, req.filter).await?);
+    let filter = sync::resolve_filter(&s, &who, req.filter).await?;
     let options = Options::new(since, req.full_state, filter);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)

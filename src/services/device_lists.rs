@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
 use crate::error::{Error, Result};
 use crate::rooms::notify::{Change, Notifier, Stream};
@@ -146,31 +146,34 @@ impl Services {
     /// Device-list news for `user` in `(from, to]`. The cost follows what changed: the users
     /// whose lists changed in the window (a range of an in-memory index) and the
     /// memberships of rooms whose membership changed in the window (`Room::membership_changed_at`);
-    /// other rooms, however busy, are not read.
+    /// other rooms, however busy, are not read. `only`: the rooms where anything happened in
+    /// the window, when the caller knows them (a woken sync pass: the rooms announced to it),
+    /// so that not even the user's other rooms are looked at.
     pub async fn device_list_changes(
         &self,
         user: &UserId,
         from: ListsPos,
         to: ListsPos,
+        only: Option<&HashSet<OwnedRoomId>>,
     ) -> Result<ListChanges> {
         let in_window = |r: &MembershipRecord| {
             let began = r.since.unwrap_or(r.pos);
             began > from.events && began <= to.events
         };
-        let mut my_rooms = HashSet::new();
+        let rooms = match only {
+            Some(ids) => ids.iter().filter_map(|id| self.rooms.get(id)).collect(),
+            None => self.rooms.rooms_of(user),
+        };
         let mut started = HashSet::new();
         let mut gone = HashSet::new();
-        for room in self.rooms.rooms_of(user) {
-            let me_joined = room.membership_of(user).is_some_and(|m| m == "join");
-            if me_joined {
-                my_rooms.insert(room.id.clone());
-            }
+        for room in rooms {
             // Memberships that began in the window: only rooms whose memberships changed
             // after `from` are read (not every room with a new message: a message in a big
             // room must not make each member's sync read the whole member list).
             if room.membership_changed_at() <= from.events {
                 continue;
             }
+            let me_joined = room.is_joined(user);
             let records = self.store.room_memberships(room.id.as_str()).await?;
             let mine = records.iter().find(|(u, _)| u == user.as_str()).map(|(_, r)| r);
             let i_changed = mine.is_some_and(in_window);
@@ -195,11 +198,10 @@ impl Services {
                 gone.extend(joined());
             }
         }
-        // Whether `other` is joined to a room `user` is joined to.
+        // Whether `other` is joined to a room `user` is joined to (asked only about users
+        // in the news, so the user's own rooms are not listed for every sync).
         let shares = |other: &UserId| {
-            self.rooms.rooms_of(other).iter().any(|r| {
-                my_rooms.contains(&r.id) && r.membership_of(other).is_some_and(|m| m == "join")
-            })
+            self.rooms.rooms_of(other).iter().any(|r| r.is_joined(other) && r.is_joined(user))
         };
         let mut out = ListChanges::default();
         for other in self.device_lists.changed_between(from.device_lists, to.device_lists) {

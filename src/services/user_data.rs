@@ -9,6 +9,7 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use ruma::api::client::filter::FilterDefinition;
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 use serde_json::value::to_raw_value;
@@ -40,7 +41,13 @@ pub struct UserData {
     max_filters: usize,
     /// `limits.max_account_data_types`.
     max_account_data_types: usize,
+    /// Stored filters as `/sync` uses them, parsed once: a filter never changes after it is
+    /// created, and clients name the same one in every sync of their loop.
+    parsed_filters: quick_cache::sync::Cache<(OwnedUserId, String), Arc<FilterDefinition>>,
 }
+
+/// Parsed filters kept ([`UserData::filter_definition`]).
+const PARSED_FILTERS: usize = 10_000;
 
 impl UserData {
     pub async fn load(
@@ -58,6 +65,7 @@ impl UserData {
             hasher: Default::default(),
             max_filters: limits.max_filters_per_user,
             max_account_data_types: limits.max_account_data_types,
+            parsed_filters: quick_cache::sync::Cache::new(PARSED_FILTERS),
         })
     }
 
@@ -219,5 +227,24 @@ impl UserData {
             .filter(user.as_str(), id)
             .await?
             .and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    /// A stored filter as a definition (`None`: no such filter), parsed once and then
+    /// taken from memory.
+    pub async fn filter_definition(
+        &self,
+        user: &UserId,
+        id: &str,
+    ) -> Result<Option<Arc<FilterDefinition>>> {
+        let key = (user.to_owned(), id.to_owned());
+        if let Some(parsed) = self.parsed_filters.get(&key) {
+            return Ok(Some(parsed));
+        }
+        let Some(stored) = self.filter(user, id).await? else { return Ok(None) };
+        let parsed: FilterDefinition = serde_json::from_value(stored)
+            .map_err(|e| Error::Internal(format!("stored filter: {e}")))?;
+        let parsed = Arc::new(parsed);
+        self.parsed_filters.insert(key, parsed.clone());
+        Ok(Some(parsed))
     }
 }
