@@ -187,7 +187,7 @@ pub async fn joined_rooms(
         .rooms
         .rooms_of(&who.user_id)
         .into_iter()
-        .filter(|r| r.membership_of(&who.user_id).as_deref() == Some("join"))
+        .filter(|r| r.is_joined(&who.user_id))
         .map(|r| r.id.clone())
         .collect();
     RumaResponse(joined_rooms::v3::Response::new(rooms))

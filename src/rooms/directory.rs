@@ -134,7 +134,7 @@ impl Rooms {
             .ok_or_else(|| Error::NotFound("Room alias not found".into()))?;
         let allowed = creator == user.as_str()
             || RoomId::parse(&room_id).ok().and_then(|id| self.get(&id)).is_some_and(|room| {
-                room.membership_of(user).as_deref() == Some("join")
+                room.is_joined(user)
                     && room.power_level_of(user) >= room.state_level("m.room.canonical_alias")
             });
         if !allowed {

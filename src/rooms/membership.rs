@@ -43,7 +43,7 @@ impl Rooms {
     pub async fn join_as(&self, room_id: &RoomId, user: &UserId, guest: bool) -> Result<()> {
         if guest
             && let Some(room) = self.get(room_id)
-            && room.membership_of(user).as_deref() != Some("join")
+            && !room.is_joined(user)
             && !room.guests_can_join()
         {
             return Err(Error::Forbidden("Guest access is not allowed in this room".into()));
@@ -93,7 +93,7 @@ impl Rooms {
                 "No known servers for this room (federation is not available yet)".into(),
             )
         })?;
-        if room.membership_of(user).as_deref() == Some("join") {
+        if room.is_joined(user) {
             return Ok(());
         }
         if room.membership_of(user).as_deref() == Some("ban") {
@@ -257,7 +257,7 @@ impl Rooms {
     ) -> Result<std::sync::Arc<super::Room>> {
         let room =
             self.get(room_id).ok_or_else(|| Error::Forbidden("You are not in this room".into()))?;
-        if room.membership_of(user).as_deref() != Some("join") {
+        if !room.is_joined(user) {
             return Err(Error::Forbidden("You are not in this room".into()));
         }
         Ok(room)

@@ -116,6 +116,11 @@ impl Room {
         self.inner.read().members.get(user).cloned()
     }
 
+    /// Whether the user is joined now (no copy of the membership: asked on hot paths).
+    pub fn is_joined(&self, user: &UserId) -> bool {
+        self.inner.read().members.get(user).is_some_and(|m| m == "join")
+    }
+
     pub fn joined(&self) -> Vec<OwnedUserId> {
         self.inner
             .read()

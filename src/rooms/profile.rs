@@ -115,7 +115,7 @@ impl Rooms {
     /// and returns `false`; with it, sleeps until the token comes.
     async fn propagate_profile(&self, user: &UserId, wait: bool) -> Result<bool> {
         for room in self.rooms_of(user) {
-            if room.membership_of(user).as_deref() != Some("join") {
+            if !room.is_joined(user) {
                 continue;
             }
             let content = self.member_content(user, "join", None).await?;

@@ -133,9 +133,7 @@ impl Rooms {
 
     /// Whether `user` is joined to any of `rooms` (those this server knows).
     fn in_any(&self, rooms: &[OwnedRoomId], user: &UserId) -> bool {
-        rooms.iter().any(|id| {
-            self.get(id).is_some_and(|r| r.membership_of(user).as_deref() == Some("join"))
-        })
+        rooms.iter().any(|id| self.get(id).is_some_and(|r| r.is_joined(user)))
     }
 
     /// Whether `user` may see a room's summary in a hierarchy: never if banned from it; else

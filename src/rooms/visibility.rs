@@ -250,7 +250,7 @@ impl Rooms {
             visibility.iter().any(|(_, v)| matches!(v, Visibility::Invited | Visibility::Joined));
         let user_id = user.as_str().to_owned();
         let ignored = self.ignored_by(user).await?;
-        if !restricted && room.membership_of(user).as_deref() == Some("join") {
+        if !restricted && room.is_joined(user) {
             return Ok(HistoryAccess {
                 visibility,
                 memberships: Vec::new(),

@@ -59,7 +59,7 @@ impl Services {
         // Spec (v1.8+): only a joined member reports an event. Whom the reporter ignores
         // does not matter (an ignored user's abuse is what one reports), the history
         // visibility does.
-        if room.membership_of(user).as_deref() != Some("join") {
+        if !room.is_joined(user) {
             return Err(not_found());
         }
         let visible = match self.rooms.readable(&room, user).await {

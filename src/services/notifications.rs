@@ -380,7 +380,7 @@ pub async fn badge(s: &Services, user: &UserId) -> Result<u64> {
     let current = s.rooms.committer.current();
     let mut total = 0;
     for room in s.rooms.rooms_of(user) {
-        if room.membership_of(user).as_deref() != Some("join") {
+        if !room.is_joined(user) {
             continue;
         }
         let marks = s.receipts.read_marks(&room.id, user).await?;

@@ -170,7 +170,7 @@ impl UserDirectory {
         let searcher_rooms: HashSet<OwnedRoomId> = rooms
             .rooms_of(searcher)
             .iter()
-            .filter(|r| r.membership_of(searcher).as_deref() == Some("join"))
+            .filter(|r| r.is_joined(searcher))
             .map(|r| r.id.clone())
             .collect();
         // Whether a room is public is read once per search (it parses state), not once per
@@ -178,11 +178,8 @@ impl UserDirectory {
         let public: std::cell::RefCell<HashMap<OwnedRoomId, bool>> = Default::default();
         let search_all = self.search_all;
         self.search_with(term, limit, |user| {
-            let joined: Vec<Arc<Room>> = rooms
-                .rooms_of(user)
-                .into_iter()
-                .filter(|r| r.membership_of(user).as_deref() == Some("join"))
-                .collect();
+            let joined: Vec<Arc<Room>> =
+                rooms.rooms_of(user).into_iter().filter(|r| r.is_joined(user)).collect();
             let shares = joined.iter().any(|r| searcher_rooms.contains(&r.id));
             let in_public = || {
                 joined.iter().any(|r| {
