@@ -94,11 +94,8 @@ async fn detach(req: Request, next: Next) -> Response {
 /// A span per request (method and route, never the query string, which may hold a token)
 /// and the Prometheus request counter and latency histogram.
 async fn observe(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     let span =
         tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
@@ -108,9 +105,68 @@ async fn observe(req: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     span.record("status", status);
     tracing::debug!(parent: &span, status, elapsed_us = elapsed.as_micros() as u64, "request done");
-    let labels = [("method", method.to_string()), ("route", route), ("status", status.to_string())];
-    metrics::counter!("axon_http_requests_total", &labels).increment(1);
-    metrics::histogram!("axon_http_request_duration_seconds", &labels[..2])
-        .record(elapsed.as_secs_f64());
+    let (requests, duration) = route_metrics(method_label(&method), route, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
     response
+}
+
+/// The request counter and latency histogram of a (method, route, status), registered once:
+/// building the labelled keys and looking them up in the registry cost allocations on every
+/// request otherwise. Routes are the router's patterns, so the map stays small.
+fn route_metrics(
+    method: &'static str,
+    route: &str,
+    status: u16,
+) -> (metrics::Counter, metrics::Histogram) {
+    type ByRoute = std::collections::HashMap<
+        String,
+        std::collections::HashMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>,
+    >;
+    static HANDLES: std::sync::LazyLock<parking_lot::RwLock<ByRoute>> =
+        std::sync::LazyLock::new(Default::default);
+    if let Some(handles) = HANDLES.read().get(route).and_then(|by| by.get(&(method, status))) {
+        return handles.clone();
+    }
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    let handles = (
+        metrics::counter!("axon_http_requests_total", &labels),
+        metrics::histogram!("axon_http_request_duration_seconds", &labels[..2]),
+    );
+    HANDLES.write().entry(route.to_owned()).or_default().insert((method, status), handles.clone());
+    handles
+}
+
+/// The method as a metric label: the standard ones by name, any other as `OTHER`, so that
+/// made-up methods cannot grow the label set (and the registry) without bound.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN.iter().find(|(known, _)| known == method).map_or("OTHER", |(_, name)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_metric_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        let made_up = Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&made_up), "OTHER");
+    }
 }
