@@ -38,19 +38,41 @@ pub struct Garage {
 
 /// `N` distinct ports free now (all held until all are picked: the kernel may hand out a
 /// port just released again). Garage binds them itself, so another process may still take
-/// one first; Garage then fails to start, loudly.
+/// one first: then Garage exits at start-up and [`Garage::start`] tries new ports.
 fn free_ports<const N: usize>() -> [u16; N] {
     let held: Vec<std::net::TcpListener> =
         (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
     std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
+/// How many times [`Garage::start`] tries.
+const START_ATTEMPTS: u32 = 3;
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Garage {
+    /// Starts Garage on three free ports; if one was taken before Garage bound it (it exits
+    /// saying "in use"), again on new ones, up to [`START_ATTEMPTS`] times.
     pub async fn start() -> Self {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once().await {
+                Ok(garage) => return garage,
+                Err(log) if attempt < START_ATTEMPTS && log.contains("in use") => {
+                    eprintln!(
+                        "Garage could not bind its ports (attempt {attempt}), retrying:\n{log}"
+                    );
+                    attempt += 1;
+                }
+                Err(log) => panic!("Garage exited during start-up:\n{log}"),
+            }
+        }
+    }
+
+    /// One start: `Err` with Garage's log if it exited before it was ready.
+    async fn start_once() -> Result<Self, String> {
         let binary = garage_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let [rpc, s3, admin] = free_ports();
@@ -104,9 +126,9 @@ api_bind_addr = "127.0.0.1:{admin}"
             key_id,
             secret,
         };
-        garage.wait_ready().await;
+        garage.wait_ready().await?;
         garage.set_up();
-        garage
+        Ok(garage)
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -131,17 +153,17 @@ api_bind_addr = "127.0.0.1:{admin}"
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until Garage answers; `Err` with its log if it exited first.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "Garage exited during start-up ({status}):\n{}",
-                    std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
-                );
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default();
+                return Err(format!("({status})\n{log}"));
             }
             if self.cli(&["status"]).status.success() {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "Garage did not start within 30 s");
             tokio::time::sleep(Duration::from_millis(200)).await;
