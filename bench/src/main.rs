@@ -284,6 +284,7 @@ async fn latency(
     };
 
     let sender = Arc::new(sender);
+    let cpu_before = server_cpu();
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -305,6 +306,15 @@ async fn latency(
         let _ = s.await;
     }
     let _ = rx_task.await;
+    // The server's CPU per event: its send, its delivery to the receiver's sync, and
+    // whatever of the receiver's other rooms a wake-up looks at (which must be nothing).
+    let cpu = match (cpu_before, server_cpu()) {
+        (Some(before), Some(after)) if total > 0 => format!(
+            ", server CPU {:.1} µs per event (send + delivery)",
+            (after - before).as_secs_f64() * 1e6 / total as f64
+        ),
+        _ => String::new(),
+    };
 
     let sent_at = sent_at.lock().await;
     let arrived = arrived.lock().await;
@@ -315,7 +325,7 @@ async fn latency(
         .collect();
     lat.sort();
     println!(
-        "latency @ {rate} events/s for {secs}s, receiver in {} rooms: delivered {}/{total}, send errors {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "latency @ {rate} events/s for {secs}s, receiver in {} rooms: delivered {}/{total}, send errors {}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{cpu}",
         quiet_rooms + 1,
         lat.len(),
         errors.load(Ordering::Relaxed),
