@@ -1,9 +1,10 @@
 //! HTTP: the axum application with its layers, composed in one place.
 //!
-//! Layers, outermost first: CORS (answers every `OPTIONS` itself, adds the spec's headers to
-//! every response), panic catcher, observation (a `tracing` span per request and Prometheus
-//! metrics), detachment (every request but `/sync` runs to completion on its own task, even
-//! if the client disconnects), then the routes. Unknown paths get `404 M_UNRECOGNIZED`, known paths with the
+//! Layers, outermost first: one [`frame`] layer (CORS: answers every `OPTIONS` itself, adds
+//! the spec's headers to every response; observation: a `tracing` span per request and
+//! Prometheus metrics; detachment: every request but `/sync` runs to completion on its own
+//! task, even if the client disconnects), the panic catcher (a panicking handler answers
+//! 500), then the routes. Unknown paths get `404 M_UNRECOGNIZED`, known paths with the
 //! wrong method `405 M_UNRECOGNIZED`.
 
 pub mod auth;
@@ -34,12 +35,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { Error::Unrecognized { method_not_allowed: false } })
         .method_not_allowed_fallback(|| async { Error::Unrecognized { method_not_allowed: true } })
         .with_state(state)
-        .layer(middleware::from_fn(detach))
-        .layer(middleware::from_fn(observe))
         .layer(CatchPanicLayer::custom(|_| {
             Error::Internal("request handler panicked".into()).into_response()
         }))
-        .layer(middleware::from_fn(cors))
+        .layer(middleware::from_fn(frame))
 }
 
 /// The application for the metrics listener (`metrics.listen`, loopback by default).
@@ -51,15 +50,27 @@ async fn render(handle: PrometheusHandle) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
+/// What every request passes through, in one layer (each `from_fn` layer costs a boxed
+/// future and a cloned service per request): CORS, the span and metrics, detachment.
+///
 /// CORS exactly as the Client-Server API recommends: every response carries the headers,
 /// and `OPTIONS` is answered without running any endpoint logic.
-async fn cors(req: Request, next: Next) -> Response {
+///
+/// A span per request (method and route, never the query string, which may hold a token)
+/// and the Prometheus request counter and latency histogram.
+///
+/// Every request but `/sync` runs to completion on a task of its own, even when the client
+/// goes away: a handler cancelled between a durable write and the in-memory publication that
+/// follows it (stream positions, change logs, wake-ups) would leave a stream that skips or
+/// repeats a change. A `/sync` long-poll is dropped with its connection (what it writes, the
+/// acknowledgement of to-device messages, is safe to redo).
+async fn frame(req: Request, next: Next) -> Response {
     let mut response = if req.method() == Method::OPTIONS {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NO_CONTENT;
         r
     } else {
-        next.run(req).await
+        observed(req, next).await
     };
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -74,33 +85,22 @@ async fn cors(req: Request, next: Next) -> Response {
     response
 }
 
-/// Every request but `/sync` runs to completion on a task of its own, even when the client
-/// goes away: a handler cancelled between a durable write and the in-memory publication that
-/// follows it (stream positions, change logs, wake-ups) would leave a stream that skips or
-/// repeats a change. A `/sync` long-poll is dropped with its connection (what it writes, the
-/// acknowledgement of to-device messages, is safe to redo).
-async fn detach(req: Request, next: Next) -> Response {
-    if req.uri().path().ends_with("/sync") {
-        return next.run(req).await;
-    }
-    match tokio::spawn(next.run(req).in_current_span()).await {
-        Ok(response) => response,
-        // Re-raised here, so the panic catcher answers as for any handler.
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Error::Internal("request task cancelled".into()).into_response(),
-    }
-}
-
-/// A span per request (method and route, never the query string, which may hold a token)
-/// and the Prometheus request counter and latency histogram.
-async fn observe(req: Request, next: Next) -> Response {
+async fn observed(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     let span =
         tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
     let started = Instant::now();
-    let response = next.run(req).instrument(span.clone()).await;
+    let response = if req.uri().path().ends_with("/sync") {
+        next.run(req).instrument(span.clone()).await
+    } else {
+        // The panic catcher is inside `next`: a panicking handler answers 500 from its task.
+        match tokio::spawn(next.run(req).instrument(span.clone())).await {
+            Ok(response) => response,
+            Err(_) => Error::Internal("request task failed".into()).into_response(),
+        }
+    };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     span.record("status", status);
