@@ -21,6 +21,17 @@ async fn a_filter_is_stored_and_used_by_sync() {
     let room = s.create_room(&alice, json!({})).await;
     let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?filter={id}"), alice.token()).await;
     assert_eq!(sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().len(), 1);
+    // Used again (the server keeps it parsed), by its number however written: the same filter.
+    for spelled in [id.clone(), format!("0{id}")] {
+        let (status, sync) =
+            s.get(&format!("/_matrix/client/v3/sync?filter={spelled}"), alice.token()).await;
+        assert_eq!(status, 200, "{sync}");
+        let events = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "filter {spelled}");
+    }
+    // A filter belongs to its user: Bob has none under Alice's ID, even once it is in memory.
+    let res = s.get(&format!("/_matrix/client/v3/sync?filter={id}"), bob.token()).await;
+    assert_error(&res, 400, "M_INVALID_PARAM");
     let res = s.get("/_matrix/client/v3/sync?filter=12345", alice.token()).await;
     assert_error(&res, 400, "M_INVALID_PARAM");
 }

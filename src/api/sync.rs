@@ -25,7 +25,7 @@ use crate::http::ruma::{AppState, Ruma};
 use crate::rooms::client::{ClientEvent, Viewer};
 use crate::rooms::filter;
 use crate::rooms::history::Direction;
-use crate::rooms::notify::{Changes, Stream, Subscription};
+use crate::rooms::notify::{Changes, MAX_PENDING_ROOMS, Stream, Subscription};
 use crate::rooms::state::StateKey;
 use crate::rooms::visibility::{HistoryAccess, MembershipAt};
 use crate::rooms::{Room, SharedEvent};
@@ -418,7 +418,10 @@ pub async fn respond(
             _ => None,
         };
         match (&candidates, rooms_told.as_mut()) {
-            (Some(rooms), Some(told)) => told.extend(rooms.iter().cloned()),
+            // Past a subscription's own bound, as many rooms as a full look.
+            (Some(rooms), Some(told)) if told.len() + rooms.len() <= MAX_PENDING_ROOMS => {
+                told.extend(rooms.iter().cloned())
+            }
             _ => rooms_told = None,
         }
         let rooms = build_rooms(s, who, opts, &current, candidates.as_ref(), &by_room).await?;

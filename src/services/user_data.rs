@@ -43,11 +43,31 @@ pub struct UserData {
     max_account_data_types: usize,
     /// Stored filters as `/sync` uses them, parsed once: a filter never changes after it is
     /// created, and clients name the same one in every sync of their loop.
-    parsed_filters: quick_cache::sync::Cache<(OwnedUserId, String), Arc<FilterDefinition>>,
+    parsed_filters: quick_cache::sync::Cache<(OwnedUserId, u64), ParsedFilter, FilterBytes>,
 }
 
-/// Parsed filters kept ([`UserData::filter_definition`]).
+/// A stored filter, parsed, with the length of its stored JSON (its cache weight).
+#[derive(Clone)]
+struct ParsedFilter {
+    definition: Arc<FilterDefinition>,
+    stored_bytes: usize,
+}
+
+/// Weighs a parsed filter by its stored JSON, so the cache is bounded in bytes, not only in
+/// entries (a filter may be up to the account-data size limit).
+#[derive(Clone)]
+struct FilterBytes;
+
+impl quick_cache::Weighter<(OwnedUserId, u64), ParsedFilter> for FilterBytes {
+    fn weight(&self, _: &(OwnedUserId, u64), filter: &ParsedFilter) -> u64 {
+        (2 * filter.stored_bytes + 256) as u64
+    }
+}
+
+/// Parsed filters kept ([`UserData::filter_definition`]): about this many, weighing at most
+/// this many bytes.
 const PARSED_FILTERS: usize = 10_000;
+const PARSED_FILTER_BYTES: u64 = 16 << 20;
 
 impl UserData {
     pub async fn load(
@@ -65,7 +85,11 @@ impl UserData {
             hasher: Default::default(),
             max_filters: limits.max_filters_per_user,
             max_account_data_types: limits.max_account_data_types,
-            parsed_filters: quick_cache::sync::Cache::new(PARSED_FILTERS),
+            parsed_filters: quick_cache::sync::Cache::with_weighter(
+                PARSED_FILTERS,
+                PARSED_FILTER_BYTES,
+                FilterBytes,
+            ),
         })
     }
 
@@ -230,21 +254,26 @@ impl UserData {
     }
 
     /// A stored filter as a definition (`None`: no such filter), parsed once and then
-    /// taken from memory.
+    /// taken from memory (filters never change once created). Keyed by the filter's number,
+    /// so that spellings of one ID (`1`, `01`) share one entry.
     pub async fn filter_definition(
         &self,
         user: &UserId,
         id: &str,
     ) -> Result<Option<Arc<FilterDefinition>>> {
-        let key = (user.to_owned(), id.to_owned());
+        let Ok(number) = id.parse::<u64>() else { return Ok(None) };
+        let key = (user.to_owned(), number);
         if let Some(parsed) = self.parsed_filters.get(&key) {
-            return Ok(Some(parsed));
+            return Ok(Some(parsed.definition));
         }
-        let Some(stored) = self.filter(user, id).await? else { return Ok(None) };
-        let parsed: FilterDefinition = serde_json::from_value(stored)
+        let Some(stored) = self.store.filter(user.as_str(), number).await? else {
+            return Ok(None);
+        };
+        let definition: FilterDefinition = serde_json::from_str(&stored)
             .map_err(|e| Error::Internal(format!("stored filter: {e}")))?;
-        let parsed = Arc::new(parsed);
-        self.parsed_filters.insert(key, parsed.clone());
-        Ok(Some(parsed))
+        let definition = Arc::new(definition);
+        let parsed = ParsedFilter { definition: definition.clone(), stored_bytes: stored.len() };
+        self.parsed_filters.insert(key, parsed);
+        Ok(Some(definition))
     }
 }
