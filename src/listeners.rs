@@ -15,7 +15,13 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+
+/// The accept queue of a socket the server binds itself (the kernel caps it at
+/// `net.core.somaxconn`, 4 096 by default). A burst of connections, as when a thousand
+/// clients start their syncs at once, waits here while the server is busy; tokio's default
+/// of 1 024 overflowed in such a burst, and the kernel then dropped or reset connections.
+pub const BACKLOG: u32 = 4_096;
 
 /// The first file descriptor a service manager passes.
 const FIRST_FD: RawFd = 3;
@@ -79,7 +85,8 @@ impl Inherited {
         }
     }
 
-    /// The listener for `addr`: the inherited socket bound to it, else a newly bound one.
+    /// The listener for `addr`: the inherited socket bound to it (with the backlog its
+    /// service manager gave it), else a newly bound one with a [`BACKLOG`] accept queue.
     pub async fn listen(&mut self, addr: SocketAddr) -> std::io::Result<TcpListener> {
         if let Some(i) = self.sockets.iter().position(|(bound, _)| *bound == addr) {
             let (_, socket) = self.sockets.swap_remove(i);
@@ -87,7 +94,11 @@ impl Inherited {
             tracing::info!(%addr, "listening on an inherited socket");
             return TcpListener::from_std(socket);
         }
-        TcpListener::bind(addr).await
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // As `TcpListener::bind` does: a restarted server rebinds at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
     }
 
     /// Closes the inherited sockets that no configured address took.
@@ -183,5 +194,37 @@ mod tests {
         let taken = inherited.listen(addr).await.unwrap();
         assert_eq!(taken.local_addr().unwrap(), addr);
         assert!(inherited.sockets.is_empty());
+    }
+
+    /// A burst of connections the server has not accepted yet all complete: the accept queue
+    /// holds as many as the kernel allows up to [`BACKLOG`] (tokio's default of 1 024 did
+    /// not, and the kernel dropped the rest's handshakes; a dropped SYN is retried after a
+    /// second, so a connection that takes longer than 900 ms was dropped once).
+    #[tokio::test]
+    async fn a_burst_of_unaccepted_connections_waits_in_the_accept_queue() {
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .expect("net.core.somaxconn is readable")
+            .trim()
+            .parse()
+            .expect("net.core.somaxconn is a number");
+        let burst = somaxconn.min(BACKLOG) as usize;
+        let listener = Inherited::default().listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects: Vec<_> = (0..burst)
+            .map(|_| {
+                tokio::spawn(tokio::time::timeout(
+                    std::time::Duration::from_millis(900),
+                    tokio::net::TcpStream::connect(addr),
+                ))
+            })
+            .collect();
+        let mut connected = Vec::with_capacity(burst);
+        for c in connects {
+            if let Ok(Ok(stream)) = c.await.unwrap() {
+                connected.push(stream);
+            }
+        }
+        assert_eq!(connected.len(), burst, "connections made while none was accepted");
+        drop(listener);
     }
 }

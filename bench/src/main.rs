@@ -216,6 +216,17 @@ impl Server {
     }
 }
 
+/// An error with its sources ("a: b: c"): reqwest's own message leaves out the cause.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -805,6 +816,11 @@ async fn fanout(
     let errors = Arc::new(AtomicU64::new(0));
     let deliveries = Arc::new(AtomicU64::new(0));
     let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Failures on the receiving side, so that a missing delivery can be told from a receiver
+    // that never got going: initial syncs (or sockets) that failed, and failed long-polls.
+    let failed_starts = Arc::new(AtomicU64::new(0));
+    let poll_errors = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
 
     // Receivers: an initial sync, then long-polls back to back, with the filter Element
     // uses in large rooms (lazy-loaded members).
@@ -822,6 +838,12 @@ async fn fanout(
             ready.clone(),
             filter.clone(),
         );
+        let (failed_starts, poll_errors, first_error) =
+            (failed_starts.clone(), poll_errors.clone(), first_error.clone());
+        let note_error = move |what: String| {
+            let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert(what);
+        };
         rx_tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<Duration> = Vec::new();
             let count = |body: &Value, latencies: &mut Vec<Duration>| {
@@ -837,9 +859,14 @@ async fn fanout(
             };
             if websocket {
                 // One connection per receiver; every frame is a sync response.
-                let Ok(mut socket) = server.sync_socket(&r, &filter).await else {
-                    ready.fetch_add(1, Ordering::Relaxed);
-                    return latencies;
+                let mut socket = match server.sync_socket(&r, &filter).await {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        failed_starts.fetch_add(1, Ordering::Relaxed);
+                        note_error(format!("socket: {e}"));
+                        ready.fetch_add(1, Ordering::Relaxed);
+                        return latencies;
+                    }
                 };
                 let mut first = true;
                 loop {
@@ -865,20 +892,44 @@ async fn fanout(
                     count(&body, &mut latencies);
                 }
                 if first {
+                    failed_starts.fetch_add(1, Ordering::Relaxed);
+                    note_error("socket closed before its first frame".into());
                     ready.fetch_add(1, Ordering::Relaxed);
                 }
                 return latencies;
             }
             let first = server.sync_filtered(&r, None, 0, filter.clone()).await;
             ready.fetch_add(1, Ordering::Relaxed);
-            let Ok(first) = first else { return latencies };
-            let Some(mut since) = first["next_batch"].as_str().map(str::to_owned) else {
-                return latencies;
+            let since = match &first {
+                Ok(body) => body["next_batch"].as_str().map(str::to_owned).ok_or_else(|| {
+                    let body = body.to_string();
+                    format!("initial sync: {}", &body[..body.len().min(200)])
+                }),
+                Err(e) => Err(format!("initial sync: {}", chain(e.as_ref()))),
+            };
+            let mut since = match since {
+                Ok(since) => since,
+                Err(e) => {
+                    failed_starts.fetch_add(1, Ordering::Relaxed);
+                    note_error(e);
+                    return latencies;
+                }
             };
             while !stop.load(Ordering::Relaxed) {
-                let Ok(body) = server.sync_filtered(&r, Some(&since), 2000, filter.clone()).await
-                else {
-                    continue;
+                let body = match server.sync_filtered(&r, Some(&since), 2000, filter.clone()).await
+                {
+                    Ok(body) if body["next_batch"].is_string() => body,
+                    Ok(body) => {
+                        poll_errors.fetch_add(1, Ordering::Relaxed);
+                        let body = body.to_string();
+                        note_error(format!("sync: {}", &body[..body.len().min(200)]));
+                        continue;
+                    }
+                    Err(e) => {
+                        poll_errors.fetch_add(1, Ordering::Relaxed);
+                        note_error(format!("sync: {}", chain(e.as_ref())));
+                        continue;
+                    }
                 };
                 count(&body, &mut latencies);
                 if let Some(next) = body["next_batch"].as_str() {
@@ -953,8 +1004,16 @@ async fn fanout(
     };
     stop_receiving.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
+    // Receivers that got fewer than every event sent, and the fewest any receiver got.
+    let (mut short_receivers, mut fewest) = (0usize, u64::MAX);
+    let per_receiver = sent.load(Ordering::Relaxed);
     for t in rx_tasks {
         if let Ok(l) = t.await {
+            let got = l.len() as u64;
+            if got < per_receiver {
+                short_receivers += 1;
+            }
+            fewest = fewest.min(got);
             latencies.extend(l);
         }
     }
@@ -982,6 +1041,15 @@ async fn fanout(
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         setup.as_secs_f64(),
     );
+    let (failed, polls) =
+        (failed_starts.load(Ordering::Relaxed), poll_errors.load(Ordering::Relaxed));
+    if short_receivers > 0 || failed > 0 || polls > 0 {
+        let first = first_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+        println!(
+            "  receivers short of deliveries: {short_receivers} (fewest {fewest} of {per_receiver}); failed starts {failed}; failed long-polls {polls}; first error: {}",
+            first.as_deref().unwrap_or("none")
+        );
+    }
     Ok(())
 }
 
