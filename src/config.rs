@@ -157,6 +157,9 @@ pub struct LimitsConfig {
     /// Room keys stored in one version of a user's key backup; an upload that would store
     /// more is refused whole with 400 `M_TOO_LARGE`. Replacing a stored key is always allowed.
     pub max_backup_keys_per_version: usize,
+    /// Devices of one user that may hold a `/sync` WebSocket at once (each device has at
+    /// most one); the upgrade of another device's is refused with 429 `M_LIMIT_EXCEEDED`.
+    pub sync_sockets_per_user: usize,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -320,6 +323,7 @@ impl Default for LimitsConfig {
             to_device_max_messages: 10_000,
             to_device_max_pending: 10_000,
             max_backup_keys_per_version: 1_000_000,
+            sync_sockets_per_user: 32,
         }
     }
 }
@@ -402,6 +406,7 @@ impl Config {
             ("to_device_max_messages", self.limits.to_device_max_messages),
             ("to_device_max_pending", self.limits.to_device_max_pending),
             ("max_backup_keys_per_version", self.limits.max_backup_keys_per_version),
+            ("sync_sockets_per_user", self.limits.sync_sockets_per_user),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("limits.{name} must be at least 1")));

@@ -224,6 +224,53 @@ async fn the_upgrade_is_refused_with_the_spec_errors() {
 }
 
 #[tokio::test]
+async fn a_user_connects_at_most_the_configured_number_of_devices() {
+    let s = TestServer::start_with(ServerOptions {
+        extra_limits: "sync_sockets_per_user = 2".into(),
+        ..ServerOptions::default()
+    })
+    .await;
+    let first = s.register("bob", "bob-password").await;
+    let mut devices = vec![first];
+    for _ in 0..2 {
+        let (status, body) = s.login("bob", "bob-password").await;
+        assert_eq!(status, 200, "{body}");
+        devices.push(Session::from_json(&body));
+    }
+    let mut one = connect(&s, &devices[0], "").await;
+    frame(&mut one).await;
+    let mut two = connect(&s, &devices[1], "").await;
+    frame(&mut two).await;
+    // A third device is refused, before any upgrade.
+    let third = format!("access_token={}", devices[2].access_token);
+    let (status, body) = refused(&s, &third).await;
+    assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{body}");
+    assert!(body["retry_after_ms"].is_u64(), "{body}");
+    // Another user is not counted against bob.
+    let alice = s.register("alice", "alice-password").await;
+    frame(&mut connect(&s, &alice, "").await).await;
+    // A connected device may always replace its own connection.
+    let mut one_again = connect(&s, &devices[0], "").await;
+    frame(&mut one_again).await;
+    assert_eq!(close_code(&mut one).await, 4000);
+    // Once a device disconnects, the third one gets its place.
+    two.close(None).await.expect("close");
+    drop(two);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut three = loop {
+        match tokio_tungstenite::connect_async(url(&s, &third)).await {
+            Ok((socket, _)) => break socket,
+            Err(tungstenite::Error::Http(r)) if r.status() == 429 => {
+                assert!(tokio::time::Instant::now() < deadline, "the place was never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    };
+    frame(&mut three).await;
+}
+
+#[tokio::test]
 async fn guests_use_the_long_poll() {
     let s = TestServer::start_with(ServerOptions {
         extra_toml: "[guests]\nenabled = true\n".into(),

@@ -20,7 +20,10 @@
 //!
 //! A device has at most one connection ([`Sockets`]): a new one closes the previous one
 //! (code 4000), so a client that reconnects after a network change does not leave a
-//! half-open connection being woken and written to, and a token cannot open thousands.
+//! half-open connection being woken and written to, and a token cannot open thousands. A
+//! user has at most `limits.sync_sockets_per_user` devices connected: another device's
+//! upgrade is refused with 429 `M_LIMIT_EXCEEDED` (a device replacing its own connection
+//! always may).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +69,33 @@ const CLOSE_SERVER_ERROR: u16 = 1011;
 pub struct Sockets {
     by_device: parking_lot::Mutex<HashMap<DeviceKey, (u64, Arc<Notify>)>>,
     next_id: AtomicU64,
+    /// Per user, per device, the connections that passed the per-user limit and have not
+    /// ended yet (upgrades in flight included): what the limit counts.
+    held: Arc<parking_lot::Mutex<HashMap<String, HashMap<String, usize>>>>,
+}
+
+/// A device's place under its user's limit, from the check before the upgrade until the
+/// connection ends (or the upgrade never happens): dropping it gives the place back.
+pub struct Slot {
+    held: Arc<parking_lot::Mutex<HashMap<String, HashMap<String, usize>>>>,
+    user: String,
+    device: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock();
+        let Some(devices) = held.get_mut(&self.user) else { return };
+        if let Some(count) = devices.get_mut(&self.device) {
+            *count -= 1;
+            if *count == 0 {
+                devices.remove(&self.device);
+            }
+        }
+        if devices.is_empty() {
+            held.remove(&self.user);
+        }
+    }
 }
 
 /// `(user ID, device ID)`.
@@ -82,6 +112,20 @@ const READER_DRAIN: Duration = Duration::from_secs(5);
 const READ_BUFFER: usize = 8 * 1024;
 
 impl Sockets {
+    /// A place for a connection of `who`'s device: granted when the device already holds
+    /// one (its new connection replaces the old) or fewer than `limit` of the user's devices
+    /// do. Checked and taken under one lock, so concurrent upgrades cannot pass it together.
+    pub fn reserve(&self, who: &Identity, limit: usize) -> Option<Slot> {
+        let (user, device) = (who.user_id.to_string(), who.device_id.to_string());
+        let mut held = self.held.lock();
+        let devices = held.entry(user.clone()).or_default();
+        if !devices.contains_key(&device) && devices.len() >= limit {
+            return None;
+        }
+        *devices.entry(device.clone()).or_insert(0) += 1;
+        Some(Slot { held: self.held.clone(), user, device })
+    }
+
     /// Registers a new connection of `who`'s device, ending the one it had.
     fn open(&self, who: &Identity, end: Arc<Notify>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -141,11 +185,18 @@ pub async fn connect(
     let since = req.since.as_deref().map(SyncToken::parse).transpose()?;
     let filter = sync::resolve_filter(&s, &who, req.filter).await?;
     let options = Options::new(since, req.full_state, filter);
+    let slot = s
+        .sync_sockets
+        .reserve(&who, s.config.limits.sync_sockets_per_user)
+        .ok_or(Error::LimitExceeded { retry_after_ms: KEEPALIVE.as_millis() as u64 })?;
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| run(s, who, token, socket, options, req.set_presence)))
+        .on_upgrade(move |socket| async move {
+            run(s, who, token, socket, options, req.set_presence).await;
+            drop(slot);
+        }))
 }
 
 /// The connection's sync loop: respond, send, continue from the response's `next_batch`.
