@@ -157,8 +157,9 @@ pub struct LimitsConfig {
     /// Room keys stored in one version of a user's key backup; an upload that would store
     /// more is refused whole with 400 `M_TOO_LARGE`. Replacing a stored key is always allowed.
     pub max_backup_keys_per_version: usize,
-    /// Devices of one user that may hold a `/sync` WebSocket at once (each device has at
-    /// most one); the upgrade of another device's is refused with 429 `M_LIMIT_EXCEEDED`.
+    /// Devices of one user that may hold a `/sync` WebSocket at once (each device one, two
+    /// while a new connection replaces the old); another device's upgrade is refused with
+    /// 429 `M_LIMIT_EXCEEDED`.
     pub sync_sockets_per_user: usize,
 }
 

@@ -202,6 +202,7 @@ mod tests {
     /// queue of 128, the kernel dropped the handshakes past the 129th (seen: 129 of 2 048
     /// connected); a dropped SYN is retried after a second, so a connection that takes
     /// longer than 900 ms was dropped once.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_burst_of_unaccepted_connections_waits_in_the_accept_queue() {
         let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
@@ -209,9 +210,11 @@ mod tests {
             .trim()
             .parse()
             .expect("net.core.somaxconn is a number");
-        // Far above tokio's default of 128, and at most the kernel's cap.
-        let burst = somaxconn.min(2_048) as usize;
-        raise_open_files_limit(burst as u64 + 512);
+        // Far above tokio's default of 128, at most the kernel's cap, and what the open-files
+        // limit leaves room for (a descriptor per connection, and 512 for the rest).
+        let files = raise_open_files_limit(2_048 + 512);
+        let burst = somaxconn.min(2_048).min(files.saturating_sub(512) as u32) as usize;
+        assert!(burst > 129, "too small a burst to tell 128 from {BACKLOG}: {burst}");
         let listener = Inherited::default().listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connects: Vec<_> = (0..burst)
@@ -233,8 +236,9 @@ mod tests {
     }
 
     /// Raises this process's soft limit of open files to `wanted` where the hard limit
-    /// allows (the burst above holds a descriptor per connection).
-    fn raise_open_files_limit(wanted: u64) {
+    /// allows (the burst above holds a descriptor per connection); returns the limit.
+    #[cfg(target_os = "linux")]
+    fn raise_open_files_limit(wanted: u64) -> u64 {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit/setrlimit read and write only the struct owned by this frame.
         unsafe {
@@ -244,5 +248,6 @@ mod tests {
                 assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
             }
         }
+        limit.rlim_cur
     }
 }

@@ -249,9 +249,13 @@ async fn a_user_connects_at_most_the_configured_number_of_devices() {
     // Another user is not counted against bob.
     let alice = s.register("alice", "alice-password").await;
     frame(&mut connect(&s, &alice, "").await).await;
-    // A connected device may always replace its own connection.
+    // A connected device may replace its own connection.
     let mut one_again = connect(&s, &devices[0], "").await;
     frame(&mut one_again).await;
+    // Not a third one while the replaced one has not ended (it waits for the client's close).
+    let first = format!("access_token={}", devices[0].access_token);
+    let (status, body) = refused(&s, &first).await;
+    assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{body}");
     assert_eq!(close_code(&mut one).await, 4000);
     // Once a device disconnects, the third one gets its place.
     two.close(None).await.expect("close");

@@ -21,9 +21,9 @@
 //! A device has at most one connection ([`Sockets`]): a new one closes the previous one
 //! (code 4000), so a client that reconnects after a network change does not leave a
 //! half-open connection being woken and written to, and a token cannot open thousands. A
-//! user has at most `limits.sync_sockets_per_user` devices connected: another device's
-//! upgrade is refused with 429 `M_LIMIT_EXCEEDED` (a device replacing its own connection
-//! always may).
+//! user has at most `limits.sync_sockets_per_user` devices connected, and a device at most
+//! [`MAX_PER_DEVICE`] connections (the open one and the one replacing it): another upgrade
+//! is refused with 429 `M_LIMIT_EXCEEDED`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +63,10 @@ const CLOSE_UNKNOWN_TOKEN: u16 = 4001;
 
 /// Close code of a connection whose response could not be built (RFC 6455 "internal error").
 const CLOSE_SERVER_ERROR: u16 = 1011;
+
+/// Connections one device may hold at once, upgrades in flight included: the open one and
+/// one replacing it (a replaced connection takes a few seconds to end).
+const MAX_PER_DEVICE: usize = 2;
 
 /// The open connections, by device: each one's ID and the signal that ends it.
 #[derive(Default)]
@@ -112,14 +116,22 @@ const READER_DRAIN: Duration = Duration::from_secs(5);
 const READ_BUFFER: usize = 8 * 1024;
 
 impl Sockets {
-    /// A place for a connection of `who`'s device: granted when the device already holds
-    /// one (its new connection replaces the old) or fewer than `limit` of the user's devices
-    /// do. Checked and taken under one lock, so concurrent upgrades cannot pass it together.
+    /// A place for a connection of `who`'s device: granted when the device holds fewer than
+    /// [`MAX_PER_DEVICE`] (its new connection replaces the old) and, for a device holding
+    /// none, when fewer than `limit` of the user's devices hold one. Checked and taken under
+    /// one lock, so concurrent upgrades cannot pass it together.
     pub fn reserve(&self, who: &Identity, limit: usize) -> Option<Slot> {
         let (user, device) = (who.user_id.to_string(), who.device_id.to_string());
         let mut held = self.held.lock();
         let devices = held.entry(user.clone()).or_default();
-        if !devices.contains_key(&device) && devices.len() >= limit {
+        let allowed = match devices.get(&device) {
+            Some(count) => *count < MAX_PER_DEVICE,
+            None => devices.len() < limit,
+        };
+        if !allowed {
+            if devices.is_empty() {
+                held.remove(&user);
+            }
             return None;
         }
         *devices.entry(device.clone()).or_insert(0) += 1;
