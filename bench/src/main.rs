@@ -227,6 +227,11 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The first 200 characters of a response body, for an error message.
+fn clip(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -901,10 +906,10 @@ async fn fanout(
             let first = server.sync_filtered(&r, None, 0, filter.clone()).await;
             ready.fetch_add(1, Ordering::Relaxed);
             let since = match &first {
-                Ok(body) => body["next_batch"].as_str().map(str::to_owned).ok_or_else(|| {
-                    let body = body.to_string();
-                    format!("initial sync: {}", &body[..body.len().min(200)])
-                }),
+                Ok(body) => body["next_batch"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("initial sync: {}", clip(&body.to_string()))),
                 Err(e) => Err(format!("initial sync: {}", chain(e.as_ref()))),
             };
             let mut since = match since {
@@ -921,8 +926,7 @@ async fn fanout(
                     Ok(body) if body["next_batch"].is_string() => body,
                     Ok(body) => {
                         poll_errors.fetch_add(1, Ordering::Relaxed);
-                        let body = body.to_string();
-                        note_error(format!("sync: {}", &body[..body.len().min(200)]));
+                        note_error(format!("sync: {}", clip(&body.to_string())));
                         continue;
                     }
                     Err(e) => {

@@ -73,15 +73,18 @@ const MAX_PER_DEVICE: usize = 2;
 pub struct Sockets {
     by_device: parking_lot::Mutex<HashMap<DeviceKey, (u64, Arc<Notify>)>>,
     next_id: AtomicU64,
-    /// Per user, per device, the connections that passed the per-user limit and have not
-    /// ended yet (upgrades in flight included): what the limit counts.
-    held: Arc<parking_lot::Mutex<HashMap<String, HashMap<String, usize>>>>,
+    /// What the limits count: see [`Held`].
+    held: Arc<parking_lot::Mutex<Held>>,
 }
+
+/// Per user, per device, the connections that passed the limits and have not ended yet
+/// (upgrades in flight included).
+type Held = HashMap<String, HashMap<String, usize>>;
 
 /// A device's place under its user's limit, from the check before the upgrade until the
 /// connection ends (or the upgrade never happens): dropping it gives the place back.
 pub struct Slot {
-    held: Arc<parking_lot::Mutex<HashMap<String, HashMap<String, usize>>>>,
+    held: Arc<parking_lot::Mutex<Held>>,
     user: String,
     device: String,
 }
@@ -129,10 +132,7 @@ impl Sockets {
             None => devices.len() < limit,
         };
         if !allowed {
-            if devices.is_empty() {
-                held.remove(&user);
-            }
-            return None;
+            return None; // the user holds places (`limit` ≥ 1), so the entry is not empty
         }
         *devices.entry(device.clone()).or_insert(0) += 1;
         Some(Slot { held: self.held.clone(), user, device })
