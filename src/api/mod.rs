@@ -20,7 +20,6 @@ pub mod search;
 pub mod spaces;
 pub mod sync;
 pub mod sync_socket;
-pub mod sync_timeline;
 pub mod tags;
 pub mod to_device;
 pub mod typing;

@@ -19,7 +19,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::api::rooms::token;
-use crate::api::sync_timeline::{self, Slice};
 use crate::error::{Error, Result};
 use crate::http::auth::Authed;
 use crate::http::ruma::{AppState, Ruma};
@@ -132,9 +131,6 @@ pub struct Options {
     full_state: bool,
     timeline_limit: usize,
     filter: Arc<FilterDefinition>,
-    /// The timeline filter restricts nothing but the number of events, so a timeline may be
-    /// a shared rendering ([`sync_timeline`]).
-    plain_timeline: bool,
 }
 
 impl Options {
@@ -146,14 +142,6 @@ impl Options {
             .limit
             .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(100))
             .clamp(1, 1000);
-        let t = &filter.room.timeline;
-        let plain_timeline = t.types.is_none()
-            && t.not_types.is_empty()
-            && t.senders.is_none()
-            && t.not_senders.is_empty()
-            && t.rooms.is_none()
-            && t.not_rooms.is_empty()
-            && t.url_filter.is_none();
         Self {
             since: since.map(|t| t.events),
             since_token: since,
@@ -161,7 +149,6 @@ impl Options {
             full_state,
             timeline_limit,
             filter,
-            plain_timeline,
         }
     }
 
@@ -351,14 +338,6 @@ struct RoomEntry {
     state: Vec<ClientEvent>,
 }
 
-/// A joined room's `timeline`: its receiver's own, or a shared rendering's part.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum JoinedTimeline {
-    Own(Timeline),
-    Shared(Slice),
-}
-
 #[derive(Serialize)]
 struct JoinedRoom {
     account_data: Events<Value>,
@@ -367,7 +346,7 @@ struct JoinedRoom {
     /// Only when it may have changed (the spec lets clients keep the last one).
     #[serde(skip_serializing_if = "Option::is_none")]
     summary: Option<Value>,
-    timeline: JoinedTimeline,
+    timeline: Timeline,
     unread_notifications: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     unread_thread_notifications: Option<Value>,
@@ -670,39 +649,20 @@ async fn build_rooms(
                 {
                     continue;
                 }
-                // Joined all along, the room's new events are most likely what every other
-                // member is sent too: rendered once for all of them.
-                let shared = match opts.since {
-                    Some(since) if joined_all_along && opts.plain_timeline => {
-                        shared_timeline(s, &room, who, opts, since, current).await?
-                    }
-                    _ => None,
+                let access = s.rooms.readable(&room, &who.user_id).await?;
+                let span = Span {
+                    upper: current,
+                    after: if newly_joined { None } else { opts.since },
+                    full: newly_joined || opts.full_state,
                 };
-                let (timeline, state) = match shared {
-                    Some(slice) => (JoinedTimeline::Shared(slice), Vec::new()),
-                    None => {
-                        let access = s.rooms.readable(&room, &who.user_id).await?;
-                        let span = Span {
-                            upper: current,
-                            after: if newly_joined { None } else { opts.since },
-                            full: newly_joined || opts.full_state,
-                        };
-                        let entry = room_entry(s, &room, who, opts, &access, span).await?;
-                        (JoinedTimeline::Own(entry.timeline), entry.state)
-                    }
-                };
-                timeline_counter(&timeline).increment(1);
-                let timeline_empty = match &timeline {
-                    JoinedTimeline::Own(t) => t.events.is_empty(),
-                    JoinedTimeline::Shared(_) => false,
-                };
+                let entry = room_entry(s, &room, who, opts, &access, span).await?;
                 let quiet = !newly_joined
                     && !opts.full_state
                     && account_data.is_none()
                     && !read_moved
                     && ephemeral.is_empty()
-                    && timeline_empty
-                    && state.is_empty();
+                    && entry.timeline.events.is_empty()
+                    && entry.state.is_empty();
                 if quiet {
                     continue; // the room moved, but nothing in it is for this user
                 }
@@ -720,9 +680,9 @@ async fn build_rooms(
                 let joined = JoinedRoom {
                     account_data: Events { events: account_data.cloned().unwrap_or_default() },
                     ephemeral: Events { events: ephemeral },
-                    state: Events { events: state },
+                    state: Events { events: entry.state },
                     summary,
-                    timeline,
+                    timeline: entry.timeline,
                     unread_notifications,
                     unread_thread_notifications,
                 };
@@ -768,80 +728,6 @@ async fn build_rooms(
         }
     }
     Ok(out)
-}
-
-/// `axon_sync_timelines_total{rendering="shared"|"own"}`: how joined rooms' timelines were
-/// rendered (the handles registered once: a registry lookup per room is a visible cost).
-fn timeline_counter(timeline: &JoinedTimeline) -> &'static metrics::Counter {
-    static SHARED: std::sync::LazyLock<metrics::Counter> = std::sync::LazyLock::new(
-        || metrics::counter!("axon_sync_timelines_total", "rendering" => "shared"),
-    );
-    static OWN: std::sync::LazyLock<metrics::Counter> = std::sync::LazyLock::new(
-        || metrics::counter!("axon_sync_timelines_total", "rendering" => "own"),
-    );
-    match timeline {
-        JoinedTimeline::Shared(_) => &SHARED,
-        JoinedTimeline::Own(_) => &OWN,
-    }
-}
-
-/// The room's new events as a shared rendering ([`sync_timeline`]) for a receiver who was
-/// joined all along (so it may see every one of them) and whose timeline filter restricts
-/// nothing, when this receiver sees them as rendered: `None` sends them down the
-/// per-receiver path ([`room_entry`]), which gives the same timeline.
-///
-/// With lazy-loaded members the device must already have the member events that path
-/// would add (the senders' and the user's own, as of the timeline's start); then the
-/// state section is empty, as that path would leave it.
-async fn shared_timeline(
-    s: &Services,
-    room: &Room,
-    who: &Identity,
-    opts: &Options,
-    since: u64,
-    current: u64,
-) -> Result<Option<Slice>> {
-    // Every event of the room up to its newest position, which must not be past what this
-    // response covers.
-    let upper = room.last_pos();
-    if upper > current {
-        return Ok(None);
-    }
-    let Some(shared) = s.sync_timelines.get(&s.rooms, room, since, upper).await? else {
-        return Ok(None);
-    };
-    let ignored = s.rooms.ignored_by(&who.user_id).await?;
-    let viewer = sync_timeline::Viewer {
-        user: &who.user_id,
-        device: who.device_id.as_str(),
-        ignored: &ignored,
-        limit: opts.timeline_limit,
-    };
-    let Some(slice) = Slice::new(shared, since, &viewer) else { return Ok(None) };
-    if !opts.lazy_members() {
-        return Ok(Some(slice));
-    }
-    if opts.redundant_members() {
-        return Ok(None); // the senders' member events always come with them
-    }
-    let own = match room.state_event(&StateEventType::RoomMember, who.user_id.as_str()) {
-        None => None,
-        Some(current) => match s.rooms.shared_event(current.event_id.as_str()).await? {
-            Some(event) if event.record.pos <= slice.start() => Some(event),
-            Some(_) => return Ok(None),
-            None => None,
-        },
-    };
-    let Some(senders) = slice.senders() else { return Ok(None) };
-    let state_filter = &opts.filter.room.state;
-    let wanted: Vec<&str> = senders
-        .chain(own.as_ref())
-        .filter(|e| filter::allows(state_filter, &e.pdu))
-        .map(|e| e.pdu.event_id.as_str())
-        .collect();
-    let (user, device) = (who.user_id.as_str(), who.device_id.as_str());
-    let sent = s.lazy_members.all_sent(user, device, room.id.as_str(), wanted);
-    Ok(sent.then_some(slice))
 }
 
 /// A joined room's ephemeral events for a sync from `since` (`None`: all current ones):

@@ -54,28 +54,13 @@ impl PlainEvent {
         viewer: Viewer<'_>,
         with_room_id: bool,
     ) -> Option<Self> {
+        if record.redacted_by.is_some() || record.replaces_state.is_some() {
+            return None;
+        }
         let echo_txn = record
             .txn
             .as_ref()
             .is_some_and(|(device, _)| pdu.sender == viewer.user && device == viewer.device_id);
-        Self::build(record, pdu, with_room_id, echo_txn)
-    }
-
-    /// The event as every viewer but its sending device sees it (no `transaction_id`), if
-    /// nothing but `age` goes into its `unsigned`.
-    pub fn for_anyone(record: &Arc<EventRecord>, pdu: &Arc<Pdu>) -> Option<Self> {
-        Self::build(record, pdu, false, false)
-    }
-
-    fn build(
-        record: &Arc<EventRecord>,
-        pdu: &Arc<Pdu>,
-        with_room_id: bool,
-        echo_txn: bool,
-    ) -> Option<Self> {
-        if record.redacted_by.is_some() || record.replaces_state.is_some() {
-            return None;
-        }
         let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
         let ts: u64 = pdu.origin_server_ts.get().into();
         Some(Self {

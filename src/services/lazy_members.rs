@@ -3,116 +3,69 @@
 //!
 //! In memory and bounded: forgetting only means a member event is sent again, which the spec
 //! allows and clients handle. An initial sync (or a room new to the client) starts afresh.
-//!
-//! Every lazy-loading sync of every member asks here, so the map is flat (one lookup by
-//! `(user, device, room)`, borrowed strings, no key built per lookup) and split into
-//! [`SHARDS`] by user, each under its own lock.
 
-use std::hash::{BuildHasher, Hash, Hasher};
-
-use hashbrown::Equivalent;
 use parking_lot::Mutex;
 
-/// Maps hashed with foldhash: the hash is on the hot path (SipHash was a visible share of a
-/// fan-out).
-type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
+/// Maps hashed with foldhash: every lazy-loading sync looks up a few IDs here under one
+/// global lock, so the hash is on the hot path (SipHash was a visible share of a fan-out).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
-/// Locks the map is split into (by user).
-const SHARDS: usize = 16;
-/// Most `(device, room)` entries kept per shard; past it the shard starts afresh.
-const MAX_ENTRIES_PER_SHARD: usize = 100_000 / SHARDS;
+/// Most `(device, room)` entries kept; past it the whole map starts afresh.
+const MAX_ENTRIES: usize = 100_000;
 /// Most member events remembered per `(device, room)`.
 const MAX_PER_ROOM: usize = 10_000;
 
+/// `room → member event IDs sent`, per device.
+type DeviceRooms = HashMap<String, HashSet<String>>;
+
+#[derive(Default)]
 pub struct LazyMembers {
-    shards: [Mutex<HashMap<Key, HashSet<Box<str>>>>; SHARDS],
-    /// Picks a user's shard.
-    shard_hasher: foldhash::fast::RandomState,
+    inner: Mutex<Inner>,
 }
 
-impl Default for LazyMembers {
-    fn default() -> Self {
-        Self {
-            shards: std::array::from_fn(|_| Mutex::default()),
-            shard_hasher: foldhash::fast::RandomState::default(),
-        }
-    }
-}
-
-/// `(user, device, room)`, owned.
-#[derive(PartialEq, Eq)]
-struct Key {
-    user: Box<str>,
-    device: Box<str>,
-    room: Box<str>,
-}
-
-/// `(user, device, room)`, borrowed: what lookups use. Hashes as [`Key`] does.
-struct KeyRef<'a> {
-    user: &'a str,
-    device: &'a str,
-    room: &'a str,
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        KeyRef { user: &self.user, device: &self.device, room: &self.room }.hash(state)
-    }
-}
-
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.user.hash(state);
-        self.device.hash(state);
-        self.room.hash(state);
-    }
-}
-
-impl Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, key: &Key) -> bool {
-        *key.user == *self.user && *key.device == *self.device && *key.room == *self.room
-    }
+/// `(user, device) → room → event IDs`: looked up by `&str` (no key built per lookup, as
+/// every lazy-loading sync asks once per timeline sender).
+#[derive(Default)]
+struct Inner {
+    by_device: HashMap<String, HashMap<String, DeviceRooms>>,
+    /// `(device, room)` entries in all.
+    entries: usize,
 }
 
 impl LazyMembers {
-    fn shard(&self, user: &str) -> &Mutex<HashMap<Key, HashSet<Box<str>>>> {
-        let i = self.shard_hasher.hash_one(user) as usize % SHARDS;
-        &self.shards[i]
-    }
-
     /// Forgets what the device was sent in the room (its client starts the room afresh).
     pub fn reset(&self, user: &str, device: &str, room: &str) {
-        self.shard(user).lock().remove(&KeyRef { user, device, room });
+        let mut inner = self.inner.lock();
+        let removed = inner
+            .by_device
+            .get_mut(user)
+            .and_then(|devices| devices.get_mut(device))
+            .and_then(|rooms| rooms.remove(room));
+        if removed.is_some() {
+            inner.entries -= 1;
+        }
     }
 
     /// Forgets what the device was sent in every room (a new sync connection of the device,
     /// which may not have processed what the previous one was sent).
     pub fn reset_device(&self, user: &str, device: &str) {
-        self.shard(user).lock().retain(|k, _| !(*k.user == *user && *k.device == *device));
+        let mut inner = self.inner.lock();
+        let removed = inner.by_device.get_mut(user).and_then(|devices| devices.remove(device));
+        if let Some(rooms) = removed {
+            inner.entries -= rooms.len();
+        }
     }
 
     /// Whether the device was sent this member event in the room.
     pub fn was_sent(&self, user: &str, device: &str, room: &str, event_id: &str) -> bool {
-        self.all_sent(user, device, room, [event_id])
-    }
-
-    /// Whether the device was sent every one of these member events in the room (one lock
-    /// for all of them).
-    pub fn all_sent<'a>(
-        &self,
-        user: &str,
-        device: &str,
-        room: &str,
-        event_ids: impl IntoIterator<Item = &'a str>,
-    ) -> bool {
-        let mut event_ids = event_ids.into_iter().peekable();
-        if event_ids.peek().is_none() {
-            return true;
-        }
-        let shard = self.shard(user).lock();
-        let sent = shard.get(&KeyRef { user, device, room });
-        event_ids.all(|id| sent.is_some_and(|sent| sent.contains(id)))
+        self.inner
+            .lock()
+            .by_device
+            .get(user)
+            .and_then(|devices| devices.get(device))
+            .and_then(|rooms| rooms.get(room))
+            .is_some_and(|sent| sent.contains(event_id))
     }
 
     /// Records member events sent to the device.
@@ -127,23 +80,25 @@ impl LazyMembers {
         if event_ids.peek().is_none() {
             return;
         }
-        let key = KeyRef { user, device, room };
-        let mut shard = self.shard(user).lock();
-        if !shard.contains_key(&key) {
-            if shard.len() >= MAX_ENTRIES_PER_SHARD {
-                shard.clear();
-            }
-            let owned = Key { user: user.into(), device: device.into(), room: room.into() };
-            shard.insert(owned, HashSet::default());
+        let mut inner = self.inner.lock();
+        if inner.entries >= MAX_ENTRIES {
+            *inner = Inner::default();
         }
-        let Some(set) = shard.get_mut(&key) else { return };
+        let Inner { by_device, entries } = &mut *inner;
+        let devices = by_device.entry(user.to_owned()).or_default();
+        let rooms = devices.entry(device.to_owned()).or_default();
+        let set = match rooms.get_mut(room) {
+            Some(set) => set,
+            None => {
+                *entries += 1;
+                rooms.entry(room.to_owned()).or_default()
+            }
+        };
         for id in event_ids {
             if set.len() >= MAX_PER_ROOM {
                 set.clear();
             }
-            if !set.contains(id) {
-                set.insert(id.into());
-            }
+            set.insert(id.to_owned());
         }
     }
 }
@@ -159,14 +114,8 @@ mod tests {
         assert!(lazy.was_sent("@a:x", "D1", "!r:x", "$m1"));
         assert!(!lazy.was_sent("@a:x", "D2", "!r:x", "$m1"), "another device");
         assert!(!lazy.was_sent("@a:x", "D1", "!s:x", "$m1"), "another room");
-        lazy.record("@a:x", "D1", "!r:x", ["$m2"]);
-        assert!(lazy.all_sent("@a:x", "D1", "!r:x", ["$m1", "$m2"]));
-        assert!(lazy.all_sent("@a:x", "D1", "!r:x", std::iter::empty()));
-        assert!(!lazy.all_sent("@a:x", "D1", "!r:x", ["$m1", "$m3"]));
-        assert!(!lazy.all_sent("@a:x", "D2", "!r:x", ["$m1"].into_iter()), "another device");
         lazy.reset("@a:x", "D1", "!r:x");
         assert!(!lazy.was_sent("@a:x", "D1", "!r:x", "$m1"));
-        assert!(!lazy.all_sent("@a:x", "D1", "!r:x", ["$m1"]));
     }
 
     #[test]
@@ -179,7 +128,6 @@ mod tests {
         assert!(!lazy.was_sent("@a:x", "D1", "!r:x", "$m1"));
         assert!(!lazy.was_sent("@a:x", "D1", "!s:x", "$m2"));
         assert!(lazy.was_sent("@a:x", "D2", "!r:x", "$m1"));
-        let entries: usize = lazy.shards.iter().map(|s| s.lock().len()).sum();
-        assert_eq!(entries, 1);
+        assert_eq!(lazy.inner.lock().entries, 1);
     }
 }

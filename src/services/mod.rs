@@ -52,9 +52,6 @@ pub struct Services {
     pub unread: unread::Unread,
     /// Member events each device was sent (lazy-loading in `/sync`).
     pub lazy_members: lazy_members::LazyMembers,
-    /// Rooms' new events rendered once per wake-up for the members who see them alike
-    /// (`api::sync_timeline`).
-    pub sync_timelines: crate::api::sync_timeline::SharedTimelines,
     /// The open `/sync` WebSockets, one per device (`api::sync_socket`).
     pub sync_sockets: crate::api::sync_socket::Sockets,
     /// Send-to-device messages and their stream.
@@ -147,7 +144,6 @@ impl Services {
             event_limiter,
             unread: unread::Unread::default(),
             lazy_members: lazy_members::LazyMembers::default(),
-            sync_timelines: crate::api::sync_timeline::SharedTimelines::default(),
             sync_sockets: crate::api::sync_socket::Sockets::default(),
             to_device,
             key_backup,
