@@ -744,3 +744,86 @@ async fn changes_between_two_syncs_of_a_loop_all_arrive() {
     let after = s.sync(&bob, Some(&next_batch(&resumed)), 0).await;
     assert!(after["rooms"]["join"].as_object().expect("join").is_empty(), "{after}");
 }
+
+/// One message, several members: each is sent it as their own view requires (the sending
+/// device with its transaction ID, a user ignoring the sender not at all, a receiver further
+/// behind with what it missed, a smaller limit limited), and the members who see it alike get
+/// the same bytes but for `unsigned.age`. The guard for any sharing of renderings between
+/// receivers (session 14 tried one).
+#[tokio::test]
+async fn members_woken_by_one_message_each_get_their_own_view_of_it() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let dan = s.register("dan", "dan-password").await;
+    let room = s.create_room(&alice, json!({"preset": "public_chat"})).await;
+    for who in [&bob, &carol, &dan] {
+        assert_eq!(s.join(who, &room).await.0, 200);
+    }
+    let ignore =
+        format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&dan.user_id));
+    let ignored = json!({"ignored_users": {alice.user_id.clone(): {}}});
+    assert_eq!(s.put(&ignore, dan.token(), ignored).await.0, 200);
+    // Element's filter: lazy-loaded members.
+    let lazy = json!({"room": {"state": {"lazy_load_members": true}}});
+    let mut since = std::collections::HashMap::new();
+    for who in [&alice, &bob, &carol, &dan] {
+        let body = sync_with(&s, who, None, lazy.clone(), "").await;
+        since.insert(who.user_id.clone(), next_batch(&body));
+    }
+    let before_hello = since[&bob.user_id].clone();
+
+    s.send_text(&alice, &room, "t1", "hello").await;
+    let entry = |body: &serde_json::Value| body["rooms"]["join"][&room].clone();
+    let without_age = |mut event: serde_json::Value| {
+        event["unsigned"].as_object_mut().expect("unsigned").remove("age");
+        event
+    };
+    let bob_body = sync_with(&s, &bob, Some(&since[&bob.user_id]), lazy.clone(), "").await;
+    let carol_body = sync_with(&s, &carol, Some(&since[&carol.user_id]), lazy.clone(), "").await;
+    let (b, c) = (entry(&bob_body), entry(&carol_body));
+    assert_eq!(timeline_bodies(&b), ["hello"], "{b}");
+    assert_eq!(b["timeline"]["limited"], false);
+    assert_eq!(b["timeline"]["prev_batch"], c["timeline"]["prev_batch"]);
+    let hello = without_age(b["timeline"]["events"][0].clone());
+    assert_eq!(hello, without_age(c["timeline"]["events"][0].clone()));
+    assert!(hello["unsigned"].get("transaction_id").is_none(), "{hello}");
+    assert!(b["timeline"]["events"][0]["unsigned"]["age"].is_u64(), "{b}");
+    assert_eq!(hello["sender"], alice.user_id.as_str());
+    assert!(
+        b["state"]["events"].as_array().unwrap().is_empty(),
+        "alice's member event was sent: {b}"
+    );
+    // The sending device sees its transaction ID; a user ignoring the sender sees nothing.
+    let alice_body = sync_with(&s, &alice, Some(&since[&alice.user_id]), lazy.clone(), "").await;
+    assert_eq!(entry(&alice_body)["timeline"]["events"][0]["unsigned"]["transaction_id"], "t1");
+    let dan_body = sync_with(&s, &dan, Some(&since[&dan.user_id]), lazy.clone(), "").await;
+    let dan_events = entry(&dan_body)["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(dan_events.iter().all(|e| e["content"]["body"] != "hello"), "{dan_body}");
+
+    // Two more: carol is one event behind, bob three (from before "hello").
+    s.send_text(&alice, &room, "t2", "two").await;
+    s.send_text(&alice, &room, "t3", "three").await;
+    let carol_body = sync_with(&s, &carol, Some(&next_batch(&carol_body)), lazy.clone(), "").await;
+    assert_eq!(timeline_bodies(&entry(&carol_body)), ["two", "three"]);
+    let bob_again = sync_with(&s, &bob, Some(&before_hello), lazy.clone(), "").await;
+    assert_eq!(timeline_bodies(&entry(&bob_again)), ["hello", "two", "three"]);
+    assert_eq!(entry(&bob_again)["timeline"]["limited"], false);
+    // A smaller limit than the new events: limited, with the newest only.
+    let one = json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}});
+    let limited = sync_with(&s, &bob, Some(&before_hello), one, "").await;
+    assert_eq!(timeline_bodies(&entry(&limited)), ["three"]);
+    assert_eq!(entry(&limited)["timeline"]["limited"], true);
+
+    // A redaction is a new event: a receiver behind it sees "hello" redacted, not as it was
+    // rendered before.
+    let hello_id = hello["event_id"].as_str().unwrap();
+    let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(hello_id));
+    assert_eq!(s.put(&path, alice.token(), json!({})).await.0, 200);
+    let after = sync_with(&s, &bob, Some(&before_hello), lazy.clone(), "").await;
+    let events = entry(&after)["timeline"]["events"].as_array().unwrap().clone();
+    let first = events.iter().find(|e| e["event_id"] == hello_id).expect("hello");
+    assert_eq!(first["content"], json!({}), "{first}");
+    assert!(events.iter().any(|e| e["type"] == "m.room.redaction"));
+}
