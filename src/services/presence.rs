@@ -146,6 +146,8 @@ struct UserPresence {
     syncing: u32,
     /// When the last sync ended (or the state was set with `PUT`).
     connected_until: Instant,
+    /// The user's entry in `Inner::deadlines`: no later than the next change the timers
+    /// make (see [`Presence::update`]).
     deadline: Option<Instant>,
 }
 
@@ -463,19 +465,29 @@ impl Presence {
     /// Changes `user`'s presence with `change`, applies the timers' rules and reschedules
     /// them; if what others see changed, takes a position, announces it to the user and
     /// everyone sharing a room with them, and publishes it.
+    ///
+    /// Every `/sync` calls this twice (start and end), so the common case changes the entry
+    /// in place and leaves the timer set alone: a registered deadline that is still ahead
+    /// and no later than the new one stays, the timer fires at it, finds nothing due and
+    /// registers the later one (one early wake-up per timer period, not two set updates per
+    /// request).
     fn update(&self, user: &UserId, change: impl FnOnce(&mut UserPresence, Instant)) {
         let now = Instant::now();
-        let mut inner = self.inner.lock();
-        let mut p = inner.users.get(user).cloned().unwrap_or_else(|| UserPresence::new(now));
-        let before = p.visible();
-        let before = (before.0, before.1.map(str::to_owned), before.2);
-        change(&mut p, now);
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        if !inner.users.contains_key(user) {
+            inner.users.insert(user.to_owned(), UserPresence::new(now));
+        }
+        let Some(p) = inner.users.get_mut(user) else { return };
+        let (state, status_msg, active) = p.visible();
+        let before = (state, status_msg.map(str::to_owned), active);
+        change(p, now);
         p.settle(now, self.timers);
-        let after = p.visible();
-        let visible_change =
-            before.0 != after.0 || before.1.as_deref() != after.1 || before.2 != after.2;
+        let visible_change = p.visible() != (before.0, before.1.as_deref(), before.2);
         let deadline = p.next_deadline(self.timers);
-        if p.deadline != deadline {
+        let keep =
+            p.deadline.is_some_and(|old| old > now && deadline.is_some_and(|new| old <= new));
+        if !keep && p.deadline != deadline {
             if let Some(old) = p.deadline {
                 inner.deadlines.remove(&(old, user.to_owned()));
             }
@@ -487,13 +499,12 @@ impl Presence {
             }
             p.deadline = deadline;
         }
-        inner.users.insert(user.to_owned(), p);
         if !visible_change {
             return;
         }
         let reserved = self.positions.reserve();
         self.log.record(user.to_owned(), reserved.pos);
-        drop(inner);
+        drop(guard);
         let mut audience = self.rooms.get().map(|r| r.mates(user)).unwrap_or_default();
         audience.push(user.to_owned());
         self.notifier.wake(
@@ -609,6 +620,28 @@ mod tests {
         let events = presence.events(&bob, Some(online), presence.current());
         assert_eq!(events[0]["content"]["presence"], "offline");
         assert!(presence.status(&alice).last_active_ago.unwrap() >= FAST.sync_online);
+    }
+
+    #[tokio::test]
+    async fn back_to_back_syncs_leave_the_timer_entry_alone_and_the_timers_still_apply() {
+        let (presence, _notifier) = service(FAST);
+        let alice = user("alice");
+        drop(presence.syncing(&alice, &PresenceState::Online));
+        let registered = presence.inner.lock().deadlines.clone();
+        assert_eq!(registered.len(), 1);
+        for _ in 0..5 {
+            drop(presence.syncing(&alice, &PresenceState::Online));
+            assert_eq!(
+                presence.inner.lock().deadlines,
+                registered,
+                "a later deadline does not move the entry"
+            );
+        }
+        // The entry fires early, finds alice synced since, and registers her later deadline;
+        // once she stops syncing she still goes offline.
+        wait_for(&presence, &alice, "offline").await;
+        let left = presence.inner.lock().deadlines.len();
+        assert!(left <= 1, "one entry per user at most, not {left}");
     }
 
     #[tokio::test]
