@@ -136,7 +136,6 @@ struct Inner {
     deadlines: BTreeSet<(Instant, OwnedUserId)>,
 }
 
-#[derive(Clone)]
 struct UserPresence {
     state: State,
     status_msg: Option<String>,
