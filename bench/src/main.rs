@@ -759,14 +759,21 @@ const CLAIM: &str = "/_matrix/client/v3/keys/claim";
 
 /// CPU time (user + system) the process `AXON_PID` has used so far, if known.
 fn server_cpu() -> Option<Duration> {
+    server_cpu_split().map(|(user, kernel)| user + kernel)
+}
+
+/// The server's CPU time so far, in user space and in the kernel (its system calls, and the
+/// TCP receive of loopback peers, which the kernel does in the writer's system call).
+fn server_cpu_split() -> Option<(Duration, Duration)> {
     let pid = std::env::var("AXON_PID").ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command (which may contain spaces) start at the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
     let hz = 100; // USER_HZ on Linux
-    Some(Duration::from_millis(ticks * 1000 / hz))
+    let time = |t: u64| Duration::from_millis(t * 1000 / hz);
+    Some((time(ticks(11)?), time(ticks(12)?)))
 }
 
 /// Group fan-out: SENDERS send into one room that RECEIVERS long-poll.
@@ -951,7 +958,7 @@ async fn fanout(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let setup = setup.elapsed();
 
-    let cpu_before = server_cpu();
+    let cpu_before = server_cpu_split();
     let started = Instant::now();
     // Sending lasts SECONDS from here, however long the receivers' initial syncs took.
     let stop_sending = started + Duration::from_secs(secs);
@@ -1002,8 +1009,8 @@ async fn fanout(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = match (cpu_before, server_cpu()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+    let cpu = match (cpu_before, server_cpu_split()) {
+        (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
         _ => None,
     };
     stop_receiving.store(true, Ordering::Relaxed);
@@ -1025,12 +1032,18 @@ async fn fanout(
     let n = sent.load(Ordering::Relaxed);
     let delivered = deliveries.load(Ordering::Relaxed);
     let cpu_text = match cpu {
-        Some(cpu) if delivered > 0 => format!(
-            ", server CPU {:.2} s = {:.1} µs per delivery ({:.2} cores)",
-            cpu.as_secs_f64(),
-            cpu.as_secs_f64() * 1e6 / delivered as f64,
-            cpu.as_secs_f64() / elapsed
-        ),
+        Some((user, kernel)) if delivered > 0 => {
+            let per_delivery = |d: Duration| d.as_secs_f64() * 1e6 / delivered as f64;
+            let cpu = user + kernel;
+            format!(
+                ", server CPU {:.2} s = {:.1} µs per delivery (user {:.1}, kernel {:.1}; {:.2} cores)",
+                cpu.as_secs_f64(),
+                per_delivery(cpu),
+                per_delivery(user),
+                per_delivery(kernel),
+                cpu.as_secs_f64() / elapsed
+            )
+        }
         _ => String::new(),
     };
     let mode = if rate > 0 { format!("{rate} events/s open loop") } else { "closed loop".into() };
