@@ -294,3 +294,169 @@ async fn an_alias_moved_by_an_upgrade_stays_its_creators() {
     let (status, body) = upgrade(&s, &alice, &old, "11").await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// Joining the replacement room carries over what the user had set up for the old one, as
+/// Synapse does: a direct chat stays in `m.direct`, a muted room stays muted, a room rule
+/// comes along; rules of other rooms, disabled ones and rules the user already has for the
+/// new room are left alone.
+#[tokio::test]
+async fn a_direct_chat_stays_direct_and_muted_in_its_replacement() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let bob = s.register("bob", "bob-password").await;
+    let old = s
+        .create_room(
+            &alice,
+            json!({"room_version": "10", "preset": "trusted_private_chat", "is_direct": true,
+                   "invite": [bob.user_id]}),
+        )
+        .await;
+    assert_eq!(s.join(&bob, &old).await.0, 200);
+    let other = s.create_room(&bob, json!({})).await;
+    let direct = |who: &Session| {
+        format!("/_matrix/client/v3/user/{}/account_data/m.direct", enc(&who.user_id))
+    };
+    let server = &s;
+    let put = move |path: String, who: &Session, body: Value| {
+        let token = who.token().map(str::to_owned);
+        async move {
+            let res = server.put(&path, token.as_deref(), body).await;
+            assert_eq!(res.0, 200, "{path}: {}", res.1);
+        }
+    };
+    put(
+        direct(&alice),
+        &alice,
+        json!({bob.user_id.clone(): [old.clone(), "!elsewhere:test.local"]}),
+    )
+    .await;
+    put(
+        direct(&bob),
+        &bob,
+        json!({alice.user_id.clone(): [old.clone()], "@x:test.local": [other.clone()]}),
+    )
+    .await;
+    let rule =
+        |kind: &str, id: &str| format!("/_matrix/client/v3/pushrules/global/{kind}/{}", enc(id));
+    // Alice: mentions and keywords only (a room rule). Bob: muted (Element's override rule),
+    // and a muted other room, and a disabled rule on the old room.
+    put(rule("room", &old), &alice, json!({"actions": []})).await;
+    let mute = |room: &str| json!({"conditions": [{"kind": "event_match", "key": "room_id", "pattern": room}], "actions": []});
+    put(rule("override", &old), &bob, mute(&old)).await;
+    put(rule("override", &other), &bob, mute(&other)).await;
+    put(rule("underride", "u.off"), &bob, {
+        let mut r = mute(&old);
+        r["actions"] = json!(["notify"]);
+        r
+    })
+    .await;
+    put(format!("{}/enabled", rule("underride", "u.off")), &bob, json!({"enabled": false})).await;
+
+    let (status, body) = upgrade(&s, &alice, &old, "11").await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    // The upgrader's own things come along at once.
+    let (_, alice_direct) = s.get(&direct(&alice), alice.token()).await;
+    assert_eq!(
+        alice_direct,
+        json!({bob.user_id.clone(): [old.clone(), "!elsewhere:test.local", new.clone()]})
+    );
+    let (status, room_rule) = s.get(&rule("room", &new), alice.token()).await;
+    assert_eq!(status, 200, "{room_rule}");
+    assert_eq!(room_rule["actions"], json!([]));
+    // Bob's, when he joins.
+    let (status, _) = s.get(&rule("override", &new), bob.token()).await;
+    assert_eq!(status, 404, "nothing before bob joins");
+    // The new room is invite-only, as the old one: alice invites bob (clients do that).
+    let res = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&new)),
+            alice.token(),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    assert_eq!(s.join(&bob, &new).await.0, 200);
+    let (_, bob_direct) = s.get(&direct(&bob), bob.token()).await;
+    assert_eq!(
+        bob_direct,
+        json!({alice.user_id.clone(): [old.clone(), new.clone()], "@x:test.local": [other.clone()]})
+    );
+    let (status, muted) = s.get(&rule("override", &new), bob.token()).await;
+    assert_eq!(status, 200, "{muted}");
+    assert_eq!(muted["conditions"], mute(&new)["conditions"]);
+    assert_eq!(muted["actions"], json!([]));
+    assert_eq!(muted["enabled"], true);
+    let (_, all) = s.get("/_matrix/client/v3/pushrules/", bob.token()).await;
+    let ids = |kind: &str| -> Vec<String> {
+        all["global"][kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(ids("override").contains(&other), "the other room's rule stays: {all}");
+    assert_eq!(ids("override").iter().filter(|id| **id == new).count(), 1, "{all}");
+    assert!(!ids("underride").contains(&new), "a disabled rule is not copied: {all}");
+
+    // The copied mute applies: alice's message does not count for bob.
+    let first = s.sync(&bob, None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(s.send_text(&alice, &new, "m1", "hello again").await.0, 200);
+    let next = s.sync(&bob, Some(&since), 10_000).await;
+    let room = &next["rooms"]["join"][&new];
+    assert_eq!(room["timeline"]["events"][0]["content"]["body"], "hello again", "{next}");
+    assert_eq!(room["unread_notifications"]["notification_count"], 0, "{room}");
+
+    // Joining again changes nothing more (no second copy, no second entry).
+    assert_eq!(s.join(&bob, &new).await.0, 200);
+    let (_, again) = s.get(&direct(&bob), bob.token()).await;
+    assert_eq!(again, bob_direct);
+}
+
+/// A room replaced by hand (a new room naming the old one as `predecessor` in
+/// `creation_content`, then a tombstone in the old one, as Complement's
+/// `TestPushRuleRoomUpgrade` does): the members already in the new room get their rules
+/// copied when the tombstone is set, the others when they join. A room that only claims a
+/// predecessor whose tombstone does not name it gets nothing.
+#[tokio::test]
+async fn a_room_replaced_by_hand_carries_the_rules_over_at_its_tombstone() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "alice-password").await;
+    let carol = s.register("carol", "carol-password").await;
+    let old = s.create_room(&alice, json!({"preset": "public_chat", "room_version": "10"})).await;
+    assert_eq!(s.join(&carol, &old).await.0, 200);
+    let rule = |id: &str| format!("/_matrix/client/v3/pushrules/global/room/{}", enc(id));
+    for who in [&alice, &carol] {
+        let res = s.put(&rule(&old), who.token(), json!({"actions": ["dont_notify"]})).await;
+        assert_eq!(res.0, 200, "{}", res.1);
+    }
+    let claim = json!({"preset": "public_chat", "room_version": "11",
+                       "creation_content": {"predecessor": {"room_id": old}}});
+    // A room claiming the old one as predecessor, never named by a tombstone.
+    let pretender = s.create_room(&alice, claim.clone()).await;
+    let new = s.create_room(&alice, claim).await;
+    assert_eq!(s.get(&rule(&new), alice.token()).await.0, 404, "no tombstone yet");
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone/", enc(&old)),
+            alice.token(),
+            json!({"body": "This room has been replaced", "replacement_room": new}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let (status, copied) = s.get(&rule(&new), alice.token()).await;
+    assert_eq!(status, 200, "alice was in the new room when the tombstone came: {copied}");
+    assert_eq!(copied["actions"], json!(["dont_notify"]));
+    assert_eq!(s.get(&rule(&new), carol.token()).await.0, 404, "carol is not in it yet");
+    assert_eq!(s.join(&carol, &new).await.0, 200);
+    let (status, copied) = s.get(&rule(&new), carol.token()).await;
+    assert_eq!(status, 200, "{copied}");
+    assert_eq!(copied["actions"], json!(["dont_notify"]));
+    // The old rules stay; the pretender got none.
+    assert_eq!(s.get(&rule(&old), carol.token()).await.0, 200);
+    assert_eq!(s.join(&carol, &pretender).await.0, 200);
+    assert_eq!(s.get(&rule(&pretender), carol.token()).await.0, 404);
+    assert_eq!(s.get(&rule(&pretender), alice.token()).await.0, 404);
+}

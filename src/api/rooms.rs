@@ -101,7 +101,7 @@ pub async fn join_by_id(
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
     s.rooms.join_as(&req.room_id, &who.user_id, who.guest).await?;
-    crate::api::tags::carry_over(&s, &who.user_id, &req.room_id).await;
+    crate::api::upgrade::carry_over(&s, &who.user_id, &req.room_id).await;
     Ok(RumaResponse(join_room_by_id::v3::Response::new(req.room_id)))
 }
 
@@ -115,7 +115,7 @@ pub async fn join_by_id_or_alias(
         Err(alias) => s.rooms.resolve_alias(&alias).await?,
     };
     s.rooms.join_as(&room_id, &who.user_id, who.guest).await?;
-    crate::api::tags::carry_over(&s, &who.user_id, &room_id).await;
+    crate::api::upgrade::carry_over(&s, &who.user_id, &room_id).await;
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
@@ -251,10 +251,16 @@ pub async fn send_state(
             }
         }
     }
+    let tombstone = kind == TimelineEventType::RoomTombstone && req.state_key.is_empty();
     let event_id = s
         .rooms
         .set_state(&req.room_id, &who.user_id, NewEvent::state(kind, &req.state_key, content))
         .await?;
+    if tombstone {
+        // A room replaced by hand (a new room naming this one as `predecessor`, then this
+        // tombstone): those already in the new room carry over what they had here.
+        crate::api::upgrade::tombstoned(&s, &req.room_id).await;
+    }
     Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))
 }
 

@@ -90,36 +90,21 @@ pub async fn delete(
     Ok(RumaResponse(delete_tag::v3::Response::new()))
 }
 
-/// After `user` joined `room_id`: when the room replaced one (`predecessor`, whose
-/// tombstone names this room), the user's tags there come along unless they already tagged this one (as Synapse does on joining
-/// an upgraded room). A failure is logged; the join stands.
-pub async fn carry_over(s: &Services, user: &UserId, room_id: &RoomId) {
-    if let Err(e) = try_carry_over(s, user, room_id).await {
-        tracing::warn!(%room_id, %user, error = %e, "could not carry the tags over");
-    }
-}
-
-async fn try_carry_over(s: &Services, user: &UserId, room_id: &RoomId) -> Result<()> {
-    let Some(room) = s.rooms.get(room_id) else { return Ok(()) };
-    let predecessor = room
-        .state_event(&ruma::events::StateEventType::RoomCreate, "")
-        .and_then(|p| p.content_as::<Value>())
-        .and_then(|c| c["predecessor"]["room_id"].as_str().map(str::to_owned))
-        .and_then(|id| ruma::OwnedRoomId::try_from(id).ok());
-    let Some(predecessor) = predecessor else { return Ok(()) };
-    // Only a real upgrade: anyone may name any room as `predecessor` in `creation_content`,
-    // so the predecessor's tombstone must name this room as its replacement.
-    let replaced_by_this = s.rooms.get(&predecessor).is_some_and(|old| {
-        old.state_event(&ruma::events::StateEventType::RoomTombstone, "")
-            .and_then(|p| p.content_as::<Value>())
-            .is_some_and(|c| c["replacement_room"].as_str() == Some(room_id.as_str()))
-    });
-    if !replaced_by_this {
-        return Ok(());
-    }
-    let Some(tags) = s.user_data.account_data(user, Some(&predecessor), TAGS).await? else {
+/// Part of joining a room that replaced `predecessor` (`api::upgrade::carry_over`): the
+/// user's tags there come along, unless they already tagged the new room.
+pub async fn carry_over(
+    s: &Services,
+    user: &UserId,
+    predecessor: &RoomId,
+    room_id: &RoomId,
+) -> Result<()> {
+    let Some(tags) = s.user_data.account_data(user, Some(predecessor), TAGS).await? else {
         return Ok(());
     };
+    // Tagged already (a second join, or by the user): no write.
+    if !tags_of(s.user_data.account_data(user, Some(room_id), TAGS).await?).is_empty() {
+        return Ok(());
+    }
     s.user_data
         .update_account_data(user, Some(room_id), TAGS, move |current| {
             Ok(current.filter(|c| !tags_of(Some(c.clone())).is_empty()).unwrap_or(tags))
