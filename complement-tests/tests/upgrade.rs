@@ -454,6 +454,20 @@ async fn a_room_replaced_by_hand_carries_the_rules_over_at_its_tombstone() {
     let (status, copied) = s.get(&rule(&new), carol.token()).await;
     assert_eq!(status, 200, "{copied}");
     assert_eq!(copied["actions"], json!(["dont_notify"]));
+    // What carol changes afterwards stays changed: the same tombstone again, or a join
+    // while joined, copies nothing.
+    let res = s.request(reqwest::Method::DELETE, &rule(&new), carol.token(), None).await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone/", enc(&old)),
+            alice.token(),
+            json!({"body": "This room has been replaced", "replacement_room": new}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+    assert_eq!(s.join(&carol, &new).await.0, 200);
+    assert_eq!(s.get(&rule(&new), carol.token()).await.0, 404, "carol's deletion stands");
     // The old rules stay; the pretender got none.
     assert_eq!(s.get(&rule(&old), carol.token()).await.0, 200);
     assert_eq!(s.join(&carol, &pretender).await.0, 200);

@@ -95,13 +95,22 @@ pub async fn create(
     Ok(RumaResponse(create_room::v3::Response::new(room_id)))
 }
 
+/// Whether the user is joined already: a join then changes nothing, and what the user has
+/// changed since their first join (such as carried-over push rules) is not undone.
+fn joined_already(s: &Services, room_id: &RoomId, user: &UserId) -> bool {
+    s.rooms.get(room_id).is_some_and(|room| room.is_joined(user))
+}
+
 pub async fn join_by_id(
     State(s): State<AppState>,
     Authed(who): Authed,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> Result<RumaResponse<join_room_by_id::v3::Response>> {
+    let rejoin = joined_already(&s, &req.room_id, &who.user_id);
     s.rooms.join_as(&req.room_id, &who.user_id, who.guest).await?;
-    crate::api::upgrade::carry_over(&s, &who.user_id, &req.room_id).await;
+    if !rejoin {
+        crate::api::upgrade::carry_over(&s, &who.user_id, &req.room_id).await;
+    }
     Ok(RumaResponse(join_room_by_id::v3::Response::new(req.room_id)))
 }
 
@@ -114,8 +123,11 @@ pub async fn join_by_id_or_alias(
         Ok(room_id) => room_id,
         Err(alias) => s.rooms.resolve_alias(&alias).await?,
     };
+    let rejoin = joined_already(&s, &room_id, &who.user_id);
     s.rooms.join_as(&room_id, &who.user_id, who.guest).await?;
-    crate::api::upgrade::carry_over(&s, &who.user_id, &room_id).await;
+    if !rejoin {
+        crate::api::upgrade::carry_over(&s, &who.user_id, &room_id).await;
+    }
     Ok(RumaResponse(join_room_by_id_or_alias::v3::Response::new(room_id)))
 }
 
@@ -252,13 +264,17 @@ pub async fn send_state(
         }
     }
     let tombstone = kind == TimelineEventType::RoomTombstone && req.state_key.is_empty();
+    let replaced_by = |s: &Services| crate::api::upgrade::replacement_of(s, &req.room_id);
+    let before = if tombstone { replaced_by(&s) } else { None };
     let event_id = s
         .rooms
         .set_state(&req.room_id, &who.user_id, NewEvent::state(kind, &req.state_key, content))
         .await?;
-    if tombstone {
-        // A room replaced by hand (a new room naming this one as `predecessor`, then this
-        // tombstone): those already in the new room carry over what they had here.
+    // A room replaced by hand (a new room naming this one as `predecessor`, then this
+    // tombstone): those already in the new room carry over what they had here. Only when
+    // the tombstone names another room than before: sending it again undoes nothing the
+    // members changed since.
+    if tombstone && replaced_by(&s) != before {
         crate::api::upgrade::tombstoned(&s, &req.room_id).await;
     }
     Ok(RumaResponse(send_state_event::v3::Response::new(event_id)))

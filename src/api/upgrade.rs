@@ -33,7 +33,8 @@ pub async fn upgrade(
     Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }
 
-/// After `user` joined `room_id` (or created it by upgrading): when the room replaced
+/// After `user` joined `room_id` (not when they were joined already; or created it by
+/// upgrading): when the room replaced
 /// another, what the user had set up for the old room applies to the new one, as Synapse
 /// does on joining an upgraded room: its tags (`api::tags`), its place in `m.direct` (a
 /// direct chat stays one) and its push rules (a muted room stays muted). Each part is
@@ -56,16 +57,7 @@ pub async fn carry_over(s: &Services, user: &UserId, room_id: &RoomId) {
 /// names get [`carry_over`] now (they will not join it again). Nothing when the named room
 /// does not name `old` as its predecessor.
 pub async fn tombstoned(s: &Services, old: &RoomId) {
-    let Some(replacement) = s
-        .rooms
-        .get(old)
-        .and_then(|room| room.state_event(&StateEventType::RoomTombstone, ""))
-        .and_then(|p| p.content_as::<Value>())
-        .and_then(|c| c["replacement_room"].as_str().map(str::to_owned))
-        .and_then(|id| OwnedRoomId::try_from(id).ok())
-    else {
-        return;
-    };
+    let Some(replacement) = replacement_of(s, old) else { return };
     let (Some(old_room), Some(new_room)) = (s.rooms.get(old), s.rooms.get(&replacement)) else {
         return;
     };
@@ -77,6 +69,16 @@ pub async fn tombstoned(s: &Services, old: &RoomId) {
     }
 }
 
+/// The room the tombstone of `room_id` names, if it has one.
+pub fn replacement_of(s: &Services, room_id: &RoomId) -> Option<OwnedRoomId> {
+    s.rooms
+        .get(room_id)?
+        .state_event(&StateEventType::RoomTombstone, "")
+        .and_then(|p| p.content_as::<Value>())
+        .and_then(|c| c["replacement_room"].as_str().map(str::to_owned))
+        .and_then(|id| OwnedRoomId::try_from(id).ok())
+}
+
 /// The room `room_id` replaced: its create event's `predecessor`, if that room's tombstone
 /// names `room_id` (anyone may name any room as `predecessor` in `creation_content`).
 fn replaced_room(s: &Services, room_id: &RoomId) -> Option<OwnedRoomId> {
@@ -86,12 +88,7 @@ fn replaced_room(s: &Services, room_id: &RoomId) -> Option<OwnedRoomId> {
         .and_then(|p| p.content_as::<Value>())
         .and_then(|c| c["predecessor"]["room_id"].as_str().map(str::to_owned))
         .and_then(|id| OwnedRoomId::try_from(id).ok())?;
-    let old = s.rooms.get(&predecessor)?;
-    let replaced_by_this = old
-        .state_event(&StateEventType::RoomTombstone, "")
-        .and_then(|p| p.content_as::<Value>())
-        .is_some_and(|c| c["replacement_room"].as_str() == Some(room_id.as_str()));
-    replaced_by_this.then_some(predecessor)
+    (replacement_of(s, &predecessor).as_deref() == Some(room_id)).then_some(predecessor)
 }
 
 /// The account data `m.direct` maps users to the direct chats with them: every list that
