@@ -19,6 +19,18 @@ async fn state(s: &TestServer, who: &Session, room: &str, kind: &str, key: &str)
     body
 }
 
+/// Replaces `old` by `new` by hand: a tombstone through `PUT /state`.
+async fn tombstone(s: &TestServer, who: &Session, old: &str, new: &str) {
+    let res = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone/", enc(old)),
+            who.token(),
+            json!({"body": "This room has been replaced", "replacement_room": new}),
+        )
+        .await;
+    assert_eq!(res.0, 200, "{}", res.1);
+}
+
 /// The full state event (`/state` lists them with sender and IDs).
 async fn state_event(s: &TestServer, who: &Session, room: &str, kind: &str) -> Value {
     let (status, body) = s.room_get(who, room, "state").await;
@@ -438,14 +450,7 @@ async fn a_room_replaced_by_hand_carries_the_rules_over_at_its_tombstone() {
     let pretender = s.create_room(&alice, claim.clone()).await;
     let new = s.create_room(&alice, claim).await;
     assert_eq!(s.get(&rule(&new), alice.token()).await.0, 404, "no tombstone yet");
-    let res = s
-        .put(
-            &format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone/", enc(&old)),
-            alice.token(),
-            json!({"body": "This room has been replaced", "replacement_room": new}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "{}", res.1);
+    tombstone(&s, &alice, &old, &new).await;
     let (status, copied) = s.get(&rule(&new), alice.token()).await;
     assert_eq!(status, 200, "alice was in the new room when the tombstone came: {copied}");
     assert_eq!(copied["actions"], json!(["dont_notify"]));
@@ -458,14 +463,7 @@ async fn a_room_replaced_by_hand_carries_the_rules_over_at_its_tombstone() {
     // while joined, copies nothing.
     let res = s.request(reqwest::Method::DELETE, &rule(&new), carol.token(), None).await;
     assert_eq!(res.0, 200, "{}", res.1);
-    let res = s
-        .put(
-            &format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone/", enc(&old)),
-            alice.token(),
-            json!({"body": "This room has been replaced", "replacement_room": new}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "{}", res.1);
+    tombstone(&s, &alice, &old, &new).await;
     assert_eq!(s.join(&carol, &new).await.0, 200);
     assert_eq!(s.get(&rule(&new), carol.token()).await.0, 404, "carol's deletion stands");
     // The old rules stay; the pretender got none.

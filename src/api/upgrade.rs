@@ -33,10 +33,9 @@ pub async fn upgrade(
     Ok(RumaResponse(upgrade_room::v3::Response::new(new_room)))
 }
 
-/// After `user` joined `room_id` (not when they were joined already; or created it by
-/// upgrading): when the room replaced
-/// another, what the user had set up for the old room applies to the new one, as Synapse
-/// does on joining an upgraded room: its tags (`api::tags`), its place in `m.direct` (a
+/// After `user` joined `room_id` (not when they were joined already) or created it by
+/// upgrading: when the room replaced another, what the user had set up for the old room
+/// applies to the new one, as Synapse does on joining an upgraded room: its tags (`api::tags`), its place in `m.direct` (a
 /// direct chat stays one) and its push rules (a muted room stays muted). Each part is
 /// skipped where the user already has one for the new room. A failure is logged; the join
 /// stands.
@@ -131,10 +130,10 @@ async fn carry_over_direct(
 }
 
 /// The user's enabled rules for the old room, copied for the new one: its room rule (its
-/// ID is the room's) and every override or underride rule with an `event_match` condition
-/// on `room_id` equal to the old room (Element's "mute" is one), with the new room's ID as
-/// the copy's ID and in those conditions (Synapse names copies so too). A rule already
-/// there for the new room stays.
+/// ID is the room's) and the first override and the first underride rule with an
+/// `event_match` condition on `room_id` equal to the old room (Element's "mute" is one),
+/// with the new room's ID as the copy's ID and in those conditions (Synapse names copies so
+/// too; one ID holds one rule per kind). A rule already there for the new room stays.
 async fn carry_over_push_rules(
     s: &Services,
     user: &UserId,

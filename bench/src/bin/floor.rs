@@ -172,19 +172,31 @@ fn parse_since(query: &HashMap<String, String>) -> Option<u64> {
     query.get("since").and_then(|s| s.strip_prefix('f')).and_then(|n| n.parse().ok())
 }
 
+/// What a sync request (long-poll or socket) costs before its response: the token looked
+/// up and the inline filter parsed, as a server must to apply it.
+fn check_sync(
+    floor: &Floor,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), Response> {
+    if user_of(floor, headers, query).is_none() {
+        return Err(error(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+    }
+    if let Some(filter) = query.get("filter")
+        && serde_json::from_str::<Value>(filter).is_err()
+    {
+        return Err(error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
+    }
+    Ok(())
+}
+
 async fn sync(
     State(floor): State<Shared>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if user_of(&floor, &headers, &query).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
-    }
-    // The inline filter is parsed, as a server must to apply it.
-    if let Some(filter) = query.get("filter")
-        && serde_json::from_str::<Value>(filter).is_err()
-    {
-        return error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    if let Err(refused) = check_sync(&floor, &headers, &query) {
+        return refused;
     }
     let Some(since) = parse_since(&query) else {
         // An initial sync: the position now.
@@ -205,13 +217,8 @@ async fn sync_socket(
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if user_of(&floor, &headers, &query).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
-    }
-    if let Some(filter) = query.get("filter")
-        && serde_json::from_str::<Value>(filter).is_err()
-    {
-        return error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    if let Err(refused) = check_sync(&floor, &headers, &query) {
+        return refused;
     }
     let since = parse_since(&query);
     upgrade.on_upgrade(move |socket| push_frames(floor, socket, since))
