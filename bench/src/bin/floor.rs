@@ -173,21 +173,21 @@ fn parse_since(query: &HashMap<String, String>) -> Option<u64> {
 }
 
 /// What a sync request (long-poll or socket) costs before its response: the token looked
-/// up and the inline filter parsed, as a server must to apply it.
-fn check_sync(
+/// up and the inline filter parsed, as a server must to apply it. The refusal, if any.
+fn refuse_sync(
     floor: &Floor,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     if user_of(floor, headers, query).is_none() {
-        return Err(error(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+        return Some(error(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
     }
     if let Some(filter) = query.get("filter")
         && serde_json::from_str::<Value>(filter).is_err()
     {
-        return Err(error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
+        return Some(error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
     }
-    Ok(())
+    None
 }
 
 async fn sync(
@@ -195,7 +195,7 @@ async fn sync(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_sync(&floor, &headers, &query) {
+    if let Some(refused) = refuse_sync(&floor, &headers, &query) {
         return refused;
     }
     let Some(since) = parse_since(&query) else {
@@ -217,7 +217,7 @@ async fn sync_socket(
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Err(refused) = check_sync(&floor, &headers, &query) {
+    if let Some(refused) = refuse_sync(&floor, &headers, &query) {
         return refused;
     }
     let since = parse_since(&query);
